@@ -1,0 +1,1 @@
+"""Async, SSRF-safe crawling of hosted model links into delist / takedown recommendations."""

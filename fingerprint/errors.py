@@ -1,0 +1,9 @@
+"""The error root of modelsieve: every expected failure is one of these, with a one-line message."""
+
+
+class ModelsieveError(Exception):
+    """An expected failure whose message is fit to show a user as one line (no traceback)."""
+
+
+class ModelFileError(ModelsieveError):
+    """A model file is malformed, hostile or unsupported; the message says what and where."""

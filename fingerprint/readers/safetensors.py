@@ -1,0 +1,199 @@
+"""Strict safetensors header validation and a zero-copy, memory-mapped reader.
+
+`parse_header` works on header bytes alone, so callers that only hold the first bytes of a
+remote file (the crawler's Range requests) validate exactly as strictly as the local reader.
+The rules are those of the official library, plus: unknown fields and duplicate keys are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelsieve.fingerprint.dtypes import dtype_named
+from modelsieve.fingerprint.errors import ModelFileError
+from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
+
+MAX_HEADER_BYTES = 100_000_000  # the official library's bound
+_TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+_U64_MAX = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class TensorSpan:
+    """A tensor and its byte range [begin, end) relative to the start of the data buffer."""
+
+    info: TensorInfo
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header: metadata and tensor spans sorted by offset."""
+
+    header_length: int
+    metadata: dict[str, str]
+    spans: tuple[TensorSpan, ...]
+
+    @property
+    def data_start(self) -> int:
+        """Absolute file offset of the data buffer (8 + header length)."""
+        return 8 + self.header_length
+
+    @property
+    def data_length(self) -> int:
+        return self.spans[-1].end if self.spans else 0
+
+    @property
+    def file_size(self) -> int:
+        """The exact size a file with this header must have."""
+        return self.data_start + self.data_length
+
+
+def read_header_length(first_bytes: bytes, file_size: int | None = None) -> int:
+    """The header length N from a file's first 8 bytes, bounded by the file size and MAX_HEADER_BYTES."""
+    if len(first_bytes) < 8:
+        raise ModelFileError(f"truncated safetensors file: {len(first_bytes)} bytes, need at least 8")
+    (length,) = struct.unpack("<Q", first_bytes[:8])
+    if length > MAX_HEADER_BYTES:
+        raise ModelFileError(f"safetensors header length {length} exceeds the bound of {MAX_HEADER_BYTES} bytes")
+    if file_size is not None and 8 + length > file_size:
+        raise ModelFileError(f"safetensors header length {length} runs past the end of the {file_size}-byte file")
+    if length < 2:
+        raise ModelFileError(f"safetensors header length {length} is too small for a JSON object")
+    return length
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ModelFileError(f"safetensors header repeats the key {key!r}")
+        result[key] = value
+    return result
+
+
+def _is_uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
+
+
+def _parse_tensor(name: str, raw: object) -> TensorSpan:
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"tensor {name!r}: entry is not a JSON object")
+    if set(raw) != _TENSOR_FIELDS:
+        raise ModelFileError(f"tensor {name!r}: fields must be exactly dtype, shape, data_offsets, got {sorted(raw)}")
+    try:
+        dtype = dtype_named(raw["dtype"])
+    except KeyError:
+        raise ModelFileError(f"tensor {name!r}: unknown dtype {raw['dtype']!r}") from None
+    shape = raw["shape"]
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+        raise ModelFileError(f"tensor {name!r}: shape must be a list of non-negative integers")
+    offsets = raw["data_offsets"]
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
+        raise ModelFileError(f"tensor {name!r}: data_offsets must be two non-negative integers")
+    begin, end = offsets
+    if end < begin:
+        raise ModelFileError(f"tensor {name!r}: data_offsets end {end} is before begin {begin}")
+    numel = 1
+    for dim in shape:
+        numel *= dim
+        if numel > _U64_MAX:
+            raise ModelFileError(f"tensor {name!r}: shape {shape} overflows")
+    bits = numel * dtype.bits
+    if bits % 8:
+        raise ModelFileError(f"tensor {name!r}: {numel} × {dtype.bits} bits is not a whole number of bytes")
+    if end - begin != bits // 8:
+        raise ModelFileError(
+            f"tensor {name!r}: byte span {end - begin} does not match shape {shape} × {dtype.name} = {bits // 8} bytes"
+        )
+    return TensorSpan(TensorInfo(name, dtype.name, tuple(shape)), begin, end)
+
+
+def _parse_metadata(raw: object) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise ModelFileError("safetensors __metadata__ must be a map of strings to strings")
+    return dict(raw)
+
+
+def parse_header(header: bytes, file_size: int | None = None) -> SafetensorsHeader:
+    """Validate the N header bytes that follow the length prefix.
+
+    With `file_size`, also require the file to end exactly where the last tensor ends.
+    """
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelFileError(f"safetensors header is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"safetensors header is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise ModelFileError("safetensors header JSON is nested too deeply") from None
+    if not isinstance(document, dict):
+        raise ModelFileError("safetensors header is not a JSON object")
+    metadata = _parse_metadata(document.pop("__metadata__")) if "__metadata__" in document else {}
+    spans = sorted((_parse_tensor(name, raw) for name, raw in document.items()), key=lambda s: (s.begin, s.end))
+    position = 0
+    for span in spans:
+        if span.begin != position:
+            problem = "overlaps the previous tensor" if span.begin < position else f"leaves a gap at byte {position}"
+            raise ModelFileError(f"tensor {span.info.name!r}: data_offsets [{span.begin}, {span.end}] {problem}")
+        position = span.end
+    parsed = SafetensorsHeader(len(header), metadata, tuple(spans))
+    if file_size is not None and parsed.file_size != file_size:
+        if parsed.file_size > file_size:
+            raise ModelFileError(
+                f"truncated safetensors file: tensors need {parsed.file_size} bytes, the file has {file_size}"
+            )
+        raise ModelFileError(f"safetensors file has {file_size - parsed.file_size} trailing bytes after the last tensor")
+    return parsed
+
+
+class SafetensorsReader(ModelReader):
+    """A validated, memory-mapped safetensors file."""
+
+    format = "safetensors"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            length = read_header_length(handle.read(8), size)
+            header_bytes = handle.read(length)
+            if len(header_bytes) != length:
+                raise ModelFileError(f"truncated safetensors header: read {len(header_bytes)} of {length} bytes")
+            self.header = parse_header(header_bytes, size)
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self.metadata = self.header.metadata
+        self._spans = {span.info.name: span for span in self.header.spans}
+
+    def tensors(self) -> Sequence[TensorInfo]:
+        return [span.info for span in self.header.spans]
+
+    def span(self, name: str) -> TensorSpan:
+        """The tensor's byte range; KeyError when the file has no such tensor."""
+        return self._spans[name]
+
+    def array(self, name: str) -> np.ndarray:
+        span = self._spans[name]
+        dtype = dtype_named(span.info.dtype)
+        if dtype.numpy is None:
+            raise ModelFileError(f"tensor {name!r}: dtype {dtype.name} is packed below one byte and has no array view")
+        flat = np.frombuffer(self._map, dtype=dtype.numpy, count=span.info.numel, offset=self.header.data_start + span.begin)
+        return flat.reshape(span.info.shape)
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # arrays still view the map; it is released when the last one is collected

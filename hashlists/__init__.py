@@ -1,0 +1,1 @@
+"""Lists of known-harmful models: the store, the matcher and signed exchange between platforms."""
