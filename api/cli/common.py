@@ -35,6 +35,15 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per line (JSON Lines) for machines")
 
 
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=None,
+        help="the store (SQLite file); default: $MODELSIEVE_DB or ~/.local/share/modelsieve/modelsieve.db",
+    )
+
+
 def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> Iterator[Path]:
     """Files named by paths, directories (walked for model files, sorted) and glob patterns.
 
