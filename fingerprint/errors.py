@@ -7,3 +7,7 @@ class ModelsieveError(Exception):
 
 class ModelFileError(ModelsieveError):
     """A model file is malformed, hostile or unsupported; the message says what and where."""
+
+
+class UnsafePickleError(ModelFileError):
+    """A pickle asks for code outside the allow-list (e.g. `os.system`): refused, nothing ran."""
