@@ -13,8 +13,9 @@ from pathlib import Path
 from modelsieve.fingerprint.errors import ModelFileError
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
 from modelsieve.fingerprint.readers.fileformat import MODEL_SUFFIXES, open_model_file, sniff_format
+from modelsieve.fingerprint.readers.multifile import INDEX_SUFFIXES, open_folder, open_sharded, walk_models
 
-__all__ = ["MODEL_SUFFIXES", "ModelReader", "TensorInfo", "open_model", "sniff_format"]
+__all__ = ["MODEL_SUFFIXES", "ModelReader", "TensorInfo", "open_model", "sniff_format", "walk_models"]
 
 
 def open_model(path: str | os.PathLike[str]) -> ModelReader:
@@ -23,5 +24,9 @@ def open_model(path: str | os.PathLike[str]) -> ModelReader:
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or directory")
     if path.is_dir():
-        raise ModelFileError(f"{path}: model folders are not supported yet")
+        return open_folder(path)
+    if path.name.lower().endswith(INDEX_SUFFIXES):
+        return open_sharded(path)
+    if path.name == "model_index.json":
+        return open_folder(path.parent)
     return open_model_file(path)
