@@ -11,3 +11,9 @@ class ModelFileError(ModelsieveError):
 
 class UnsafePickleError(ModelFileError):
     """A pickle asks for code outside the allow-list (e.g. `os.system`): refused, nothing ran."""
+
+
+def quoted(value: object, limit: int = 120) -> str:
+    """`repr(value)` cut to `limit` characters: file-supplied names stay one short line in messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -55,7 +55,7 @@ def test_reads_real_torch_files_exactly(fixture: str, fmt: str) -> None:
         assert sorted(reader.tensors(), key=str) == sorted(expected.tensors(), key=str)
         for info in expected.tensors():
             assert _values_equal(reader.array(info.name), expected.array(info.name)), info.name
-        assert reader.problems() == ["ignored entries beside the state dict: global_step, epoch"]
+        assert reader.problems() == ["ignored entries beside the state dict: 'global_step', 'epoch'"]
 
 
 @pytest.mark.parametrize("kind", WRITERS)
@@ -112,8 +112,8 @@ def test_nested_checkpoints_flatten_to_dotted_names(tmp_path: Path) -> None:
     with open_model(write_zip(tmp_path / "nested.pt", {"state_dict": nested, "epoch": 1}, {"0": weights})) as reader:
         assert [t.name for t in reader.tensors()] == ["model.encoder.layers.0"]
         assert reader.problems() == [
-            "ignored entries beside the state dict: epoch",
-            "ignored 2 non-tensor values: model.encoder.layers.1 (int), optimizer (str)",
+            "ignored entries beside the state dict: 'epoch'",
+            "ignored 2 non-tensor values: 'model.encoder.layers.1' (int), 'optimizer' (str)",
         ]
 
 
@@ -181,7 +181,7 @@ def _zip_with(tmp_path: Path, obj: object, storages: dict[str, np.ndarray]) -> P
         (tensor_ref("0", np.float32, 4, (4,), offset=1), {"0": np.ones(4, np.float32)}, "reaches past"),
         (tensor_ref("0", np.float32, 4, (1,) * 65), {"0": np.ones(4, np.float32)}, "at most 64"),
         (tensor_ref("0", np.float32, 4, (-1,)), {"0": np.ones(4, np.float32)}, "non-negative"),
-        (tensor_ref("9", np.float32, 4, (4,)), {"0": np.ones(4, np.float32)}, "has no member"),
+        (tensor_ref("9", np.float32, 4, (4,)), {"0": np.ones(4, np.float32)}, "has no data member"),
         (Call(Global("torch._utils", "_rebuild_tensor_v2"), ("not a storage", 0, (1,), (1,), False, None)), {}, "not a storage"),
         (PersistentId(("storage", "FloatStorage", "0", "cpu", 1)), {"0": np.ones(1, np.float32)}, "no storage type"),
     ],

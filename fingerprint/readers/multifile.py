@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelsieve.fingerprint.errors import ModelFileError
+from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
 from modelsieve.fingerprint.readers.fileformat import MODEL_SUFFIXES, open_model_file
 
@@ -53,7 +53,7 @@ class CompositeReader(ModelReader):
             for info in reader.tensors():
                 name = prefix + info.name
                 if name in self._where:
-                    raise ModelFileError(f"{path}: tensor {name!r} is in {self._where[name][0].path} and {reader.path}")
+                    raise ModelFileError(f"{path}: tensor {quoted(name)} is in {self._where[name][0].path} and {reader.path}")
                 self._where[name] = (reader, info.name)
                 self._infos.append(TensorInfo(name, info.dtype, info.shape))
 
@@ -76,7 +76,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result: dict[str, object] = {}
     for key, value in pairs:
         if key in result:
-            raise ModelFileError(f"JSON repeats the key {key[:200]!r}")
+            raise ModelFileError(f"JSON repeats the key {quoted(key)}")
         result[key] = value
     return result
 
@@ -109,10 +109,10 @@ def _inside(folder: Path, relative: str, what: str) -> Path:
     """`folder/relative`, refusing absolute paths, `..` and symlinks that lead out of `folder`."""
     candidate = Path(relative)
     if not relative or candidate.is_absolute() or ".." in candidate.parts:
-        raise ModelFileError(f"{what} {relative!r} is not a plain path inside {folder}")
+        raise ModelFileError(f"{what} {quoted(relative)} is not a plain path inside {folder}")
     path = folder / candidate
     if not path.resolve().is_relative_to(folder.resolve()):
-        raise ModelFileError(f"{what} {relative!r} leads outside {folder}")
+        raise ModelFileError(f"{what} {quoted(relative)} leads outside {folder}")
     return path
 
 
@@ -152,16 +152,16 @@ def open_sharded(index_path: Path, prefix: str = "") -> CompositeReader:
         for shard in index.shards:
             shard_path = index_path.parent / shard
             if not shard_path.is_file():
-                raise ModelFileError(f"{index_path}: shard {shard!r} does not exist")
+                raise ModelFileError(f"{index_path}: shard {quoted(shard)} does not exist")
             reader = stack.enter_context(open_model_file(shard_path))
             names = {info.name for info in reader.tensors()}
             claimed = {name for name, owner in index.weight_map.items() if owner == shard}
             if missing := sorted(claimed - names):
-                raise ModelFileError(f"{index_path}: shard {shard!r} lacks {len(missing)} tensors it is mapped to, e.g. {missing[0]!r}")
+                raise ModelFileError(f"{index_path}: shard {quoted(shard)} lacks {len(missing)} tensors it is mapped to, e.g. {quoted(missing[0])}")
             for name in sorted(names - claimed):
                 if name in index.weight_map:
-                    raise ModelFileError(f"{index_path}: tensor {name!r} is in {shard!r} but mapped to {index.weight_map[name]!r}")
-                problems.append(f"tensor {name!r} in {shard!r} is not listed in the index")
+                    raise ModelFileError(f"{index_path}: tensor {quoted(name)} is in {quoted(shard)} but mapped to {quoted(index.weight_map[name])}")
+                problems.append(f"tensor {quoted(name)} in {quoted(shard)} is not listed in the index")
             parts.append((prefix, reader))
         formats = sorted({reader.format for _, reader in parts})
         composite = CompositeReader(index_path, f"sharded-{'+'.join(formats) or 'empty'}", parts, index.metadata, problems)
@@ -234,10 +234,10 @@ def open_diffusers(folder: Path) -> CompositeReader:
             if component.startswith("_") or not isinstance(spec, list) or not any(spec):
                 continue  # pipeline settings, or a component left out (`[null, null]`)
             if not _COMPONENT_NAME.fullmatch(component) or component in (".", ".."):
-                raise ModelFileError(f"{index_path}: component name {component[:100]!r} is not a plain folder name")
+                raise ModelFileError(f"{index_path}: component name {quoted(component)} is not a plain folder name")
             component_dir = _inside(folder, component, f"{index_path}: component")
             if not component_dir.is_dir():
-                problems.append(f"component {component!r} has no folder")
+                problems.append(f"component {quoted(component)} has no folder")
                 continue
             try:
                 weights, notes = choose_weights(component_dir)

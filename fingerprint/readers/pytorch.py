@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from modelsieve.fingerprint.dtypes import dtype_named
-from modelsieve.fingerprint.errors import ModelFileError
+from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
 from modelsieve.fingerprint.readers.restricted_pickle import (
     MAX_PICKLE_BYTES,
@@ -62,20 +62,20 @@ def _zip_members(handle: object, size: int, view: mmap.mmap) -> dict[str, tuple[
     for info in infos:
         name = info.filename
         if name in members:
-            raise ModelFileError(f"zip member {name!r} appears twice")
+            raise ModelFileError(f"zip member {quoted(name)} appears twice")
         if info.flag_bits & 1:
-            raise ModelFileError(f"zip member {name!r} is encrypted")
+            raise ModelFileError(f"zip member {quoted(name)} is encrypted")
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-            raise ModelFileError(f"zip member {name!r} is compressed; torch stores members uncompressed")
+            raise ModelFileError(f"zip member {quoted(name)} is compressed; torch stores members uncompressed")
         start = info.header_offset + _LOCAL_HEADER.size
-        if start > size:
-            raise ModelFileError(f"zip member {name!r}: local header lies outside the file")
+        if info.header_offset < 0 or start > size:
+            raise ModelFileError(f"zip member {quoted(name)}: local header lies outside the file")
         signature, name_length, extra_length = _LOCAL_HEADER.unpack(view[info.header_offset : start])
         if signature != b"PK\x03\x04":
-            raise ModelFileError(f"zip member {name!r}: no local header at offset {info.header_offset}")
+            raise ModelFileError(f"zip member {quoted(name)}: no local header at offset {info.header_offset}")
         start += name_length + extra_length
         if start + info.file_size > size:
-            raise ModelFileError(f"zip member {name!r}: {info.file_size} bytes at offset {start} run past the end of the {size}-byte file")
+            raise ModelFileError(f"zip member {quoted(name)}: {info.file_size} bytes at offset {start} run past the end of the {size}-byte file")
         members[name] = (start, info.file_size)
     ranges = sorted(r for r in members.values() if r[1])
     for (start_a, length_a), (start_b, _) in zip(ranges, ranges[1:]):
@@ -121,7 +121,7 @@ def _load_zip(handle: object, view: mmap.mmap) -> tuple[object, _Storages]:
 
     def member_size(key: str) -> int:
         if f"{root}/data/{key}" not in members:
-            raise ModelFileError(f"storage {key!r} has no member {root}/data/{key}")
+            raise ModelFileError(f"storage {key!r} has no data member")
         return members[f"{root}/data/{key}"][1]
 
     refs: dict[str, StorageRef] = {}
@@ -150,7 +150,7 @@ def _load_legacy(view: mmap.mmap) -> tuple[object, _Storages, list[str]]:
         raise ModelFileError("pickle file is not a torch checkpoint (no torch magic number)")
     protocol = next_pickle()
     if protocol != LEGACY_PROTOCOL:
-        raise ModelFileError(f"unsupported legacy torch protocol {protocol!r}")
+        raise ModelFileError(f"unsupported legacy torch protocol {quoted(protocol)}")
     system = next_pickle()
     if not isinstance(system, dict) or system.get("little_endian") is not True:
         raise ModelFileError("big-endian or unlabelled legacy torch checkpoints are not supported")
@@ -186,7 +186,7 @@ def _unwrap(obj: object) -> tuple[object, list[str]]:
     key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
     if key is None:
         return obj, []
-    ignored = [str(k) for k in obj if k != key]
+    ignored = [quoted(k, 60) for k in obj if k != key]
     return obj[key], [f"ignored entries beside the state dict: {', '.join(ignored[:_LISTED_SKIPS])}"] if ignored else []
 
 
@@ -201,7 +201,7 @@ def flatten_checkpoint(obj: object) -> tuple[dict[str, PickledTensor], list[str]
         path, value, depth = stack.pop()
         if isinstance(value, PickledTensor):
             if path in tensors:
-                problems.append(f"tensor name {path!r} appears twice; kept the first")
+                problems.append(f"tensor name {quoted(path)} appears twice; kept the first")
             else:
                 tensors[path or "tensor"] = value
             continue
@@ -210,17 +210,17 @@ def flatten_checkpoint(obj: object) -> tuple[dict[str, PickledTensor], list[str]
         elif type(value) in (list, tuple):
             children = list(enumerate(value))  # type: ignore[arg-type]
         else:
-            skipped.append(f"{path or '<root>'} ({_label(value)})")
+            skipped.append(f"{quoted(path, 60) if path else '<root>'} ({_label(value)})")
             continue
         if id(value) in seen:
-            problems.append(f"container at {path!r} is referenced twice; read once")
+            problems.append(f"container at {quoted(path)} is referenced twice; read once")
             continue
         seen.add(id(value))
         if depth >= MAX_NESTING:
             raise ModelFileError(f"checkpoint nests containers more than {MAX_NESTING} deep")
         for key, child in reversed(children):
             if isinstance(key, bool) or not isinstance(key, (str, int)):
-                skipped.append(f"{path}[{_label(key)} key]")
+                skipped.append(f"{quoted(path, 60)}[{_label(key)} key]")
                 continue
             stack.append((f"{path}.{key}" if path else str(key), child, depth + 1))
     if skipped:

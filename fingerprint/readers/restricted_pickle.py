@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from modelsieve.fingerprint.dtypes import dtype_named
-from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError
+from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError, quoted
 
 MAX_PICKLE_BYTES = 32 * 2**20  # torch's data.pkl holds only structure: ~100 bytes per tensor
 MAX_TUPLE_NESTING = 100
@@ -261,7 +261,7 @@ def allowed_global(module: str, name: str) -> object:
     try:
         return ALLOWED_GLOBALS[qualified]
     except KeyError:
-        raise UnsafePickleError(f"refusing pickle global {qualified[:200]}") from None
+        raise UnsafePickleError(f"refusing pickle global {qualified if len(qualified) <= 120 else quoted(qualified)}") from None
 
 
 class _Mark:
@@ -411,7 +411,7 @@ def parse_storage_pid(pid: object) -> tuple[StorageType, str, int]:
     if not isinstance(key, str) or not key or len(key) > 256:
         raise ModelFileError("storage key must be a short non-empty string")
     if not isinstance(location, str) or not _is_index(numel):
-        raise ModelFileError(f"storage {key!r}: malformed location or size")
+        raise ModelFileError(f"storage {quoted(key)}: malformed location or size")
     if len(pid) == 6 and pid[5] is not None:
-        raise ModelFileError(f"storage {key!r}: storage views (pre-1.0 torch) are not supported")
+        raise ModelFileError(f"storage {quoted(key)}: storage views (pre-1.0 torch) are not supported")
     return storage_type, key, numel
