@@ -146,6 +146,42 @@ async def flaky_handler(request: web.Request) -> web.StreamResponse:
     return web.Response(text="ok")
 
 
+LIES = web.AppKey("lies", list)  # one lie (or None) per request to /liar/, consumed in order
+LIE_KINDS = ("ignore_range", "shift", "wrong_total", "short_body", "close_early", "status_503")
+
+
+async def liar_handler(request: web.Request) -> web.StreamResponse:
+    """Serves `files` with Range, but tells the next queued lie about it."""
+    data = request.app[FILES][request.match_info["name"]]
+    lies = request.app[LIES]
+    lie = lies.pop(0) if lies else None
+    honest = serve_range(request, data)
+    if lie is None:
+        return honest
+    if lie == "ignore_range":
+        return web.Response(body=data)
+    if lie == "status_503":
+        return web.Response(status=503)
+    body = bytes(honest.body)  # type: ignore[arg-type]
+    headers = dict(honest.headers)
+    if honest.status == 206:
+        first, last, total = parse_content_range(headers["Content-Range"])
+        if lie == "shift":
+            headers["Content-Range"] = f"bytes {first + 1}-{last + 1}/{total}"
+        elif lie == "wrong_total":
+            headers["Content-Range"] = f"bytes {first}-{last}/{(total or 0) + 7}"
+        elif lie == "short_body":
+            body = body[:-1]
+    if lie == "close_early":
+        response = web.StreamResponse(status=honest.status, headers={**headers, "Content-Length": str(len(body))})
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        request.transport.close()  # type: ignore[union-attr]
+        return response
+    headers.pop("Content-Length", None)
+    return web.Response(status=honest.status, body=body, headers=headers)
+
+
 async def echo_handler(request: web.Request) -> web.StreamResponse:
     return web.Response(text=request.method)
 
@@ -162,7 +198,9 @@ def file_host(files: dict[str, bytes] | None = None, *, robots: tuple[int, str] 
     app[FILES] = dict(files or {})
     app[ROBOTS] = list(robots)
     app[DELAY] = [delay]
+    app[LIES] = []
     app.router.add_get("/files/{name}", file_handler)
+    app.router.add_get("/liar/{name}", liar_handler)
     app.router.add_get("/norange/{name}", no_range_handler)
     app.router.add_get("/lying/{name}", lying_length_handler)
     app.router.add_get("/slow", slow_handler)
@@ -171,5 +209,125 @@ def file_host(files: dict[str, bytes] | None = None, *, robots: tuple[int, str] 
     app.router.add_get("/loop", loop_handler)
     app.router.add_get("/flaky/{key}", flaky_handler)
     app.router.add_route("*", "/echo", echo_handler)
+    app.router.add_get("/robots.txt", robots_handler)
+    return app
+
+
+def synthetic_safetensors(seed: int = 0, tensors: int = 12, width: int = 64, metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file of random float16/float32 weights (nothing but noise), as bytes."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    arrays = {
+        f"model.diffusion_model.block_{i:02d}.weight": rng.standard_normal((width, width // 2 + i)).astype(
+            np.float16 if i % 2 else np.float32
+        )
+        for i in range(tensors)
+    }
+    return save(arrays, metadata=metadata)
+
+
+def published_hashes(data: bytes) -> dict[str, str]:
+    """What a Civitai-style API publishes for a file, computed independently of modelsieve."""
+    import hashlib
+    import zlib
+
+    sha256 = hashlib.sha256(data).hexdigest()
+    return {"SHA256": sha256.upper(), "AutoV2": sha256[:10].upper(), "CRC32": zlib.crc32(data).to_bytes(4, "little").hex().upper()}
+
+
+HUB_FILES = web.AppKey("hub_files", dict)  # "owner/repo/path" → bytes
+
+
+async def hub_resolve(request: web.Request) -> web.StreamResponse:
+    """A Hugging-Face-style `/resolve/`: LFS files redirect to the CDN with X-Linked-Etag/-Size."""
+    import hashlib
+
+    key = f"{request.match_info['repo']}/{request.match_info['path']}"
+    data = request.app[HUB_FILES].get(key)
+    if data is None:
+        raise web.HTTPNotFound()
+    if key.endswith(".safetensors"):
+        sha256 = hashlib.sha256(data).hexdigest()
+        return web.Response(
+            status=302,
+            headers={
+                "Location": f"/cdn/{key}",
+                "X-Linked-Etag": f'"{sha256}"',
+                "X-Linked-Size": str(len(data)),
+                "ETag": '"0123abcd"',
+            },
+        )
+    return web.Response(body=data, headers={"ETag": '"0123abcd"'})
+
+
+async def hub_cdn(request: web.Request) -> web.StreamResponse:
+    return serve_range(request, request.app[HUB_FILES][request.match_info["key"]])
+
+
+def fake_hub(files: dict[str, bytes]) -> web.Application:
+    """A Hugging-Face-style hub: `/{owner}/{repo}/resolve/{rev}/{path}` and a ranged CDN."""
+    app = web.Application(middlewares=[record])
+    app[LOG] = HostLog()
+    app[DELAY] = [0.0]
+    app[HUB_FILES] = dict(files)
+    app[ROBOTS] = [404, ""]
+    app.router.add_route("*", r"/{repo:[^/]+/[^/]+}/resolve/{rev}/{path:.+}", hub_resolve)
+    app.router.add_get(r"/cdn/{key:.+}", hub_cdn)
+    app.router.add_get("/robots.txt", robots_handler)
+    return app
+
+
+VERSIONS = web.AppKey("versions", dict)  # version id → (file name, bytes)
+
+
+async def civitai_version(request: web.Request) -> web.StreamResponse:
+    entry = request.app[VERSIONS].get(request.match_info["id"])
+    if entry is None:
+        raise web.HTTPNotFound()
+    name, data = entry
+    files = [
+        {
+            "name": name.replace(".safetensors", ".yaml"),
+            "sizeKB": 1.0,
+            "type": "Config",
+            "metadata": {"format": "Other"},
+            "hashes": {},
+            "downloadUrl": "/nowhere",
+        },
+        {
+            "name": name,
+            "sizeKB": len(data) / 1024,
+            "type": "Model",
+            "primary": True,
+            "metadata": {"format": "SafeTensor", "fp": "fp16"},
+            "hashes": published_hashes(data),
+            "downloadUrl": f"/api/download/models/{request.match_info['id']}?type=Model&format=SafeTensor",
+        },
+    ]
+    return web.json_response({"id": int(request.match_info["id"]), "files": files})
+
+
+async def civitai_download(request: web.Request) -> web.StreamResponse:
+    if request.match_info["id"] not in request.app[VERSIONS]:
+        raise web.HTTPNotFound()
+    return web.Response(status=307, headers={"Location": f"/files/{request.match_info['id']}"})
+
+
+async def civitai_file(request: web.Request) -> web.StreamResponse:
+    return serve_range(request, request.app[VERSIONS][request.match_info["id"]][1])
+
+
+def fake_civitai(versions: dict[str, tuple[str, bytes]]) -> web.Application:
+    """A Civitai-style API: model-version answers with file hashes, downloads redirecting to files."""
+    app = web.Application(middlewares=[record])
+    app[LOG] = HostLog()
+    app[DELAY] = [0.0]
+    app[VERSIONS] = dict(versions)
+    app[ROBOTS] = [404, ""]
+    app.router.add_get("/api/v1/model-versions/{id}", civitai_version)
+    app.router.add_get("/api/download/models/{id}", civitai_download)
+    app.router.add_get("/files/{id}", civitai_file)
     app.router.add_get("/robots.txt", robots_handler)
     return app
