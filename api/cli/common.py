@@ -91,3 +91,17 @@ def progress(items: Iterable[T], *, total: int | None, unit: str, enabled: bool 
     if not enabled or not sys.stderr.isatty():
         return items
     return tqdm(items, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def progress_bar(*, total: int | None, unit: str, enabled: bool = True) -> tqdm:
+    """A tqdm bar on stderr advanced by hand with `.update(n)`; a silent no-op unless stderr is a
+    terminal and `enabled` (off for --json). With unit "B" it shows KiB/MiB/GiB."""
+    return tqdm(
+        total=total,
+        unit=unit,
+        unit_scale=unit == "B",
+        unit_divisor=1024,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not enabled or not sys.stderr.isatty(),
+    )
