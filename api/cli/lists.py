@@ -1,0 +1,382 @@
+"""`modelsieve list`: create lists, add and import entries, show, retract, dispute, export, stats."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from modelsieve.api.cli.common import (
+    add_db_option,
+    add_json_flag,
+    command_parser,
+    print_json_line,
+    progress,
+    report_failure,
+)
+from modelsieve.hashlists import curation
+from modelsieve.hashlists.errors import InvalidEntryError
+from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, EVIDENCE_TYPES, Entry, NewEntry
+from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
+from modelsieve.hashlists.store import Store, open_store
+
+EXAMPLES = """\
+examples:
+  modelsieve list create reports --publisher example-trust-safety
+  modelsieve list add reports --sha256 9f86d08...0a08 --category 2c --kind lora --note "title as reported"
+  modelsieve list add reports --url https://nudify.example/app --domain nudify.example
+  modelsieve list import --list reports hashes.txt     # plain SHA-256 list, CSV or JSON Lines
+  modelsieve list show reports --limit 20
+  modelsieve list retract e3f1... --reason "false positive: benign model"
+  modelsieve list stats --json
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = command_parser(
+        subparsers,
+        "list",
+        "manage lists of known-harmful models, URLs and domains",
+        "Lists (\"banks\") hold entries: digests of model files (any of sha256, blake3, md5, sha1,\n"
+        "crc32, autov1, autov2, autov3), fuzzy fingerprints, or URLs/domains of nudify services.\n"
+        "Every change is an event with a sequence number (the audit log and the base of delta\n"
+        "export). Notes are sensitive (titles can name victims): never shown unless asked for.",
+        EXAMPLES,
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    _register_create(actions)
+    _register_add(actions)
+    _register_import(actions)
+    _register_show(actions)
+    _register_judgement(actions, "retract", "retract own entries (false positives): they never match again")
+    _register_judgement(actions, "dispute", "flag entries as suspected false positives (they match, flagged)")
+    _register_stats(actions)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_db_option(parser)
+    add_json_flag(parser)
+
+
+def _entry_fields(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("entry fields")
+    group.add_argument("--category", choices=CATEGORIES, help="safety category (default 2c; nudify-service for URLs/domains)")
+    group.add_argument("--kind", choices=[k for k in ENTRY_KINDS if k != "service"], default="other")
+    group.add_argument("--source", default="", help="organisation that reported it (default: the list's publisher)")
+    group.add_argument("--evidence", choices=EVIDENCE_TYPES, help="exact-file, fuzzy or osint-report")
+    group.add_argument("--first-seen", metavar="DATE", help="when the model was first seen (ISO 8601)")
+    group.add_argument("--expires", metavar="DATE", help="the entry stops matching after this (ISO 8601)")
+    group.add_argument("--note", help="sensitive free text; stored, never printed unless asked for")
+
+
+# -- create ----------------------------------------------------------------------------------
+def _register_create(actions: Any) -> None:
+    parser = command_parser(
+        actions,
+        "create",
+        "create a list",
+        "Create an empty list. Its publisher is the organisation named in bundles exported from it.",
+        "examples:\n  modelsieve list create reports --publisher example-trust-safety --description 'user reports'\n",
+    )
+    parser.add_argument("name", help="list name: letters, digits, '.', '_', '-'")
+    parser.add_argument("--publisher", default="local", help="organisation publishing this list (default: local)")
+    parser.add_argument("--description", default="")
+    _common(parser)
+    parser.set_defaults(handler=run_create)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    with open_store(args.db) as store:
+        info = store.create_list(args.name, publisher=args.publisher, description=args.description)
+    if args.json:
+        print_json_line({"list": info.name, "publisher": info.publisher, "created": info.created})
+    else:
+        print(f"created list {info.name} (publisher {info.publisher})")
+    return 0
+
+
+# -- add -------------------------------------------------------------------------------------
+def _register_add(actions: Any) -> None:
+    parser = command_parser(
+        actions,
+        "add",
+        "add entries: model files, digests, URLs or domains",
+        "Add entries to a list. Digest options together describe ONE file that was never seen\n"
+        "here (a hash-only entry); each --url and --domain is an entry of its own (category\n"
+        "nudify-service). For many digests use `modelsieve list import`.",
+        EXAMPLES,
+    )
+    parser.add_argument("list", help="the list to add to")
+    digests = parser.add_argument_group("digests of one file (hash-only entry)")
+    for name in DIGEST_LENGTHS:
+        digests.add_argument(f"--{name}", metavar="HEX", help=f"{name} of the file")
+    parser.add_argument("--url", action="append", default=[], help="a nudify service's URL (repeatable)")
+    parser.add_argument("--domain", action="append", default=[], help="a nudify service's domain (repeatable)")
+    _entry_fields(parser)
+    _common(parser)
+    parser.set_defaults(handler=run_add)
+
+
+def _new_entries(args: argparse.Namespace) -> list[NewEntry]:
+    fields = {
+        "kind": args.kind,
+        "source": args.source,
+        "first_seen": args.first_seen,
+        "expires": args.expires,
+        "note": args.note,
+    }
+    digests = {name: getattr(args, name) for name in DIGEST_LENGTHS if getattr(args, name)}
+    entries = []
+    if digests:
+        entries.append(
+            NewEntry(category=args.category or "2c", digests=digests, evidence=args.evidence or "osint-report", **fields)
+        )
+    for key, values in (("url", args.url), ("domain", args.domain)):
+        entries += [
+            NewEntry(category="nudify-service", evidence=args.evidence or "osint-report", **{key: v}, **fields)
+            for v in values
+        ]
+    if not entries:
+        raise InvalidEntryError("nothing to add: give digests (e.g. --sha256 HEX), --url or --domain")
+    return entries
+
+
+def _print_entry_line(entry: Entry, *, added: bool, json_output: bool) -> None:
+    if json_output:
+        print_json_line({**entry.to_json(), "result": "added" if added else "already listed"})
+        return
+    what = entry.url or entry.domain or ", ".join(f"{n} {_shown(n, v)}" for n, v in entry.digests.items())
+    print(f"{'added' if added else 'already listed'}: {entry.id} {entry.category} {entry.kind} {what}")
+
+
+def _shown(name: str, value: str) -> str:
+    """A digest as people compare it: CRC32 in Civitai's upper-case form, the rest lower-case."""
+    return value.upper() if name == "crc32" else value
+
+
+def run_add(args: argparse.Namespace) -> int:
+    entries = _new_entries(args)
+    with open_store(args.db) as store:
+        for entry in entries:
+            stored = store.add_entry(args.list, entry)
+            if stored is None:
+                _print_existing(store, args.list, entry, json_output=args.json)
+            else:
+                _print_entry_line(stored, added=True, json_output=args.json)
+    return 0
+
+
+def _print_existing(store: Store, list_name: str, entry: NewEntry, *, json_output: bool) -> None:
+    valid = entry.validated()
+    same = [e for e in store.find_digests(valid.digests) if e.list == list_name] if valid.digests else []
+    if same:
+        _print_entry_line(same[0], added=False, json_output=json_output)
+    elif json_output:
+        print_json_line({"list": list_name, "url": valid.url, "domain": valid.domain, "result": "already listed"})
+    else:
+        print(f"already listed in {list_name}: {valid.url or valid.domain}")
+
+
+# -- import ----------------------------------------------------------------------------------
+def _register_import(actions: Any) -> None:
+    parser = command_parser(
+        actions,
+        "import",
+        "import hash lists (plain SHA-256, CSV, JSON Lines)",
+        "Import entries from files into a list, each file in one transaction. Formats: plain\n"
+        "(one SHA-256 a line, sha256sum output too), CSV with a header naming digests (sha256,\n"
+        "blake3, md5, sha1, crc32, autov1, autov2, autov3) and optional fields (category, kind,\n"
+        "source, evidence, first_seen, expires, note, url, domain), or JSON Lines with the same\n"
+        "keys. Bad lines are reported with their number; the rest is imported (exit status 1).\n"
+        "Entries the list already holds are skipped, so importing a file twice adds nothing.",
+        "examples:\n"
+        "  modelsieve list import --list reports hashes.txt\n"
+        "  modelsieve list import --list reports civitai-export.csv --source civitai --category 2c\n"
+        "  modelsieve list import --list reports entries.jsonl --json\n",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--list", "-l", metavar="NAME", help="the list to import hash lists into")
+    parser.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="default: detected per file")
+    _entry_fields(parser)
+    _common(parser)
+    parser.set_defaults(handler=run_import)
+
+
+def _valid_only(parsed: Iterable[ParsedLine], path: str, rejected: list[int]) -> Iterator[NewEntry]:
+    for number, result in parsed:
+        if isinstance(result, InvalidEntryError):
+            report_failure(path, result)
+            rejected.append(number)
+        else:
+            yield result
+
+
+def import_file(store: Store, list_name: str, path: str, *, format: str, defaults: Defaults, show_progress: bool) -> dict[str, Any]:
+    """Import one hash-list file into a list in one transaction; the summary record."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as stream:
+        if format == "auto":
+            first = next((line for line in iter(lambda: stream.readline(4096), "") if line.strip()), "")
+            format = detect_format(first)
+            stream.seek(0)
+        rejected: list[int] = []
+        entries = _valid_only(parse_entries(stream, format, defaults), path, rejected)
+        valid = 0
+
+        def counted() -> Iterator[NewEntry]:
+            nonlocal valid
+            for entry in progress(entries, total=None, unit=" entries", enabled=show_progress):
+                valid += 1
+                yield entry
+
+        added = store.add_entries(list_name, counted())
+    return {"file": path, "list": list_name, "format": format, "added": added, "already_listed": valid - added, "rejected": len(rejected)}
+
+
+def run_import(args: argparse.Namespace) -> int:
+    defaults = Defaults(
+        category=args.category or "2c", kind=args.kind, source=args.source, evidence=args.evidence or "osint-report"
+    )
+    status = 0
+    with open_store(args.db) as store:
+        if args.list is None:
+            raise InvalidEntryError("say which list to import into: --list NAME")
+        store.get_list(args.list)
+        for path in args.files:
+            if not Path(path).is_file():
+                report_failure(path, InvalidEntryError("no such file"))
+                status = 1
+                continue
+            summary = import_file(store, args.list, path, format=args.format, defaults=defaults, show_progress=not args.json)
+            status = 1 if summary["rejected"] else status
+            if args.json:
+                print_json_line(summary)
+            else:
+                print(
+                    f"{path}: {summary['added']} added to {args.list}, {summary['already_listed']} already listed, "
+                    f"{summary['rejected']} lines rejected ({summary['format']})"
+                )
+    return status
+
+
+# -- show ------------------------------------------------------------------------------------
+def _register_show(actions: Any) -> None:
+    parser = command_parser(
+        actions,
+        "show",
+        "show lists, a list's entries, or one entry",
+        "Without a list: every list with its publisher and entry count. With a list: its entries,\n"
+        "newest change last. With --entry: one entry. Notes only with --notes (they are sensitive).",
+        "examples:\n  modelsieve list show\n  modelsieve list show reports --status disputed\n"
+        "  modelsieve list show --entry e3f1... --notes\n",
+    )
+    parser.add_argument("list", nargs="?", help="the list whose entries to show")
+    parser.add_argument("--entry", metavar="ID", help="show one entry")
+    parser.add_argument("--status", choices=("active", "retracted", "disputed"), help="only entries with this status")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100; 0: all)")
+    parser.add_argument("--notes", action="store_true", help="include the sensitive notes")
+    _common(parser)
+    parser.set_defaults(handler=run_show)
+
+
+def _describe(entry: Entry, *, notes: bool) -> str:
+    what = entry.url or entry.domain or " ".join(f"{n}:{_shown(n, v)}" for n, v in entry.digests.items())
+    fingerprint = " +fingerprint" if entry.fingerprint else ""
+    origin = f" from {entry.origin}" if entry.origin else ""
+    line = f"{entry.id} [{entry.status}] {entry.category} {entry.kind} {what}{fingerprint} (source {entry.source}{origin}, seq {entry.seq})"
+    return f"{line}\n    note: {entry.note}" if notes and entry.note else line
+
+
+def run_show(args: argparse.Namespace) -> int:
+    with open_store(args.db) as store:
+        if args.entry:
+            entries: Iterable[Entry] = [store.get_entry(args.entry)]
+        elif args.list:
+            store.get_list(args.list)
+            entries = (e for e in store.entries(args.list) if args.status in (None, e.status))
+        else:
+            for info in store.lists():
+                count = store.counts(info.name)["entries"]
+                if args.json:
+                    print_json_line({"list": info.name, "publisher": info.publisher, "origin_list": info.origin_list, "description": info.description, "entries": count})
+                else:
+                    origin = f" (imported: {info.publisher}'s {info.origin_list})" if info.imported else ""
+                    print(f"{info.name}: {count} entries, publisher {info.publisher}{origin}")
+            return 0
+        for shown, entry in enumerate(entries):
+            if args.limit and shown >= args.limit:
+                print("... (more; raise --limit)", file=sys.stderr)
+                break
+            if args.json:
+                print_json_line(entry.to_json(include_note=args.notes))
+            else:
+                print(_describe(entry, notes=args.notes))
+    return 0
+
+
+# -- retract / dispute -----------------------------------------------------------------------
+def _register_judgement(actions: Any, name: str, summary: str) -> None:
+    detail = {
+        "retract": "Retract entries of this platform's own lists, e.g. false positives. Retracted entries\n"
+        "never match; the retraction travels to importers as a tombstone in the next bundle.",
+        "dispute": "Flag entries as suspected false positives. They keep matching with status \"disputed\"\n"
+        "so a person reviews them. Disputes of imported entries are opinions you can export to\n"
+        "their publisher (`modelsieve list export --opinions-for PUBLISHER`). --confirm lifts a dispute.",
+    }[name]
+    parser = command_parser(
+        actions, name, summary, detail, f"examples:\n  modelsieve list {name} e3f1c0... --reason 'benign model, same base'\n"
+    )
+    parser.add_argument("entries", nargs="+", metavar="ENTRY_ID")
+    parser.add_argument("--reason", default="", help="why (kept in the event log)")
+    if name == "dispute":
+        parser.add_argument("--confirm", action="store_true", help="confirm the entries instead (lifts a dispute)")
+        parser.add_argument("--by", default="local", help="who holds this opinion (default: local)")
+    _common(parser)
+    parser.set_defaults(handler=run_judgement, action=name)
+
+
+def run_judgement(args: argparse.Namespace) -> int:
+    with open_store(args.db) as store:
+        for entry_id in args.entries:
+            if args.action == "retract":
+                entry = curation.retract(store, entry_id, reason=args.reason)
+            elif args.confirm:
+                entry = curation.confirm(store, entry_id, reason=args.reason, by=args.by)
+            else:
+                entry = curation.dispute(store, entry_id, reason=args.reason, by=args.by)
+            if args.json:
+                print_json_line({"entry_id": entry.id, "list": entry.list, "status": entry.status, "seq": entry.seq})
+            else:
+                print(f"{entry.id}: {entry.status}")
+    return 0
+
+
+# -- stats -----------------------------------------------------------------------------------
+def _register_stats(actions: Any) -> None:
+    parser = command_parser(
+        actions,
+        "stats",
+        "count entries by status, kind, category and digest",
+        "Count the entries of one list, or of all lists, and give the store's latest sequence number.",
+        "examples:\n  modelsieve list stats\n  modelsieve list stats reports --json\n",
+    )
+    parser.add_argument("list", nargs="?")
+    _common(parser)
+    parser.set_defaults(handler=run_stats)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    with open_store(args.db) as store:
+        if args.list:
+            store.get_list(args.list)
+        counts = store.counts(args.list)
+        record = {"list": args.list, "last_seq": store.last_seq(), **counts}
+    if args.json:
+        print_json_line(record)
+        return 0
+    print(f"{args.list or 'all lists'}: {counts['entries']} entries (store at seq {record['last_seq']})")
+    for key, value in counts.items():
+        if ":" in key and value:
+            print(f"  {key:24} {value}")
+    return 0
