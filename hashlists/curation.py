@@ -47,12 +47,3 @@ def confirm(store: Store, entry_id: str, *, reason: str = "", by: str = "local")
         _record_opinion(store, entry, "confirm", reason, by)
         return store.set_status(entry_id, "active", actor=by, reason=reason) if entry.status == "disputed" else entry
 
-
-def local_status(store: Store, entry_id: str, published_status: str) -> str:
-    """The status an imported entry takes here: the publisher's, unless this platform disputes it."""
-    if published_status == "retracted":
-        return "retracted"
-    mine = store.opinions(entry_id=entry_id)
-    if mine and mine[-1].origin is not None and mine[-1].opinion == "dispute":
-        return "disputed"
-    return published_status

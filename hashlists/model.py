@@ -7,7 +7,6 @@ Everything here is a small frozen dataclass or a plain function; storage lives i
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -45,13 +44,11 @@ _LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9
 def entry_identity(entry: NewEntry) -> str:
     """What an entry lists, as a hash: a list never holds two entries with the same identity,
     so importing the same hash list twice adds nothing the second time."""
-    content = {
-        "digests": dict(sorted(entry.digests.items())),
-        "fingerprint": hashlib.sha256(entry.fingerprint).hexdigest() if entry.fingerprint else None,
-        "url": entry.url,
-        "domain": entry.domain,
-    }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+    parts = [f"{name}={value}" for name, value in sorted(entry.digests.items())]
+    if entry.fingerprint:
+        parts.append("fingerprint=" + hashlib.sha256(entry.fingerprint).hexdigest())
+    parts += [f"url={entry.url}" if entry.url else "", f"domain={entry.domain}" if entry.domain else ""]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def new_entry_id() -> str:
@@ -256,6 +253,7 @@ class Opinion:
     at: str
     reason: str = ""
     origin: str | None = None  # the entry's publisher, to whom the opinion may be exported
+    seq: int = 0  # the event recording it (set by the store)
 
 
 @dataclass(frozen=True)

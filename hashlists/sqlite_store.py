@@ -139,6 +139,10 @@ _UPSERT_ENTRY = (
     f"INSERT INTO entries ({', '.join(_ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(_ENTRY_COLUMNS))}) "
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _ENTRY_COLUMNS[1:])}"
 )
+_INSERT_NEW_ENTRY = (
+    f"INSERT INTO entries ({', '.join(_ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(_ENTRY_COLUMNS))}) "
+    "ON CONFLICT(list_name, identity) DO NOTHING"
+)
 _INSERT_EVENT = "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _BATCH = 10_000
 
@@ -183,6 +187,7 @@ class SQLiteStore(Store):
         self._conn = self._db.conn
         self._conn.isolation_level = None  # transactions are explicit: see transaction()
         self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA cache_size = -131072")  # 128 MiB: bulk imports touch random index pages
         self._path = str(path) if path is not None else "default store"
         self._lock = threading.RLock()
         self._depth = 0
@@ -291,60 +296,51 @@ class SQLiteStore(Store):
             count += self._insert_batch(list_name, batch, actor or publisher, origin, publisher, replace)
         return count
 
-    def _new_in_list(self, list_name: str, batch: list[NewEntry]) -> list[tuple[NewEntry, str]]:
-        """The entries of a batch whose identity the list does not hold yet, once each."""
-        identities = {entry_identity(entry): entry for entry in batch}
-        present: set[str] = set()
-        wanted = list(identities)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            rows = self._conn.execute(
-                f"SELECT identity FROM entries WHERE list_name = ? AND identity IN ({', '.join('?' * len(chunk))})",
-                (list_name, *chunk),
-            )
-            present.update(row[0] for row in rows)
-        return [(entry, identity) for identity, entry in identities.items() if identity not in present]
-
     def _insert_batch(
         self, list_name: str, batch: list[NewEntry], actor: str, origin: str | None, publisher: str, replace: bool
     ) -> int:
-        if replace:
-            fresh = [(entry, entry_identity(entry)) for entry in batch]
-        else:
-            fresh = self._new_in_list(list_name, batch)
-        if not fresh:
+        """Insert a batch (skipping what the list holds, or replacing by id) and its `add` events.
+
+        Rows take consecutive seqs; skipped ones leave gaps, which is fine: seqs only ever grow.
+        """
+        if not batch:
             return 0
-        ids = [entry.id or new_entry_id() for entry, _ in fresh]
-        seqs = self._append_events([("add", list_name, entry_id, actor, "") for entry_id in ids])
+        first = self.last_seq() + 1
         now = utc_now()
-        self._conn.executemany(
-            _UPSERT_ENTRY,
+        rows = (
             (
-                (
-                    entry_id,
-                    list_name,
-                    entry.category,
-                    entry.kind,
-                    *(entry.digests.get(name) for name in DIGEST_COLUMNS),
-                    entry.fingerprint,
-                    entry.url,
-                    url_key(entry.url) if entry.url else None,
-                    entry.domain,
-                    entry.source or publisher,
-                    entry.evidence,
-                    entry.first_seen,
-                    entry.added or now,
-                    entry.status,
-                    entry.expires,
-                    origin,
-                    entry.note,
-                    identity,
-                    seq,
-                )
-                for entry_id, (entry, identity), seq in zip(ids, fresh, seqs, strict=True)
-            ),
+                entry.id or new_entry_id(),
+                list_name,
+                entry.category,
+                entry.kind,
+                *(entry.digests.get(name) for name in DIGEST_COLUMNS),
+                entry.fingerprint,
+                entry.url,
+                url_key(entry.url) if entry.url else None,
+                entry.domain,
+                entry.source or publisher,
+                entry.evidence,
+                entry.first_seen,
+                entry.added or now,
+                entry.status,
+                entry.expires,
+                origin,
+                entry.note,
+                entry_identity(entry),
+                first + offset,
+            )
+            for offset, entry in enumerate(batch)
         )
-        return len(fresh)
+        try:
+            self._conn.executemany(_UPSERT_ENTRY if replace else _INSERT_NEW_ENTRY, rows)
+        except sqlite3.IntegrityError as exc:
+            raise InvalidEntryError(f"entries conflict with the list's ({exc})") from None
+        cursor = self._conn.execute(
+            "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) "
+            "SELECT seq, ?, 'add', list_name, id, ?, '' FROM entries WHERE seq BETWEEN ? AND ?",
+            (now, actor, first, first + len(batch) - 1),
+        )
+        return cursor.rowcount
 
     def get_entry(self, entry_id: str) -> Entry:
         rows = self._query("SELECT * FROM entries WHERE id = ?", (entry_id,))
@@ -477,7 +473,7 @@ class SQLiteStore(Store):
             clauses.append("origin = ?")
             params.append(origin)
         rows = self._query(f"SELECT * FROM opinions WHERE {' AND '.join(clauses)} ORDER BY seq", params)
-        return [Opinion(r["entry_id"], r["opinion"], r["by_name"], r["at"], r["reason"], r["origin"]) for r in rows]
+        return [Opinion(r["entry_id"], r["opinion"], r["by_name"], r["at"], r["reason"], r["origin"], r["seq"]) for r in rows]
 
     # -- trust -----------------------------------------------------------------------------
     def put_trusted_key(self, key: TrustedKey) -> None:

@@ -93,5 +93,29 @@ def test_errors_are_one_line_with_status_2(db: str, capsys: pytest.CaptureFixtur
     assert status == 2 and "64 hex" in err
     status, _, err = run(capsys, "list", "add", "reports", "--db", db)
     assert status == 2 and "nothing to add" in err
-    status, _, err = run(capsys, "list", "import", "x.txt", "--db", db)
+    hashes = Path(db).parent / "x.txt"
+    hashes.write_text(SHA + "\n")
+    status, _, err = run(capsys, "list", "import", str(hashes), "--db", db)
     assert status == 2 and "--list" in err
+
+
+def test_keys_trust_export_import_through_the_command_line(tmp_path: Path, db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path / "keys"), "--json")
+    [key] = json_lines(out)
+    assert status == 0 and (tmp_path / "keys" / "acme.key").stat().st_mode & 0o777 == 0o600
+    private_text = (tmp_path / "keys" / "acme.key").read_text()
+    assert "PRIVATE" in private_text and private_text.splitlines()[1] not in out, "the private key is never printed"
+    assert run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path / "keys"))[0] == 2, "never overwritten"
+    run(capsys, "list", "add", "reports", "--sha256", SHA, "--db", db)
+    bundle = tmp_path / "reports.bundle"
+    status, out, _ = run(capsys, "list", "export", "reports", "--key", key["private_key_file"], "-o", str(bundle), "--db", db)
+    assert status == 0 and "1 entries" in out
+    other = str(tmp_path / "other.db")
+    status, _, err = run(capsys, "list", "import", str(bundle), "--db", other)
+    assert status == 2 and "unknown publisher 'acme'" in err
+    assert run(capsys, "trust", "add", "acme", key["public_key_file"], "--level", "review", "--db", other)[0] == 0
+    assert "acme: level review" in run(capsys, "trust", "list", "--db", other)[1]
+    status, out, _ = run(capsys, "list", "import", str(bundle), "--db", other, "--json")
+    assert status == 0 and json_lines(out)[0]["entries"] == 1
+    status, _, err = run(capsys, "list", "import", str(bundle), "--db", other)
+    assert status == 2 and "replayed" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_opinions_trust_and_sync_positions_persist(tmp_path: Path) -> None:
         store.put_trusted_key(TrustedKey("pub", "ed25519:AAAA", "k1", "review", utc_now()))
         store.set_sync_position("pub", "l", 41)
     with SQLiteStore(path) as store:
-        assert store.opinions(origin="pub") == [opinion]
+        assert store.opinions(origin="pub") == [dataclasses.replace(opinion, seq=seq)]
         assert store.opinions(since=seq) == []
         key = store.trusted_key("pub")
         assert key is not None and key.level == "review" and len(store.trusted_keys()) == 1

@@ -16,10 +16,11 @@ from modelsieve.api.cli.common import (
     progress,
     report_failure,
 )
-from modelsieve.hashlists import curation
+from modelsieve.hashlists import bundles, curation
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, EVIDENCE_TYPES, Entry, NewEntry
 from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
+from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import Store, open_store
 
 EXAMPLES = """\
@@ -31,6 +32,8 @@ examples:
   modelsieve list show reports --limit 20
   modelsieve list retract e3f1... --reason "false positive: benign model"
   modelsieve list stats --json
+  modelsieve list export reports --key acme.key --since 0 -o reports-0.bundle
+  modelsieve list import reports-0.bundle                # a partner's signed bundle
 """
 
 
@@ -50,6 +53,7 @@ def register(subparsers: Any) -> None:
     _register_add(actions)
     _register_import(actions)
     _register_show(actions)
+    _register_export(actions)
     _register_judgement(actions, "retract", "retract own entries (false positives): they never match again")
     _register_judgement(actions, "dispute", "flag entries as suspected false positives (they match, flagged)")
     _register_stats(actions)
@@ -184,21 +188,25 @@ def _register_import(actions: Any) -> None:
     parser = command_parser(
         actions,
         "import",
-        "import hash lists (plain SHA-256, CSV, JSON Lines)",
-        "Import entries from files into a list, each file in one transaction. Formats: plain\n"
+        "import signed bundles, or hash lists (plain SHA-256, CSV, JSON Lines)",
+        "Import files, each in one transaction. A signed bundle (`modelsieve list export`) goes\n"
+        "into its publisher's list (PUBLISHER/LIST), verified against the key in the trust store;\n"
+        "tampered, unsigned, unknown-publisher, replayed and out-of-order bundles are refused.\n"
+        "Other files are hash lists for --list NAME. Formats: plain\n"
         "(one SHA-256 a line, sha256sum output too), CSV with a header naming digests (sha256,\n"
         "blake3, md5, sha1, crc32, autov1, autov2, autov3) and optional fields (category, kind,\n"
         "source, evidence, first_seen, expires, note, url, domain), or JSON Lines with the same\n"
         "keys. Bad lines are reported with their number; the rest is imported (exit status 1).\n"
         "Entries the list already holds are skipped, so importing a file twice adds nothing.",
         "examples:\n"
+        "  modelsieve list import partner-reports-41-97.bundle\n"
         "  modelsieve list import --list reports hashes.txt\n"
         "  modelsieve list import --list reports civitai-export.csv --source civitai --category 2c\n"
         "  modelsieve list import --list reports entries.jsonl --json\n",
     )
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--list", "-l", metavar="NAME", help="the list to import hash lists into")
-    parser.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="default: detected per file")
+    parser.add_argument("--format", choices=("auto", "bundle", *FORMATS), default="auto", help="default: detected per file")
     _entry_fields(parser)
     _common(parser)
     parser.set_defaults(handler=run_import)
@@ -240,14 +248,17 @@ def run_import(args: argparse.Namespace) -> int:
     )
     status = 0
     with open_store(args.db) as store:
-        if args.list is None:
-            raise InvalidEntryError("say which list to import into: --list NAME")
-        store.get_list(args.list)
         for path in args.files:
             if not Path(path).is_file():
                 report_failure(path, InvalidEntryError("no such file"))
                 status = 1
                 continue
+            if args.format == "bundle" or (args.format == "auto" and bundles.is_bundle(path)):
+                _import_bundle(store, path, json_output=args.json)
+                continue
+            if args.list is None:
+                raise InvalidEntryError(f"{path} is a hash list: say which list to import it into with --list NAME")
+            store.get_list(args.list)
             summary = import_file(store, args.list, path, format=args.format, defaults=defaults, show_progress=not args.json)
             status = 1 if summary["rejected"] else status
             if args.json:
@@ -258,6 +269,65 @@ def run_import(args: argparse.Namespace) -> int:
                     f"{summary['rejected']} lines rejected ({summary['format']})"
                 )
     return status
+
+
+def _import_bundle(store: Store, path: str, *, json_output: bool) -> None:
+    report = bundles.import_bundle(store, path)
+    if json_output:
+        print_json_line({"file": path, **report.to_json()})
+    elif report.type == "opinions":
+        print(f"{path}: {report.opinions} opinions from {report.publisher} (seq {report.from_seq}..{report.to_seq})")
+    else:
+        print(
+            f"{path}: {report.publisher}'s list {report.list}, seq {report.from_seq}..{report.to_seq}: "
+            f"{report.entries} entries, {report.tombstones} tombstones applied"
+        )
+
+
+# -- export ----------------------------------------------------------------------------------
+def _register_export(actions: Any) -> None:
+    parser = command_parser(
+        actions,
+        "export",
+        "write a signed bundle of a list's changes (or of your opinions)",
+        "Write a bundle: the list's entries changed after --since SEQ (retracted ones as\n"
+        "tombstones), a manifest (list, publisher, sequence range, counts, scheme versions) and\n"
+        "an Ed25519 signature over it. Notes are left out unless --include-notes. With\n"
+        "--opinions-for PUBLISHER: your disputes/confirmations of that publisher's entries,\n"
+        "signed as --as NAME, for them to import. The format is described in the README.",
+        "examples:\n"
+        "  modelsieve list export reports --key acme.key -o reports-full.bundle\n"
+        "  modelsieve list export reports --key acme.key --since 97 -o reports-97.bundle\n"
+        "  modelsieve list export --opinions-for hotline-x --as acme --key acme.key -o to-hotline.bundle\n",
+    )
+    parser.add_argument("list", nargs="?", help="the list to export (one of this platform's own)")
+    parser.add_argument("--key", required=True, metavar="FILE", help="your private key (modelsieve keys generate)")
+    parser.add_argument("--since", type=int, default=0, metavar="SEQ", help="only changes after this sequence number")
+    parser.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="the bundle to write")
+    parser.add_argument("--include-notes", action="store_true", help="include the sensitive notes")
+    parser.add_argument("--opinions-for", metavar="PUBLISHER", help="export your opinions on PUBLISHER's entries")
+    parser.add_argument("--as", dest="as_name", metavar="NAME", help="your publisher name (with --opinions-for)")
+    _common(parser)
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    key = load_private_key(args.key)
+    with open_store(args.db) as store:
+        if args.opinions_for:
+            if not args.as_name:
+                raise InvalidEntryError("--opinions-for needs --as NAME: the name the publisher trusts you under")
+            manifest = bundles.export_opinions(store, args.opinions_for, key, args.out, as_name=args.as_name, since=args.since)
+        elif args.list:
+            manifest = bundles.export_list(store, args.list, key, args.out, since=args.since, include_notes=args.include_notes)
+        else:
+            raise InvalidEntryError("name the list to export, or --opinions-for PUBLISHER")
+    if args.json:
+        print_json_line({"file": str(args.out), **manifest.to_json()})
+    else:
+        counts = ", ".join(f"{n} {k}" for k, n in manifest.counts.items() if n) or "no changes"
+        print(f"{args.out}: {manifest.publisher}, seq {manifest.from_seq}..{manifest.to_seq}: {counts}")
+    return 0
 
 
 # -- show ------------------------------------------------------------------------------------
