@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 
+from modelsieve.fingerprint.errors import FingerprintError
+from modelsieve.fingerprint.fuzzy import (
+    DEFAULT_THRESHOLD,
+    PUBLIC_KEY,
+    BaseModel,
+    Fingerprint,
+    FingerprintKey,
+    compare,
+    sign_codes,
+)
+from modelsieve.hashlists.files import examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
+from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
 from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.urls import normalise_url, registrable_domain, url_key, url_prefix_keys
@@ -48,13 +61,29 @@ class Matcher:
     """Looks subjects up in every list of a store; see the module docstring.
 
     refresh_interval: seconds between checks of the store's event sequence (0: before every call).
+    fingerprint_key / bases: how `match_path` fingerprints files (the key the lists were made with).
+    threshold: the fuzzy score from which a comparison is a match; fuzzy_top: most fuzzy matches
+    reported; fuzzy_candidates: how many index candidates are scored exactly.
     """
 
-    def __init__(self, store: Store, *, refresh_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        refresh_interval: float = 1.0,
+        fingerprint_key: FingerprintKey = PUBLIC_KEY,
+        bases: Sequence[BaseModel] = (),
+        threshold: float = DEFAULT_THRESHOLD,
+        fuzzy_top: int = 10,
+        fuzzy_candidates: int = 100,
+    ) -> None:
         self._store = store
         self._refresh_interval = refresh_interval
+        self._key, self._bases, self._threshold = fingerprint_key, tuple(bases), threshold
+        self._fuzzy_top, self._fuzzy_candidates = fuzzy_top, fuzzy_candidates
         self._lock = threading.RLock()
         self._digests = DigestIndex()
+        self._fuzzy = FuzzyIndex()
         self._url_keys: dict[str, list[int]] = {}
         self._domains: dict[str, list[int]] = {}
         self._trust: dict[str, str] = {}
@@ -69,8 +98,8 @@ class Matcher:
 
     @property
     def index_bytes(self) -> int:
-        """Memory held by the digest index arrays."""
-        return self._digests.nbytes
+        """Memory held by the digest and fingerprint index arrays."""
+        return self._digests.nbytes + self._fuzzy.nbytes
 
     def refresh(self) -> int:
         """Index every entry changed since the last refresh; returns the sequence number now reflected."""
@@ -80,26 +109,21 @@ class Matcher:
             latest = self._store.last_seq()
             if latest == self._seq:
                 return latest
-            changed = self._store.entries(changed_since=self._seq, until=latest)
+            rows = [row for row in self._store.index_rows(changed_since=self._seq, until=latest) if row.status != "retracted"]
+            for row in rows:
+                if row.url:
+                    self._url_keys.setdefault(url_key(row.url), []).append(row.seq)
+                if row.domain:
+                    self._domains.setdefault(row.domain, []).append(row.seq)
+            digest_rows = ((row.seq, row.digests) for row in rows if row.digests)
             if self._seq == 0:
-                self._digests.add_many((e.seq, e.digests) for e in self._index_services(changed) if e.digests)
+                self._digests.add_many(digest_rows)
             else:
-                for entry in self._index_services(changed):
-                    if entry.digests:
-                        self._digests.add(entry.seq, entry.digests)
+                for seq, digests in digest_rows:
+                    self._digests.add(seq, digests)
+            self._fuzzy.add_many((row.seq, row.codes) for row in rows if row.codes)
             self._seq = latest
             return latest
-
-    def _index_services(self, entries: Iterable[Entry]) -> Iterable[Entry]:
-        """Index URL and domain entries on the way through; pass on the matchable ones."""
-        for entry in entries:
-            if entry.status == "retracted":
-                continue
-            if entry.url:
-                self._url_keys.setdefault(url_key(entry.url), []).append(entry.seq)
-            if entry.domain:
-                self._domains.setdefault(entry.domain, []).append(entry.seq)
-            yield entry
 
     def _maybe_refresh(self) -> None:
         if time.monotonic() - self._checked >= self._refresh_interval:
@@ -163,6 +187,51 @@ class Matcher:
             elif entry.domain == domain:
                 matches.append(self._match(entry, "domain"))
         return sorted(matches, key=lambda m: (m.kind != "url", m.entry_id))
+
+    def match_fingerprint(self, fingerprint: Fingerprint) -> list[Match]:
+        """Listed fingerprints the query carries (score ≥ threshold), best first, at most fuzzy_top.
+
+        Candidates come from the sign-code index; each is then scored exactly with `compare`.
+        Listed fingerprints taken with another key or scheme, or with no delta, are skipped.
+        """
+        codes = sign_codes(fingerprint)
+        self._maybe_refresh()
+        with self._lock:
+            candidates = self._fuzzy.candidates(codes, limit=self._fuzzy_candidates)
+        matches = []
+        for entry in self._confirmed(seq for seq, _ in candidates):
+            if entry.fingerprint is None:
+                continue
+            try:
+                comparison = compare(fingerprint, parse_fingerprint(entry.fingerprint))
+            except FingerprintError:
+                continue
+            if comparison.is_match(self._threshold):
+                matches.append(
+                    self._match(
+                        entry,
+                        "fuzzy",
+                        comparison.score,
+                        coefficient=comparison.coefficient,
+                        base=comparison.base,
+                        similarity=comparison.similarity,
+                    )
+                )
+        return sorted(matches, key=lambda m: (-m.score, m.entry_id))[: self._fuzzy_top]
+
+    def match_path(self, path: str | os.PathLike[str]) -> MatchResult:
+        """Hash and fingerprint one model file, then look both up.
+
+        A file that cannot be fingerprinted (not a model, no float tensors) is still matched on its
+        digests; the reason is kept in the result's `problems`. A fuzzy match of an entry already
+        matched exactly is not repeated.
+        """
+        evidence = examine_file(path, self._key, self._bases)
+        matches = self.match_digests(evidence.digests)
+        if evidence.fingerprint is not None:
+            exact_ids = {m.entry_id for m in matches}
+            matches += [m for m in self.match_fingerprint(evidence.fingerprint) if m.entry_id not in exact_ids]
+        return MatchResult(str(path), tuple(matches), (evidence.problem,) if evidence.problem else ())
 
     def match_url_result(self, url: str) -> MatchResult:
         """`match_url` as a MatchResult whose subject is the URL."""

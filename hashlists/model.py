@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelsieve.hashlists.errors import InvalidEntryError
+from modelsieve.hashlists.fuzzy_index import parse_fingerprint
 from modelsieve.hashlists.urls import normalise_url, registrable_domain
 
 # The contract's digest names and the lengths (hex characters) a value of each may have.
@@ -150,6 +151,8 @@ class NewEntry:
         digests = normalise_digests(self.digests)
         url = normalise_url(self.url) if self.url else None
         domain = registrable_domain(self.domain) if self.domain else None
+        if self.fingerprint is not None:
+            parse_fingerprint(self.fingerprint)
         if not (digests or self.fingerprint or url or domain):
             raise InvalidEntryError("an entry needs at least one digest, a fingerprint, a URL or a domain")
         if (url or domain) and (digests or self.fingerprint):
@@ -228,6 +231,18 @@ class Entry:
         if include_note:
             record["note"] = self.note
         return record
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """What the matcher's in-memory indexes need of an entry (no notes, no fingerprint blob)."""
+
+    seq: int
+    status: str
+    digests: Mapping[str, str]
+    url: str | None
+    domain: str | None
+    codes: Mapping[str, bytes]  # the fingerprint's sign codes by component; empty without one
 
 
 @dataclass(frozen=True)
@@ -322,6 +337,7 @@ class MatchResult:
 
     subject: str
     matches: tuple[Match, ...] = ()
+    problems: tuple[str, ...] = ()  # e.g. why a file could only be matched on its digests
 
     @property
     def verdict(self) -> str:
@@ -330,4 +346,7 @@ class MatchResult:
         return "near" if self.matches else "none"
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.subject, "verdict": self.verdict, "matches": [m.to_json() for m in self.matches]}
+        record = {"path": self.subject, "verdict": self.verdict, "matches": [m.to_json() for m in self.matches]}
+        if self.problems:
+            record["problems"] = list(self.problems)
+        return record

@@ -16,12 +16,14 @@ from typing import Any
 
 from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
+from modelsieve.hashlists.fuzzy_index import decode_codes, stored_codes
 from modelsieve.hashlists.model import (
     AUTOV3_PREFIX,
     DIGEST_LENGTHS,
     STATUSES,
     Entry,
     Event,
+    IndexRow,
     ListInfo,
     NewEntry,
     Opinion,
@@ -55,6 +57,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             kind TEXT NOT NULL,
             {", ".join(f"{name} TEXT" for name in DIGEST_COLUMNS)},
             fingerprint BLOB,
+            fp_codes TEXT,
             url TEXT,
             url_key TEXT,
             domain TEXT,
@@ -121,6 +124,7 @@ _ENTRY_COLUMNS = (
     "kind",
     *DIGEST_COLUMNS,
     "fingerprint",
+    "fp_codes",
     "url",
     "url_key",
     "domain",
@@ -315,6 +319,7 @@ class SQLiteStore(Store):
                 entry.kind,
                 *(entry.digests.get(name) for name in DIGEST_COLUMNS),
                 entry.fingerprint,
+                stored_codes(entry.fingerprint) if entry.fingerprint else None,
                 entry.url,
                 url_key(entry.url) if entry.url else None,
                 entry.domain,
@@ -364,6 +369,22 @@ class SQLiteStore(Store):
                 params.append(until)
             rows = self._query(f"SELECT * FROM entries WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT {_BATCH}", params)
             yield from (_entry(row) for row in rows)
+            if len(rows) < _BATCH:
+                return
+            last = rows[-1]["seq"]
+
+    def index_rows(self, *, changed_since: int = 0, until: int | None = None) -> Iterator[IndexRow]:
+        columns = ", ".join(("seq", "status", "url", "domain", "fp_codes", *DIGEST_COLUMNS))
+        last = changed_since
+        while True:
+            bound = "" if until is None else f" AND seq <= {int(until)}"
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {columns} FROM entries WHERE seq > ?{bound} ORDER BY seq LIMIT {_BATCH}", (last,)
+                ).fetchall()
+            for row in rows:
+                digests = {name: row[name] for name in DIGEST_COLUMNS if row[name]}
+                yield IndexRow(row["seq"], row["status"], digests, row["url"], row["domain"], decode_codes(row["fp_codes"]))
             if len(rows) < _BATCH:
                 return
             last = rows[-1]["seq"]

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
-from modelsieve.hashlists.model import Entry, Event, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
+from modelsieve.hashlists.model import Entry, Event, IndexRow, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
 
 
 class Store(abc.ABC):
@@ -101,6 +101,10 @@ class Store(abc.ABC):
         self, list_name: str | None = None, *, changed_since: int = 0, until: int | None = None
     ) -> Iterator[Entry]:
         """Entries (of one list, or all) whose last change has seq in (changed_since, until], by seq."""
+
+    @abc.abstractmethod
+    def index_rows(self, *, changed_since: int = 0, until: int | None = None) -> Iterator[IndexRow]:
+        """What the matcher indexes of each entry changed in (changed_since, until], by seq."""
 
     @abc.abstractmethod
     def entries_by_id(self, entry_ids: Iterable[str]) -> dict[str, Entry]:

@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from modelsieve.fingerprint.digests import DIGEST_NAMES
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
-from modelsieve.hashlists.model import NewEntry, Opinion, TrustedKey, utc_now
+from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry, Opinion, TrustedKey, utc_now
 from modelsieve.hashlists.sqlite_store import SCHEMA_VERSION, SQLiteStore
+from tests.hashlists_fixtures import lora_fingerprint
+
+
+FINGERPRINT = lora_fingerprint(1).to_bytes()
 
 
 def sha(text: str) -> str:
@@ -25,7 +30,7 @@ def test_entries_keep_every_field_and_normalise_digests(store: SQLiteStore) -> N
             category="2c",
             kind="lora",
             digests={"SHA256": sha("a").upper(), "crc32": "0D4A1185", "autov3": "ABCDEF012345"},
-            fingerprint=b"\x01\x02",
+            fingerprint=FINGERPRINT,
             source="hotline-x",
             evidence="fuzzy",
             first_seen="2026-01-02",
@@ -38,7 +43,7 @@ def test_entries_keep_every_field_and_normalise_digests(store: SQLiteStore) -> N
     assert again == entry
     assert again.digests == {"sha256": sha("a"), "crc32": "0d4a1185", "autov3": "abcdef012345"}
     assert (again.first_seen, again.expires) == ("2026-01-02T00:00:00Z", "2029-12-31T22:00:00Z")
-    assert again.source == "hotline-x" and again.fingerprint == b"\x01\x02" and again.note == "a title naming someone"
+    assert again.source == "hotline-x" and again.fingerprint == FINGERPRINT and again.note == "a title naming someone"
     assert "naming" not in repr(again), "the sensitive note must never appear in a repr (logs)"
     assert "note" not in again.to_json() and again.to_json(include_note=True)["note"] == "a title naming someone"
 
@@ -58,6 +63,7 @@ def test_source_defaults_to_the_list_publisher(store: SQLiteStore) -> None:
         (NewEntry(category="2c", url="https://x.example/"), "nudify-service"),
         (NewEntry(category="nudify-service", digests={"md5": "0" * 32}), "URL and domain entries"),
         (NewEntry(category="2c", digests={"md5": "0" * 32}, first_seen="yesterday"), "ISO 8601"),
+        (NewEntry(category="2c", fingerprint=b"MSFP\x01garbage"), "invalid fingerprint"),
     ],
 )
 def test_invalid_entries_are_refused_and_add_nothing(store: SQLiteStore, entry: NewEntry, message: str) -> None:
@@ -160,3 +166,7 @@ def test_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path: Path) -> No
     connection.close()
     with pytest.raises(SchemaError, match="newer"):
         SQLiteStore(path)
+
+
+def test_the_store_knows_exactly_the_contract_digest_names() -> None:
+    assert set(DIGEST_LENGTHS) == set(DIGEST_NAMES)

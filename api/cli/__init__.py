@@ -15,7 +15,7 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect", "lists", "trust", "keys")
+COMMAND_MODULES = ("inspect", "lists", "match", "trust", "keys")
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.

@@ -12,11 +12,14 @@ from modelsieve.api.cli.common import (
     add_db_option,
     add_json_flag,
     command_parser,
+    expand_paths,
     print_json_line,
     progress,
     report_failure,
 )
+from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists import bundles, curation
+from modelsieve.hashlists.files import examine_file
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, EVIDENCE_TYPES, Entry, NewEntry
 from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
@@ -28,6 +31,7 @@ examples:
   modelsieve list create reports --publisher example-trust-safety
   modelsieve list add reports --sha256 9f86d08...0a08 --category 2c --kind lora --note "title as reported"
   modelsieve list add reports --url https://nudify.example/app --domain nudify.example
+  modelsieve list add reports reported-lora.safetensors --category 2c --source hotline-x
   modelsieve list import --list reports hashes.txt     # plain SHA-256 list, CSV or JSON Lines
   modelsieve list show reports --limit 20
   modelsieve list retract e3f1... --reason "false positive: benign model"
@@ -107,12 +111,15 @@ def _register_add(actions: Any) -> None:
         actions,
         "add",
         "add entries: model files, digests, URLs or domains",
-        "Add entries to a list. Digest options together describe ONE file that was never seen\n"
+        "Add entries to a list. Each PATH is hashed (every digest) and fingerprinted: one entry\n"
+        "per file, evidence exact-file. Digest options together describe ONE file that was never seen\n"
         "here (a hash-only entry); each --url and --domain is an entry of its own (category\n"
         "nudify-service). For many digests use `modelsieve list import`.",
         EXAMPLES,
     )
     parser.add_argument("list", help="the list to add to")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="model files to hash and fingerprint (one entry each)")
+    parser.add_argument("--fingerprint-key", metavar="FILE", help="fingerprint key (default: $MODELSIEVE_FINGERPRINT_KEY or public)")
     digests = parser.add_argument_group("digests of one file (hash-only entry)")
     for name in DIGEST_LENGTHS:
         digests.add_argument(f"--{name}", metavar="HEX", help=f"{name} of the file")
@@ -133,6 +140,22 @@ def _new_entries(args: argparse.Namespace) -> list[NewEntry]:
     }
     digests = {name: getattr(args, name) for name in DIGEST_LENGTHS if getattr(args, name)}
     entries = []
+    key = load_key(args.fingerprint_key)
+    for path in expand_paths(args.paths):
+        evidence = examine_file(path, key)
+        if evidence.problem:
+            report_failure(path, InvalidEntryError(evidence.problem))
+        kind = evidence.fingerprint.kind if evidence.fingerprint else args.kind
+        fingerprint = evidence.fingerprint.to_bytes() if evidence.fingerprint else None
+        entries.append(
+            NewEntry(
+                category=args.category or "2c",
+                digests=evidence.digests,
+                fingerprint=fingerprint,
+                evidence=args.evidence or "exact-file",
+                **{**fields, "kind": kind},
+            )
+        )
     if digests:
         entries.append(
             NewEntry(category=args.category or "2c", digests=digests, evidence=args.evidence or "osint-report", **fields)
@@ -143,7 +166,7 @@ def _new_entries(args: argparse.Namespace) -> list[NewEntry]:
             for v in values
         ]
     if not entries:
-        raise InvalidEntryError("nothing to add: give digests (e.g. --sha256 HEX), --url or --domain")
+        raise InvalidEntryError("nothing to add: give model files, digests (e.g. --sha256 HEX), --url or --domain")
     return entries
 
 
