@@ -15,7 +15,15 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect", "hash", "demo")
+COMMAND_MODULES = (
+    "demo",
+    "inspect",
+    "hash",
+    "lists",
+    "match",
+    "trust",
+    "keys",
+)
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.
