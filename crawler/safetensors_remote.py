@@ -143,7 +143,7 @@ class _StreamCapture:
 
     def result(self, final_url: URL) -> RemoteContent:
         size = self.offset
-        digests = {k: v for k, v in self.digest.hexdigests().items() if v is not None}
+        digests = _defined(self.digest)
         header, problem = self.header, self.problem
         if header is not None:
             try:
@@ -232,6 +232,7 @@ async def read_remote(
         # (whole-file digests, and the header and tensors if the stream itself is valid).
         return await download(fetcher, final_url, transcript, select, config)
     spans = selected_spans(header, select, config.max_selected_bytes)
+    digests = _whole_digests(head, config) if len(head) == file_size else {}  # the first answer held it all
     start = header.data_start
     arrays: dict[str, np.ndarray] = {}
     for begin, end in coalesce(((s.begin, s.end) for s in spans), config.coalesce_gap):
@@ -244,4 +245,15 @@ async def read_remote(
         for span in spans:
             if begin <= span.begin and span.end <= end:
                 arrays[span.info.name] = _array(span, view[span.begin - begin : span.end - begin])
-    return RemoteContent(str(final_url), file_size, True, header, arrays)
+    return RemoteContent(str(final_url), file_size, True, header, arrays, digests)
+
+
+def _whole_digests(data: bytes, config: RemoteReadConfig) -> dict[str, str]:
+    digest = MultiDigest(config.digest_names)
+    digest.update(data)
+    return _defined(digest)
+
+
+def _defined(digest: MultiDigest) -> dict[str, str]:
+    """The digests that are defined for the bytes seen (AutoV1 needs 2 MiB, AutoV3 safetensors)."""
+    return {name: value for name, value in digest.hexdigests().items() if value is not None}

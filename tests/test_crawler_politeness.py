@@ -7,12 +7,12 @@ import asyncio
 import pytest
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
-from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
 from modelsieve.crawler.politeness import HostGate, PolitenessConfig
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
-HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)}
+HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)} | {"private.test": ["10.0.0.1"]}
 
 
 async def resolve_hosts(host: str, port: int) -> list[str]:
@@ -109,3 +109,9 @@ def test_limits_must_be_positive() -> None:
         PolitenessConfig(per_host_concurrency=0)
     with pytest.raises(ValueError):
         PolitenessConfig(per_host_delay=-1)
+
+
+async def test_a_blocked_host_is_reported_as_blocked_not_as_robots_disallowed() -> None:
+    async with fetcher(FetchConfig()) as client:
+        with pytest.raises(BlockedAddressError, match="10.0.0.1"):
+            await client.get_small("http://private.test/files/m", transcript=Transcript())

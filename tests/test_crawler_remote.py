@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from modelsieve.crawler.politeness import HostGate, PolitenessConfig
 from modelsieve.crawler.safetensors_remote import RemoteReadConfig, coalesce, download, read_remote
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.readers.base import TensorInfo
-from tests.crawler_fakes import LIE_KINDS, LIES, LOG, file_host, synthetic_safetensors
+from tests.crawler_fakes import LIE_KINDS, LIES, LOG, file_host, serve_in_thread, synthetic_safetensors
 
 MODEL = synthetic_safetensors(seed=1, tensors=12, width=64)
 TENSORS = load(MODEL)
@@ -155,19 +154,9 @@ def test_coalesce_covers_exactly_the_ranges_plus_small_gaps(raw: list[tuple[int,
 @pytest.fixture(scope="module")
 def liar() -> Iterator[tuple[web.Application, int, asyncio.AbstractEventLoop]]:
     """One lying host for the whole property test, on its own loop in a thread (loopback only)."""
-    loop = asyncio.new_event_loop()
     app = file_host({"m": MODEL})
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield app, port, loop
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_in_thread(app) as (port, loop):
+        yield app, port, loop
 
 
 @given(st.lists(st.one_of(st.none(), st.sampled_from(LIE_KINDS)), min_size=1, max_size=6), st.sampled_from([64, 1024, 100_000]))

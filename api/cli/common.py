@@ -79,3 +79,15 @@ def progress(items: Iterable[T], *, total: int | None, unit: str, enabled: bool 
     if not enabled or not sys.stderr.isatty():
         return items
     return tqdm(items, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def progress_bar(*, total: int | None, unit: str, initial: int = 0, enabled: bool = True) -> tqdm:
+    """A tqdm bar (rate and ETA) on stderr updated by hand, e.g. from async work; silent when off or not a TTY."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not enabled or not sys.stderr.isatty(),
+    )
