@@ -34,7 +34,7 @@ TensorSelector = Callable[[Sequence[TensorInfo]], Sequence[TensorInfo]]
 class RemoteReadConfig:
     """How much the remote reader may read, and how it groups ranges."""
 
-    first_read: int = 100_000  # the first request: length prefix plus most headers (as hub clients do)
+    first_read: int = 32 * 1024  # the first request: length prefix and most LoRA headers (a checkpoint's needs one more)
     coalesce_gap: int = 64 * 1024  # ranges closer than this are fetched as one (fewer requests, few extra bytes)
     max_selected_bytes: int = 512 * 1024 * 1024  # tensor bytes one verdict may ask for
     max_download_bytes: int = 16 * 1024**3  # whole-file fallback cap
