@@ -79,3 +79,15 @@ def progress(items: Iterable[T], *, total: int | None, unit: str, enabled: bool 
     if not enabled or not sys.stderr.isatty():
         return items
     return tqdm(items, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def command_group(subparsers: Any, name: str, summary: str, description: str) -> Any:
+    """The sub-commands of a command group (e.g. `keys`), created by whichever module asks first.
+
+    Several command modules can each add their sub-commands to one group this way.
+    """
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = command_parser(subparsers, name, summary, description)
+        parser.set_defaults(group_commands=parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
+    return parser.get_default("group_commands")
