@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from modelsieve.api.cli import main
+
 from tests.api_support import bearer
 
 MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -79,22 +81,24 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Pa
             server.wait(10)
 
 
-def test_keys_cli_prints_a_key_once_lists_without_secrets_and_revokes(tmp_path: Path) -> None:
+def test_keys_cli_prints_a_key_once_lists_without_secrets_and_revokes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "store.db")
-    created = cli("keys", "api", "create", "--scope", "lookup", "--scope", "crawl", "--name", "hub", "--db", db)
-    assert created.returncode == 0, created.stderr
-    token = created.stdout.strip()
-    assert token.startswith("msk_") and "shown only now" in created.stderr
+    assert main(["keys", "api", "create", "--scope", "lookup", "--scope", "crawl", "--name", "hub", "--db", db]) == 0
+    created = capsys.readouterr()
+    token = created.out.strip()
+    assert token.startswith("msk_") and "shown only now" in created.err
     key_id = token.split("_")[1]
-    listed = cli("keys", "api", "list", "--json", "--db", db)
-    record = json.loads(listed.stdout)
+    assert main(["keys", "api", "list", "--json", "--db", db]) == 0
+    listed = capsys.readouterr().out
+    record = json.loads(listed)
     assert record["key_id"] == key_id and record["scopes"] == ["lookup", "crawl"] and record["revoked_at"] is None
-    assert token.split("_")[2] not in listed.stdout
-    assert cli("keys", "api", "revoke", key_id, "--db", db).returncode == 0
-    again = cli("keys", "api", "revoke", key_id, "--db", db)
-    assert again.returncode == 2 and again.stderr.startswith("modelsieve: error: no live API key")
-    bad = cli("keys", "api", "create", "--scope", "root", "--db", db)
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    assert token.split("_")[2] not in listed
+    assert main(["keys", "api", "revoke", key_id, "--db", db]) == 0
+    assert main(["keys", "api", "revoke", key_id, "--db", db]) == 2
+    assert capsys.readouterr().err.startswith("modelsieve: error: no live API key")
+    with pytest.raises(SystemExit):
+        main(["keys", "api", "create", "--scope", "root", "--db", db])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_two_workers_share_the_port_sum_metrics_and_stop_cleanly_on_sigterm(
