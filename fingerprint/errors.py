@@ -7,3 +7,11 @@ class ModelsieveError(Exception):
 
 class ModelFileError(ModelsieveError):
     """A model file is malformed, hostile or unsupported; the message says what and where."""
+
+
+class FingerprintError(ModelsieveError):
+    """A model cannot be fingerprinted or two fingerprints cannot be compared; the message says why."""
+
+
+class FingerprintMismatchError(FingerprintError):
+    """Two fingerprints were taken with different keys or scheme versions, so comparing them is meaningless."""

@@ -1,0 +1,143 @@
+"""Politeness: per-host concurrency and spacing, a global concurrency cap, Retry-After, robots.txt.
+
+`HostGate` knows nothing about HTTP: it is the reusable piece a distributed crawl keeps per
+partition (one registrable domain per partition keeps its limits whole across a cluster).
+`RobotsRules` caches one parsed robots.txt per origin, fetched through whatever function it is
+given (the crawler passes its SSRF-guarded fetcher), following RFC 9309 for status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.robotparser
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from yarl import URL
+
+from modelsieve.fingerprint.errors import ModelsieveError
+
+ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
+ROBOTS_CACHE_ORIGINS = 50_000  # origins whose parsed robots.txt stays cached (oldest dropped first)
+_PRUNE_EVERY = 1024
+
+
+@dataclass(frozen=True)
+class PolitenessConfig:
+    """Limits that keep the crawler a good citizen; the defaults suit a crawl over many hosts."""
+
+    per_host_concurrency: int = 2
+    per_host_delay: float = 0.0  # minimum seconds between the starts of two requests to one host
+    global_concurrency: int = 64
+    max_retry_after: float = 300.0  # a host's Retry-After is honoured up to this many seconds
+
+    def __post_init__(self) -> None:
+        if self.per_host_concurrency < 1 or self.global_concurrency < 1:
+            raise ValueError("concurrency limits must be at least 1")
+        if self.per_host_delay < 0 or self.max_retry_after < 0:
+            raise ValueError("delays must not be negative")
+
+
+class _Host:
+    __slots__ = ("semaphore", "next_start", "users")
+
+    def __init__(self, concurrency: int) -> None:
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.next_start = 0.0
+        self.users = 0
+
+
+class HostGate:
+    """Admits requests so no host sees more than its concurrency, or requests closer than its delay."""
+
+    def __init__(self, config: PolitenessConfig = PolitenessConfig(), clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._global = asyncio.Semaphore(config.global_concurrency)
+        self._hosts: dict[str, _Host] = {}
+        self._admitted = 0
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        """Hold one request slot for `host` (and one global slot) for the duration of the block."""
+        state = self._hosts.get(host)
+        if state is None:
+            state = self._hosts[host] = _Host(self.config.per_host_concurrency)
+        state.users += 1
+        try:
+            async with state.semaphore:
+                while (wait := state.next_start - self._clock()) > 0:  # a deferral may land while we sleep
+                    await asyncio.sleep(wait)
+                state.next_start = self._clock() + self.config.per_host_delay
+                async with self._global:
+                    yield
+        finally:
+            state.users -= 1
+            self._admitted += 1
+            if self._admitted % _PRUNE_EVERY == 0:
+                self._prune()
+
+    def defer(self, host: str, seconds: float) -> float:
+        """Start no request to `host` for `seconds` (a Retry-After), capped; returns the wait applied."""
+        wait = min(max(seconds, 0.0), self.config.max_retry_after)
+        state = self._hosts.get(host)
+        if state is None:
+            state = self._hosts[host] = _Host(self.config.per_host_concurrency)
+        state.next_start = max(state.next_start, self._clock() + wait)
+        return wait
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for host in [h for h, s in self._hosts.items() if s.users == 0 and s.next_start <= now]:
+            del self._hosts[host]
+
+
+RobotsFetch = Callable[[URL], Awaitable[tuple[int, str]]]
+"""Fetch an origin's /robots.txt: (status, text); raising OSError/ModelsieveError means unreachable."""
+
+
+class RobotsRules:
+    """robots.txt per origin, fetched once (concurrent askers wait for the one fetch) and cached.
+
+    RFC 9309: 2xx → the rules; 4xx → everything allowed; 5xx or unreachable → nothing allowed.
+    """
+
+    def __init__(self, fetch: RobotsFetch, user_agent: str) -> None:
+        self._fetch = fetch
+        self._agent = user_agent
+        self._parsers: dict[str, asyncio.Task[urllib.robotparser.RobotFileParser]] = {}
+
+    async def allows(self, url: URL) -> bool:
+        """Whether robots.txt of the URL's origin lets this crawler request it."""
+        origin = str(url.origin())
+        task = self._parsers.get(origin)
+        if task is None:
+            task = self._parsers[origin] = asyncio.ensure_future(self._load(url.origin()))
+            if len(self._parsers) > ROBOTS_CACHE_ORIGINS:
+                oldest = next(iter(self._parsers))
+                if self._parsers[oldest].done():
+                    del self._parsers[oldest]
+        parser = await asyncio.shield(task)
+        return parser.can_fetch(self._agent, str(url))
+
+    async def _load(self, origin: URL) -> urllib.robotparser.RobotFileParser:
+        parser = urllib.robotparser.RobotFileParser()
+        try:
+            status, text = await self._fetch(origin.with_path("/robots.txt"))
+        except (OSError, TimeoutError, ModelsieveError):  # unreachable: RFC 9309 says assume disallowed
+            status, text = 503, ""
+        if 200 <= status < 300:
+            parser.parse(text[:ROBOTS_MAX_BYTES].splitlines())
+        elif 400 <= status < 500:
+            parser.allow_all = True
+        else:
+            parser.disallow_all = True
+        return parser
+
+    async def close(self) -> None:
+        """Cancel robots.txt fetches still under way."""
+        for task in self._parsers.values():
+            task.cancel()
+        await asyncio.gather(*self._parsers.values(), return_exceptions=True)

@@ -1,0 +1,152 @@
+"""Fuzzy tensor fingerprints: the one interface the store, the crawler and the CLI use.
+
+    key = load_key()                                      # or PUBLIC_KEY, or FingerprintKey(...)
+    base = BaseModel("sd15", fingerprint_model(open_model("sd15.safetensors"), key))
+    fp = fingerprint_model(open_model("tune.safetensors"), key, bases=[base])   # delta vs sd15
+    result = compare(fp, listed_fp)                       # similarity, score, coefficient, breakdown
+    Fingerprint.from_bytes(fp.to_bytes())                 # compact, versioned, validated
+
+Candidate search for stores: `index_vectors`, `sign_codes`, `hamming_distances`, `lsh_keys`.
+Partial reads (crawler): `select_tensors(infos)` says which tensors to fetch;
+`fingerprint_tensors(arrays, key, bases)` fingerprints whatever arrays were fetched, and its
+fingerprint compares with full listed fingerprints on the tensors both hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from modelsieve.fingerprint.deltas import BaseFit, BaseModel, delta, explain_no_base, nearest_base
+from modelsieve.fingerprint.dtypes import dtype_named
+from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
+from modelsieve.fingerprint.fpformat import SCHEME_VERSION, Fingerprint, new_fingerprint
+from modelsieve.fingerprint.index import (
+    CANDIDATE_MAX_HAMMING,
+    INDEX_DIM,
+    INDEX_ROLES,
+    hamming_distances,
+    index_vectors,
+    lsh_keys,
+    sign_code,
+    sign_codes,
+)
+from modelsieve.fingerprint.keys import PUBLIC_KEY, FingerprintKey, load_key, parse_key
+from modelsieve.fingerprint.lora import adapter_sketches, is_adapter, split_adapter_key
+from modelsieve.fingerprint.names import canonical_name, role_of
+from modelsieve.fingerprint.readers import ModelReader, TensorInfo
+from modelsieve.fingerprint.scoring import DEFAULT_THRESHOLD, Comparison, GroupScore, compare, tensor_weights
+from modelsieve.fingerprint.sketch import DEFAULT_THREADS, sketch_tensors, view_shape
+
+__all__ = [
+    "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "SCHEME_VERSION", "BaseFit", "BaseModel",
+    "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore",
+    "compare", "fingerprint_model", "fingerprint_tensors", "hamming_distances", "index_vectors", "load_key",
+    "lsh_keys", "nearest_base", "parse_key", "select_tensors", "sign_code", "sign_codes", "tensor_weights",
+]
+
+# Extra tensor roles a partial read adds, in order, while the byte budget allows (INDEX_ROLES come first, always).
+_EXTRA_ROLES = ("attn2.to_q", "attn2.to_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out",
+                "proj_in", "proj_out", "mlp.fc1", "mlp.fc2")
+
+
+def _is_float(dtype: str) -> bool:
+    try:
+        return dtype_named(dtype).is_float and dtype_named(dtype).numpy is not None
+    except KeyError:
+        return False
+
+
+def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Float arrays under canonical names (EMA copies and buffers dropped), and how many keys were skipped."""
+    named: dict[str, np.ndarray] = {}
+    skipped = 0
+    for key, array in arrays.items():
+        name = canonical_name(key)
+        if name is None or array.dtype.kind not in "fV" or view_shape(tuple(array.shape)) is None:
+            skipped += 1
+            continue
+        if name in named:
+            raise FingerprintError(f"two tensors map to the canonical name {name!r} (one of them is {key!r})")
+        named[name] = array
+    return named, skipped
+
+
+def fingerprint_tensors(
+    arrays: Mapping[str, np.ndarray],
+    key: FingerprintKey = PUBLIC_KEY,
+    bases: Sequence[BaseModel] = (),
+    *,
+    require_base: bool = False,
+    threads: int = DEFAULT_THREADS,
+) -> Fingerprint:
+    """Fingerprint the given tensors (all of a model, or any subset, e.g. a crawler's ranged reads).
+
+    Adapter files (LoRA/LyCORIS keys) give a "lora" fingerprint of their ΔW. Checkpoints give a
+    delta against the nearest of `bases` when one fits, else a raw fingerprint (base None) —
+    or, with `require_base`, a FingerprintError saying why no base fits.
+    """
+    if is_adapter(list(arrays)):
+        sketches, shapes, skipped = adapter_sketches(key, arrays)
+        if not sketches:
+            raise FingerprintError("the adapter holds no LoRA/LyCORIS module with both factors")
+        return new_fingerprint("lora", None, key, sketches, shapes, {"tensors_skipped": skipped})
+    named, skipped = _checkpoint_arrays(arrays)
+    if not named:
+        raise FingerprintError("the model holds no floating-point tensors to fingerprint")
+    sketches = sketch_tensors(key, named.items(), threads=threads)
+    shapes = {n: view_shape(tuple(named[n].shape)) or () for n in sketches}
+    raw = new_fingerprint("checkpoint", None, key, sketches, shapes, {"tensors_skipped": skipped})
+    fit = nearest_base(raw, bases)
+    if fit is not None:
+        return delta(raw, fit.base)
+    if require_base:
+        raise FingerprintError(f"no registered base fits this model: {explain_no_base(raw, bases)}")
+    return raw
+
+
+def fingerprint_model(
+    reader: ModelReader,
+    key: FingerprintKey = PUBLIC_KEY,
+    bases: Sequence[BaseModel] = (),
+    *,
+    require_base: bool = False,
+    threads: int = DEFAULT_THREADS,
+) -> Fingerprint:
+    """Fingerprint every float tensor of an open model (see `fingerprint_tensors`)."""
+    arrays = {info.name: reader.array(info.name) for info in reader.tensors()
+              if _is_float(info.dtype) or split_adapter_key(info.name) is not None}
+    if not arrays:
+        raise FingerprintError(f"{reader.path}: the model holds no floating-point tensors to fingerprint")
+    return fingerprint_tensors(arrays, key, bases, require_base=require_base, threads=threads)
+
+
+def select_tensors(infos: Sequence[TensorInfo], budget_fraction: float = 0.05) -> list[TensorInfo]:
+    """The tensors a cheap partial fingerprint should fetch, in file-name order of selection.
+
+    Always the INDEX_ROLES tensors (cross-attention key/value and text-encoder attention: about
+    4.5 % of an SD 1.5 checkpoint), then further attention roles while the total stays within
+    `budget_fraction` of the model's float bytes. Adapter files are small: all their tensors.
+    Models with no recognised roles get an even spread of 2-D tensors within the budget.
+    """
+    if is_adapter([i.name for i in infos]):
+        return list(infos)
+    named = [(canonical_name(i.name), i) for i in infos if _is_float(i.dtype)]
+    named = sorted(((n, i) for n, i in named if n is not None), key=lambda pair: pair[0])
+    budget = budget_fraction * sum(i.nbytes for _, i in named)
+    chosen = [i for n, i in named if role_of(n) in INDEX_ROLES]
+    used = sum(i.nbytes for i in chosen)
+    if chosen:
+        for role in _EXTRA_ROLES:
+            for name, info in named:
+                if role_of(name) == role and used + info.nbytes <= budget:
+                    chosen.append(info)
+                    used += info.nbytes
+        return chosen
+    matrices = [i for _, i in named if len(i.shape) >= 2]
+    for info in matrices[:: max(1, len(matrices) // 64)]:
+        if used + info.nbytes <= budget:
+            chosen.append(info)
+            used += info.nbytes
+    return chosen

@@ -1,0 +1,88 @@
+"""Candidate search support: fixed-size index vectors, sign codes, Hamming distances, LSH keys.
+
+A store cannot compare a query with every listed fingerprint in full, so each fingerprint also
+yields one small unit vector per model component (`unet`, `text_encoder`, ...): a keyed
+feature-hashing projection of its weighted delta sketches over the INDEX_ROLES tensors (the
+cross-attention key/value and text-encoder attention projections: present in every SD
+checkpoint, targeted by nearly every LoRA, and fetched first by the crawler's partial reads).
+Cosines between index vectors approximate the weighted delta cosine on those tensors.
+
+Search by Hamming distance between the vectors' sign bits (INDEX_DIM bits, 64 bytes a code):
+a pair with cosine c differs in a fraction arccos(c)/π of its bits. Weak true matches have
+c ≈ 0.3–0.4 (41–40 % of bits differ) while unrelated pairs differ in 50 %, so a linear scan of
+the codes with `hamming_distances` and a cut at CANDIDATE_MAX_HAMMING keeps high recall at a
+small candidate fraction (the README gives the measured numbers). Banded LSH keys
+(`lsh_keys`) only find strong matches (c ≳ 0.8) with few bands; they are offered for key-value
+stores, not recommended for weak matches.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+
+import numpy as np
+
+from modelsieve.fingerprint.fpformat import Fingerprint
+from modelsieve.fingerprint.names import component_of, role_of
+from modelsieve.fingerprint.scoring import tensor_weights
+
+INDEX_DIM = 512
+INDEX_ROLES = ("attn2.to_k", "attn2.to_v", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+CANDIDATE_MAX_HAMMING = 226  # of 512 bits; see the README for the recall / candidate-fraction trade-off
+LSH_BAND_BITS = 16
+
+
+@functools.lru_cache(maxsize=8192)
+def _hashing(secret_check: str, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    seed = hashlib.blake2b(f"{secret_check}:{name}".encode(), digest_size=16, person=b"msfp-index").digest()
+    generator = np.random.Generator(np.random.PCG64(int.from_bytes(seed, "little")))
+    return generator.integers(0, INDEX_DIM, size), generator.choice(np.array([-1.0, 1.0]), size)
+
+
+def index_vectors(fp: Fingerprint) -> dict[str, np.ndarray]:
+    """One unit float32 vector of INDEX_DIM per component that has INDEX_ROLES tensors with a nonzero delta."""
+    weights = tensor_weights(fp)
+    vectors: dict[str, np.ndarray] = {}
+    for name, sketch in fp.sketches.items():
+        if role_of(name) not in INDEX_ROLES:
+            continue
+        flat = sketch.ravel() * weights[name]
+        buckets, signs = _hashing(fp.key_id + fp.key_check, name, flat.size)
+        vector = vectors.setdefault(component_of(name), np.zeros(INDEX_DIM))
+        np.add.at(vector, buckets, signs * flat)
+    result = {}
+    for component, vector in vectors.items():
+        norm = np.linalg.norm(vector)
+        if norm > 0:
+            result[component] = (vector / norm).astype(np.float32)
+    return result
+
+
+def sign_code(vector: np.ndarray) -> bytes:
+    """The INDEX_DIM sign bits of an index vector, packed into INDEX_DIM / 8 bytes."""
+    return np.packbits(np.asarray(vector) > 0).tobytes()
+
+
+def sign_codes(fp: Fingerprint) -> dict[str, bytes]:
+    """The sign code of each of the fingerprint's index vectors, by component."""
+    return {component: sign_code(v) for component, v in index_vectors(fp).items()}
+
+
+def hamming_distances(code: bytes, codes: np.ndarray) -> np.ndarray:
+    """Hamming distances between one code and an (n × INDEX_DIM/8) uint8 array of codes."""
+    query = np.frombuffer(code, dtype=np.uint64)
+    table = np.ascontiguousarray(codes, dtype=np.uint8).view(np.uint64).reshape(len(codes), -1)
+    return np.bitwise_count(table ^ query).sum(axis=1, dtype=np.int64)
+
+
+def lsh_keys(fp: Fingerprint) -> list[int]:
+    """Banded LSH keys (signed 64-bit ints): one per LSH_BAND_BITS-bit band of each component's sign code."""
+    keys = []
+    for component, code in sign_codes(fp).items():
+        step = LSH_BAND_BITS // 8
+        for band in range(0, len(code), step):
+            digest = hashlib.blake2b(f"{component}:{band}:".encode() + code[band : band + step], digest_size=8).digest()
+            keys.append(struct.unpack("<q", digest)[0])
+    return keys

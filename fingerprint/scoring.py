@@ -1,0 +1,157 @@
+"""Comparing two delta fingerprints: weighting → raw similarity → score, with breakdowns.
+
+The pipeline has three explicit stages so a background cohort can slot in (issue "calibrate"):
+1. `tensor_weights(fp)`: a fixed per-tensor weight, 1/√numel (so each tensor counts by its
+   per-element change, not its size), capped so no tensor carries more than CAP × the median
+   tensor energy (one retrained embedding must not decide a comparison).
+2. `pair_statistics(query, listed)`: per shared tensor (same canonical name and view shape) the
+   weighted dot product and energies; the raw delta cosine and the least-squares coefficient
+   of listed's delta inside query's follow from these sums.
+3. `compare(...)`: the `Comparison` with its score. Without a cohort the score is the raw cosine
+   clipped at 0 and `calibrated` is False.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
+from modelsieve.fingerprint.fpformat import Fingerprint
+from modelsieve.fingerprint.names import block_of, component_of
+
+ENERGY_CAP = 16.0
+DEFAULT_THRESHOLD = 0.35  # raw delta cosine; see README "Fuzzy fingerprints" for how it was chosen
+
+
+def tensor_weights(fp: Fingerprint) -> dict[str, float]:
+    """Per-tensor weights (stage 1): 1/√numel, capped at ENERGY_CAP × the median energy."""
+    sizes = {n: math.prod(fp.shapes[n]) for n in fp.sketches}
+    energies = {n: float(np.sum(s * s)) / sizes[n] for n, s in fp.sketches.items()}
+    positive = [e for e in energies.values() if e > 0]
+    cap = ENERGY_CAP * float(np.median(positive)) if positive else 0.0
+    return {n: (min(1.0, math.sqrt(cap / e)) if e > cap else 1.0) / math.sqrt(sizes[n]) for n, e in energies.items()}
+
+
+@dataclass(frozen=True)
+class PairStatistics:
+    """Stage 2: weighted per-tensor dot products and energies over the shared tensors."""
+
+    names: tuple[str, ...]
+    dots: np.ndarray
+    query_energy: np.ndarray
+    listed_energy: np.ndarray
+    listed_total_energy: float
+
+    def similarity(self, select: np.ndarray | None = None) -> float:
+        """The weighted delta cosine over all (or the selected) shared tensors."""
+        mask = slice(None) if select is None else select
+        denominator = math.sqrt(float(self.query_energy[mask].sum()) * float(self.listed_energy[mask].sum()))
+        return float(self.dots[mask].sum()) / denominator if denominator > 0 else 0.0
+
+
+def _check_comparable(query: Fingerprint, listed: Fingerprint) -> None:
+    query.check_compatible(listed)
+    for role, fp in (("query", query), ("listed", listed)):
+        if not fp.is_delta:
+            raise FingerprintError(
+                f"the {role} fingerprint is a raw checkpoint sketch (no registered base fitted it); register its base "
+                "with `modelsieve bases add` and fingerprint it again"
+            )
+    if query.base is not None and listed.base is not None and query.base != listed.base:
+        raise FingerprintMismatchError(f"the fingerprints were taken against different bases ({query.base!r} vs {listed.base!r})")
+
+
+def pair_statistics(query: Fingerprint, listed: Fingerprint) -> PairStatistics:
+    """Stage 2 for a query and a listed fingerprint, weighted by the listed one's tensor weights."""
+    _check_comparable(query, listed)
+    weights = tensor_weights(listed)
+    names = tuple(n for n in listed.sketches if n in query.sketches and query.shapes[n] == listed.shapes[n])
+    w2 = np.array([weights[n] ** 2 for n in names])
+    q = [query.sketches[n].ravel() for n in names]
+    l = [listed.sketches[n].ravel() for n in names]
+    dots = w2 * np.array([a @ b for a, b in zip(q, l, strict=True)])
+    query_energy = w2 * np.array([a @ a for a in q])
+    listed_energy = w2 * np.array([b @ b for b in l])
+    total = sum(weights[n] ** 2 * float(np.sum(s * s)) for n, s in listed.sketches.items())
+    return PairStatistics(names, dots, query_energy, listed_energy, total)
+
+
+@dataclass(frozen=True)
+class GroupScore:
+    """A component's or block's part of a comparison."""
+
+    similarity: float  # delta cosine within the group
+    share: float  # the group's share of the overall weighted dot product
+    tensors: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How much of a listed model's delta a query carries, with the evidence to show for it."""
+
+    similarity: float  # raw weighted delta cosine over shared tensors, −1..1
+    score: float  # the decision score (uncalibrated: similarity clipped at 0)
+    calibrated: bool  # False until a background cohort normalises scores
+    coefficient: float  # least-squares weight of listed's delta in query's (merge α, LoRA strength, add-diff m)
+    base: str | None
+    tensors_compared: int
+    coverage: float  # share of listed's weighted delta energy on the tensors compared
+    components: Mapping[str, GroupScore] = field(default_factory=dict)
+    blocks: Mapping[str, GroupScore] = field(default_factory=dict)
+
+    def is_match(self, threshold: float = DEFAULT_THRESHOLD) -> bool:
+        return self.tensors_compared > 0 and self.score >= threshold
+
+    def to_json(self) -> dict[str, Any]:
+        group = lambda g: {"similarity": round(g.similarity, 4), "share": round(g.share, 4), "tensors": g.tensors}  # noqa: E731
+        return {
+            "similarity": round(self.similarity, 4), "score": round(self.score, 4), "calibrated": self.calibrated,
+            "coefficient": round(self.coefficient, 4), "base": self.base, "tensors_compared": self.tensors_compared,
+            "coverage": round(self.coverage, 4),
+            "components": {k: group(v) for k, v in self.components.items()},
+            "blocks": {k: group(v) for k, v in self.blocks.items()},
+        }
+
+
+def _groups(stats: PairStatistics, key: Callable[[str], str]) -> dict[str, GroupScore]:
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, name in enumerate(stats.names):
+        members[key(name)].append(index)
+    total = float(stats.dots.sum())
+    result = {}
+    for group, indices in sorted(members.items()):
+        select = np.zeros(len(stats.names), dtype=bool)
+        select[indices] = True
+        share = float(stats.dots[select].sum()) / total if total else 0.0
+        result[group] = GroupScore(stats.similarity(select), share, len(indices))
+    return result
+
+
+def compare(query: Fingerprint, listed: Fingerprint) -> Comparison:
+    """Compare a query's delta with a listed delta over the tensors both hold.
+
+    Raises FingerprintMismatchError for other keys, schemes or bases, FingerprintError when
+    either side is not a delta. No shared tensors gives similarity 0 with tensors_compared 0.
+    """
+    stats = pair_statistics(query, listed)
+    similarity = stats.similarity()
+    listed_energy = float(stats.listed_energy.sum())
+    coefficient = float(stats.dots.sum()) / listed_energy if listed_energy > 0 else 0.0
+    coverage = listed_energy / stats.listed_total_energy if stats.listed_total_energy > 0 else 0.0
+    return Comparison(
+        similarity=similarity,
+        score=max(0.0, similarity),
+        calibrated=False,
+        coefficient=coefficient,
+        base=listed.base or query.base,
+        tensors_compared=len(stats.names),
+        coverage=coverage,
+        components=_groups(stats, component_of),
+        blocks=_groups(stats, block_of),
+    )

@@ -1,0 +1,111 @@
+"""Politeness against a loopback host that records concurrency per Host header; robots.txt rules."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
+from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.politeness import HostGate, PolitenessConfig
+from tests.crawler_fakes import LOG, file_host
+
+LOOPBACK = AddressPolicy(allow_loopback=True)
+HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)}
+
+
+async def resolve_hosts(host: str, port: int) -> list[str]:
+    return HOSTS[host]
+
+
+def fetcher(config: FetchConfig = FetchConfig(honour_robots=False), **politeness: float) -> Fetcher:
+    return Fetcher(config, gate=HostGate(PolitenessConfig(**politeness)), address_policy=LOOPBACK, resolve=resolve_hosts)
+
+
+async def get_all(client: Fetcher, urls: list[str]) -> list[int]:
+    async def one(url: str) -> int:
+        response, _ = await client.get_small(url, transcript=Transcript())
+        return response.status
+
+    return await asyncio.gather(*(one(u) for u in urls))
+
+
+async def test_no_host_sees_more_than_its_concurrency_limit(aiohttp_server) -> None:
+    server = await aiohttp_server(file_host({"m": b"abc"}, delay=0.05))
+    urls = [f"http://h{i % 4}.test:{server.port}/files/m" for i in range(48)]
+    async with fetcher(per_host_concurrency=2, global_concurrency=64) as client:
+        assert set(await get_all(client, urls)) == {200}
+    log = server.app[LOG]
+    assert set(log.max_in_flight) == set(HOSTS)
+    assert max(log.max_in_flight.values()) == 2  # the limit holds, and was reached
+    assert log.max_total_in_flight > 2  # hosts do not wait for one another
+
+
+async def test_the_global_limit_caps_all_hosts_together(aiohttp_server) -> None:
+    server = await aiohttp_server(file_host({"m": b"abc"}, delay=0.05))
+    urls = [f"http://h{i % 4}.test:{server.port}/files/m" for i in range(40)]
+    async with fetcher(per_host_concurrency=4, global_concurrency=3) as client:
+        await get_all(client, urls)
+    assert server.app[LOG].max_total_in_flight == 3
+
+
+async def test_requests_to_one_host_are_spaced_by_the_delay(aiohttp_server) -> None:
+    server = await aiohttp_server(file_host({"m": b"abc"}))
+    urls = [f"http://h0.test:{server.port}/files/m"] * 4
+    async with fetcher(per_host_concurrency=4, per_host_delay=0.15) as client:
+        await get_all(client, urls)
+    starts = server.app[LOG].starts["h0.test"]
+    assert len(starts) == 4
+    assert all(later - earlier >= 0.14 for earlier, later in zip(starts, starts[1:]))
+
+
+ROBOTS = "User-agent: *\nDisallow: /files/secret\n\nUser-agent: modelsieve\nDisallow: /files/private\n"
+
+
+async def test_robots_txt_is_honoured_and_fetched_once_per_origin(aiohttp_server) -> None:
+    server = await aiohttp_server(file_host({"m": b"abc", "private": b"no"}, robots=(200, ROBOTS)))
+    async with fetcher(FetchConfig()) as client:
+        assert await get_all(client, [f"http://h0.test:{server.port}/files/m"] * 5) == [200] * 5
+        with pytest.raises(RobotsDisallowedError, match="robots.txt disallows"):
+            await client.get_small(f"http://h0.test:{server.port}/files/private", transcript=Transcript())
+    log = server.app[LOG]
+    assert log.hits["/robots.txt"] == 1
+    assert log.hits["/files/private"] == 0
+
+
+async def test_robots_rules_are_checked_again_after_a_redirect(aiohttp_server) -> None:
+    server = await aiohttp_server(file_host({"private": b"no"}, robots=(200, ROBOTS)))
+    async with fetcher(FetchConfig()) as client:
+        with pytest.raises(RobotsDisallowedError):
+            await client.get_small(f"http://h1.test:{server.port}/to?target=/files/private", transcript=Transcript())
+    assert server.app[LOG].hits["/files/private"] == 0
+
+
+@pytest.mark.parametrize(("status", "allowed"), [(404, True), (410, True), (500, False), (503, False)])
+async def test_robots_status_codes_follow_rfc_9309(aiohttp_server, status: int, allowed: bool) -> None:
+    server = await aiohttp_server(file_host({"m": b"abc"}, robots=(status, "User-agent: *\nAllow: /\n")))
+    config = FetchConfig(backoff_base=0.01, max_retries=1)
+    async with fetcher(config) as client:
+        if allowed:
+            response, _ = await client.get_small(f"http://h2.test:{server.port}/files/m", transcript=Transcript())
+            assert response.status == 200
+        else:
+            with pytest.raises(RobotsDisallowedError):
+                await client.get_small(f"http://h2.test:{server.port}/files/m", transcript=Transcript())
+            assert server.app[LOG].hits["/files/m"] == 0
+
+
+async def test_robots_can_be_switched_off(aiohttp_server) -> None:
+    server = await aiohttp_server(file_host({"private": b"no"}, robots=(200, ROBOTS)))
+    async with fetcher(FetchConfig(honour_robots=False)) as client:
+        response, body = await client.get_small(f"http://h3.test:{server.port}/files/private", transcript=Transcript())
+    assert (response.status, body) == (200, b"no")
+    assert server.app[LOG].hits["/robots.txt"] == 0
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        PolitenessConfig(per_host_concurrency=0)
+    with pytest.raises(ValueError):
+        PolitenessConfig(per_host_delay=-1)
