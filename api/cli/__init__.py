@@ -15,7 +15,7 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect", "api_keys", "serve")
+COMMAND_MODULES = ("inspect", "hash", "demo", "api_keys", "serve")
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.
