@@ -32,7 +32,7 @@ from modelsieve.fingerprint.names import block_of, component_of
 
 ENERGY_CAP = 16.0
 NOISE_FLOOR = 0.25
-CHANGED = 1.25  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
+CHANGED = 2.0  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
 DEFAULT_THRESHOLD = 0.35  # raw delta cosine; see README "Fuzzy fingerprints" for how it was chosen
 
 

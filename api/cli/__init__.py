@@ -15,7 +15,7 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect",)
+COMMAND_MODULES = ("inspect", "fingerprint", "compare", "bases")
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.
