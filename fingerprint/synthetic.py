@@ -461,3 +461,37 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
     path = Path(path)
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
     return path
+
+
+def write_sharded(folder: str | Path, tensors: Mapping[str, np.ndarray], count: int) -> Path:
+    """A sharded checkpoint (`model-0000i-of-0000n.safetensors` + index); returns the index path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for i, shard in enumerate(shards(dict(tensors), count), start=1):
+        name = f"model-{i:05d}-of-{count:05d}.safetensors"
+        write_safetensors(folder / name, shard)
+        weight_map.update({tensor: name for tensor in shard})
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}))
+    return index
+
+
+_DIFFUSERS_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+                    "text_encoder": "model.safetensors"}
+
+
+def write_diffusers(folder: str | Path, tensors: Mapping[str, np.ndarray]) -> Path:
+    """A diffusers pipeline folder from component-prefixed diffusers names (`Family.diffusers_names`)."""
+    folder = Path(folder)
+    components: dict[str, Tensors] = {}
+    for name, array in tensors.items():
+        component, rest = name.split(".", 1)
+        components.setdefault(component, {})[rest] = array
+    for component, part in components.items():
+        (folder / component).mkdir(parents=True, exist_ok=True)
+        write_safetensors(folder / component / _DIFFUSERS_FILES[component], part)
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             **{component: ["diffusers", "ModelMixin"] for component in components}}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
