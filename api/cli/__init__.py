@@ -15,7 +15,18 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect", "fingerprint", "compare", "bases")
+COMMAND_MODULES = (
+    "demo",
+    "inspect",
+    "hash",
+    "lists",
+    "match",
+    "trust",
+    "keys",
+    "fingerprint",
+    "compare",
+    "bases",
+)
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.
