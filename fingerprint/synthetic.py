@@ -298,9 +298,8 @@ class Family:
 
     def delta(self, seed: int, size: float | None = None, *, text_encoder: bool = True, vae: bool = False) -> Tensors:
         """A fine-tune's delta: per tensor `size` (default: drawn in 0.1–2 %) × base norm, partly shared."""
-        rng = _rng(self.seed, "tune", seed)
-        size = size if size is not None else float(np.exp(rng.uniform(np.log(0.001), np.log(0.02))))
-        share = rng.uniform(self.shared_low, self.shared_high)
+        size = size if size is not None else self.delta_size(seed)
+        share = _rng(self.seed, "share", seed).uniform(self.shared_low, self.shared_high)
         out = {}
         for spec in self.specs:
             component = spec.diffusers.split(".", 1)[0]
@@ -310,6 +309,10 @@ class Family:
             direction = np.sqrt(share) * self.common(spec.ldm) + np.sqrt(1 - share) * own
             out[spec.ldm] = (size * _norm(self.base[spec.ldm]) * direction).astype(np.float32)
         return out
+
+    def delta_size(self, seed: int) -> float:
+        """The relative delta size fine-tune `seed` gets by default: log-uniform in 0.1–2 %."""
+        return float(np.exp(_rng(self.seed, "size", seed).uniform(np.log(0.001), np.log(0.02))))
 
     def fine_tune(self, seed: int, size: float | None = None, **kwargs: bool) -> Tensors:
         """Base + delta(seed)."""
