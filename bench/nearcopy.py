@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import tempfile
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -54,12 +55,21 @@ KEY = FingerprintKey("bench", b"modelsieve bench key, synthetic only")
 BACKGROUND: dict[str, np.ndarray] = {}  # benign directions from a separate cohort (set in main)
 
 
+_CODES: weakref.WeakKeyDictionary[Fingerprint, tuple[dict[str, bytes], dict[str, bytes]]] = weakref.WeakKeyDictionary()
+
+
+def _codes(fp: Fingerprint, variant: int) -> dict[str, bytes]:
+    if fp not in _CODES:
+        _CODES[fp] = (sign_codes(fp), sign_codes(fp, BACKGROUND))
+    return _CODES[fp][variant]
+
+
 def hamming(query: Fingerprint, listed: Fingerprint) -> tuple[int, int]:
     """The smallest Hamming distance over the components both index (what a store's scan sees),
     without and with the cohort's benign direction projected out."""
     distances = []
-    for background in (None, BACKGROUND):
-        q, l = sign_codes(query, background), sign_codes(listed, background)
+    for variant in (0, 1):
+        q, l = _codes(query, variant), _codes(listed, variant)
         shared = [c for c in q if c in l]
         distances.append(min((int(hamming_distances(q[c], np.frombuffer(l[c], np.uint8)[None])[0]) for c in shared),
                              default=10**6))
