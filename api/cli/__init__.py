@@ -25,6 +25,9 @@ COMMAND_MODULES = (
     "keys",
     "api_keys",
     "serve",
+    "fingerprint",
+    "compare",
+    "bases",
 )
 
 DESCRIPTION = """\
