@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import queue
+import stat
 import struct
 import threading
 from collections import deque
@@ -243,7 +244,10 @@ def hash_file(
     workers = default_workers() if workers is None else workers
     try:
         with open(path, "rb", buffering=0) as handle:
-            if os.fstat(handle.fileno()).st_size > 2 * chunk_size and workers > 1 and len(digest._lanes) > 1:
+            status = os.fstat(handle.fileno())
+            if stat.S_ISREG(status.st_mode) and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)  # generous read-ahead
+            if status.st_size > 2 * chunk_size and workers > 1 and len(digest._lanes) > 1:
                 _feed_in_parallel(digest, handle, workers, chunk_size, on_progress)
             else:
                 _feed_in_order(digest, handle, chunk_size, on_progress)

@@ -4,9 +4,14 @@ The pipeline has three explicit stages so a background cohort can slot in (issue
 1. `tensor_weights(fp)`: a fixed per-tensor weight, 1/√numel (so each tensor counts by its
    per-element change, not its size), capped so no tensor carries more than CAP × the median
    tensor energy (one retrained embedding must not decide a comparison).
-2. `pair_statistics(query, listed)`: per shared tensor (same canonical name and view shape) the
-   weighted dot product and energies; the raw delta cosine and the least-squares coefficient
-   of listed's delta inside query's follow from these sums.
+2. `pair_statistics(query, listed)`: per shared tensor (same canonical name and view shape, and
+   changed by the listed model beyond its rounding noise: an untouched VAE says nothing) the
+   weighted dot product, energies and expected rounding-noise energies; the raw delta cosine
+   and the least-squares coefficient of listed's delta inside query's follow from these sums.
+   Rounding noise (a bf16 re-save, an fp16 file against an fp32 base) adds energy but no
+   correlation, so the cosine's energies are debiased by the expected noise energy, never below
+   NOISE_FLOOR of the measured energy (so a misjudged noise level can at most double a cosine,
+   and a noisier copy never scores above the clean one).
 3. `compare(...)`: the `Comparison` with its score. Without a cohort the score is the raw cosine
    clipped at 0 and `calibrated` is False.
 """
@@ -26,13 +31,15 @@ from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.fingerprint.names import block_of, component_of
 
 ENERGY_CAP = 16.0
+NOISE_FLOOR = 0.25
+CHANGED = 1.25  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
 DEFAULT_THRESHOLD = 0.35  # raw delta cosine; see README "Fuzzy fingerprints" for how it was chosen
 
 
 def tensor_weights(fp: Fingerprint) -> dict[str, float]:
     """Per-tensor weights (stage 1): 1/√numel, capped at ENERGY_CAP × the median energy."""
     sizes = {n: math.prod(fp.shapes[n]) for n in fp.sketches}
-    energies = {n: float(np.sum(s * s)) / sizes[n] for n, s in fp.sketches.items()}
+    energies = {n: max(float(np.sum(s * s)) - fp.noise[n], 0.0) / sizes[n] for n, s in fp.sketches.items()}
     positive = [e for e in energies.values() if e > 0]
     cap = ENERGY_CAP * float(np.median(positive)) if positive else 0.0
     return {n: (min(1.0, math.sqrt(cap / e)) if e > cap else 1.0) / math.sqrt(sizes[n]) for n, e in energies.items()}
@@ -45,14 +52,24 @@ class PairStatistics:
     names: tuple[str, ...]
     dots: np.ndarray
     query_energy: np.ndarray
+    query_noise: np.ndarray
     listed_energy: np.ndarray
+    listed_noise: np.ndarray
     listed_total_energy: float
 
-    def similarity(self, select: np.ndarray | None = None) -> float:
-        """The weighted delta cosine over all (or the selected) shared tensors."""
-        mask = slice(None) if select is None else select
-        denominator = math.sqrt(float(self.query_energy[mask].sum()) * float(self.listed_energy[mask].sum()))
-        return float(self.dots[mask].sum()) / denominator if denominator > 0 else 0.0
+    @staticmethod
+    def _signal(energy: np.ndarray, noise: np.ndarray) -> float:
+        total = float(energy.sum())
+        return max(total - float(noise.sum()), NOISE_FLOOR * total)
+
+    def listed_signal(self, select: np.ndarray | slice = slice(None)) -> float:
+        """Listed's weighted delta energy on the (selected) shared tensors, rounding noise removed."""
+        return self._signal(self.listed_energy[select], self.listed_noise[select])
+
+    def similarity(self, select: np.ndarray | slice = slice(None)) -> float:
+        """The weighted, noise-debiased delta cosine over all (or the selected) shared tensors."""
+        denominator = math.sqrt(self._signal(self.query_energy[select], self.query_noise[select]) * self.listed_signal(select))
+        return max(-1.0, min(1.0, float(self.dots[select].sum()) / denominator)) if denominator > 0 else 0.0
 
 
 def _check_comparable(query: Fingerprint, listed: Fingerprint) -> None:
@@ -71,15 +88,18 @@ def pair_statistics(query: Fingerprint, listed: Fingerprint) -> PairStatistics:
     """Stage 2 for a query and a listed fingerprint, weighted by the listed one's tensor weights."""
     _check_comparable(query, listed)
     weights = tensor_weights(listed)
-    names = tuple(n for n in listed.sketches if n in query.sketches and query.shapes[n] == listed.shapes[n])
+    changed = [n for n, s in listed.sketches.items() if float(np.sum(s * s)) > CHANGED * listed.noise[n]]
+    names = tuple(n for n in changed if n in query.sketches and query.shapes[n] == listed.shapes[n])
     w2 = np.array([weights[n] ** 2 for n in names])
     q = [query.sketches[n].ravel() for n in names]
     l = [listed.sketches[n].ravel() for n in names]
     dots = w2 * np.array([a @ b for a, b in zip(q, l, strict=True)])
     query_energy = w2 * np.array([a @ a for a in q])
     listed_energy = w2 * np.array([b @ b for b in l])
-    total = sum(weights[n] ** 2 * float(np.sum(s * s)) for n, s in listed.sketches.items())
-    return PairStatistics(names, dots, query_energy, listed_energy, total)
+    query_noise = w2 * np.array([query.noise[n] for n in names])
+    listed_noise = w2 * np.array([listed.noise[n] for n in names])
+    total = sum(weights[n] ** 2 * max(float(np.sum(listed.sketches[n] ** 2)) - listed.noise[n], 0.0) for n in changed)
+    return PairStatistics(names, dots, query_energy, query_noise, listed_energy, listed_noise, total)
 
 
 @dataclass(frozen=True)
@@ -141,9 +161,9 @@ def compare(query: Fingerprint, listed: Fingerprint) -> Comparison:
     """
     stats = pair_statistics(query, listed)
     similarity = stats.similarity()
-    listed_energy = float(stats.listed_energy.sum())
+    listed_energy = stats.listed_signal()
     coefficient = float(stats.dots.sum()) / listed_energy if listed_energy > 0 else 0.0
-    coverage = listed_energy / stats.listed_total_energy if stats.listed_total_energy > 0 else 0.0
+    coverage = min(1.0, listed_energy / stats.listed_total_energy) if stats.listed_total_energy > 0 else 0.0
     return Comparison(
         similarity=similarity,
         score=max(0.0, similarity),

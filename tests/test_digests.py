@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import subprocess
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -265,3 +267,17 @@ def test_any_chunking_gives_the_one_shot_digests(stream: tuple[bytes, bool, list
     assert digest.hexdigests() == {name: expected[name] for name in digest_names(names)}
     assert digest.size == len(data)
     assert (digest.format == "safetensors") == safetensors
+
+
+def test_hash_file_reads_a_pipe_as_a_stream(tmp_path: Path) -> None:
+    data = safetensors_bytes(random_bytes(3 * CHUNK + 1, seed=5))
+    fifo = tmp_path / "stream.safetensors"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+
+    result = hash_file(fifo, DIGEST_NAMES, chunk_size=CHUNK)
+
+    writer.join()
+    assert result.size == len(data) and result.format == "safetensors"
+    assert result.digests == reference_digests(data, safetensors=True)
