@@ -26,8 +26,9 @@ from modelsieve.fingerprint.errors import ModelFileError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader, TensorSpan, parse_header, read_header_length
 
-TensorSelector = Callable[[Sequence[TensorInfo]], Sequence[TensorInfo]]
-"""Which tensors a partial fingerprint needs, from all of a file's tensors (`fuzzy.select_tensors`)."""
+TensorSelector = Callable[[Sequence[TensorInfo], float], Sequence[TensorInfo]]
+"""Which tensors a partial fingerprint needs, from all of a file's tensors and a budget (a fraction of
+their bytes): `fuzzy.select_tensors`."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RemoteReadConfig:
 
     first_read: int = 32 * 1024  # the first request: length prefix and most LoRA headers (a checkpoint's needs one more)
     coalesce_gap: int = 64 * 1024  # ranges closer than this are fetched as one (fewer requests, few extra bytes)
+    read_fraction: float = 0.05  # a ranged verdict reads at most this share of the file, header included
     max_selected_bytes: int = 512 * 1024 * 1024  # tensor bytes one verdict may ask for
     max_download_bytes: int = 16 * 1024**3  # whole-file fallback cap
     digest_names: tuple[str, ...] = DEFAULT_DIGESTS
@@ -74,10 +76,11 @@ def _array(span: TensorSpan, data: bytes | bytearray | memoryview) -> np.ndarray
     return array
 
 
-def selected_spans(header: SafetensorsHeader, select: TensorSelector, limit: int) -> list[TensorSpan]:
-    """The spans of the tensors `select` picks, refusing selections larger than `limit` bytes."""
+def selected_spans(header: SafetensorsHeader, select: TensorSelector, budget: float, limit: int) -> list[TensorSpan]:
+    """The spans of the tensors `select` picks within `budget`, refusing selections larger than `limit` bytes."""
     by_name = {span.info.name: span for span in header.spans}
-    spans = [by_name[info.name] for info in select([s.info for s in header.spans]) if info.name in by_name]
+    chosen = select([s.info for s in header.spans], max(budget, 0.0))
+    spans = [by_name[info.name] for info in chosen if info.name in by_name]
     total = sum(span.end - span.begin for span in spans)
     if total > limit:
         raise FetchError(f"the fingerprint asks for {total} tensor bytes, more than the cap of {limit}")
@@ -120,7 +123,8 @@ class _StreamCapture:
             if self._header_length is not None and len(self._head) >= 8 + self._header_length:
                 self._header_bytes = bytes(self._head[8 : 8 + self._header_length])
                 self.header = parse_header(self._header_bytes)
-                spans = selected_spans(self.header, self._select, self._config.max_selected_bytes)
+                config = self._config
+                spans = selected_spans(self.header, self._select, config.read_fraction, config.max_selected_bytes)
                 start = self.header.data_start
                 self._wanted = sorted((start + s.begin, start + s.end, s) for s in spans)
                 self._starts = [w[0] for w in self._wanted]
@@ -231,7 +235,9 @@ async def read_remote(
         # Not (valid) safetensors as far as the ranges show: the one streamed pass is authoritative
         # (whole-file digests, and the header and tensors if the stream itself is valid).
         return await download(fetcher, final_url, transcript, select, config)
-    spans = selected_spans(header, select, config.max_selected_bytes)
+    # The tensors get what the budget leaves after the header; the header bytes count against it.
+    budget = config.read_fraction * file_size / max(header.data_length, 1) - len(head) / max(header.data_length, 1)
+    spans = selected_spans(header, select, budget, config.max_selected_bytes)
     digests = _whole_digests(head, config) if len(head) == file_size else {}  # the first answer held it all
     start = header.data_start
     arrays: dict[str, np.ndarray] = {}

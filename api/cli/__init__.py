@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "match",
     "trust",
     "keys",
+    "crawl",
 )
 
 DESCRIPTION = """\
