@@ -16,7 +16,8 @@ from modelsieve.crawler.policy import HOTLINE_NOTE, PolicyConfig
 from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
-from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
+from modelsieve.fingerprint import synthetic
+from modelsieve.fingerprint.fuzzy import PUBLIC_KEY, fingerprint_tensors
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -25,6 +26,14 @@ from tests.crawler_fakes import LOG, fake_civitai, fake_hub, file_host, syntheti
 LISTED = synthetic_safetensors(seed=11, tensors=6, width=32)  # random weights standing in for a listed 2c model
 REVIEW = synthetic_safetensors(seed=12, tensors=6, width=32)  # listed as 2a
 UNLISTED = synthetic_safetensors(seed=13, tensors=6, width=32)
+FAMILY = synthetic.Family(seed=3)  # a scaled-down SD-1.5-like base with random weights
+LISTED_LORA = FAMILY.lora(1, rank=8)
+
+
+def lora_file(lora: synthetic.LoraFactors, dtype: str) -> bytes:
+    from safetensors.numpy import save
+
+    return save(dict(synthetic.kohya_layout(lora, dtype)))
 HOSTS = {"files.test": ["127.0.0.1"], "hub.test": ["127.0.0.1"], "civitai.test": ["127.0.0.1"], "private.test": ["10.1.1.1"]}
 PROVIDERS = (HuggingFaceProvider(("hub.test",)), CivitaiProvider(("civitai.test",)), GenericProvider())
 
@@ -39,6 +48,8 @@ def lookup(tmp_path: Path) -> StoreLookup:
     store.create_list("demo", publisher="test-hotline")
     store.add_entry("demo", NewEntry(category="2c", kind="checkpoint", digests={"sha256": hashlib.sha256(LISTED).hexdigest()}, source="synthetic test entry"))
     store.add_entry("demo", NewEntry(category="2a", kind="checkpoint", digests={"sha256": hashlib.sha256(REVIEW).hexdigest()}, source="synthetic 2a entry"))
+    listed_fingerprint = fingerprint_tensors(synthetic.kohya_layout(LISTED_LORA, "fp32"))
+    store.add_entry("demo", NewEntry(category="2c", kind="lora", fingerprint=listed_fingerprint.to_bytes(), evidence="fuzzy", source="synthetic LoRA entry"))
     store.add_entry("demo", NewEntry(category="nudify-service", kind="service", domain="example.org", source="service report", evidence="osint-report"))
     return StoreLookup(Matcher(store, refresh_interval=0), PUBLIC_KEY)
 
@@ -142,3 +153,18 @@ async def test_check_many_answers_every_target_once(aiohttp_server, lookup) -> N
     assert sorted(r.url for r in results) == sorted(t.url for t in targets)
     assert {r.action for r in results if "/x?" in r.url} == {"delist"}
     assert {r.action for r in results if "/z?" in r.url} == {"none"}
+
+
+@pytest.mark.parametrize("route", ["files", "norange"])
+async def test_a_resaved_copy_of_a_listed_lora_is_delisted_as_a_near_copy(aiohttp_server, lookup, route: str) -> None:
+    resaved = lora_file(LISTED_LORA, "fp16")  # other bytes, other sha256: only the fingerprint can match
+    other = lora_file(FAMILY.lora(2, rank=8), "fp16")
+    server = await aiohttp_server(file_host({"copy": resaved, "other": other}))
+    near = await check(lookup, f"http://files.test:{server.port}/{route}/copy")
+    match = decisive_entry(near)
+    assert near.action == "delist", near.reason
+    assert (match["kind"], match["category"], match["source"]) == ("fuzzy", "2c", "synthetic LoRA entry")
+    assert match["score"] >= 0.9 and match["similarity"] > 0.9 and "near-copy" in near.reason
+    assert near.evidence.basis == "content" and near.evidence.file["tensors_read"]
+    unrelated = await check(lookup, f"http://files.test:{server.port}/{route}/other")
+    assert unrelated.action == "none", unrelated.reason
