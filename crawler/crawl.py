@@ -21,14 +21,14 @@ from yarl import URL
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, Transcript, utc_now
 from modelsieve.crawler.model import CrawlTarget, Evidence, Recommendation
-from modelsieve.crawler.netguard import AddressPolicy, NameResolver, check_url, system_resolver
+from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError, NameResolver, check_url, system_resolver
 from modelsieve.crawler.policy import PolicyConfig, decide
 from modelsieve.crawler.politeness import HostGate, PolitenessConfig
 from modelsieve.crawler.providers import Provider, Published, provider_for
 from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
-from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, read_remote
+from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, read_head, read_tensors
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader
@@ -67,6 +67,7 @@ class CrawlConfig:
     providers: tuple[Provider, ...] = field(default_factory=default_providers)
     check_timeout: float = 900.0  # one URL, every request included
     concurrency: int = 256  # URLs checked at once (requests are further limited per host and globally)
+    tensor_concurrency: int = 8  # checks reading and fingerprinting tensors at once (each holds ≤ 5 % of a file)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Crawler:
         self.lookup = lookup
         self.config = config
         self.fetcher = Fetcher(config.fetch, gate=HostGate(config.politeness), address_policy=config.addresses, resolve=resolve)
+        self._tensor_slots = asyncio.Semaphore(config.tensor_concurrency)
 
     async def __aenter__(self) -> Crawler:
         await self.fetcher.__aenter__()
@@ -106,6 +108,8 @@ class Crawler:
             return self._recommend(target, findings, started_at, error=str(exc))
         except TimeoutError:
             return self._recommend(target, findings, started_at, error=f"the check took longer than {self.config.check_timeout:g} s")
+        except Exception as exc:  # noqa: BLE001 - an unforeseen failure costs this URL, never the whole crawl
+            return self._recommend(target, findings, started_at, error=f"unexpected {type(exc).__name__}: {exc}")
         return self._recommend(target, findings, started_at)
 
     async def check_many(self, targets: Iterable[CrawlTarget]) -> AsyncIterator[Recommendation]:
@@ -137,7 +141,10 @@ class Crawler:
             await asyncio.gather(everything, return_exceptions=True)
 
     async def _examine(self, target: CrawlTarget, findings: _Findings) -> None:
-        url = URL(target.url)
+        try:
+            url = URL(target.url)
+        except (ValueError, TypeError) as exc:
+            raise BlockedAddressError(f"{target.url!r} is not a URL: {exc}") from None
         check_url(url, self.config.addresses)
         findings.matches += self.lookup.match_url(target.url)
         if self._settled(findings, "url"):
@@ -148,9 +155,17 @@ class Crawler:
             findings.matches += self.lookup.match_digests(findings.published.digests)
             if self._settled(findings, "published"):
                 return
-        content = await read_remote(
-            self.fetcher, findings.published.download_url, findings.transcript, self.lookup.select_tensors, self.config.remote
-        )
+        select, remote = self.lookup.select_tensors, self.config.remote
+        first = await read_head(self.fetcher, findings.published.download_url, findings.transcript, select, remote)
+        if isinstance(first, RemoteContent):
+            await self._match_content(first, findings)
+            return
+        spans = first.selected_spans(select, remote)
+        async with self._tensor_slots:  # tensors in memory are bounded: the header-only checks go on meanwhile
+            content = await read_tensors(self.fetcher, first, findings.transcript, spans, remote)
+            await self._match_content(content, findings)
+
+    async def _match_content(self, content: RemoteContent, findings: _Findings) -> None:
         findings.content = content
         found: list[Match] = []
         if content.digests:

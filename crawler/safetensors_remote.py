@@ -205,14 +205,31 @@ async def _read_range(
     return body
 
 
-async def read_remote(
+@dataclass(frozen=True)
+class RemoteHead:
+    """A remote safetensors file whose header has been read and validated, and the bytes read so far."""
+
+    final_url: URL
+    file_size: int
+    header: SafetensorsHeader
+    head: bytes  # bytes [0, len(head)) of the file: length prefix, header, maybe some data
+
+    def selected_spans(self, select: TensorSelector, config: RemoteReadConfig) -> list[TensorSpan]:
+        """The tensors to read: the budget is what `read_fraction` leaves after the bytes already read."""
+        data = max(self.header.data_length, 1)
+        budget = (config.read_fraction * self.file_size - len(self.head)) / data
+        return selected_spans(self.header, select, budget, config.max_selected_bytes)
+
+
+async def read_head(
     fetcher: Fetcher,
     url: str | URL,
     transcript: Transcript,
     select: TensorSelector,
     config: RemoteReadConfig = RemoteReadConfig(),
-) -> RemoteContent:
-    """Header and selected tensors of a remote safetensors file by Range, else a whole streamed download."""
+) -> RemoteHead | RemoteContent:
+    """The validated header of a remote safetensors file by Range — or, when the host ignores Range or
+    the file is not valid safetensors, the finished result of one whole streamed download."""
     async with fetcher.open(url, transcript=transcript, headers={"Range": range_header(0, config.first_read - 1)}) as response:
         if response.status == 200:  # the host ignores Range: one streamed pass does everything
             return await _download(response, select, config)
@@ -235,23 +252,45 @@ async def read_remote(
         # Not (valid) safetensors as far as the ranges show: the one streamed pass is authoritative
         # (whole-file digests, and the header and tensors if the stream itself is valid).
         return await download(fetcher, final_url, transcript, select, config)
-    # The tensors get what the budget leaves after the header; the header bytes count against it.
-    budget = config.read_fraction * file_size / max(header.data_length, 1) - len(head) / max(header.data_length, 1)
-    spans = selected_spans(header, select, budget, config.max_selected_bytes)
-    digests = _whole_digests(head, config) if len(head) == file_size else {}  # the first answer held it all
-    start = header.data_start
+    return RemoteHead(final_url, file_size, header, head)
+
+
+async def read_tensors(
+    fetcher: Fetcher,
+    remote: RemoteHead,
+    transcript: Transcript,
+    spans: Sequence[TensorSpan],
+    config: RemoteReadConfig = RemoteReadConfig(),
+) -> RemoteContent:
+    """The given tensors of a file whose header was read, by Range, adjacent ranges coalesced."""
+    head, start = remote.head, remote.header.data_start
+    digests = _whole_digests(head, config) if len(head) == remote.file_size else {}  # the first answer held it all
     arrays: dict[str, np.ndarray] = {}
     for begin, end in coalesce(((s.begin, s.end) for s in spans), config.coalesce_gap):
         absolute = start + begin
         if absolute + (end - begin) <= len(head):  # already in the first answer
             block = head[absolute : absolute + end - begin]
         else:
-            block = await _read_range(fetcher, final_url, transcript, absolute, start + end - 1, file_size)
+            block = await _read_range(fetcher, remote.final_url, transcript, absolute, start + end - 1, remote.file_size)
         view = memoryview(block)
         for span in spans:
             if begin <= span.begin and span.end <= end:
                 arrays[span.info.name] = _array(span, view[span.begin - begin : span.end - begin])
-    return RemoteContent(str(final_url), file_size, True, header, arrays, digests)
+    return RemoteContent(str(remote.final_url), remote.file_size, True, remote.header, arrays, digests)
+
+
+async def read_remote(
+    fetcher: Fetcher,
+    url: str | URL,
+    transcript: Transcript,
+    select: TensorSelector,
+    config: RemoteReadConfig = RemoteReadConfig(),
+) -> RemoteContent:
+    """Header and selected tensors of a remote safetensors file by Range, else a whole streamed download."""
+    first = await read_head(fetcher, url, transcript, select, config)
+    if isinstance(first, RemoteContent):
+        return first
+    return await read_tensors(fetcher, first, transcript, first.selected_spans(select, config), config)
 
 
 def _whole_digests(data: bytes, config: RemoteReadConfig) -> dict[str, str]:

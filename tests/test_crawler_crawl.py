@@ -143,6 +143,9 @@ async def test_failures_become_error_recommendations_with_the_reason(aiohttp_ser
     assert loop.action == "error" and "redirects" in loop.reason and len(loop.evidence.requests) == 6
     missing = await check(lookup, f"http://files.test:{server.port}/nothing")
     assert missing.action == "error" and "404" in missing.reason
+    for junk in ("http://[::1", "javascript:alert(1)", "http:///path"):
+        refused = await check(lookup, junk)
+        assert refused.action == "error" and refused.evidence.requests == [] and "unexpected" not in refused.reason
 
 
 async def test_check_many_answers_every_target_once(aiohttp_server, lookup) -> None:
