@@ -23,6 +23,7 @@ import asyncio
 import functools
 import json
 import multiprocessing
+import os
 import struct
 import sys
 import tempfile
@@ -144,6 +145,13 @@ async def crawl(lookup: StoreLookup, targets: list[CrawlTarget], config: CrawlCo
         return time.perf_counter() - started, results
 
 
+def cpu_seconds(action):  # type: ignore[no-untyped-def]
+    """(CPU seconds this process spent, result) of running `action`."""
+    before = time.process_time()
+    result = action()
+    return time.process_time() - before, result
+
+
 async def bare_aiohttp(urls: list[str], concurrency: int) -> float:
     """The reference: the same Range requests with a bare aiohttp client, same concurrency."""
     queue = iter(urls)
@@ -183,15 +191,18 @@ def main() -> int:
             )
             targets = [CrawlTarget(f"http://h{i % args.hosts}.bench:{port}/m/{i}.safetensors") for i in range(args.urls)]
             asyncio.run(crawl(lookup, targets[:200], config, args.hosts))  # warm-up (imports, first connections)
-            seconds, results = asyncio.run(crawl(lookup, targets, config, args.hosts))
+            load_before = os.getloadavg()[0]
+            cpu, (seconds, results) = cpu_seconds(lambda: asyncio.run(crawl(lookup, targets, config, args.hosts)))
             actions = {r.action for r in results}
             assert actions == {"none"}, f"unexpected actions {actions}: {results[0].reason}"
             header_only = all(not r.evidence.file["tensors_read"] for r in results)
             read = sum(r.evidence.bytes_read for r in results)
             requests = sum(len(r.evidence.requests) for r in results)
             bare = asyncio.run(bare_aiohttp([f"http://127.0.0.1:{port}/m/{i}.safetensors" for i in range(args.urls)], args.concurrency))
+            print(f"machine: {os.cpu_count()} cores, load average {load_before:.1f} before the run (shared with other work)")
             print(f"header-only checks: {args.urls} URLs over {args.hosts} hosts, {args.concurrency} in flight, 2 per host")
             print(f"  crawler:      {args.urls / seconds:8.0f} URLs/s  ({seconds:.2f} s; header-only: {header_only})")
+            print(f"  crawler CPU per verdict: {1000 * cpu / args.urls:.2f} ms (client process) = {args.urls / cpu:.0f} URLs/s per free core")
             print(f"  bare aiohttp: {args.urls / bare:8.0f} URLs/s  ({bare:.2f} s; same Range requests, no guard/politeness/evidence)")
             print(f"  ratio crawler / bare aiohttp: {bare / seconds:.2f}")
             print(f"  bytes read per verdict: {read / args.urls:,.0f}  (requests per verdict: {requests / args.urls:.2f})")

@@ -12,6 +12,7 @@ with the evidence gathered so far; the crawl goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -161,7 +162,8 @@ class Crawler:
             await self._match_content(first, findings)
             return
         spans = first.selected_spans(select, remote)
-        async with self._tensor_slots:  # tensors in memory are bounded: the header-only checks go on meanwhile
+        # Checks holding tensors in memory are bounded; header-only checks go on at full concurrency.
+        async with self._tensor_slots if spans else contextlib.nullcontext():
             content = await read_tensors(self.fetcher, first, findings.transcript, spans, remote)
             await self._match_content(content, findings)
 

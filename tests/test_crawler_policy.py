@@ -85,7 +85,7 @@ MATCHES = st.builds(
 
 
 @given(st.lists(MATCHES, max_size=6), st.sampled_from([SEARCH, HOST]))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_the_decision_is_the_strongest_single_match_and_never_mixes_modes(matches: list[Match], config: PolicyConfig) -> None:
     decision = decide(matches, config)
     singles = [judge(m, config).action for m in matches]

@@ -136,7 +136,7 @@ async def test_a_selection_over_the_byte_cap_is_refused(aiohttp_server) -> None:
 
 
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 500)), max_size=30), st.integers(0, 200))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_coalesce_covers_exactly_the_ranges_plus_small_gaps(raw: list[tuple[int, int]], gap: int) -> None:
     ranges = [(begin, begin + length) for begin, length in raw]
     merged = coalesce(ranges, gap)
