@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "trust",
     "keys",
     "crawl",
+    "api_keys",
+    "serve",
 )
 
 DESCRIPTION = """\
