@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "match",
     "trust",
     "keys",
+    "crawl",
     "api_keys",
     "serve",
     "fingerprint",
