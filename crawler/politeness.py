@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from modelsieve.crawler.netguard import BlockedAddressError
 from modelsieve.fingerprint.errors import ModelsieveError
 
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
@@ -126,6 +127,8 @@ class RobotsRules:
         parser = urllib.robotparser.RobotFileParser()
         try:
             status, text = await self._fetch(origin.with_path("/robots.txt"))
+        except BlockedAddressError:
+            raise  # not "unreachable": the host must not be contacted at all, and the reason must say so
         except (OSError, TimeoutError, ModelsieveError):  # unreachable: RFC 9309 says assume disallowed
             status, text = 503, ""
         if 200 <= status < 300:

@@ -7,12 +7,12 @@ import asyncio
 import pytest
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
-from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
 from modelsieve.crawler.politeness import HostGate, PolitenessConfig
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
-HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)}
+HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)} | {"private.test": ["10.0.0.1"]}
 
 
 async def resolve_hosts(host: str, port: int) -> list[str]:
@@ -37,7 +37,7 @@ async def test_no_host_sees_more_than_its_concurrency_limit(aiohttp_server) -> N
     async with fetcher(per_host_concurrency=2, global_concurrency=64) as client:
         assert set(await get_all(client, urls)) == {200}
     log = server.app[LOG]
-    assert set(log.max_in_flight) == set(HOSTS)
+    assert set(log.max_in_flight) == {f"h{i}.test" for i in range(4)}
     assert max(log.max_in_flight.values()) == 2  # the limit holds, and was reached
     assert log.max_total_in_flight > 2  # hosts do not wait for one another
 
@@ -109,3 +109,9 @@ def test_limits_must_be_positive() -> None:
         PolitenessConfig(per_host_concurrency=0)
     with pytest.raises(ValueError):
         PolitenessConfig(per_host_delay=-1)
+
+
+async def test_a_blocked_host_is_reported_as_blocked_not_as_robots_disallowed() -> None:
+    async with fetcher(FetchConfig()) as client:
+        with pytest.raises(BlockedAddressError, match="10.0.0.1"):
+            await client.get_small("http://private.test/files/m", transcript=Transcript())

@@ -85,6 +85,7 @@ def test_urls_go_to_the_right_adapter() -> None:
     assert version_id(URL("https://civitai.com/api/download/models/99")) == "99"
     assert version_id(URL("https://civitai.com/models/5/x?modelVersionId=12")) == "12"
     assert version_id(URL("https://civitai.com/models/5/x?modelVersionId=abc")) is None
+    assert version_id(URL("https://civitai.com/models/5/x?modelVersionId=%C2%B2")) is None  # "²" is no digit
     assert resolve_url(URL("https://huggingface.co/a/b/blob/main/sub/x.safetensors?download=1")) == URL(
         "https://huggingface.co/a/b/resolve/main/sub/x.safetensors"
     )

@@ -15,7 +15,17 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect", "hash", "demo", "api_keys", "serve")
+COMMAND_MODULES = (
+    "demo",
+    "inspect",
+    "hash",
+    "lists",
+    "match",
+    "trust",
+    "keys",
+    "api_keys",
+    "serve",
+)
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.

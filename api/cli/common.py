@@ -93,11 +93,12 @@ def progress(items: Iterable[T], *, total: int | None, unit: str, enabled: bool 
     return tqdm(items, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
-def progress_bar(*, total: int | None, unit: str, enabled: bool = True) -> tqdm:
-    """A tqdm bar on stderr advanced by hand with `.update(n)`; a silent no-op unless stderr is a
-    terminal and `enabled` (off for --json). With unit "B" it shows KiB/MiB/GiB."""
+def progress_bar(*, total: int | None, unit: str, initial: int = 0, enabled: bool = True) -> tqdm:
+    """A tqdm bar (rate and ETA) on stderr advanced by hand with `.update(n)`, e.g. from async work;
+    a silent no-op unless stderr is a terminal and `enabled` (off for --json). Unit "B" shows KiB/MiB/GiB."""
     return tqdm(
         total=total,
+        initial=initial,
         unit=unit,
         unit_scale=unit == "B",
         unit_divisor=1024,
@@ -107,13 +108,13 @@ def progress_bar(*, total: int | None, unit: str, enabled: bool = True) -> tqdm:
     )
 
 
-def command_group(subparsers: Any, name: str, summary: str, description: str) -> Any:
+def command_group(subparsers: Any, name: str, summary: str, description: str, epilog: str = "") -> Any:
     """The sub-commands of a command group (e.g. `keys`), created by whichever module asks first.
 
     Several command modules can each add their sub-commands to one group this way.
     """
     parser = subparsers.choices.get(name)
     if parser is None:
-        parser = command_parser(subparsers, name, summary, description)
-        parser.set_defaults(group_commands=parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
+        parser = command_parser(subparsers, name, summary, description, epilog)
+        parser.set_defaults(group_commands=parser.add_subparsers(title="actions", metavar="ACTION", required=True))
     return parser.get_default("group_commands")

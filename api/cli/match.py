@@ -1,0 +1,85 @@
+"""`modelsieve match`: look model files (or URLs) up in every list of the store."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from modelsieve.api.cli.common import (
+    add_db_option,
+    add_json_flag,
+    command_parser,
+    expand_paths,
+    print_json_line,
+    progress,
+    report_failure,
+)
+from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.fuzzy import load_key
+from modelsieve.hashlists.matcher import Matcher
+from modelsieve.hashlists.model import MatchResult
+from modelsieve.hashlists.store import open_store
+
+EXAMPLES = """\
+examples:
+  modelsieve match model.safetensors
+  modelsieve match downloads/ --json | jq 'select(.verdict != "none")'
+  modelsieve match --url https://undress.example.com/app
+  modelsieve match lora.safetensors --fingerprint-key team.fpkey
+
+verdicts: exact (a listed digest or URL/domain), near (a fuzzy fingerprint match), none (no list
+matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
+source, kind (digest name, fuzzy, url or domain), score and, for disputed entries, status.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = command_parser(
+        subparsers,
+        "match",
+        "look model files or URLs up in the lists",
+        "Hash and fingerprint each model file and look both up in every list of the store;\n"
+        "look URLs up in the URL and domain entries. One result per input.",
+        EXAMPLES,
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="model files, folders or glob patterns")
+    parser.add_argument("--url", action="append", default=[], help="a URL to look up (repeatable)")
+    parser.add_argument(
+        "--fingerprint-key",
+        metavar="FILE",
+        help="the fingerprint key the lists were made with (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)",
+    )
+    add_db_option(parser)
+    add_json_flag(parser)
+    parser.set_defaults(handler=run)
+
+
+def describe(result: MatchResult) -> str:
+    """A match result for people: the verdict, then one line of evidence per match."""
+    lines = [f"{result.subject}: {result.verdict}"]
+    for m in result.matches:
+        evidence = f"score {m.score:.3f}, coefficient {m.coefficient:.2f}" if m.kind == "fuzzy" else f"{m.kind} equal"
+        flags = "".join(f" [{flag}]" for flag in (m.status, m.trust) if flag not in ("active", "local", "full"))
+        lines.append(f"  {m.entry_id} list {m.list}, category {m.category}, source {m.source}: {evidence}{flags}")
+    lines += [f"  problem: {problem}" for problem in result.problems]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.paths and not args.url:
+        raise ModelsieveError("nothing to match: give model files or --url URL")
+    paths = list(expand_paths(args.paths))
+    status = 0
+    with open_store(args.db) as store:
+        matcher = Matcher(store, fingerprint_key=load_key(args.fingerprint_key))
+        for subject, lookup in [(u, matcher.match_url_result) for u in args.url] + [
+            (str(p), matcher.match_path) for p in progress(paths, total=len(paths), unit=" files", enabled=not args.json)
+        ]:
+            try:
+                result = lookup(subject)
+            except ModelsieveError as exc:
+                report_failure(subject, exc)
+                status = 1
+                continue
+            print_json_line(result.to_json()) if args.json else print(describe(result))
+    return status
