@@ -24,7 +24,7 @@ from modelsieve.fingerprint.fuzzy import (
     compare,
     sign_codes,
 )
-from modelsieve.hashlists.files import examine_file
+from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
 from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
@@ -228,12 +228,16 @@ class Matcher:
         digests; the reason is kept in the result's `problems`. A fuzzy match of an entry already
         matched exactly is not repeated.
         """
-        evidence = examine_file(path, self._key, self._bases)
+        return self.match_evidence(examine_file(path, self._key, self._bases))
+
+    def match_evidence(self, evidence: FileEvidence) -> MatchResult:
+        """Look up a file's digests and fingerprint, however they were taken (a local file, an
+        upload streamed to the HTTP API); see `match_path`."""
         matches = self.match_digests(evidence.digests)
         if evidence.fingerprint is not None:
             exact_ids = {m.entry_id for m in matches}
             matches += [m for m in self.match_fingerprint(evidence.fingerprint) if m.entry_id not in exact_ids]
-        return MatchResult(str(path), tuple(matches), (evidence.problem,) if evidence.problem else ())
+        return MatchResult(evidence.path, tuple(matches), (evidence.problem,) if evidence.problem else ())
 
     def match_url_result(self, url: str) -> MatchResult:
         """`match_url` as a MatchResult whose subject is the URL."""
