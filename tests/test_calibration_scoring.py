@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,36 +18,8 @@ from modelsieve.fingerprint.calibration import (
     cohort_for,
 )
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
-from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey, compare, fingerprint_tensors
-
-KEY = FingerprintKey("calibration-test", b"modelsieve calibration test key")
-ARCH = syn.Architecture(scale=20, text_layers=2, vocab=300)
-SIZE = 0.005
-
-
-@functools.cache
-def family() -> syn.Family:
-    # a strong shared benign component: independent fine-tunes have delta cosines of about 0.3-0.5
-    return syn.Family(5, ARCH, 0.35, 0.55)
-
-
-@functools.cache
-def base() -> BaseModel:
-    return BaseModel("sd15", fingerprint_tensors(family().checkpoint(family().base), KEY))
-
-
-def fp(tensors: syn.Tensors) -> Fingerprint:
-    return fingerprint_tensors(tensors, KEY, [base()], require_base=True)
-
-
-@functools.cache
-def tuned(seed: int) -> Fingerprint:
-    return fp(family().fine_tune(seed, SIZE))
-
-
-@functools.cache
-def cohorts() -> dict[str, Cohort]:
-    return {"sd15": Cohort("sd15", [tuned(seed) for seed in range(100, 110)])}
+from modelsieve.fingerprint.fuzzy import Fingerprint, FingerprintKey, compare, fingerprint_tensors
+from tests.calibration_fixtures import KEY, SIZE, base, cohorts, family, fp, tuned
 
 
 def listed() -> Fingerprint:
