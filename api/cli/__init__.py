@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "match",
     "trust",
     "keys",
+    "api_keys",
+    "serve",
 )
 
 DESCRIPTION = """\
