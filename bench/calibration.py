@@ -94,13 +94,10 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
     rows: dict[str, list[Pair]] = defaultdict(list)
     negatives: list[Pair] = []
     siblings: list[Pair] = []
-    same_recipe: list[Pair] = []
     for p in pairs:
         q = by_name[p.query]
         if p.listed in q.derives:
             rows[f"{by_name[p.listed].kind}: {'listed' if q.role == 'listed' else q.transform}"].append(p)
-        elif q.role == "same-recipe" and q.of == p.listed:
-            same_recipe.append(p)
         else:
             negatives.append(p)
             if q.role == "sibling" and q.of == p.listed:
@@ -115,9 +112,7 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
                       f"{np.mean([p.rate <= policy.review_rate for p in ps]):.2f}",
                       f"{min(p.raw for p in ps):.3f}", f"{min(p.normalised for p in ps):.1f}",
                       f"{raw_m:+.3f} ({raw_d:+.1f})", f"{norm_m:+.1f} ({norm_d:+.1f})"))
-    for label, ps in (("siblings (must not match)", siblings), ("all negatives", negatives), ("same recipe, other seed (report only)", same_recipe)):
-        if not ps:
-            continue
+    for label, ps in (("siblings (must not match)", siblings), ("all negatives", negatives)):
         lines.append((label, str(len(ps)), f"FM {sum(p.rate <= policy.action_rate for p in ps)}",
                       f"FM {sum(p.rate <= policy.review_rate for p in ps)}",
                       f"max {max(p.raw for p in ps):.3f}", f"max {max(p.normalised for p in ps):.1f}", "", ""))

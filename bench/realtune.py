@@ -11,9 +11,8 @@ several benign domains, and writes safetensors files:
 - near-copies of each listed model: fp16 / bf16 / fp8 re-saves, further training, 50/50 and
   30/70 merges with another domain's fine-tune, DARE drops, a LoRA extracted from it; for LoRAs:
   fp16, SVD-resized to rank 8 / 4, merged into the base or into another fine-tune;
-- sibling negatives: the same domain on the other half of the data (two seeds), a similar domain,
-  LoRAs on the other half; plus one ``same-recipe`` model (same data, only the seed differs:
-  arguably the same model, reported but never required to stay apart);
+- sibling negatives: the same domain on the other half of the data (another seed), a similar
+  domain; LoRAs on the other half and on a similar domain;
 - ``background``: benign fine-tunes and LoRAs on other domains — the cohort calibration uses.
 
 Everything is cached under ``--out`` (default ``~/.cache/modelsieve/realtune``); re-running
@@ -204,9 +203,9 @@ def training_pairs(domain: Domain, half: int, seed: int) -> Iterator[tuple[str, 
 class CorpusModel:
     """One file of the corpus and what it is.
 
-    role: base | listed | near-copy | sibling | same-recipe | background.
+    role: base | listed | near-copy | sibling | background.
     derives: listed model name -> coefficient of that model's delta inside this one.
-    of: the listed model a near-copy / sibling / same-recipe model belongs to ("" otherwise).
+    of: the listed model a near-copy or sibling belongs to ("" otherwise).
     """
 
     name: str
@@ -440,11 +439,9 @@ def plan(tuner_steps: int) -> list[Step]:
 
         sib = SIMILAR[d]
         add(f"{ft}--sib-otherhalf-s1", "checkpoint", "sibling", "same domain, other data half", d, lambda t, load, d=d: t.full(t.base, d, 1, 1), ft)
-        add(f"{ft}--sib-otherhalf-s2", "checkpoint", "sibling", "same domain, other data half", d, lambda t, load, d=d: t.full(t.base, d, 1, 2), ft)
         add(f"{ft}--sib-similar", "checkpoint", "sibling", "similar domain", sib, lambda t, load, s=sib: t.full(t.base, s, 0, 3), ft)
         add(f"{lo}--sib-otherhalf-s1", "lora", "sibling", "LoRA, same domain, other data half", d, lambda t, load, d=d: t.lora(d, 1, 1), lo)
-        if i == 0:
-            add(f"{ft}--same-recipe-s5", "checkpoint", "same-recipe", "same data, other seed", d, lambda t, load, d=d: t.full(t.base, d, 0, 5), ft)
+        add(f"{lo}--sib-similar", "lora", "sibling", "LoRA, similar domain", sib, lambda t, load, s=sib: t.lora(s, 0, 3), lo)
     return steps
 
 
