@@ -39,7 +39,6 @@ from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.model import CrawlTarget
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.politeness import PolitenessConfig
-from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
 from modelsieve.fingerprint.synthetic import Architecture
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -183,7 +182,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as folder:
             store = SQLiteStore(Path(folder) / "bench.db")
             store.create_list("bench", publisher="bench")
-            lookup = StoreLookup(Matcher(store, refresh_interval=3600), PUBLIC_KEY)
+            lookup = StoreLookup(Matcher(store, refresh_interval=3600))
             config = CrawlConfig(
                 addresses=AddressPolicy(allow_loopback=True),
                 politeness=PolitenessConfig(per_host_concurrency=2, global_concurrency=args.concurrency),

@@ -9,10 +9,11 @@ match; disputed ones match with `status: "disputed"`.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
 from modelsieve.fingerprint.errors import FingerprintError
@@ -71,6 +72,26 @@ class Matcher:
     costs a compare(), ~0.3 ms: this bounds the latency, and with 10⁶ listed fingerprints decides
     how weak a true match can be and still be found; see the README).
     """
+
+    @property
+    def fingerprint_key(self) -> FingerprintKey:
+        """The key files are fingerprinted with (the one the lists were made with)."""
+        return self._key
+
+    @property
+    def bases(self) -> tuple[BaseModel, ...]:
+        """The registered bases checkpoints are fingerprinted against."""
+        return self._bases
+
+    @classmethod
+    def for_store(cls, store: Store, fingerprint_key: FingerprintKey = PUBLIC_KEY, **options: Any) -> Matcher:
+        """A matcher using the store's registered bases and background cohorts for `fingerprint_key`.
+
+        Every caller that fingerprints files (list add, match, crawl, the API) builds its matcher
+        here, so checkpoints are always taken as deltas from the same bases and calibrated alike.
+        """
+        bases, cohorts = store.bases(fingerprint_key), store.cohorts(fingerprint_key)
+        return cls(store, fingerprint_key=fingerprint_key, bases=bases, cohorts=cohorts, **options)
 
     def __init__(
         self,
