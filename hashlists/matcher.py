@@ -140,19 +140,20 @@ class Matcher:
             latest = self._store.last_seq()
             if latest == self._seq:
                 return latest
-            rows = [row for row in self._store.index_rows(changed_since=self._seq, until=latest) if row.status != "retracted"]
-            for row in rows:
+            fingerprints = []
+            for row in self._store.index_rows(changed_since=self._seq, until=latest):
+                if row.status == "retracted":
+                    continue
+                if row.digests:
+                    self._digests.add(row.seq, row.digests)
                 if row.url:
                     self._url_keys.setdefault(url_key(row.url), []).append(row.seq)
                 if row.domain:
                     self._domains.setdefault(row.domain, []).append(row.seq)
-            digest_rows = ((row.seq, row.digests) for row in rows if row.digests)
-            if self._seq == 0:
-                self._digests.add_many(digest_rows)
-            else:
-                for seq, digests in digest_rows:
-                    self._digests.add(seq, digests)
-            self._fuzzy.add_many((row.seq, row.codes) for row in rows if row.codes)
+                if row.codes:
+                    fingerprints.append((row.seq, row.codes))
+            self._digests.compact()
+            self._fuzzy.add_many(fingerprints)
             self._seq = latest
             return latest
 
