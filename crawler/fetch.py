@@ -49,6 +49,7 @@ RELEVANT_HEADERS = (
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 SMALL_BODY_BYTES = 4 * 1024 * 1024  # API answers, robots.txt
+_DIGITS = re.compile(r"[0-9]{1,20}")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
@@ -124,15 +125,21 @@ def relevant_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     return {name: headers[name] for name in RELEVANT_HEADERS if name in headers}
 
 
+def decimal(value: str | None) -> int | None:
+    """A header's non-negative decimal integer (ASCII digits only), or None."""
+    value = (value or "").strip()
+    return int(value) if _DIGITS.fullmatch(value) else None
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None when absent or junk."""
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = decimal(value)
+    if seconds is not None:
+        return float(seconds)
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
@@ -169,8 +176,7 @@ class Response:
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length", "")
-        return int(value) if value.isdigit() else None
+        return decimal(self.headers.get("Content-Length"))
 
     async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body in chunks; FetchError when it ends before its Content-Length or the read stalls."""
@@ -312,9 +318,9 @@ class Fetcher:
         for attempt in range(self.config.max_retries + 1):
             last = attempt == self.config.max_retries
             attempt_stack = AsyncExitStack()
-            started_at, started = utc_now(), time.monotonic()
             try:
                 await attempt_stack.enter_async_context(self.gate.slot(host))
+                started_at, started = utc_now(), time.monotonic()  # the request starts once admitted
                 raw = await self._session.request(method, url, headers=headers, allow_redirects=False)
                 attempt_stack.callback(raw.release)
             except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL) as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from modelsieve.crawler.netguard import BlockedAddressError
 from modelsieve.fingerprint.errors import ModelsieveError
 
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
@@ -119,13 +120,15 @@ class RobotsRules:
                 oldest = next(iter(self._parsers))
                 if self._parsers[oldest].done():
                     del self._parsers[oldest]
-        parser = await asyncio.shield(task)
+        parser = task.result() if task.done() else await asyncio.shield(task)
         return parser.can_fetch(self._agent, str(url))
 
     async def _load(self, origin: URL) -> urllib.robotparser.RobotFileParser:
         parser = urllib.robotparser.RobotFileParser()
         try:
             status, text = await self._fetch(origin.with_path("/robots.txt"))
+        except BlockedAddressError:
+            raise  # not "unreachable": the host must not be contacted at all, and the reason must say so
         except (OSError, TimeoutError, ModelsieveError):  # unreachable: RFC 9309 says assume disallowed
             status, text = 503, ""
         if 200 <= status < 300:

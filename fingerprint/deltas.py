@@ -61,7 +61,8 @@ def _resolve_unknown(raw: Fingerprint, base: Fingerprint) -> Fingerprint:
             taken.add(candidates[best])
     sketches = {renamed[n]: s for n, s in raw.sketches.items()}
     shapes = {renamed[n]: s for n, s in raw.shapes.items()}
-    return Fingerprint(raw.kind, raw.base, raw.key_id, raw.key_check, sketches, shapes, raw.scheme, raw.source)
+    noise = {renamed[n]: s for n, s in raw.noise.items()}
+    return Fingerprint(raw.kind, raw.base, raw.key_id, raw.key_check, sketches, shapes, noise, raw.scheme, raw.source)
 
 
 def _shared(raw: Fingerprint, base: Fingerprint) -> list[str]:
@@ -108,7 +109,11 @@ def delta(raw: Fingerprint, base: BaseModel) -> Fingerprint:
     if not shared:
         raise FingerprintError(f"the model shares no tensors with base {base.name!r}")
     sketches = {n: resolved.sketches[n] - base.fingerprint.sketches[n] for n in shared}
-    source = {**resolved.source, "base_distance": round(fit_base(raw, base).distance, 6),
+    difference = sum(float(np.sum(s * s)) for s in sketches.values())
+    size = sum(float(np.sum(base.fingerprint.sketches[n] ** 2)) for n in shared)
+    source = {**resolved.source, "base_distance": round((difference / max(size, 1e-300)) ** 0.5, 6),
               "tensors_not_in_base": len(resolved.sketches) - len(shared)}
+    # a tensor identical to the base's carries no rounding noise in its delta
+    noise = {n: resolved.noise[n] if np.any(sketches[n]) else 0.0 for n in shared}
     return Fingerprint("checkpoint", base.name, raw.key_id, raw.key_check, sketches,
-                       {n: resolved.shapes[n] for n in shared}, raw.scheme, source)
+                       {n: resolved.shapes[n] for n in shared}, noise, raw.scheme, source)

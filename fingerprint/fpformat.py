@@ -41,6 +41,8 @@ class Fingerprint:
     S(model) − S(base); one without holds raw sketches (as registered bases do) and can only be
     used to find its base. A LoRA's sketches are of its ΔW, a delta by nature.
     `shapes` gives each tensor's 2-D (or 1-D) view shape; sketches are float64 arrays (k×k or k).
+    `noise` is each sketch's expected squared norm from storage rounding (fp16/bf16/fp8 files),
+    which scoring subtracts from energies.
     """
 
     kind: str
@@ -49,6 +51,7 @@ class Fingerprint:
     key_check: str
     sketches: Mapping[str, np.ndarray]
     shapes: Mapping[str, tuple[int, ...]]
+    noise: Mapping[str, float]
     scheme: int = SCHEME_VERSION
     source: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"tensors_skipped": 3}; informational
 
@@ -71,11 +74,11 @@ class Fingerprint:
         """The same fingerprint over only the given tensor names (those it has)."""
         keep = [n for n in names if n in self.sketches]
         return Fingerprint(self.kind, self.base, self.key_id, self.key_check, {n: self.sketches[n] for n in keep},
-                           {n: self.shapes[n] for n in keep}, self.scheme, self.source)
+                           {n: self.shapes[n] for n in keep}, {n: self.noise[n] for n in keep}, self.scheme, self.source)
 
     def to_bytes(self) -> bytes:
         """The compact binary form (see the module docstring)."""
-        names = list(self.sketches)
+        names = sorted(self.sketches)  # canonical order: file order must not change the bytes
         precision = "f16" if self.is_delta else "f32"
         header = {
             "scheme": self.scheme, "key_id": self.key_id, "key_check": self.key_check, "kind": self.kind,
@@ -84,13 +87,14 @@ class Fingerprint:
         }
         packed = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
         flat = [np.asarray(self.sketches[n], dtype=np.float64).ravel() for n in names]
+        noise = np.array([self.noise[n] for n in names], dtype="<f4").tobytes()
         if precision == "f16":
             scales = np.array([np.abs(v).max() if v.size else 0.0 for v in flat], dtype=np.float32)
             safe = np.where(scales > 0, scales, 1).astype(np.float64)
             values = np.concatenate([v / s for v, s in zip(flat, safe, strict=True)] or [np.zeros(0)]).astype("<f2")
-            payload = scales.astype("<f4").tobytes() + values.tobytes()
+            payload = noise + scales.astype("<f4").tobytes() + values.tobytes()
         else:
-            payload = np.concatenate(flat or [np.zeros(0)]).astype("<f4").tobytes()
+            payload = noise + np.concatenate(flat or [np.zeros(0)]).astype("<f4").tobytes()
         return _MAGIC + struct.pack("<BI", _FORMAT, len(packed)) + packed + payload
 
     @classmethod
@@ -111,23 +115,26 @@ class Fingerprint:
         counts = [SKETCH_SIZE ** len(s) for s in shapes]
         payload = memoryview(data)[9 + length :]
         width = 4 if precision == "f32" else 2
-        expected = sum(counts) * width + (4 * len(names) if precision == "f16" else 0)
+        expected = sum(counts) * width + 4 * len(names) * (2 if precision == "f16" else 1)
         if len(payload) != expected:
             raise FingerprintError(f"fingerprint payload is {len(payload)} bytes, its header needs {expected}")
+        noise = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
+        payload = payload[4 * len(names) :]
         if precision == "f16":
             scales = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
             values = np.frombuffer(payload[4 * len(names) :], dtype="<f2").astype(np.float64)
             values = values * np.repeat(scales, counts)
         else:
             values = np.frombuffer(payload, dtype="<f4").astype(np.float64)
-        if not np.isfinite(values).all():
+        if not (np.isfinite(values).all() and np.isfinite(noise).all() and (noise >= 0).all()):
             raise FingerprintError("fingerprint holds NaN or infinite values")
         sketches, offset = {}, 0
         for name, shape, count in zip(names, shapes, counts, strict=True):
             sketches[name] = values[offset : offset + count].reshape(sketch_shape(shape))
             offset += count
         return cls(header["kind"], header["base"], header["key_id"], header["key_check"], sketches,
-                   dict(zip(names, shapes, strict=True)), header["scheme"], header["source"])
+                   dict(zip(names, shapes, strict=True)), dict(zip(names, noise.tolist(), strict=True)),
+                   header["scheme"], header["source"])
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary plus the binary form in base64 (`data`), which `from_json` reads back."""
@@ -182,6 +189,8 @@ def _parse_header(header: object) -> tuple[list[str], list[tuple[int, ...]], str
 
 
 def new_fingerprint(kind: str, base: str | None, key: FingerprintKey, sketches: Mapping[str, np.ndarray],
-                    shapes: Mapping[str, tuple[int, ...]], source: Mapping[str, Any] | None = None) -> Fingerprint:
+                    shapes: Mapping[str, tuple[int, ...]], noise: Mapping[str, float],
+                    source: Mapping[str, Any] | None = None) -> Fingerprint:
     """A fingerprint stamped with the current scheme and the key's id and check value."""
-    return Fingerprint(kind, base, key.key_id, key.check, dict(sketches), dict(shapes), SCHEME_VERSION, dict(source or {}))
+    return Fingerprint(kind, base, key.key_id, key.check, dict(sketches), dict(shapes), dict(noise), SCHEME_VERSION,
+                       dict(source or {}))

@@ -26,6 +26,7 @@ from modelsieve.fingerprint.index import (
     CANDIDATE_MAX_HAMMING,
     INDEX_DIM,
     INDEX_ROLES,
+    background_directions,
     hamming_distances,
     index_vectors,
     lsh_keys,
@@ -37,11 +38,11 @@ from modelsieve.fingerprint.lora import adapter_sketches, is_adapter, split_adap
 from modelsieve.fingerprint.names import canonical_name, role_of
 from modelsieve.fingerprint.readers import ModelReader, TensorInfo
 from modelsieve.fingerprint.scoring import DEFAULT_THRESHOLD, Comparison, GroupScore, compare, tensor_weights
-from modelsieve.fingerprint.sketch import DEFAULT_THREADS, sketch_tensors, view_shape
+from modelsieve.fingerprint.sketch import DEFAULT_THREADS, rounding_error, sketch_tensors, view_shape
 
 __all__ = [
     "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "SCHEME_VERSION", "BaseFit", "BaseModel",
-    "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore",
+    "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore", "background_directions",
     "compare", "fingerprint_model", "fingerprint_tensors", "hamming_distances", "index_vectors", "load_key",
     "lsh_keys", "nearest_base", "parse_key", "select_tensors", "sign_code", "sign_codes", "tensor_weights",
 ]
@@ -88,16 +89,17 @@ def fingerprint_tensors(
     or, with `require_base`, a FingerprintError saying why no base fits.
     """
     if is_adapter(list(arrays)):
-        sketches, shapes, skipped = adapter_sketches(key, arrays)
+        sketches, shapes, noise, skipped = adapter_sketches(key, arrays)
         if not sketches:
             raise FingerprintError("the adapter holds no LoRA/LyCORIS module with both factors")
-        return new_fingerprint("lora", None, key, sketches, shapes, {"tensors_skipped": skipped})
+        return new_fingerprint("lora", None, key, sketches, shapes, noise, {"tensors_skipped": skipped})
     named, skipped = _checkpoint_arrays(arrays)
     if not named:
         raise FingerprintError("the model holds no floating-point tensors to fingerprint")
     sketches = sketch_tensors(key, named.items(), threads=threads)
     shapes = {n: view_shape(tuple(named[n].shape)) or () for n in sketches}
-    raw = new_fingerprint("checkpoint", None, key, sketches, shapes, {"tensors_skipped": skipped})
+    noise = {n: rounding_error(named[n].dtype) ** 2 * float(np.sum(s * s)) for n, s in sketches.items()}
+    raw = new_fingerprint("checkpoint", None, key, sketches, shapes, noise, {"tensors_skipped": skipped})
     fit = nearest_base(raw, bases)
     if fit is not None:
         return delta(raw, fit.base)

@@ -21,7 +21,7 @@ import numpy as np
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.keys import FingerprintKey
 from modelsieve.fingerprint.names import module_weight_name
-from modelsieve.fingerprint.sketch import sketch_product, sketch_tensors, view_shape
+from modelsieve.fingerprint.sketch import rounding_error, sketch_product, sketch_tensors, view_shape
 
 _SUFFIX = re.compile(
     r"^(?P<module>.+?)\.(?P<part>lora_down|lora_up|lora_mid|lora_A|lora_B|"
@@ -124,10 +124,10 @@ def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def adapter_sketches(
     key: FingerprintKey, arrays: Mapping[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]], int]:
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]], dict[str, float], int]:
     """ΔW sketches of every adapter module, keyed by the canonical name of the weight it patches.
 
-    Returns (sketches, view shapes, number of keys that were not adapter parts).
+    Returns (sketches, view shapes, expected rounding-noise energies, number of non-adapter keys).
     """
     modules: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     ignored = 0
@@ -139,6 +139,7 @@ def adapter_sketches(
         modules[split[0]][split[1]] = array
     sketches: dict[str, np.ndarray] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
     for module, parts in modules.items():
         parts = {p: a for p, a in parts.items() if p not in _IGNORED_PARTS}
@@ -147,6 +148,8 @@ def adapter_sketches(
         target = module_weight_name(module)
         if target in shapes:
             raise FingerprintError(f"two adapter modules patch the same weight {target!r}")
+        # each stored factor adds its relative rounding error to the product
+        rounding[target] = 2 * max(rounding_error(a.dtype) for a in parts.values()) ** 2
         if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
             delta = _dense_delta(module, parts)
             shapes[target] = view_shape(delta.shape) or ()
@@ -156,4 +159,5 @@ def adapter_sketches(
         sketches[target] = sketch_product(key, up, down, scale)
         shapes[target] = (up.shape[0], down.shape[1])
     sketches.update(sketch_tensors(key, dense))
-    return sketches, shapes, ignored
+    noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
+    return sketches, shapes, noise, ignored

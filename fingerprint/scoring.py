@@ -4,9 +4,14 @@ The pipeline has three explicit stages so a background cohort can slot in (issue
 1. `tensor_weights(fp)`: a fixed per-tensor weight, 1/√numel (so each tensor counts by its
    per-element change, not its size), capped so no tensor carries more than CAP × the median
    tensor energy (one retrained embedding must not decide a comparison).
-2. `pair_statistics(query, listed)`: per shared tensor (same canonical name and view shape) the
-   weighted dot product and energies; the raw delta cosine and the least-squares coefficient
-   of listed's delta inside query's follow from these sums.
+2. `pair_statistics(query, listed)`: per shared tensor (same canonical name and view shape, and
+   changed by the listed model beyond its rounding noise: an untouched VAE says nothing) the
+   weighted dot product, energies and expected rounding-noise energies; the raw delta cosine
+   and the least-squares coefficient of listed's delta inside query's follow from these sums.
+   Rounding noise (a bf16 re-save, an fp16 file against an fp32 base) adds energy but no
+   correlation, so the cosine's energies are debiased by the expected noise energy, never below
+   NOISE_FLOOR of the measured energy (so a misjudged noise level can at most double a cosine,
+   and a noisier copy never scores above the clean one).
 3. `compare(...)`: the `Comparison` with its score. Without a cohort the score is the raw cosine
    clipped at 0 and `calibrated` is False.
 """
@@ -14,6 +19,7 @@ The pipeline has three explicit stages so a background cohort can slot in (issue
 from __future__ import annotations
 
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,16 +32,49 @@ from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.fingerprint.names import block_of, component_of
 
 ENERGY_CAP = 16.0
+NOISE_FLOOR = 0.25
+CHANGED = 2.0  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
 DEFAULT_THRESHOLD = 0.35  # raw delta cosine; see README "Fuzzy fingerprints" for how it was chosen
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A fingerprint's sketches stacked for fast pairing (1-D sketches zero-padded to k²)."""
+
+    rows: dict[str, int]
+    matrix: np.ndarray  # (tensors × k²)
+    energy: np.ndarray  # ‖sketch‖²
+    noise: np.ndarray  # expected rounding-noise part of the energy
+    weights: np.ndarray  # stage-1 tensor weights
+
+
+_PREPARED: weakref.WeakKeyDictionary[Fingerprint, _Prepared] = weakref.WeakKeyDictionary()
+
+
+def _prepare(fp: Fingerprint) -> _Prepared:
+    prepared = _PREPARED.get(fp)
+    if prepared is None:
+        names = list(fp.sketches)
+        width = max((fp.sketches[n].size for n in names), default=0)
+        matrix = np.zeros((len(names), width))
+        for row, name in enumerate(names):
+            matrix[row, : fp.sketches[name].size] = fp.sketches[name].ravel()
+        energy = np.einsum("ij,ij->i", matrix, matrix)
+        noise = np.array([fp.noise[n] for n in names])
+        sizes = np.array([math.prod(fp.shapes[n]) for n in names], dtype=np.float64)
+        per_element = np.maximum(energy - noise, 0.0) / sizes
+        positive = per_element[per_element > 0]
+        cap = ENERGY_CAP * float(np.median(positive)) if positive.size else 0.0
+        capped = np.where(per_element > cap, np.sqrt(cap / np.maximum(per_element, 1e-300)), 1.0)
+        prepared = _Prepared({n: i for i, n in enumerate(names)}, matrix, energy, noise, capped / np.sqrt(sizes))
+        _PREPARED[fp] = prepared
+    return prepared
 
 
 def tensor_weights(fp: Fingerprint) -> dict[str, float]:
     """Per-tensor weights (stage 1): 1/√numel, capped at ENERGY_CAP × the median energy."""
-    sizes = {n: math.prod(fp.shapes[n]) for n in fp.sketches}
-    energies = {n: float(np.sum(s * s)) / sizes[n] for n, s in fp.sketches.items()}
-    positive = [e for e in energies.values() if e > 0]
-    cap = ENERGY_CAP * float(np.median(positive)) if positive else 0.0
-    return {n: (min(1.0, math.sqrt(cap / e)) if e > cap else 1.0) / math.sqrt(sizes[n]) for n, e in energies.items()}
+    prepared = _prepare(fp)
+    return {n: float(prepared.weights[i]) for n, i in prepared.rows.items()}
 
 
 @dataclass(frozen=True)
@@ -45,14 +84,24 @@ class PairStatistics:
     names: tuple[str, ...]
     dots: np.ndarray
     query_energy: np.ndarray
+    query_noise: np.ndarray
     listed_energy: np.ndarray
+    listed_noise: np.ndarray
     listed_total_energy: float
 
-    def similarity(self, select: np.ndarray | None = None) -> float:
-        """The weighted delta cosine over all (or the selected) shared tensors."""
-        mask = slice(None) if select is None else select
-        denominator = math.sqrt(float(self.query_energy[mask].sum()) * float(self.listed_energy[mask].sum()))
-        return float(self.dots[mask].sum()) / denominator if denominator > 0 else 0.0
+    @staticmethod
+    def _signal(energy: np.ndarray, noise: np.ndarray) -> float:
+        total = float(energy.sum())
+        return max(total - float(noise.sum()), NOISE_FLOOR * total)
+
+    def listed_signal(self, select: np.ndarray | slice = slice(None)) -> float:
+        """Listed's weighted delta energy on the (selected) shared tensors, rounding noise removed."""
+        return self._signal(self.listed_energy[select], self.listed_noise[select])
+
+    def similarity(self, select: np.ndarray | slice = slice(None)) -> float:
+        """The weighted, noise-debiased delta cosine over all (or the selected) shared tensors."""
+        denominator = math.sqrt(self._signal(self.query_energy[select], self.query_noise[select]) * self.listed_signal(select))
+        return max(-1.0, min(1.0, float(self.dots[select].sum()) / denominator)) if denominator > 0 else 0.0
 
 
 def _check_comparable(query: Fingerprint, listed: Fingerprint) -> None:
@@ -70,16 +119,18 @@ def _check_comparable(query: Fingerprint, listed: Fingerprint) -> None:
 def pair_statistics(query: Fingerprint, listed: Fingerprint) -> PairStatistics:
     """Stage 2 for a query and a listed fingerprint, weighted by the listed one's tensor weights."""
     _check_comparable(query, listed)
-    weights = tensor_weights(listed)
-    names = tuple(n for n in listed.sketches if n in query.sketches and query.shapes[n] == listed.shapes[n])
-    w2 = np.array([weights[n] ** 2 for n in names])
-    q = [query.sketches[n].ravel() for n in names]
-    l = [listed.sketches[n].ravel() for n in names]
-    dots = w2 * np.array([a @ b for a, b in zip(q, l, strict=True)])
-    query_energy = w2 * np.array([a @ a for a in q])
-    listed_energy = w2 * np.array([b @ b for b in l])
-    total = sum(weights[n] ** 2 * float(np.sum(s * s)) for n, s in listed.sketches.items())
-    return PairStatistics(names, dots, query_energy, listed_energy, total)
+    q, l = _prepare(query), _prepare(listed)
+    changed = l.energy > CHANGED * l.noise
+    pairs = [(name, q.rows[name], row) for name, row in l.rows.items()
+             if changed[row] and name in q.rows and query.shapes[name] == listed.shapes[name]]
+    names = tuple(p[0] for p in pairs)
+    qi = np.array([p[1] for p in pairs], dtype=np.intp)
+    li = np.array([p[2] for p in pairs], dtype=np.intp)
+    w2 = l.weights[li] ** 2
+    width = min(q.matrix.shape[1], l.matrix.shape[1])
+    dots = w2 * np.einsum("ij,ij->i", q.matrix[qi, :width], l.matrix[li, :width])
+    total = float(np.sum((l.weights[changed] ** 2) * np.maximum(l.energy[changed] - l.noise[changed], 0.0)))
+    return PairStatistics(names, dots, w2 * q.energy[qi], w2 * q.noise[qi], w2 * l.energy[li], w2 * l.noise[li], total)
 
 
 @dataclass(frozen=True)
@@ -141,9 +192,9 @@ def compare(query: Fingerprint, listed: Fingerprint) -> Comparison:
     """
     stats = pair_statistics(query, listed)
     similarity = stats.similarity()
-    listed_energy = float(stats.listed_energy.sum())
+    listed_energy = stats.listed_signal()
     coefficient = float(stats.dots.sum()) / listed_energy if listed_energy > 0 else 0.0
-    coverage = listed_energy / stats.listed_total_energy if stats.listed_total_energy > 0 else 0.0
+    coverage = min(1.0, listed_energy / stats.listed_total_energy) if stats.listed_total_energy > 0 else 0.0
     return Comparison(
         similarity=similarity,
         score=max(0.0, similarity),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -331,3 +333,23 @@ def fake_civitai(versions: dict[str, tuple[str, bytes]]) -> web.Application:
     app.router.add_get("/files/{id}", civitai_file)
     app.router.add_get("/robots.txt", robots_handler)
     return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: web.Application) -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
+    """Run `app` on 127.0.0.1 in a thread with its own loop (for synchronous tests and subprocesses)."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield port, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import pytest
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
-from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
 from modelsieve.crawler.politeness import HostGate, PolitenessConfig
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
-HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)}
+HOSTS = {f"h{i}.test": ["127.0.0.1"] for i in range(4)} | {"private.test": ["10.0.0.1"]}
 
 
 async def resolve_hosts(host: str, port: int) -> list[str]:
@@ -23,12 +24,17 @@ def fetcher(config: FetchConfig = FetchConfig(honour_robots=False), **politeness
     return Fetcher(config, gate=HostGate(PolitenessConfig(**politeness)), address_policy=LOOPBACK, resolve=resolve_hosts)
 
 
-async def get_all(client: Fetcher, urls: list[str]) -> list[int]:
+async def get_all(client: Fetcher, urls: list[str], transcript: Transcript | None = None) -> list[int]:
     async def one(url: str) -> int:
-        response, _ = await client.get_small(url, transcript=Transcript())
+        response, _ = await client.get_small(url, transcript=transcript or Transcript())
         return response.status
 
     return await asyncio.gather(*(one(u) for u in urls))
+
+
+def start_times(transcript: Transcript) -> list[float]:
+    """When each request was sent (client side: server arrival times shift under load)."""
+    return sorted(datetime.fromisoformat(e.started_at.replace("Z", "+00:00")).timestamp() for e in transcript.exchanges)
 
 
 async def test_no_host_sees_more_than_its_concurrency_limit(aiohttp_server) -> None:
@@ -37,7 +43,7 @@ async def test_no_host_sees_more_than_its_concurrency_limit(aiohttp_server) -> N
     async with fetcher(per_host_concurrency=2, global_concurrency=64) as client:
         assert set(await get_all(client, urls)) == {200}
     log = server.app[LOG]
-    assert set(log.max_in_flight) == set(HOSTS)
+    assert set(log.max_in_flight) == {f"h{i}.test" for i in range(4)}
     assert max(log.max_in_flight.values()) == 2  # the limit holds, and was reached
     assert log.max_total_in_flight > 2  # hosts do not wait for one another
 
@@ -53,11 +59,13 @@ async def test_the_global_limit_caps_all_hosts_together(aiohttp_server) -> None:
 async def test_requests_to_one_host_are_spaced_by_the_delay(aiohttp_server) -> None:
     server = await aiohttp_server(file_host({"m": b"abc"}))
     urls = [f"http://h0.test:{server.port}/files/m"] * 4
+    transcript = Transcript()
     async with fetcher(per_host_concurrency=4, per_host_delay=0.15) as client:
-        await get_all(client, urls)
-    starts = server.app[LOG].starts["h0.test"]
+        await get_all(client, urls, transcript)
+    assert len(server.app[LOG].starts["h0.test"]) == 4
+    starts = start_times(transcript)
     assert len(starts) == 4
-    assert all(later - earlier >= 0.14 for earlier, later in zip(starts, starts[1:]))
+    assert all(later - earlier >= 0.149 for earlier, later in zip(starts, starts[1:]))
 
 
 ROBOTS = "User-agent: *\nDisallow: /files/secret\n\nUser-agent: modelsieve\nDisallow: /files/private\n"
@@ -109,3 +117,9 @@ def test_limits_must_be_positive() -> None:
         PolitenessConfig(per_host_concurrency=0)
     with pytest.raises(ValueError):
         PolitenessConfig(per_host_delay=-1)
+
+
+async def test_a_blocked_host_is_reported_as_blocked_not_as_robots_disallowed() -> None:
+    async with fetcher(FetchConfig()) as client:
+        with pytest.raises(BlockedAddressError, match="10.0.0.1"):
+            await client.get_small("http://private.test/files/m", transcript=Transcript())

@@ -15,7 +15,21 @@ from importlib.metadata import version
 
 from modelsieve.fingerprint.errors import ModelsieveError
 
-COMMAND_MODULES = ("inspect", "hash", "demo")
+COMMAND_MODULES = (
+    "demo",
+    "inspect",
+    "hash",
+    "lists",
+    "match",
+    "trust",
+    "keys",
+    "crawl",
+    "api_keys",
+    "serve",
+    "fingerprint",
+    "compare",
+    "bases",
+)
 
 DESCRIPTION = """\
 Recognise known-harmful generative AI models and recommend what to delist or take down.

@@ -14,8 +14,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from modelsieve.fingerprint.errors import ModelsieveError
-
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+from modelsieve.fingerprint.readers import MODEL_SUFFIXES, walk_models
 
 T = TypeVar("T")
 
@@ -44,23 +43,35 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _matched_paths(patterns: Iterable[str]) -> Iterator[Path]:
+    """Paths and glob matches, sorted per pattern; a pattern that matches nothing raises ModelsieveError."""
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not any(os.path.exists(m) for m in matches):
+            raise ModelsieveError(f"{pattern}: no such file or directory")
+        yield from map(Path, matches)
+
+
 def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> Iterator[Path]:
     """Files named by paths, directories (walked for model files, sorted) and glob patterns.
 
     A pattern that matches nothing raises ModelsieveError: a typo must not pass as "no match".
     """
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not any(os.path.exists(m) for m in matches):
-            raise ModelsieveError(f"{pattern}: no such file or directory")
-        for match in matches:
-            path = Path(match)
-            if path.is_dir():
-                for root, dirs, files in os.walk(path):
-                    dirs.sort()
-                    yield from (Path(root) / f for f in sorted(files) if f.lower().endswith(suffixes))
-            else:
-                yield path
+    for path in _matched_paths(patterns):
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                yield from (Path(root) / f for f in sorted(files) if f.lower().endswith(suffixes))
+        else:
+            yield path
+
+
+def expand_models(patterns: Iterable[str]) -> Iterator[Path]:
+    """Models named by paths and globs; directories yield each model below them (`walk_models`):
+    a diffusers folder or a sharded index is one model, any other model file one model each.
+    """
+    for path in _matched_paths(patterns):
+        yield from walk_models(path) if path.is_dir() else [path]
 
 
 def print_json_line(record: dict[str, Any]) -> None:
@@ -71,7 +82,8 @@ def print_json_line(record: dict[str, Any]) -> None:
 
 def report_failure(path: os.PathLike[str] | str, error: Exception) -> None:
     """Say on stderr, on one line, that one input failed; the caller carries on with the rest."""
-    print(f"modelsieve: {path}: {error}", file=sys.stderr)
+    message = " ".join(str(error).split())
+    print(f"modelsieve: {message if message.startswith(str(path)) else f'{path}: {message}'}", file=sys.stderr)
 
 
 def progress(items: Iterable[T], *, total: int | None, unit: str, enabled: bool = True) -> Iterable[T]:
@@ -81,11 +93,12 @@ def progress(items: Iterable[T], *, total: int | None, unit: str, enabled: bool 
     return tqdm(items, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
-def progress_bar(*, total: int | None, unit: str, enabled: bool = True) -> tqdm:
-    """A tqdm bar on stderr advanced by hand with `.update(n)`; a silent no-op unless stderr is a
-    terminal and `enabled` (off for --json). With unit "B" it shows KiB/MiB/GiB."""
+def progress_bar(*, total: int | None, unit: str, initial: int = 0, enabled: bool = True) -> tqdm:
+    """A tqdm bar (rate and ETA) on stderr advanced by hand with `.update(n)`, e.g. from async work;
+    a silent no-op unless stderr is a terminal and `enabled` (off for --json). Unit "B" shows KiB/MiB/GiB."""
     return tqdm(
         total=total,
+        initial=initial,
         unit=unit,
         unit_scale=unit == "B",
         unit_divisor=1024,
@@ -93,3 +106,15 @@ def progress_bar(*, total: int | None, unit: str, enabled: bool = True) -> tqdm:
         dynamic_ncols=True,
         disable=not enabled or not sys.stderr.isatty(),
     )
+
+
+def command_group(subparsers: Any, name: str, summary: str, description: str, epilog: str = "") -> Any:
+    """The sub-commands of a command group (e.g. `keys`), created by whichever module asks first.
+
+    Several command modules can each add their sub-commands to one group this way.
+    """
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = command_parser(subparsers, name, summary, description, epilog)
+        parser.set_defaults(group_commands=parser.add_subparsers(title="actions", metavar="ACTION", required=True))
+    return parser.get_default("group_commands")

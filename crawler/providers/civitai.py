@@ -16,7 +16,7 @@ from typing import Any
 
 from yarl import URL
 
-from modelsieve.crawler.fetch import FetchError, Fetcher, Transcript
+from modelsieve.crawler.fetch import FetchError, Fetcher, Transcript, decimal
 from modelsieve.crawler.providers import Published
 
 CIVITAI_HOSTS = ("civitai.com",)
@@ -34,7 +34,7 @@ def version_id(url: URL) -> str | None:
     if match:
         return match.group(1)
     version = url.query.get("modelVersionId", "")
-    return version if _MODEL_PAGE.match(url.path) and version.isdigit() else None
+    return version if _MODEL_PAGE.match(url.path) and decimal(version) is not None else None
 
 
 def civitai_digests(hashes: object) -> dict[str, str]:

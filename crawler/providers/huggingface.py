@@ -11,7 +11,7 @@ import re
 
 from yarl import URL
 
-from modelsieve.crawler.fetch import FetchError, Fetcher, Transcript
+from modelsieve.crawler.fetch import FetchError, Fetcher, Transcript, decimal
 from modelsieve.crawler.providers import Published
 
 HF_HOSTS = ("huggingface.co", "hf.co")
@@ -53,9 +53,8 @@ class HuggingFaceProvider:
             if response.status >= 400:
                 raise FetchError(f"{target}: HTTP status {response.status}")
             sha256 = linked_sha256(response.headers.get("X-Linked-Etag"))
-            size_text = response.headers.get("X-Linked-Size", "")
+            size = decimal(response.headers.get("X-Linked-Size")) if sha256 else None
         digests = {"sha256": sha256} if sha256 else {}
-        size = int(size_text) if size_text.isdigit() and sha256 else None
         return Published(
             self.name,
             download_url=str(target),

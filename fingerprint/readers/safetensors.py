@@ -2,12 +2,14 @@
 
 `parse_header` works on header bytes alone, so callers that only hold the first bytes of a
 remote file (the crawler's Range requests) validate exactly as strictly as the local reader.
-The rules are those of the official library, plus: unknown fields and duplicate keys are refused.
+The rules are those of the official library (tests/test_readers_safetensors.py cross-checks them
+against `safetensors.safe_open`), plus two deliberate refusals the official library lets pass:
+repeated JSON keys (a scanner and a loader could each see a different tensor) and unknown fields in
+a tensor entry.
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import struct
@@ -18,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from modelsieve.fingerprint.dtypes import dtype_named
-from modelsieve.fingerprint.errors import ModelFileError
+from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
+from modelsieve.fingerprint.readers.strict_json import load_json_object
 
 MAX_HEADER_BYTES = 100_000_000  # the official library's bound
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
@@ -72,48 +75,39 @@ def read_header_length(first_bytes: bytes, file_size: int | None = None) -> int:
     return length
 
 
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ModelFileError(f"safetensors header repeats the key {key!r}")
-        result[key] = value
-    return result
-
-
 def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
 
 
 def _parse_tensor(name: str, raw: object) -> TensorSpan:
     if not isinstance(raw, dict):
-        raise ModelFileError(f"tensor {name!r}: entry is not a JSON object")
+        raise ModelFileError(f"tensor {quoted(name)}: entry is not a JSON object")
     if set(raw) != _TENSOR_FIELDS:
-        raise ModelFileError(f"tensor {name!r}: fields must be exactly dtype, shape, data_offsets, got {sorted(raw)}")
+        raise ModelFileError(f"tensor {quoted(name)}: fields must be exactly dtype, shape, data_offsets, got {quoted(sorted(raw))}")
     try:
         dtype = dtype_named(raw["dtype"])
     except KeyError:
-        raise ModelFileError(f"tensor {name!r}: unknown dtype {raw['dtype']!r}") from None
+        raise ModelFileError(f"tensor {quoted(name)}: unknown dtype {quoted(raw['dtype'])}") from None
     shape = raw["shape"]
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-        raise ModelFileError(f"tensor {name!r}: shape must be a list of non-negative integers")
+        raise ModelFileError(f"tensor {quoted(name)}: shape must be a list of non-negative integers")
     offsets = raw["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
-        raise ModelFileError(f"tensor {name!r}: data_offsets must be two non-negative integers")
+        raise ModelFileError(f"tensor {quoted(name)}: data_offsets must be two non-negative integers")
     begin, end = offsets
     if end < begin:
-        raise ModelFileError(f"tensor {name!r}: data_offsets end {end} is before begin {begin}")
+        raise ModelFileError(f"tensor {quoted(name)}: data_offsets end {end} is before begin {begin}")
     numel = 1
     for dim in shape:
         numel *= dim
         if numel > _U64_MAX:
-            raise ModelFileError(f"tensor {name!r}: shape {shape} overflows")
+            raise ModelFileError(f"tensor {quoted(name)}: shape {quoted(shape)} overflows")
     bits = numel * dtype.bits
     if bits % 8:
-        raise ModelFileError(f"tensor {name!r}: {numel} × {dtype.bits} bits is not a whole number of bytes")
+        raise ModelFileError(f"tensor {quoted(name)}: {numel} × {dtype.bits} bits is not a whole number of bytes")
     if end - begin != bits // 8:
         raise ModelFileError(
-            f"tensor {name!r}: byte span {end - begin} does not match shape {shape} × {dtype.name} = {bits // 8} bytes"
+            f"tensor {quoted(name)}: byte span {end - begin} does not match shape {quoted(shape)} × {dtype.name} = {bits // 8} bytes"
         )
     return TensorSpan(TensorInfo(name, dtype.name, tuple(shape)), begin, end)
 
@@ -129,25 +123,15 @@ def parse_header(header: bytes, file_size: int | None = None) -> SafetensorsHead
 
     With `file_size`, also require the file to end exactly where the last tensor ends.
     """
-    try:
-        text = header.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ModelFileError(f"safetensors header is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"safetensors header is not valid JSON: {exc.msg} at char {exc.pos}") from None
-    except RecursionError:
-        raise ModelFileError("safetensors header JSON is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise ModelFileError("safetensors header is not a JSON object")
-    metadata = _parse_metadata(document.pop("__metadata__")) if "__metadata__" in document else {}
+    document = load_json_object(header, "safetensors header")
+    raw_metadata = document.pop("__metadata__", None)
+    metadata = {} if raw_metadata is None else _parse_metadata(raw_metadata)
     spans = sorted((_parse_tensor(name, raw) for name, raw in document.items()), key=lambda s: (s.begin, s.end))
     position = 0
     for span in spans:
         if span.begin != position:
             problem = "overlaps the previous tensor" if span.begin < position else f"leaves a gap at byte {position}"
-            raise ModelFileError(f"tensor {span.info.name!r}: data_offsets [{span.begin}, {span.end}] {problem}")
+            raise ModelFileError(f"tensor {quoted(span.info.name)}: data_offsets [{span.begin}, {span.end}] {problem}")
         position = span.end
     parsed = SafetensorsHeader(len(header), metadata, tuple(spans))
     if file_size is not None and parsed.file_size != file_size:
@@ -188,7 +172,7 @@ class SafetensorsReader(ModelReader):
         span = self._spans[name]
         dtype = dtype_named(span.info.dtype)
         if dtype.numpy is None:
-            raise ModelFileError(f"tensor {name!r}: dtype {dtype.name} is packed below one byte and has no array view")
+            raise ModelFileError(f"tensor {quoted(name)}: dtype {dtype.name} is packed below one byte and has no array view")
         flat = np.frombuffer(self._map, dtype=dtype.numpy, count=span.info.numel, offset=self.header.data_start + span.begin)
         return flat.reshape(span.info.shape)
 

@@ -1,0 +1,261 @@
+"""Matching subjects (digests, fingerprints, URLs, files) against every list in a store.
+
+`Matcher` keeps in-memory indexes loaded from the store and refreshes them from the event
+sequence (only entries changed since the last refresh are read). A hit in an index is a
+candidate: the entry is read back by its seq and confirmed, so an entry retracted, disputed or
+replaced since the index saw it is judged by its current state. Retracted and expired entries never
+match; disputed ones match with `status: "disputed"`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
+from modelsieve.fingerprint.errors import FingerprintError
+from modelsieve.fingerprint.fuzzy import (
+    DEFAULT_THRESHOLD,
+    PUBLIC_KEY,
+    BaseModel,
+    Fingerprint,
+    FingerprintKey,
+    compare,
+    sign_codes,
+)
+from modelsieve.hashlists.files import FileEvidence, examine_file
+from modelsieve.hashlists.digest_index import DigestIndex
+from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
+from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
+from modelsieve.hashlists.store import Store
+from modelsieve.hashlists.urls import normalise_url, registrable_domain, url_key, url_prefix_keys
+
+# Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
+DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
+UNTRUSTED = "none"  # trust level whose publishers' entries never match
+
+
+def _digests_agree(name: str, listed: str, query: str) -> bool:
+    if name == "autov3":
+        length = min(len(listed), len(query))
+        return listed[:length] == query[:length]
+    return listed == query
+
+
+def digest_evidence(listed: Mapping[str, str], query: Mapping[str, str]) -> tuple[list[str], int] | None:
+    """The digest names on which a listed entry and a query agree, and the bits that agreement is worth.
+
+    None when they share no digest, or when any digest both have disagrees: a CRC32 equal by
+    chance while the SHA-256 differs is a collision, not a match.
+    """
+    shared = [name for name in query if name in listed]
+    if not shared or not all(_digests_agree(n, listed[n], query[n]) for n in shared):
+        return None
+    bits = {n: DIGEST_BITS.get(n, 4 * min(len(listed[n]), len(query[n]))) for n in shared}
+    names = sorted(shared, key=lambda n: -bits[n])
+    return names, bits[names[0]]
+
+
+class Matcher:
+    """Looks subjects up in every list of a store; see the module docstring.
+
+    refresh_interval: seconds between checks of the store's event sequence (0: before every call).
+    fingerprint_key / bases: how `match_path` fingerprints files (the key the lists were made with).
+    cohorts: background cohorts by base name (`hashlists.background.load_cohorts`); a fuzzy match
+    against a base with a cohort is calibrated, and reported when its estimated false-match rate
+    reaches `policy.review_rate`. Without one it is flagged uncalibrated and reported from raw
+    similarity `threshold` (policy.uncalibrated_review). fuzzy_top: most fuzzy matches
+    reported; fuzzy_candidates: how many of the closest index candidates are scored exactly (each
+    costs a compare(), ~0.3 ms: this bounds the latency, and with 10⁶ listed fingerprints decides
+    how weak a true match can be and still be found; see the README).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        refresh_interval: float = 1.0,
+        fingerprint_key: FingerprintKey = PUBLIC_KEY,
+        bases: Sequence[BaseModel] = (),
+        threshold: float = DEFAULT_THRESHOLD,
+        cohorts: Mapping[str, Cohort] | None = None,
+        policy: Policy | None = None,
+        fuzzy_top: int = 10,
+        fuzzy_candidates: int = 32,
+    ) -> None:
+        self._store = store
+        self._refresh_interval = refresh_interval
+        self._key, self._bases = fingerprint_key, tuple(bases)
+        self._cohorts = dict(cohorts or {})
+        self._policy = policy if policy is not None else Policy(uncalibrated_review=threshold)
+        self._fuzzy_top, self._fuzzy_candidates = fuzzy_top, fuzzy_candidates
+        self._lock = threading.RLock()
+        self._digests = DigestIndex()
+        self._fuzzy = FuzzyIndex()
+        self._url_keys: dict[str, list[int]] = {}
+        self._domains: dict[str, list[int]] = {}
+        self._trust: dict[str, str] = {}
+        self._seq = 0
+        self._checked = 0.0
+        self.refresh()
+
+    @property
+    def seq(self) -> int:
+        """The store sequence number the indexes reflect."""
+        return self._seq
+
+    @property
+    def index_bytes(self) -> int:
+        """Memory held by the digest and fingerprint index arrays."""
+        return self._digests.nbytes + self._fuzzy.nbytes
+
+    def refresh(self) -> int:
+        """Index every entry changed since the last refresh; returns the sequence number now reflected."""
+        with self._lock:
+            self._checked = time.monotonic()
+            self._trust = {key.name: key.level for key in self._store.trusted_keys()}
+            latest = self._store.last_seq()
+            if latest == self._seq:
+                return latest
+            rows = [row for row in self._store.index_rows(changed_since=self._seq, until=latest) if row.status != "retracted"]
+            for row in rows:
+                if row.url:
+                    self._url_keys.setdefault(url_key(row.url), []).append(row.seq)
+                if row.domain:
+                    self._domains.setdefault(row.domain, []).append(row.seq)
+            digest_rows = ((row.seq, row.digests) for row in rows if row.digests)
+            if self._seq == 0:
+                self._digests.add_many(digest_rows)
+            else:
+                for seq, digests in digest_rows:
+                    self._digests.add(seq, digests)
+            self._fuzzy.add_many((row.seq, row.codes) for row in rows if row.codes)
+            self._seq = latest
+            return latest
+
+    def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._checked >= self._refresh_interval:
+            self.refresh()
+
+    def _confirmed(self, seqs: Iterable[int]) -> list[Entry]:
+        """The current, matchable entries behind index hits."""
+        wanted = set(seqs)
+        if not wanted:
+            return []
+        now = utc_now()
+        return [
+            entry
+            for entry in self._store.entries_by_seq(wanted)
+            if entry.matchable(now) and self._trust.get(entry.origin or "", "full") != UNTRUSTED
+        ]
+
+    def _match(self, entry: Entry, kind: str, score: float = 1.0, **evidence: object) -> Match:
+        return Match(
+            entry_id=entry.id,
+            list=entry.list,
+            category=entry.category,
+            source=entry.source,
+            kind=kind,
+            score=score,
+            status=entry.status,
+            origin=entry.origin,
+            trust=self._trust.get(entry.origin, "unknown") if entry.origin else "local",
+            evidence=entry.evidence,
+            **evidence,  # type: ignore[arg-type]
+        )
+
+    def match_digests(self, digests: Mapping[str, str]) -> list[Match]:
+        """Entries sharing a digest with the query (any name; AutoV3 also on its 12-hex prefix),
+        strongest evidence first. Raises InvalidEntryError for a malformed value."""
+        query = normalise_digests(digests)
+        self._maybe_refresh()
+        with self._lock:
+            seqs = [seq for name, value in query.items() for seq in self._digests.lookup(name, value)]
+        matches = []
+        for entry in self._confirmed(seqs):
+            agreement = digest_evidence(entry.digests, query)
+            if agreement is not None:
+                names, bits = agreement
+                matches.append(self._match(entry, names[0], bits=bits, digests=tuple(names)))
+        return sorted(matches, key=lambda m: (-(m.bits or 0), m.entry_id))
+
+    def match_url(self, url: str) -> list[Match]:
+        """URL entries covering the URL (itself or a parent path) and domain entries of its
+        registrable domain. Raises InvalidEntryError for something that is not an http(s) URL."""
+        normalised = normalise_url(url)
+        domain = registrable_domain(normalised)
+        self._maybe_refresh()
+        with self._lock:
+            url_seqs = {seq for key in url_prefix_keys(normalised) for seq in self._url_keys.get(key, [])}
+            domain_seqs = set(self._domains.get(domain, []))
+        matches = []
+        for entry in self._confirmed(url_seqs | domain_seqs):
+            if entry.url and entry.seq in url_seqs:
+                matches.append(self._match(entry, "url"))
+            elif entry.domain == domain:
+                matches.append(self._match(entry, "domain"))
+        return sorted(matches, key=lambda m: (m.kind != "url", m.entry_id))
+
+    def match_fingerprint(self, fingerprint: Fingerprint) -> list[Match]:
+        """Listed fingerprints the query carries, strongest evidence first, at most fuzzy_top.
+
+        Candidates come from the sign-code index; each is then scored exactly with `compare` and
+        calibrated against its base's cohort (see the class docstring): every match carries its raw
+        similarity, normalised score, estimated false-match rate and decision (review | action).
+        Listed fingerprints taken with another key or scheme, or with no delta, are skipped.
+        """
+        codes = sign_codes(fingerprint)
+        self._maybe_refresh()
+        with self._lock:
+            candidates = self._fuzzy.candidates(codes, limit=self._fuzzy_candidates)
+        matches = []
+        for entry in self._confirmed(seq for seq, _ in candidates):
+            if entry.fingerprint is None:
+                continue
+            try:
+                listed = parse_fingerprint(entry.fingerprint)
+                comparison = compare(fingerprint, listed)
+                calibrated = calibrate(fingerprint, listed, self._cohorts)
+            except FingerprintError:
+                continue
+            decision = calibrated.decision(self._policy) if comparison.tensors_compared else None
+            if decision is not None:
+                matches.append(
+                    self._match(
+                        entry,
+                        "fuzzy",
+                        comparison.score,
+                        coefficient=comparison.coefficient,
+                        base=comparison.base,
+                        similarity=comparison.similarity,
+                        calibration=calibrated,
+                        decision=decision,
+                    )
+                )
+        strength = lambda m: (m.decision != "action", m.calibration.false_match_rate or 1.0, -m.score, m.entry_id)  # noqa: E731
+        return sorted(matches, key=strength)[: self._fuzzy_top]
+
+    def match_path(self, path: str | os.PathLike[str]) -> MatchResult:
+        """Hash and fingerprint one model file, then look both up.
+
+        A file that cannot be fingerprinted (not a model, no float tensors) is still matched on its
+        digests; the reason is kept in the result's `problems`. A fuzzy match of an entry already
+        matched exactly is not repeated.
+        """
+        return self.match_evidence(examine_file(path, self._key, self._bases))
+
+    def match_evidence(self, evidence: FileEvidence) -> MatchResult:
+        """Look up a file's digests and fingerprint, however they were taken (a local file, an
+        upload streamed to the HTTP API); see `match_path`."""
+        matches = self.match_digests(evidence.digests)
+        if evidence.fingerprint is not None:
+            exact_ids = {m.entry_id for m in matches}
+            matches += [m for m in self.match_fingerprint(evidence.fingerprint) if m.entry_id not in exact_ids]
+        return MatchResult(evidence.path, tuple(matches), (evidence.problem,) if evidence.problem else ())
+
+    def match_url_result(self, url: str) -> MatchResult:
+        """`match_url` as a MatchResult whose subject is the URL."""
+        return MatchResult(url, tuple(self.match_url(url)))
+

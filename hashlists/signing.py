@@ -1,0 +1,98 @@
+"""Ed25519 publisher keys: generation, files (private 0600, never printed), signing, verifying.
+
+A public key travels as text: `ed25519:` + base64 of its 32 raw bytes. Its key id is the first 16
+hex of the SHA-256 of those bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from modelsieve.fingerprint.errors import ModelsieveError
+
+KEY_PREFIX = "ed25519:"
+
+
+class KeyFileError(ModelsieveError):
+    """A key file or public key text is missing, malformed or too widely readable."""
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KEY_PREFIX + base64.b64encode(raw).decode()
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    """A public key from its text form; a clear error for anything else."""
+    value = text.strip()
+    if not value.startswith(KEY_PREFIX):
+        raise KeyFileError(f"a public key looks like 'ed25519:BASE64...', got {value[:60]!r}")
+    try:
+        raw = base64.b64decode(value[len(KEY_PREFIX) :], validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError):
+        raise KeyFileError("the public key is not 32 bytes of valid base64") from None
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def generate_key_files(private_path: Path, public_path: Path) -> Ed25519PublicKey:
+    """A new key pair: the private key as PKCS#8 PEM created with mode 0600 (never overwritten),
+    the public key as its text form. Returns the public key."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    try:
+        descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{private_path} exists already; a key is never overwritten") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {private_path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    public_path.write_text(public_key_text(key.public_key()) + "\n")
+    return key.public_key()
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """A private key file; refused when others may read it (as ssh does)."""
+    try:
+        mode = os.stat(path).st_mode
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the private key {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"the private key {path} is readable by others; chmod 600 it")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def sign(key: Ed25519PrivateKey, data: bytes) -> str:
+    """The base64 Ed25519 signature of `data`."""
+    return base64.b64encode(key.sign(data)).decode()
+
+
+def verify(key: Ed25519PublicKey, signature: str, data: bytes) -> bool:
+    """Whether `signature` (canonical base64: no other spelling of the same bytes) signs `data`."""
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        key.verify(raw, data)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return base64.b64encode(raw).decode() == signature

@@ -1,0 +1,175 @@
+"""The store interface: what every backend (SQLite now, PostgreSQL later) provides.
+
+A store holds lists, entries, the append-only event log, opinions, the trust store and the
+positions of bundle imports. It is persistence only: matching (`matcher.py`) and exchange
+(`bundles.py`) are written against this interface, never against a backend.
+
+Every change appends an event whose sequence number also becomes the entry's `seq`, so a reader
+can ask "what changed since N" (the matcher's refresh, delta export) without scanning everything.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+
+from modelsieve.hashlists.model import Entry, Event, IndexRow, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
+
+
+class Store(abc.ABC):
+    """Lists, entries, events, opinions, trust and sync positions; see the module docstring."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection(s)."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """One atomic unit of work: everything inside commits together or not at all.
+
+        Nested calls join the outermost transaction. Readers on other connections keep seeing
+        the state before it until it commits.
+        """
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the store lives (a path or a DSN without credentials), for messages."""
+
+    # -- lists -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_list(
+        self, name: str, *, publisher: str = "local", description: str = "", origin_list: str | None = None
+    ) -> ListInfo:
+        """A new list; `origin_list` is the publisher's name of it when it arrives by import."""
+
+    @abc.abstractmethod
+    def get_list(self, name: str) -> ListInfo:
+        """The list called `name`; NotFoundError when there is none."""
+
+    @abc.abstractmethod
+    def find_list(self, publisher: str, origin_list: str) -> ListInfo | None:
+        """The local copy of a publisher's list, if one was imported."""
+
+    @abc.abstractmethod
+    def lists(self) -> list[ListInfo]:
+        """Every list, by name."""
+
+    # -- entries ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_entries(
+        self,
+        list_name: str,
+        entries: Iterable[NewEntry],
+        *,
+        actor: str = "",
+        origin: str | None = None,
+        replace: bool = False,
+    ) -> int:
+        """Add entries, one `add` event each, in one transaction; returns how many were added.
+
+        Entries are validated first: an invalid one raises InvalidEntryError and adds nothing.
+        An entry listing what the list already lists (same `entry_identity`) is skipped, so the
+        same import twice adds nothing; with `replace` (bundle imports) an entry whose id exists
+        is overwritten instead. `origin` is the publisher of imported entries.
+        """
+
+    def add_entry(self, list_name: str, entry: NewEntry, *, actor: str = "") -> Entry | None:
+        """Add one entry and return it as stored; None when the list already lists the same thing."""
+        entry = dataclasses.replace(entry, id=entry.id or new_entry_id())
+        with self.transaction():
+            if not self.add_entries(list_name, [entry], actor=actor):
+                return None
+            return self.get_entry(entry.id)
+
+    @abc.abstractmethod
+    def get_entry(self, entry_id: str) -> Entry:
+        """One entry (with its sensitive note); NotFoundError when there is none."""
+
+    @abc.abstractmethod
+    def entries(
+        self, list_name: str | None = None, *, changed_since: int = 0, until: int | None = None
+    ) -> Iterator[Entry]:
+        """Entries (of one list, or all) whose last change has seq in (changed_since, until], by seq."""
+
+    @abc.abstractmethod
+    def index_rows(self, *, changed_since: int = 0, until: int | None = None) -> Iterator[IndexRow]:
+        """What the matcher indexes of each entry changed in (changed_since, until], by seq."""
+
+    @abc.abstractmethod
+    def entries_by_id(self, entry_ids: Iterable[str]) -> dict[str, Entry]:
+        """The entries that exist among `entry_ids`."""
+
+    @abc.abstractmethod
+    def entries_by_seq(self, seqs: Iterable[int]) -> list[Entry]:
+        """The entries whose latest change has one of these sequence numbers (an in-memory index
+        holds seqs: an entry changed since the index was built is simply not returned)."""
+
+    @abc.abstractmethod
+    def find_digests(self, digests: Mapping[str, str]) -> list[Entry]:
+        """Entries sharing any of these (normalised) digest values; AutoV3 also by 12-hex prefix."""
+
+    @abc.abstractmethod
+    def set_status(self, entry_id: str, status: str, *, actor: str = "", reason: str = "") -> Entry:
+        """Change an entry's status (retract, dispute, reactivate); appends an event."""
+
+    @abc.abstractmethod
+    def counts(self, list_name: str | None = None) -> dict[str, int]:
+        """Entry counts by status, kind, category and digest name (keys like `status:active`)."""
+
+    # -- events ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def events(self, *, since: int = 0, list_name: str | None = None, limit: int | None = None) -> Iterator[Event]:
+        """Events with seq > since, oldest first."""
+
+    @abc.abstractmethod
+    def last_seq(self) -> int:
+        """The sequence number of the latest event (0 for an empty store)."""
+
+    # -- opinions --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_opinion(self, opinion: Opinion) -> int:
+        """Record a platform's dispute/confirm of an entry; returns the event's seq."""
+
+    @abc.abstractmethod
+    def opinions(self, *, entry_id: str | None = None, origin: str | None = None, since: int = 0) -> list[Opinion]:
+        """Opinions recorded after seq `since`, about one entry or about one publisher's entries."""
+
+    # -- trust -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_trusted_key(self, key: TrustedKey) -> None:
+        """Add a publisher's key to the trust store, or change its level."""
+
+    @abc.abstractmethod
+    def trusted_key(self, name: str) -> TrustedKey | None:
+        """The trusted key of a publisher, if any."""
+
+    @abc.abstractmethod
+    def trusted_keys(self) -> list[TrustedKey]:
+        """Every trusted publisher, by name."""
+
+    # -- bundle sync positions ----------------------------------------------------------------
+    @abc.abstractmethod
+    def sync_position(self, publisher: str, stream: str) -> int:
+        """The last publisher sequence number applied from a publisher's stream (a list or opinions)."""
+
+    @abc.abstractmethod
+    def set_sync_position(self, publisher: str, stream: str, seq: int) -> None:
+        """Record that a publisher's stream has been applied up to `seq`."""
+
+
+def open_store(location: str | os.PathLike[str] | None = None) -> Store:
+    """The store at `location`: a SQLite file path (default `$MODELSIEVE_DB`, else the user data folder)."""
+    from modelsieve.hashlists.sqlite_store import SQLiteStore  # backends import this module
+
+    return SQLiteStore(location)

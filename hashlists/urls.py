@@ -1,0 +1,109 @@
+"""URL normalisation and registrable domains, for URL and domain entries (nudify services).
+
+Registrable domains come from the Public Suffix List snapshot bundled with `tldextract`, never
+fetched at run time; private suffixes count (`app.vercel.app` is its own registrable domain, so
+listing one hosted service never lists the whole hosting platform).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+
+import tldextract
+from yarl import URL
+
+from modelsieve.hashlists.errors import InvalidEntryError
+
+MAX_URL_LENGTH = 4096
+_HOST_LABELS = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+
+
+@functools.cache
+def _extractor() -> tldextract.TLDExtract:
+    # No suffix-list URLs and no cache directory: the bundled snapshot only, no network, no files.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
+
+
+def _parse(value: str) -> URL:
+    text = value.strip()
+    if not text or len(text) > MAX_URL_LENGTH or any(ord(c) < 0x21 for c in text):
+        raise InvalidEntryError(f"not a URL: {value[:80]!r}")
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        url = URL(text)
+        host = url.raw_host
+    except (ValueError, UnicodeError):
+        raise InvalidEntryError(f"not a URL: {value[:80]!r}") from None
+    if url.scheme not in ("http", "https"):
+        raise InvalidEntryError(f"only http and https URLs can be listed: {value[:80]!r}")
+    if not host:
+        raise InvalidEntryError(f"URL without a host: {value[:80]!r}")
+    return url
+
+
+def normalise_host(host: str) -> str:
+    """A host lower-cased, IDNA (punycode) encoded, without a trailing dot; IP addresses canonical."""
+    candidate = host.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(candidate.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOST_LABELS.fullmatch(candidate):
+        raise InvalidEntryError(f"not a host name: {host[:80]!r}")
+    return candidate
+
+
+def normalise_url(value: str) -> str:
+    """The canonical form of an http(s) URL.
+
+    Scheme and host lower-cased, host IDNA-encoded, default port, user info and fragment dropped,
+    dot segments resolved, percent-encoding made uniform, an empty path made "/". The query string
+    is kept as given (its order can matter to the service). A missing scheme means http.
+    """
+    url = _parse(value)
+    host = normalise_host(url.raw_host or "")
+    netloc = f"[{host}]" if ":" in host else host
+    if not url.is_default_port() and url.explicit_port is not None:
+        netloc += f":{url.explicit_port}"
+    path = url.raw_path or "/"
+    query = f"?{url.raw_query_string}" if url.raw_query_string else ""
+    return f"{url.scheme}://{netloc}{path}{query}"
+
+
+def url_key(normalised_url: str) -> str:
+    """The key URL entries match on: the normalised URL without its scheme (http and https agree)."""
+    return normalised_url.split("://", 1)[1]
+
+
+def url_prefix_keys(normalised_url: str) -> list[str]:
+    """The keys a listed URL may have to cover this URL: itself, then each shorter path prefix.
+
+    `https://a.example/x/y?q=1` → `a.example/x/y?q=1`, `a.example/x/y`, `a.example/x/`,
+    `a.example/x`, `a.example/`: a listed service URL covers every page below it.
+    """
+    key = url_key(normalised_url)
+    host_end = key.index("/")
+    host, path = key[:host_end], key[host_end:].split("?", 1)[0]
+    keys = [key, host + path]
+    segments = path.split("/")
+    for end in range(len(segments) - 1, 0, -1):
+        prefix = "/".join(segments[:end])
+        keys += [host + prefix + "/", host + prefix] if prefix else [host + "/"]
+    return list(dict.fromkeys(keys))
+
+
+def registrable_domain(value: str) -> str:
+    """The registrable domain (public suffix + one label) of a host or URL; an IP address as itself.
+
+    A host under no known public suffix (an intranet name) is returned whole.
+    """
+    host = normalise_host(_parse(value).raw_host or "")
+    if ":" in host or host.replace(".", "").isdigit():
+        return host
+    parts = _extractor()(host)
+    if not parts.suffix or not parts.domain:
+        return host
+    return f"{parts.domain}.{parts.suffix}"

@@ -1,0 +1,83 @@
+"""Fingerprint serialisation: compact, versioned, exact enough, and strict with hostile bytes."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelsieve.fingerprint import synthetic as syn
+from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
+from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey, compare, fingerprint_tensors
+
+KEY = FingerprintKey("test", b"modelsieve test key 0001")
+# the real SD 1.5 tensor count (12 text-encoder layers) with tiny widths: size depends on the count, not the widths
+FULL_LAYOUT = syn.Family(3, syn.Architecture(scale=40, text_layers=12, vocab=100))
+
+
+@functools.cache
+def fingerprints() -> tuple[Fingerprint, Fingerprint]:
+    base = fingerprint_tensors(FULL_LAYOUT.checkpoint(FULL_LAYOUT.base), KEY)
+    tuned = fingerprint_tensors(syn.resave(FULL_LAYOUT.fine_tune(1, 0.01), "fp16"), KEY, [BaseModel("sd15", base)])
+    return base, tuned
+
+
+def test_delta_fingerprint_of_an_sd15_layout_fits_in_256_kb_and_round_trips() -> None:
+    base, tuned = fingerprints()
+    assert len(tuned.sketches) > 1100 and tuned.base == "sd15"
+    data = tuned.to_bytes()
+    assert len(data) <= 256 * 1024
+    again = Fingerprint.from_bytes(data)
+    assert again.to_bytes() == data
+    assert compare(again, tuned).similarity > 0.9999
+    assert (again.kind, again.base, again.key_id, again.key_check, again.scheme) == ("checkpoint", "sd15", "test", KEY.check, 1)
+
+
+def test_raw_base_fingerprints_keep_float32_precision() -> None:
+    base, _ = fingerprints()
+    again = Fingerprint.from_bytes(base.to_bytes())
+    for name, sketch in base.sketches.items():
+        np.testing.assert_allclose(again.sketches[name], sketch, rtol=1e-6, atol=1e-6 * np.abs(sketch).max())
+
+
+def test_json_form_carries_the_summary_and_the_bytes() -> None:
+    _, tuned = fingerprints()
+    record = json.loads(json.dumps(tuned.to_json()))
+    assert record["kind"] == "checkpoint" and record["tensors"] == len(tuned.sketches)
+    assert Fingerprint.from_json(record).to_bytes() == tuned.to_bytes()
+    with pytest.raises(FingerprintError):
+        Fingerprint.from_json({"data": "!!"})
+
+
+def test_other_scheme_versions_are_refused_when_compared() -> None:
+    _, tuned = fingerprints()
+    future = Fingerprint(tuned.kind, tuned.base, tuned.key_id, tuned.key_check, tuned.sketches, tuned.shapes,
+                         tuned.noise, scheme=2)
+    with pytest.raises(FingerprintMismatchError, match="scheme"):
+        compare(future, tuned)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_corrupted_fingerprints_raise_fingerprint_error_only(data: st.DataObject) -> None:
+    _, tuned = fingerprints()
+    blob = bytearray(tuned.restricted(sorted(tuned.sketches)[:20]).to_bytes())
+    action = data.draw(st.sampled_from(["truncate", "flip", "append", "random"]))
+    if action == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif action == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            blob[data.draw(st.integers(0, len(blob) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    elif action == "append":
+        blob += data.draw(st.binary(min_size=1, max_size=64))
+    else:
+        blob = bytearray(b"MSFP" + data.draw(st.binary(max_size=200)))
+    try:
+        parsed = Fingerprint.from_bytes(bytes(blob))
+    except FingerprintError:
+        return
+    assert all(np.isfinite(s).all() for s in parsed.sketches.values())

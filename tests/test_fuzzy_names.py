@@ -1,0 +1,109 @@
+"""Canonical tensor names: LDM, diffusers, kohya and PEFT layouts all land on one name."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelsieve.fingerprint.names import block_of, canonical_name, component_of, module_weight_name, role_of
+from modelsieve.fingerprint.synthetic import Architecture
+
+# Pairs checked by hand against diffusers' single-file conversion tables for SD 1.5.
+LDM_TO_DIFFUSERS = {
+    "model.diffusion_model.input_blocks.0.0.weight": "unet.conv_in.weight",
+    "model.diffusion_model.time_embed.2.bias": "unet.time_embedding.linear_2.bias",
+    "model.diffusion_model.input_blocks.1.1.proj_in.weight": "unet.down_blocks.0.attentions.0.proj_in.weight",
+    "model.diffusion_model.input_blocks.5.0.skip_connection.weight": "unet.down_blocks.1.resnets.1.conv_shortcut.weight",
+    "model.diffusion_model.input_blocks.3.0.op.weight": "unet.down_blocks.0.downsamplers.0.conv.weight",
+    "model.diffusion_model.input_blocks.4.0.emb_layers.1.weight": "unet.down_blocks.1.resnets.0.time_emb_proj.weight",
+    "model.diffusion_model.middle_block.2.out_layers.3.weight": "unet.mid_block.resnets.1.conv2.weight",
+    "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight":
+        "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+    "model.diffusion_model.output_blocks.2.1.conv.weight": "unet.up_blocks.0.upsamplers.0.conv.weight",
+    "model.diffusion_model.output_blocks.5.2.conv.bias": "unet.up_blocks.1.upsamplers.0.conv.bias",
+    "model.diffusion_model.output_blocks.7.1.transformer_blocks.0.ff.net.2.weight":
+        "unet.up_blocks.2.attentions.1.transformer_blocks.0.ff.net.2.weight",
+    "model.diffusion_model.output_blocks.11.0.in_layers.0.weight": "unet.up_blocks.3.resnets.2.norm1.weight",
+    "model.diffusion_model.out.2.weight": "unet.conv_out.weight",
+    "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight":
+        "text_encoder.text_model.encoder.layers.3.mlp.fc1.weight",
+    "cond_stage_model.transformer.encoder.layers.3.self_attn.q_proj.bias":
+        "text_encoder.text_model.encoder.layers.3.self_attn.q_proj.bias",
+    "first_stage_model.decoder.up.3.block.0.conv1.weight": "vae.decoder.up_blocks.0.resnets.0.conv1.weight",
+    "first_stage_model.decoder.up.1.upsample.conv.weight": "vae.decoder.up_blocks.2.upsamplers.0.conv.weight",
+    "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight": "vae.encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+    "first_stage_model.encoder.mid.attn_1.q.weight": "vae.encoder.mid_block.attentions.0.to_q.weight",
+    "first_stage_model.encoder.mid.attn_1.proj_out.bias": "vae.encoder.mid_block.attentions.0.to_out.0.bias",
+    "first_stage_model.decoder.norm_out.weight": "vae.decoder.conv_norm_out.weight",
+    "vae.encoder.mid_block.attentions.0.query.weight": "vae.encoder.mid_block.attentions.0.to_q.weight",
+    "unet/down_blocks.0.resnets.0.conv1.weight": "unet.down_blocks.0.resnets.0.conv1.weight",
+    "down_blocks.0.resnets.0.conv1.weight": "unet.down_blocks.0.resnets.0.conv1.weight",
+    "text_model.final_layer_norm.weight": "text_encoder.text_model.final_layer_norm.weight",
+}
+
+ADAPTER_MODULES = {
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+    "lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_attn2_to_out_0":
+        "unet.up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0.weight",
+    "lora_unet_mid_block_attentions_0_proj_in": "unet.mid_block.attentions.0.proj_in.weight",
+    "lora_unet_down_blocks_1_resnets_0_time_emb_proj": "unet.down_blocks.1.resnets.0.time_emb_proj.weight",
+    "lora_unet_up_blocks_0_resnets_2_conv_shortcut": "unet.up_blocks.0.resnets.2.conv_shortcut.weight",
+    "lora_unet_down_blocks_0_attentions_1_transformer_blocks_0_ff_net_0_proj":
+        "unet.down_blocks.0.attentions.1.transformer_blocks.0.ff.net.0.proj.weight",
+    "lora_te_text_model_encoder_layers_0_self_attn_q_proj": "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight",
+    "lora_te_text_model_encoder_layers_11_mlp_fc2": "text_encoder.text_model.encoder.layers.11.mlp.fc2.weight",
+    "lora_te2_text_model_encoder_layers_5_self_attn_out_proj":
+        "text_encoder_2.text_model.encoder.layers.5.self_attn.out_proj.weight",
+    # SDXL kohya LoRAs use LDM block names
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q":
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+    "lora_unet_output_blocks_3_0_in_layers_2": "unet.up_blocks.1.resnets.0.conv1.weight",
+    "base_model.model.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0":
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.weight",
+    "unet.up_blocks.3.attentions.1.transformer_blocks.0.attn2.to_k":
+        "unet.up_blocks.3.attentions.1.transformer_blocks.0.attn2.to_k.weight",
+    "text_encoder.text_model.encoder.layers.2.self_attn.v_proj": "text_encoder.text_model.encoder.layers.2.self_attn.v_proj.weight",
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora":
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+}
+
+
+@pytest.mark.parametrize(("key", "expected"), LDM_TO_DIFFUSERS.items())
+def test_checkpoint_keys_map_to_diffusers_names(key: str, expected: str) -> None:
+    assert canonical_name(key) == expected
+
+
+@pytest.mark.parametrize(("module", "expected"), ADAPTER_MODULES.items())
+def test_adapter_modules_map_to_the_weight_they_patch(module: str, expected: str) -> None:
+    assert module_weight_name(module) == expected
+
+
+def test_every_synthetic_ldm_key_maps_to_its_structurally_built_diffusers_name() -> None:
+    specs = Architecture(scale=20).specs
+    assert len(specs) > 900
+    assert [canonical_name(s.ldm) for s in specs] == [s.diffusers for s in specs]
+    assert [canonical_name(s.diffusers) for s in specs] == [s.diffusers for s in specs]
+
+
+@pytest.mark.parametrize("key", ["model_ema.diffusion_modelinput_blocks00weight", "alphas_cumprod",
+                                 "cond_stage_model.transformer.text_model.embeddings.position_ids"])
+def test_ema_copies_and_buffers_are_left_out(key: str) -> None:
+    assert canonical_name(key) is None
+
+
+def test_unknown_keys_keep_their_name_and_breakdowns_group_sensibly() -> None:
+    assert canonical_name("my.custom.layer.weight") == "other.my.custom.layer.weight"
+    name = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    assert (component_of(name), block_of(name), role_of(name)) == ("unet", "unet.down_blocks.1", "attn2.to_k")
+    te = "text_encoder.text_model.encoder.layers.7.self_attn.q_proj.weight"
+    assert (block_of(te), role_of(te)) == ("text_encoder.layers.7", "self_attn.q_proj")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789./", max_size=80))
+def test_any_key_gets_a_name_or_is_left_out_without_raising(key: str) -> None:
+    name = canonical_name(key)
+    assert name is None or name.split(".", 1)[0] in ("unet", "text_encoder", "text_encoder_2", "vae", "other")
+    assert module_weight_name(key or "x").endswith(".weight")

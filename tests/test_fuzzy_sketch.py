@@ -1,0 +1,89 @@
+"""Keys and the linear sketch: keyed, linear, chunking-invariant, factor sketches exact."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelsieve.fingerprint.errors import FingerprintError
+from modelsieve.fingerprint.keys import KEY_ENV, PUBLIC_KEY, FingerprintKey, load_key, parse_key, projection
+from modelsieve.fingerprint import sketch as sketch_module
+from modelsieve.fingerprint.sketch import sketch_product, sketch_tensors, view_shape
+
+KEY = FingerprintKey("test", b"0123456789abcdef-test")
+
+
+def direct(key: FingerprintKey, array: np.ndarray) -> np.ndarray:
+    view = view_shape(array.shape)
+    matrix = np.asarray(array, dtype=np.float64).reshape(view)
+    rows = projection(key, view, "rows").astype(np.float64)
+    if len(view) == 1:
+        return rows.T @ matrix
+    return rows.T @ matrix @ projection(key, view, "cols").astype(np.float64)
+
+
+def test_key_round_trips_through_text_file_and_environment(tmp_path, monkeypatch) -> None:
+    key = FingerprintKey.generate("consortium-1")
+    assert parse_key(key.to_text()) == key
+    path = tmp_path / "key.txt"
+    path.write_text(key.to_text() + "\n")
+    assert load_key(path) == key
+    monkeypatch.setenv(KEY_ENV, str(path))
+    assert load_key() == key
+    monkeypatch.setenv(KEY_ENV, key.to_text())
+    assert load_key() == key
+    monkeypatch.delenv(KEY_ENV)
+    assert load_key() == PUBLIC_KEY
+    assert key.check != PUBLIC_KEY.check and key.secret.hex() not in repr(key)
+
+
+@pytest.mark.parametrize("text", ["no-colon", "id:nothex", "id:00", "bad id!:" + "00" * 16, ":" + "00" * 16])
+def test_bad_keys_are_refused(text: str) -> None:
+    with pytest.raises(FingerprintError):
+        parse_key(text)
+
+
+def test_projections_depend_on_the_key() -> None:
+    assert not np.allclose(projection(KEY, (64, 32), "rows"), projection(PUBLIC_KEY, (64, 32), "rows"))
+    assert np.array_equal(projection(KEY, (64, 32), "rows"), projection(KEY, (64, 32), "rows"))
+
+
+def test_chunked_threaded_sketch_equals_the_direct_product(monkeypatch) -> None:
+    monkeypatch.setattr(sketch_module, "CHUNK_ELEMENTS", 1000)  # many chunks per tensor
+    rng = np.random.default_rng(1)
+    arrays = {"conv": rng.standard_normal((40, 8, 3, 3)).astype(np.float16), "bias": rng.standard_normal(40),
+              "bf16": rng.standard_normal((50, 30)).astype(ml_dtypes.bfloat16), "scalar": np.float32(3.0).reshape(())}
+    sketches = sketch_tensors(KEY, arrays.items(), threads=2)
+    assert set(sketches) == {"conv", "bias", "bf16"}
+    for name, result in sketches.items():
+        np.testing.assert_allclose(result, direct(KEY, arrays[name]), rtol=1e-5, atol=1e-5)
+    assert sketches["conv"].shape == (12, 12) and sketches["bias"].shape == (12,)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(-3, 3), st.floats(-3, 3), st.integers(0, 2**32 - 1))
+def test_sketch_is_linear(rows: int, cols: int, a: float, b: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((rows, cols)), rng.standard_normal((rows, cols))
+    s = sketch_tensors(KEY, [("x", x), ("y", y), ("z", a * x + b * y)], threads=1)
+    np.testing.assert_allclose(s["z"], a * s["x"] + b * s["y"], rtol=1e-4, atol=1e-4 * (1 + abs(a) + abs(b)))
+
+
+def test_factor_sketch_equals_the_sketch_of_the_product_for_any_factorisation() -> None:
+    rng = np.random.default_rng(2)
+    up, down = rng.standard_normal((48, 6)), rng.standard_normal((6, 72))
+    g = rng.standard_normal((6, 6)) + 6 * np.eye(6)
+    expected = direct(KEY, 0.5 * up @ down)
+    np.testing.assert_allclose(sketch_product(KEY, up, down, 0.5), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sketch_product(KEY, up @ g, np.linalg.solve(g, down), 0.5), expected, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused(bad: float) -> None:
+    array = np.ones((8, 8), dtype=np.float16)
+    array[3, 4] = bad
+    with pytest.raises(FingerprintError, match="'w'.*NaN or infinite"):
+        sketch_tensors(KEY, [("w", array)])

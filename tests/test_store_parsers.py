@@ -1,0 +1,85 @@
+"""Hash-list parsers (plain, CSV, JSON Lines): fixed cases and hostile input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelsieve.hashlists.errors import InvalidEntryError
+from modelsieve.hashlists.parsers import FORMATS, MAX_LINE, Defaults, detect_format, parse_entries
+
+SHA_A, SHA_B = "a" * 64, "B" * 64
+
+
+def parse(text: str, format: str, defaults: Defaults = Defaults()) -> list:
+    return list(parse_entries(io.StringIO(text), format, defaults))
+
+
+def test_plain_lists_and_sha256sum_output() -> None:
+    parsed = parse(f"# list\n\n{SHA_A}\n{SHA_B}  model.safetensors\nnot-a-hash\n", "plain", Defaults(source="hotline"))
+    assert [(n, e.digests, e.source) for n, e in parsed[:2]] == [(3, {"sha256": SHA_A}, "hotline"), (4, {"sha256": SHA_B.lower()}, "hotline")]
+    [(number, error)] = parsed[2:]
+    assert number == 5 and isinstance(error, InvalidEntryError) and "line 5" in str(error)
+
+
+def test_csv_with_any_column_order_case_and_extra_columns() -> None:
+    text = f"Title,CRC32,SHA256,category,Note\nx,0D4A1185,{SHA_A},2b,secret\ny,,{SHA_B},,\n"
+    [(_, first), (_, second)] = parse(text, "csv")
+    assert first.digests == {"sha256": SHA_A, "crc32": "0d4a1185"} and first.category == "2b" and first.note == "secret"
+    assert second.digests == {"sha256": SHA_B.lower()} and second.category == "2c"
+
+
+def test_csv_without_an_identity_column_is_refused_at_its_header() -> None:
+    [(number, error)] = parse("title,size\nx,1\n", "csv")
+    assert number == 1 and isinstance(error, InvalidEntryError)
+
+
+def test_jsonl_flat_and_nested_digests_urls_and_bad_lines() -> None:
+    lines = [
+        json.dumps({"md5": "0" * 32, "kind": "lora"}),
+        json.dumps({"digests": {"AUTOV3": "ab" * 6}, "expires": "2030-01-01"}),
+        json.dumps({"url": "https://nudify.example.com/x"}),
+        "[1, 2]",
+        "{broken",
+        json.dumps({"sha1": 5}),
+    ]
+    parsed = parse("\n".join(lines) + "\n", "jsonl")
+    entries = [e for _, e in parsed if not isinstance(e, InvalidEntryError)]
+    assert [e.kind for e in entries] == ["lora", "other", "service"]
+    assert entries[1].digests == {"autov3": "ab" * 6} and entries[1].expires == "2030-01-01T00:00:00Z"
+    assert entries[2].category == "nudify-service"
+    assert [n for n, e in parsed if isinstance(e, InvalidEntryError)] == [4, 5, 6]
+
+
+def test_overlong_lines_are_rejected_without_stopping_the_rest() -> None:
+    parsed = parse(f"{'a' * (MAX_LINE + 10)}\n{SHA_A}\n", "plain")
+    assert isinstance(parsed[0][1], InvalidEntryError) and parsed[1] == (2, parsed[1][1])
+    assert parsed[1][1].digests == {"sha256": SHA_A}
+
+
+def test_format_detection() -> None:
+    assert detect_format("{\"sha256\": 1}") == "jsonl"
+    assert detect_format(SHA_A + "  file") == "plain"
+    assert detect_format("\ufeffsha256,note") == "csv"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FORMATS), st.text(max_size=400))
+def test_any_text_yields_entries_or_numbered_errors(format: str, text: str) -> None:
+    for number, result in parse(text, format):
+        assert number >= 1
+        if isinstance(result, InvalidEntryError):
+            assert str(result).startswith(f"line {number}:") and "\n" not in str(result)
+        else:
+            assert result.validated() == result
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["sha256", "md5", "kind", "note", "url", "digests", "x"]), st.one_of(st.none(), st.integers(), st.text(max_size=70), st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3)), max_size=5), max_size=8))
+def test_any_json_objects_yield_entries_or_numbered_errors(records: list) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    parsed = parse(text, "jsonl")
+    assert [n for n, _ in parsed] == list(range(1, len(records) + 1))

@@ -1,0 +1,172 @@
+"""The SQLite store: entries, lists, events, opinions, trust, schema versions, transactions."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from modelsieve.fingerprint.digests import DIGEST_NAMES
+from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
+from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry, Opinion, TrustedKey, utc_now
+from modelsieve.hashlists.sqlite_store import SCHEMA_VERSION, SQLiteStore
+from tests.hashlists_fixtures import lora_fingerprint
+
+
+FINGERPRINT = lora_fingerprint(1).to_bytes()
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_entries_keep_every_field_and_normalise_digests(store: SQLiteStore) -> None:
+    entry = store.add_entry(
+        "main",
+        NewEntry(
+            category="2c",
+            kind="lora",
+            digests={"SHA256": sha("a").upper(), "crc32": "0D4A1185", "autov3": "ABCDEF012345"},
+            fingerprint=FINGERPRINT,
+            source="hotline-x",
+            evidence="fuzzy",
+            first_seen="2026-01-02",
+            expires="2030-01-01T00:00:00+02:00",
+            note="a title naming someone",
+        ),
+    )
+    assert entry is not None
+    again = store.get_entry(entry.id)
+    assert again == entry
+    assert again.digests == {"sha256": sha("a"), "crc32": "0d4a1185", "autov3": "abcdef012345"}
+    assert (again.first_seen, again.expires) == ("2026-01-02T00:00:00Z", "2029-12-31T22:00:00Z")
+    assert again.source == "hotline-x" and again.fingerprint == FINGERPRINT and again.note == "a title naming someone"
+    assert "naming" not in repr(again), "the sensitive note must never appear in a repr (logs)"
+    assert "note" not in again.to_json() and again.to_json(include_note=True)["note"] == "a title naming someone"
+
+
+def test_source_defaults_to_the_list_publisher(store: SQLiteStore) -> None:
+    entry = store.add_entry("main", NewEntry(category="2c", digests={"md5": "0" * 32}))
+    assert entry is not None and entry.source == "platform-a"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (NewEntry(category="2c"), "at least one digest"),
+        (NewEntry(category="3", digests={"md5": "0" * 32}), "category"),
+        (NewEntry(category="2c", digests={"md5": "0" * 31}), "32 hex"),
+        (NewEntry(category="2c", digests={"sha512": "0" * 128}), "unknown digest"),
+        (NewEntry(category="2c", url="https://x.example/"), "nudify-service"),
+        (NewEntry(category="nudify-service", digests={"md5": "0" * 32}), "URL and domain entries"),
+        (NewEntry(category="2c", digests={"md5": "0" * 32}, first_seen="yesterday"), "ISO 8601"),
+        (NewEntry(category="2c", fingerprint=b"MSFP\x01garbage"), "invalid fingerprint"),
+    ],
+)
+def test_invalid_entries_are_refused_and_add_nothing(store: SQLiteStore, entry: NewEntry, message: str) -> None:
+    good = NewEntry(category="2c", digests={"sha1": "1" * 40})
+    with pytest.raises(InvalidEntryError, match=message):
+        store.add_entries("main", [good, entry])
+    assert store.counts()["entries"] == 0
+
+
+def test_the_same_thing_is_listed_once_per_list(store: SQLiteStore) -> None:
+    entry = NewEntry(category="2c", digests={"sha256": sha("x")})
+    assert store.add_entries("main", [entry, entry]) == 1
+    assert store.add_entries("main", [NewEntry(category="2c", digests={"sha256": sha("x").upper()})]) == 0
+    store.create_list("other")
+    assert store.add_entries("other", [entry]) == 1
+
+
+def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: SQLiteStore) -> None:
+    first = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("1")}))
+    second = store.add_entry("main", NewEntry(category="2b", digests={"sha256": sha("2")}))
+    assert first is not None and second is not None
+    retracted = store.set_status(first.id, "retracted", actor="me", reason="false positive")
+    actions = [(e.action, e.entry_id) for e in store.events()]
+    assert actions == [("create-list", None), ("add", first.id), ("add", second.id), ("retract", first.id)]
+    assert retracted.seq == store.last_seq() == 4
+    assert [e.id for e in store.entries(changed_since=second.seq)] == [first.id]
+    assert [e.id for e in store.entries("main", changed_since=0, until=3)] == [second.id]
+    assert [e.seq for e in store.events(since=1, limit=2)] == [2, 3]
+    assert store.entries_by_seq([first.seq, retracted.seq]) == [store.get_entry(first.id)]
+
+
+def test_entries_page_through_large_lists(store: SQLiteStore) -> None:
+    count = 25_000  # more than two pages
+    store.add_entries("main", (NewEntry(category="2c", digests={"md5": f"{i:032x}"}) for i in range(count)))
+    seqs = [e.seq for e in store.entries("main")]
+    assert len(seqs) == count and seqs == sorted(seqs)
+    assert len(list(store.events(since=0))) == count + 1
+
+
+def test_find_digests_matches_autov3_on_its_prefix(store: SQLiteStore) -> None:
+    full = store.add_entry("main", NewEntry(category="2c", digests={"autov3": "ab" * 32}))
+    short = store.add_entry("main", NewEntry(category="2c", digests={"autov3": "ab" * 6}))
+    assert full is not None and short is not None
+    assert {e.id for e in store.find_digests({"autov3": "ab" * 6})} == {full.id, short.id}
+    assert {e.id for e in store.find_digests({"autov3": "ab" * 32})} == {full.id, short.id}
+    assert store.find_digests({"autov3": "cd" * 6}) == []
+
+
+def test_lists_are_named_once_and_missing_things_are_clear_errors(store: SQLiteStore) -> None:
+    with pytest.raises(InvalidEntryError, match="already exists"):
+        store.create_list("main")
+    with pytest.raises(InvalidEntryError, match="list names"):
+        store.create_list("bad name!")
+    with pytest.raises(NotFoundError, match="no list called 'nope'.*main"):
+        store.get_list("nope")
+    with pytest.raises(NotFoundError, match="no entry"):
+        store.get_entry("e000")
+    imported = store.create_list("pub/main", publisher="pub", origin_list="main")
+    assert store.find_list("pub", "main") == imported and imported.imported
+    assert [info.name for info in store.lists()] == ["main", "pub/main"]
+
+
+def test_opinions_trust_and_sync_positions_persist(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SQLiteStore(path) as store:
+        store.create_list("pub/l", publisher="pub", origin_list="l")
+        entry = store.add_entry("pub/l", NewEntry(category="2c", digests={"md5": "a" * 32}))
+        assert entry is not None
+        opinion = Opinion(entry.id, "dispute", "me", utc_now(), "benign", "pub")
+        seq = store.add_opinion(opinion)
+        assert store.add_opinion(opinion) == seq, "the same opinion twice is recorded once"
+        store.put_trusted_key(TrustedKey("pub", "ed25519:AAAA", "k1", "full", utc_now()))
+        store.put_trusted_key(TrustedKey("pub", "ed25519:AAAA", "k1", "review", utc_now()))
+        store.set_sync_position("pub", "l", 41)
+    with SQLiteStore(path) as store:
+        assert store.opinions(origin="pub") == [dataclasses.replace(opinion, seq=seq)]
+        assert store.opinions(since=seq) == []
+        key = store.trusted_key("pub")
+        assert key is not None and key.level == "review" and len(store.trusted_keys()) == 1
+        assert store.sync_position("pub", "l") == 41 and store.sync_position("pub", "other") == 0
+
+
+def test_a_failed_transaction_leaves_nothing(store: SQLiteStore) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_entries("main", [NewEntry(category="2c", digests={"md5": "b" * 32})])
+        store.set_sync_position("p", "s", 9)
+        raise RuntimeError("crash")
+    assert store.counts()["entries"] == 0 and store.sync_position("p", "s") == 0 and store.last_seq() == 1
+
+
+def test_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    SQLiteStore(path).close()  # reopening migrates nothing twice
+    assert connection.execute("SELECT count(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    connection.commit()
+    connection.close()
+    with pytest.raises(SchemaError, match="newer"):
+        SQLiteStore(path)
+
+
+def test_the_store_knows_exactly_the_contract_digest_names() -> None:
+    assert set(DIGEST_LENGTHS) == set(DIGEST_NAMES)
