@@ -87,7 +87,7 @@ def selected_spans(header: SafetensorsHeader, select: TensorSelector, budget: fl
     return spans
 
 
-class _StreamCapture:
+class StreamCapture:
     """Watches a body stream in order: digests it, parses its header, keeps the selected tensors' bytes."""
 
     def __init__(self, select: TensorSelector, config: RemoteReadConfig) -> None:
@@ -167,7 +167,7 @@ async def _download(response: Response, select: TensorSelector, config: RemoteRe
     declared = response.content_length
     if declared is not None and declared > config.max_download_bytes:
         raise FetchError(f"{response.url}: {declared} bytes exceed the download cap of {config.max_download_bytes}")
-    capture = _StreamCapture(select, config)
+    capture = StreamCapture(select, config)
     async for chunk in response.chunks():
         if response.bytes_read > config.max_download_bytes:
             raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")

@@ -26,6 +26,9 @@ COMMAND_MODULES = (
     "crawl",
     "api_keys",
     "serve",
+    "fingerprint",
+    "compare",
+    "bases",
 )
 
 DESCRIPTION = """\
