@@ -184,13 +184,18 @@ def _groups(stats: PairStatistics, key: Callable[[str], str]) -> dict[str, Group
     return result
 
 
-def compare(query: Fingerprint, listed: Fingerprint) -> Comparison:
+def compare(
+    query: Fingerprint, listed: Fingerprint, *, breakdown: bool = True, statistics: PairStatistics | None = None
+) -> Comparison:
     """Compare a query's delta with a listed delta over the tensors both hold.
 
     Raises FingerprintMismatchError for other keys, schemes or bases, FingerprintError when
     either side is not a delta. No shared tensors gives similarity 0 with tensors_compared 0.
+    breakdown=False leaves `components` and `blocks` empty (cheaper, for callers that score many
+    candidates and report no breakdown); `statistics`: this pair's `pair_statistics`, when the
+    caller already has them (e.g. for `calibration.calibrate`).
     """
-    stats = pair_statistics(query, listed)
+    stats = statistics if statistics is not None else pair_statistics(query, listed)
     similarity = stats.similarity()
     listed_energy = stats.listed_signal()
     coefficient = float(stats.dots.sum()) / listed_energy if listed_energy > 0 else 0.0
@@ -203,6 +208,6 @@ def compare(query: Fingerprint, listed: Fingerprint) -> Comparison:
         base=listed.base or query.base,
         tensors_compared=len(stats.names),
         coverage=coverage,
-        components=_groups(stats, component_of),
-        blocks=_groups(stats, block_of),
+        components=_groups(stats, component_of) if breakdown else {},
+        blocks=_groups(stats, block_of) if breakdown else {},
     )
