@@ -40,7 +40,7 @@ from scipy import stats
 
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
 from modelsieve.fingerprint.fpformat import Fingerprint
-from modelsieve.fingerprint.scoring import NOISE_FLOOR, pair_statistics
+from modelsieve.fingerprint.scoring import NOISE_FLOOR, PairStatistics, pair_statistics
 
 DEFAULT_COMPONENTS = 2  # principal benign directions projected out
 MIN_COHORT = 6  # members touching the compared tensors needed before a score is called calibrated
@@ -259,9 +259,18 @@ def cohort_for(query: Fingerprint, listed: Fingerprint, cohorts: Mapping[str, Co
     return best if best is not None and best.covering(names) > 0 else None
 
 
-def calibrate(query: Fingerprint, listed: Fingerprint, cohorts: Mapping[str, Cohort] = {}) -> CalibratedScore:  # noqa: B006
-    """Compare `query` with `listed` (as `fuzzy.compare` does) and calibrate against their base's cohort."""
-    statistics = pair_statistics(query, listed)
+def calibrate(
+    query: Fingerprint,
+    listed: Fingerprint,
+    cohorts: Mapping[str, Cohort] = {},  # noqa: B006
+    *,
+    statistics: PairStatistics | None = None,
+) -> CalibratedScore:
+    """Compare `query` with `listed` (as `fuzzy.compare` does) and calibrate against their base's cohort.
+
+    `statistics`: this pair's `pair_statistics`, when the caller has them already."""
+    if statistics is None:
+        statistics = pair_statistics(query, listed)
     similarity = statistics.similarity()
     cohort = cohort_for(query, listed, cohorts)
     if cohort is None:
