@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cachetools import LRUCache
+
 from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.fuzzy import (
@@ -26,6 +28,7 @@ from modelsieve.fingerprint.fuzzy import (
     compare,
     sign_codes,
 )
+from modelsieve.fingerprint.scoring import pair_statistics
 from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
@@ -36,6 +39,11 @@ from modelsieve.hashlists.urls import normalise_url, registrable_domain, url_key
 # Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
 DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
 UNTRUSTED = "none"  # trust level whose publishers' entries never match
+FINGERPRINT_CACHE_BYTES = 32 * 2**20  # parsed listed fingerprints kept, counted by their sketches' bytes
+
+
+def _sketch_bytes(fingerprint: Fingerprint) -> int:
+    return sum(sketch.nbytes for sketch in fingerprint.sketches.values())
 
 
 def _digests_agree(name: str, listed: str, query: str) -> bool:
@@ -115,6 +123,7 @@ class Matcher:
         self._lock = threading.RLock()
         self._digests = DigestIndex()
         self._fuzzy = FuzzyIndex()
+        self._parsed: LRUCache[bytes, Fingerprint] = LRUCache(FINGERPRINT_CACHE_BYTES, getsizeof=_sketch_bytes)
         self._url_keys: dict[str, list[int]] = {}
         self._domains: dict[str, list[int]] = {}
         self._trust: dict[str, str] = {}
@@ -220,10 +229,24 @@ class Matcher:
                 matches.append(self._match(entry, "domain"))
         return sorted(matches, key=lambda m: (m.kind != "url", m.entry_id))
 
+    def _listed_fingerprint(self, blob: bytes) -> Fingerprint:
+        """A listed entry's fingerprint, parsed once while it stays in the LRU (keyed by its bytes,
+        so a replaced fingerprint is never served stale); parsed fingerprints also keep their
+        prepared comparison matrices."""
+        with self._lock:
+            listed = self._parsed.get(blob)
+        if listed is None:
+            listed = parse_fingerprint(blob)
+            if _sketch_bytes(listed) <= FINGERPRINT_CACHE_BYTES:
+                with self._lock:
+                    self._parsed[blob] = listed
+        return listed
+
     def match_fingerprint(self, fingerprint: Fingerprint) -> list[Match]:
         """Listed fingerprints the query carries, strongest evidence first, at most fuzzy_top.
 
-        Candidates come from the sign-code index; each is then scored exactly with `compare` and
+        Candidates come from the sign-code index; each is then scored exactly with `compare` (no
+        per-component breakdown: matches do not carry one) and
         calibrated against its base's cohort (see the class docstring): every match carries its raw
         similarity, normalised score, estimated false-match rate and decision (review | action).
         Listed fingerprints taken with another key or scheme, or with no delta, are skipped.
@@ -237,9 +260,10 @@ class Matcher:
             if entry.fingerprint is None:
                 continue
             try:
-                listed = parse_fingerprint(entry.fingerprint)
-                comparison = compare(fingerprint, listed)
-                calibrated = calibrate(fingerprint, listed, self._cohorts)
+                listed = self._listed_fingerprint(entry.fingerprint)
+                statistics = pair_statistics(fingerprint, listed)
+                comparison = compare(fingerprint, listed, breakdown=False, statistics=statistics)
+                calibrated = calibrate(fingerprint, listed, self._cohorts, statistics=statistics)
             except FingerprintError:
                 continue
             decision = calibrated.decision(self._policy) if comparison.tensors_compared else None

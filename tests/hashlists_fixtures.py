@@ -24,3 +24,10 @@ def lora_arrays(seed: int, *, rank: int = 4, dtype: type = np.float32) -> dict[s
 
 def lora_fingerprint(seed: int, *, dtype: type = np.float32) -> Fingerprint:
     return fingerprint_tensors(lora_arrays(seed, dtype=dtype))
+
+
+def merged_lora_arrays(first: dict[str, np.ndarray], second: dict[str, np.ndarray], a: float, b: float) -> dict[str, np.ndarray]:
+    """A LoRA whose ΔW is a·ΔW_first + b·ΔW_second: the two ranks side by side (alpha doubled with the rank)."""
+    return {k: np.concatenate([a * first[k], b * second[k]], axis=1).astype(first[k].dtype) if k.endswith("lora_up.weight") else
+            np.concatenate([first[k], second[k]], axis=0) if k.endswith("lora_down.weight") else 2 * first[k]
+            for k in first}

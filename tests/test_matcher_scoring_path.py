@@ -1,14 +1,21 @@
-"""The matcher's cheap scoring path (one pair_statistics, no breakdowns) gives what the full path gives."""
+"""The matcher's cheap scoring path (one pair_statistics, no breakdowns, cached parsed fingerprints)
+gives what the full path gives."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from modelsieve.fingerprint import synthetic as syn
 from modelsieve.fingerprint.calibration import calibrate
-from modelsieve.fingerprint.fuzzy import compare
+from modelsieve.fingerprint.fuzzy import Fingerprint, compare, fingerprint_tensors
 from modelsieve.fingerprint.scoring import pair_statistics
+from modelsieve.hashlists.matcher import Matcher
+from modelsieve.hashlists.model import NewEntry
+from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.calibration_fixtures import SIZE, cohorts, family, fp, tuned
+from tests.hashlists_fixtures import lora_arrays, lora_fingerprint, merged_lora_arrays
 
 
 def test_shared_statistics_and_no_breakdown_change_no_score() -> None:
@@ -21,3 +28,16 @@ def test_shared_statistics_and_no_breakdown_change_no_score() -> None:
         assert dataclasses.replace(full, components={}, blocks={}) == cheap
         for background in ({}, cohorts()):
             assert calibrate(query, listed, background, statistics=statistics) == calibrate(query, listed, background)
+
+
+def test_the_parsed_fingerprint_cache_never_serves_a_replaced_fingerprint(store: SQLiteStore) -> None:
+    [entry] = [store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(1).to_bytes()))]
+    assert entry is not None
+    matcher = Matcher(store, refresh_interval=0)
+    query = lora_fingerprint(1, dtype=np.float16)
+    first = matcher.match_fingerprint(query)
+    assert [m.entry_id for m in first] == [entry.id] and matcher.match_fingerprint(query) == first  # second call: cached
+    halfway = fingerprint_tensors(merged_lora_arrays(lora_arrays(1), lora_arrays(2), 0.5, 0.5))
+    store.add_entries("main", [NewEntry(id=entry.id, category="2c", kind="lora", fingerprint=halfway.to_bytes())], replace=True)
+    [replaced] = matcher.match_fingerprint(query)
+    assert replaced.entry_id == entry.id and replaced.similarity == compare(query, Fingerprint.from_bytes(halfway.to_bytes())).similarity < first[0].similarity
