@@ -11,7 +11,8 @@ figure is printed beside a baseline measured in the same run:
                (Store.find_digests) vs a Python set of the hex strings (membership only);
   fuzzy        Matcher.match_fingerprint over 10⁶ index entries (REAL_FINGERPRINTS real LoRA
                fingerprints in the store plus random sign codes standing for unrelated listed
-               models) vs exact compare() against every real fingerprint (what no index costs).
+               models), with the recall of strong, medium and weak near-copies of listed LoRAs,
+               vs exact compare() against every real fingerprint (what no index costs).
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from modelsieve.fingerprint.fuzzy import compare
+from modelsieve.fingerprint.fuzzy import Fingerprint, compare, fingerprint_tensors
 from modelsieve.hashlists.fuzzy_index import CODE_BYTES
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import IndexRow, NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.hashlists_fixtures import lora_fingerprint  # noqa: E402  (the same generator the tests use)
+from tests.hashlists_fixtures import lora_arrays, lora_fingerprint, merged_lora_arrays  # noqa: E402  (the same generator the tests use)
 
 REAL_FINGERPRINTS = 1_000
 PADDING_SEQ = 10**12  # synthetic index rows get seqs no entry has: the scan pays for them, the store never returns them
@@ -142,21 +143,36 @@ def bench_exact(store: SQLiteStore, count: int, lookups: int) -> None:
     print(f"         Python set of hex   {percentiles(timed(lambda q: q['sha256'] in plain, hits))}   (membership only, +{set_rss:,.0f} MiB)")
 
 
+def recall_queries(lookups: int) -> dict[str, list[Fingerprint]]:
+    """Queries of listed seed i: strong (fp16 re-save), medium (50/50 merge with an unlisted LoRA),
+    weak (30/70 merge, saved in fp16: delta cosine ≈ 0.4)."""
+    unlisted = lambda seed: lora_arrays(10**6 + seed)  # noqa: E731
+    return {
+        "strong (fp16 re-save)": [lora_fingerprint(seed, dtype=np.float16) for seed in range(lookups)],
+        "medium (50/50 merge)": [fingerprint_tensors(merged_lora_arrays(lora_arrays(s), unlisted(s), 0.5, 0.5)) for s in range(lookups)],
+        "weak (30/70 merge, fp16)": [
+            fingerprint_tensors(merged_lora_arrays(lora_arrays(s, dtype=np.float16), unlisted(s), 0.3, 0.7)) for s in range(lookups)
+        ],
+    }
+
+
 def bench_fuzzy(folder: Path, padding: int, lookups: int) -> None:
     store = PaddedStore(folder / "fingerprints.db", padding)
     store.create_list("bench")
     fingerprints = [lora_fingerprint(seed) for seed in range(REAL_FINGERPRINTS)]
     store.add_entries("bench", (NewEntry(category="2c", kind="lora", fingerprint=fp.to_bytes()) for fp in fingerprints))
+    ids = [entry.id for entry in store.entries("bench")]  # in seq order: ids[seed]
     before = rss_mib()
     matcher = Matcher(store, refresh_interval=3600)
     rss = rss_mib() - before
-    queries = [lora_fingerprint(seed, dtype=np.float16) for seed in range(lookups)]
-    found = sum(1 for q in queries if matcher.match_fingerprint(q))
-    samples = timed(matcher.match_fingerprint, queries)
     total = REAL_FINGERPRINTS + padding
     print(f"fuzzy    {total:,} index entries ({REAL_FINGERPRINTS:,} real LoRA fingerprints); index +{rss:,.0f} MiB RSS")
-    print(f"         match_fingerprint top-10  {percentiles(samples)}   ({found}/{lookups} fp16 re-saves found)")
-    brute = timed(lambda q: [compare(q, fp) for fp in fingerprints], queries[:5])[1]
+    for name, queries in recall_queries(lookups).items():
+        matcher.match_fingerprint(queries[0])  # warm-up
+        found = sum(1 for seed, q in enumerate(queries) if ids[seed] in {m.entry_id for m in matcher.match_fingerprint(q)})
+        samples = timed(matcher.match_fingerprint, queries)
+        print(f"         top-10 {name:25s} {percentiles(samples)}   recall {found}/{lookups}")
+    brute = timed(lambda q: [compare(q, fp) for fp in fingerprints], [lora_fingerprint(0, dtype=np.float16)] * 3)[1]
     per_pair = statistics.median(brute) / REAL_FINGERPRINTS
     print(f"         no index: compare() with every listed fingerprint {per_pair / 1000:.1f} µs CPU a pair "
           f"→ {per_pair * total / 1e9:,.1f} s a query at {total:,} (extrapolated)")
@@ -166,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--lookups", type=int, default=20_000)
-    parser.add_argument("--fuzzy-lookups", type=int, default=200)
+    parser.add_argument("--fuzzy-lookups", type=int, default=100, help="queries of each strength (strong, medium, weak)")
     parser.add_argument("--part", choices=("all", "exact", "fuzzy"), default="all", help="exact: ingest + exact lookups")
     args = parser.parse_args()
     print(f"hashlists bench: {args.entries:,} entries, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
