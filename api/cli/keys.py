@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modelsieve.api.cli.common import add_json_flag, command_parser, print_json_line
+from modelsieve.api.cli.common import add_json_flag, command_group, command_parser, print_json_line
 from modelsieve.hashlists.signing import generate_key_files, key_id, public_key_text
 
 EXAMPLES = """\
@@ -19,15 +19,15 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    parser = command_parser(
+    actions = command_group(
         subparsers,
         "keys",
-        "make publisher keys for signing bundles",
+        "make publisher keys for signing bundles; manage API keys",
         "Publisher keys sign exported bundles (Ed25519). The private key is written with mode\n"
-        "0600 and never printed or overwritten; the public key (NAME.pub) is what you share.",
+        "0600 and never printed or overwritten; the public key (NAME.pub) is what you share.\n"
+        "API keys (`keys api`) let callers use the HTTP API.",
         EXAMPLES,
     )
-    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     generate = command_parser(
         actions, "generate", "make a key pair NAME.key (private) and NAME.pub (public)", "Make a new key pair.", EXAMPLES
     )

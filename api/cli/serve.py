@@ -1,0 +1,130 @@
+"""`modelsieve serve`: run the HTTP API, in one process or in N worker processes sharing the port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any
+
+from aiohttp import web
+
+from modelsieve.api.cli.common import add_db_option, command_parser
+from modelsieve.api.http import ApiConfig, create_app
+from modelsieve.api.http import audit
+from modelsieve.api.http.metrics import MULTIPROCESS_ENV
+from modelsieve.fingerprint.errors import ModelsieveError
+
+EXAMPLES = """\
+examples:
+  modelsieve keys api create --scope lookup            # prints a key once
+  modelsieve serve                                     # http://127.0.0.1:8080, one process
+  modelsieve serve --workers 2 --db lists.db --audit-log audit.jsonl
+  curl -H "Authorization: Bearer $KEY" "http://127.0.0.1:8080/v1/lookup?sha256=..."
+
+Routes, scopes and limits: GET /v1/openapi.json (any key), or the README's "HTTP API" section.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = command_parser(
+        subparsers,
+        "serve",
+        "run the HTTP API",
+        "Serve the HTTP API (JSON under /v1, Prometheus metrics at /metrics) on the store.\n"
+        "Binds to 127.0.0.1 unless told otherwise; every route but /v1/healthz and /v1/readyz\n"
+        "needs an API key (`modelsieve keys api create`). SIGTERM or SIGINT stops it cleanly.\n"
+        "With --workers N, N processes share the port (SO_REUSEPORT) and the kernel spreads\n"
+        "connections over them; rate limits then hold per process.",
+        EXAMPLES,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one, one worker only)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port (default 1)")
+    parser.add_argument("--rate", type=float, default=ApiConfig.rate_per_second, metavar="PER_SECOND", help="default per-key request rate (default %(default)s)")
+    parser.add_argument("--burst", type=int, default=ApiConfig.rate_burst, help="requests a key may make at once before the rate applies (default %(default)s)")
+    parser.add_argument("--audit-log", metavar="FILE", default=None, help="append audit lines (JSON) to FILE instead of stderr")
+    parser.add_argument("--publisher-key", metavar="FILE", default=None, help="Ed25519 private key (`modelsieve keys generate`) that signs exported bundles")
+    parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
+    parser.add_argument(
+        "--crawl-allow-loopback",
+        action="store_true",
+        help="let crawl jobs fetch from 127.0.0.0/8 and ::1 (local test hosts and the demo only)",
+    )
+    add_db_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ModelsieveError("--workers must be at least 1")
+    if args.workers > 1 and args.port == 0:
+        raise ModelsieveError("--port 0 works with one worker only (each worker would pick its own port)")
+    config = ApiConfig(
+        db_path=args.db,
+        publisher_key_path=args.publisher_key,
+        fingerprint_key_path=args.fingerprint_key,
+        rate_per_second=args.rate,
+        rate_burst=args.burst,
+        crawl_allow_loopback=args.crawl_allow_loopback,
+    )
+    if args.workers == 1:
+        serve_process(config, args.host, args.port, args.audit_log, reuse_port=False)
+        return 0
+    return _supervise(config, args.host, args.port, args.audit_log, args.workers)
+
+
+def serve_process(config: ApiConfig, host: str, port: int, audit_log: str | None, *, reuse_port: bool) -> None:
+    """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app)."""
+    logging.basicConfig(level=logging.WARNING, format="modelsieve: %(message)s")
+    audit.configure(audit_log)
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        access_log=None,
+        shutdown_timeout=10,
+        print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
+    )
+
+
+def _supervise(config: ApiConfig, host: str, port: int, audit_log: str | None, workers: int) -> int:
+    """Start `workers` processes on one port; stop all when signalled or when any of them dies."""
+    metrics_dir = tempfile.mkdtemp(prefix="modelsieve-metrics-")
+    os.environ[MULTIPROCESS_ENV] = metrics_dir  # inherited by the spawned workers only
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=serve_process, args=(config, host, port, audit_log), kwargs={"reuse_port": True}, name=f"worker-{n}")
+        for n in range(workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in processes:
+            process.start()
+        multiprocessing.connection.wait([p.sentinel for p in processes])
+        if not stopping:
+            stop(signal.SIGTERM, None)
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.environ.pop(MULTIPROCESS_ENV, None)
+    return 0 if stopping else 1

@@ -1,0 +1,138 @@
+"""API keys: random bearer tokens with scopes, stored only as SHA-256 digests in the store.
+
+A key reads `msk_<id>_<secret>`: `id` (8 hex) finds the row, `secret` (32 random bytes,
+url-safe base64) is checked against its stored SHA-256 in constant time. A salted slow hash is
+not needed: the secret has 256 bits of entropy, so its digest cannot be brute-forced.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from modelsieve.fingerprint.errors import ModelsieveError
+
+SCOPES = ("lookup", "crawl", "lists:read", "lists:write", "admin")
+SCOPE_HELP = {
+    "lookup": "exact lookups and matches of digests, fingerprints and uploaded files",
+    "crawl": "submit crawl jobs and read their recommendations",
+    "lists:read": "export list bundles",
+    "lists:write": "import list bundles and record opinions (dispute / confirm) on entries",
+    "admin": "everything above, and /metrics",
+}
+ANY_SCOPE = "*"  # a route any valid key may call, whatever its scopes
+TABLE = "api_keys"
+KEY_PATTERN = re.compile(r"^msk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key's public record (never its secret)."""
+
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+    rate_per_second: float | None
+    created_at: float
+    revoked_at: float | None
+
+    def allows(self, scope: str) -> bool:
+        return scope == ANY_SCOPE or scope in self.scopes or "admin" in self.scopes
+
+
+class KeyStore:
+    """API keys held in a table of the store's database."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        db[TABLE].create(  # type: ignore[union-attr]
+            {
+                "key_id": str,
+                "secret_sha256": str,
+                "name": str,
+                "scopes": str,
+                "rate_per_second": float,
+                "created_at": float,
+                "revoked_at": float,
+            },
+            pk="key_id",
+            not_null={"secret_sha256", "scopes", "created_at"},
+            if_not_exists=True,
+        )
+
+    def create(self, scopes: Iterable[str], name: str = "", rate_per_second: float | None = None) -> tuple[str, ApiKey]:
+        """Make a key; returns the token (shown once, never stored) and its record."""
+        scopes = tuple(dict.fromkeys(scopes))
+        unknown = [s for s in scopes if s not in SCOPES]
+        if not scopes or unknown:
+            raise ModelsieveError(f"scopes must be some of {', '.join(SCOPES)} (got {', '.join(unknown) or 'none'})")
+        if rate_per_second is not None and rate_per_second <= 0:
+            raise ModelsieveError("a key's rate limit must be positive")
+        key_id = secrets.token_hex(4)
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        record = ApiKey(key_id, name, scopes, rate_per_second, time.time(), None)
+        with self.db.conn:
+            self.db[TABLE].insert(  # type: ignore[union-attr]
+                {
+                    "key_id": key_id,
+                    "secret_sha256": _digest(secret),
+                    "name": name,
+                    "scopes": " ".join(scopes),
+                    "rate_per_second": rate_per_second,
+                    "created_at": record.created_at,
+                    "revoked_at": None,
+                }
+            )
+        return f"msk_{key_id}_{secret}", record
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The live key a token belongs to, or None for a malformed, unknown, wrong or revoked one."""
+        found = KEY_PATTERN.match(token)
+        if not found:
+            return None
+        key_id, secret = found.groups()
+        row = self.db.execute(
+            f"SELECT secret_sha256, name, scopes, rate_per_second, created_at, revoked_at FROM {TABLE} WHERE key_id = ?",
+            [key_id],
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[0], _digest(secret)) or row[5] is not None:
+            return None
+        return ApiKey(key_id, row[1], tuple(row[2].split()), row[3], row[4], row[5])
+
+    def revoke(self, key_id: str) -> None:
+        with self.db.conn:
+            changed = self.db.execute(
+                f"UPDATE {TABLE} SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", [time.time(), key_id]
+            ).rowcount
+        if not changed:
+            raise ModelsieveError(f"no live API key with id {key_id}")
+
+    def all(self) -> list[ApiKey]:
+        try:
+            rows = self.db.execute(
+                f"SELECT key_id, name, scopes, rate_per_second, created_at, revoked_at FROM {TABLE} ORDER BY created_at"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise ModelsieveError(f"cannot read API keys: {exc}") from None
+        return [ApiKey(r[0], r[1], tuple(r[2].split()), r[3], r[4], r[5]) for r in rows]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,36 @@
+"""What one API server process is configured with: store, limits, timeouts, crawler allowances."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Settings of one API process; plain values only, so it can be handed to worker processes.
+
+    `db_path` None means the default store ($MODELSIEVE_DB or the per-user data folder).
+    Rate limits are per key and per server process: N worker processes admit up to N times
+    `rate_per_second` for a key whose connections the kernel spreads over all of them.
+    """
+
+    db_path: str | os.PathLike[str] | None = None
+    publisher_key_path: str | os.PathLike[str] | None = None  # Ed25519 key signing exported bundles
+    fingerprint_key_path: str | os.PathLike[str] | None = None  # None: $MODELSIEVE_FINGERPRINT_KEY or the public key
+    json_body_limit: int = 1 * MIB
+    fingerprint_body_limit: int = 16 * MIB
+    bundle_body_limit: int = 64 * MIB
+    upload_limit: int = 8 * 1024 * MIB
+    upload_memory_limit: int = 256 * MIB
+    concurrent_uploads: int = 2
+    request_timeout: float = 30.0
+    upload_timeout: float = 600.0
+    rate_per_second: float = 50.0
+    rate_burst: int = 100
+    crawl_allow_loopback: bool = False  # tests and the demo only: crawl 127.0.0.0/8 and ::1
+    crawl_jobs_dir: str | os.PathLike[str] | None = None  # None: a folder beside the store
+    crawl_jobs_per_process: int = 2
+    page_size_limit: int = 1000

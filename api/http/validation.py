@@ -1,0 +1,103 @@
+"""Reading and checking request input against JSON schemas, with clear one-line 400 errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+from aiohttp import web
+from multidict import MultiMapping
+
+from modelsieve.api.http.errors import api_error
+
+MESSAGE_LIMIT = 200
+
+
+def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+    """A validator for a JSON Schema (draft 2020-12, the dialect of OpenAPI 3.1)."""
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator_class.check_schema(schema)
+    return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+
+
+def check(validator: jsonschema.protocols.Validator, instance: Any, where: str) -> None:
+    """Raise a 400 naming where the first (best) problem is, e.g. `body.urls[2]: ... is not a 'string'`."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is None:
+        return
+    location = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        message = f"unknown {'parameter' if where == 'query' else 'field'} {', '.join(map(repr, extra))}; expected: {', '.join(allowed)}"
+    else:
+        message = error.message
+    if len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT] + "…"
+    raise api_error(400, f"{location}: {message}")
+
+
+def query_values(query: MultiMapping[str], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Query parameters as a dict, numbers and booleans converted as the schema types them.
+
+    A parameter given twice is an error (never silently take the first or the last).
+    """
+    values: dict[str, Any] = {}
+    properties = schema.get("properties", {})
+    for name, raw in query.items():
+        if name in values:
+            raise api_error(400, f"query.{name}: given more than once")
+        values[name] = _convert(raw, properties.get(name, {}).get("type"))
+    return values
+
+
+def _convert(raw: str, kind: str | None) -> Any:
+    try:
+        if kind == "integer":
+            return int(raw, 10)
+        if kind == "number":
+            return float(raw)
+    except ValueError:
+        return raw  # left as a string: the schema check then says what type was expected
+    if kind == "boolean" and raw in ("true", "false"):
+        return raw == "true"
+    return raw
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise api_error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise api_error(413, f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def json_body(request: web.Request, limit: int) -> Any:
+    """The request body parsed as JSON (415 for another media type, 400 for malformed JSON)."""
+    if request.content_type not in ("application/json", "application/octet-stream") and request.body_exists:
+        raise api_error(415, f"expected a JSON body (Content-Type: application/json), got {request.content_type}")
+    return parse_json(await read_body(request, limit))
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (no NaN / Infinity), or a 400 saying where it is malformed."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise api_error(400, "body: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise api_error(400, f"body: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise api_error(400, f"body: {exc}") from None
+    except RecursionError:
+        raise api_error(400, "body: JSON nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,54 @@
+"""Helpers of the HTTP API tests: real applications on loopback, real stores, real keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from modelsieve.api.http import ApiConfig, create_app
+from modelsieve.api.http.auth import SCOPES, KeyStore
+from modelsieve.hashlists.db import open_database
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclasses.dataclass
+class Api:
+    """A running API on loopback, its store path and a key per scope (`keys["lookup"]`, ...)."""
+
+    client: TestClient
+    db_path: Path
+    keys: dict[str, str]
+
+    def as_(self, scope: str) -> dict[str, str]:
+        return bearer(self.keys[scope])
+
+    async def get_json(self, path: str, scope: str, status: int = 200, **kwargs: Any) -> Any:
+        response = await self.client.get(path, headers=self.as_(scope), **kwargs)
+        assert response.status == status, await response.text()
+        return await response.json()
+
+    async def post_json(self, path: str, scope: str, body: Any, status: int = 200) -> Any:
+        response = await self.client.post(path, headers=self.as_(scope), json=body)
+        assert response.status == status, await response.text()
+        return await response.json()
+
+
+def make_keys(db_path: Path, **rate: float) -> dict[str, str]:
+    """One key per scope; `rate` sets per-scope key rates (e.g. lookup=0.01)."""
+    store = KeyStore(open_database(db_path))
+    keys = {scope: store.create([scope], name=f"test {scope}", rate_per_second=rate.get(scope.replace(":", "_")))[0] for scope in SCOPES}
+    store.db.close()
+    return keys
+
+
+async def start_api(aiohttp_client: Any, db_path: Path, **config: Any) -> Api:
+    """A fresh application on the store at `db_path`, served on loopback by aiohttp's test server."""
+    keys = make_keys(db_path, **config.pop("key_rates", {}))
+    client = await aiohttp_client(create_app(ApiConfig(db_path=db_path, **config)))
+    return Api(client, db_path, keys)

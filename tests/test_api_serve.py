@@ -1,0 +1,123 @@
+"""`modelsieve serve` and `modelsieve keys api` as real subprocesses on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelsieve.api.cli import main
+
+from tests.api_support import bearer
+
+MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MODELSIEVE, *args], capture_output=True, text=True, timeout=60)
+
+
+def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=bearer(token) if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_until_ready(base: str, server: subprocess.Popen[str], stderr: Path, workers: int) -> None:
+    """Until every worker has said it runs and the port answers readiness."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.poll() is None, stderr.read_text()
+        if stderr.read_text().count("Running on") == workers:
+            try:
+                if get(f"{base}/v1/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"server did not become ready in 30 s: {stderr.read_text()}")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Path]]:
+    db = tmp_path / "store.db"
+    admin = cli("keys", "api", "create", "--scope", "admin", "--name", "ops", "--db", str(db))
+    assert admin.returncode == 0, admin.stderr
+    port = free_port()
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as stderr_file:
+        server = subprocess.Popen(
+            [*MODELSIEVE, "serve", "--workers", "2", "--port", str(port), "--db", str(db), "--audit-log", str(tmp_path / "audit.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            text=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base, server, stderr, workers=2)
+        yield base, admin.stdout.strip(), server, stderr
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def test_keys_cli_prints_a_key_once_lists_without_secrets_and_revokes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "store.db")
+    assert main(["keys", "api", "create", "--scope", "lookup", "--scope", "crawl", "--name", "hub", "--db", db]) == 0
+    created = capsys.readouterr()
+    token = created.out.strip()
+    assert token.startswith("msk_") and "shown only now" in created.err
+    key_id = token.split("_")[1]
+    assert main(["keys", "api", "list", "--json", "--db", db]) == 0
+    listed = capsys.readouterr().out
+    record = json.loads(listed)
+    assert record["key_id"] == key_id and record["scopes"] == ["lookup", "crawl"] and record["revoked_at"] is None
+    assert token.split("_")[2] not in listed
+    assert main(["keys", "api", "revoke", key_id, "--db", db]) == 0
+    assert main(["keys", "api", "revoke", key_id, "--db", db]) == 2
+    assert capsys.readouterr().err.startswith("modelsieve: error: no live API key")
+    with pytest.raises(SystemExit):
+        main(["keys", "api", "create", "--scope", "root", "--db", db])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_two_workers_share_the_port_sum_metrics_and_stop_cleanly_on_sigterm(
+    served: tuple[str, str, subprocess.Popen[str], Path],
+) -> None:
+    base, admin, server, stderr_path = served
+    for _ in range(20):  # new connections: the kernel spreads them over both workers
+        assert get(f"{base}/v1/healthz")[0] == 200
+    status, body = get(f"{base}/metrics", admin)
+    assert status == 200
+    assert 'modelsieve_http_requests_total{method="GET",route="/v1/healthz",status="200"} 20.0' in body.decode()
+    assert get(f"{base}/metrics")[0] == 401
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    stderr = stderr_path.read_text()
+    assert stderr.count("Running on http://127.0.0.1") == 2
+    assert "Traceback" not in stderr
+
+
+def test_serve_refuses_port_zero_with_several_workers() -> None:
+    refused = cli("serve", "--workers", "2", "--port", "0")
+    assert refused.returncode == 2 and "--port 0" in refused.stderr
