@@ -83,16 +83,19 @@ def run(args: argparse.Namespace) -> int:
 def serve_process(config: ApiConfig, host: str, port: int, audit_log: str | None, *, reuse_port: bool) -> None:
     """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app)."""
     logging.basicConfig(level=logging.WARNING, format="modelsieve: %(message)s")
-    audit.configure(audit_log)
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        access_log=None,
-        shutdown_timeout=10,
-        print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
-    )
+    audit_writer = audit.configure(audit_log)
+    try:
+        web.run_app(
+            create_app(config),
+            host=host,
+            port=port,
+            reuse_port=reuse_port,
+            access_log=None,
+            shutdown_timeout=10,
+            print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
+        )
+    finally:
+        audit_writer.stop()
 
 
 def _supervise(config: ApiConfig, host: str, port: int, audit_log: str | None, workers: int) -> int:

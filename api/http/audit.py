@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -46,10 +48,18 @@ def audit_matches(call: Call, matches: Iterable[Mapping[str, Any]], **fields: An
     audit(call, "match", matches=kept, **fields)
 
 
-def configure(destination: str | None) -> None:
-    """Send audit lines to a file (appended) or, with None, to stderr; plain lines, no prefixes."""
+def configure(destination: str | None) -> logging.handlers.QueueListener:
+    """Send audit lines to a file (appended) or, with None, to stderr; plain lines, no prefixes.
+
+    Lines are written by a background thread, so the event loop never waits for the disk; stop
+    the returned listener at shutdown to write out what is queued.
+    """
     handler: logging.Handler = logging.FileHandler(destination, encoding="utf-8") if destination else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    audit_log.handlers[:] = [handler]
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    audit_log.handlers[:] = [logging.handlers.QueueHandler(lines)]
     audit_log.setLevel(logging.INFO)
     audit_log.propagate = False
+    listener = logging.handlers.QueueListener(lines, handler)
+    listener.start()
+    return listener
