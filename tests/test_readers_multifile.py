@@ -191,3 +191,10 @@ def test_walk_models_counts_pipelines_and_shard_sets_once(tmp_path: Path) -> Non
     write_zip(tmp_path / "models" / "loras" / "two.pt", *state_dict(_weights("b")))
     found = [p.relative_to(tmp_path / "models").as_posix() for p in walk_models(tmp_path / "models")]
     assert found == ["llm/model.safetensors.index.json", "loras/one.safetensors", "loras/two.pt", "pipe"]
+
+
+def test_symlink_loops_are_clean_errors(tmp_path: Path) -> None:
+    (tmp_path / "loop.safetensors").symlink_to(tmp_path / "loop.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "loop.safetensors"}}))
+    with pytest.raises(ModelFileError, match="symlink loop"):
+        open_model(tmp_path / "model.safetensors.index.json")

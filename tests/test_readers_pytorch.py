@@ -357,3 +357,28 @@ def test_unknown_formats_are_named(tmp_path: Path, content: bytes, expected: str
     path = tmp_path / "model.bin"
     path.write_bytes(content)
     assert expected in _refused(path)
+
+
+def test_float8_tensors_on_untyped_storage(tmp_path: Path) -> None:
+    """torch ≥ 2.1 writes float8 / uint16 tensors with _rebuild_tensor_v3 over an UntypedStorage."""
+    values = np.array([0.5, -1.0, 2.0, 0.0], dtype=ml_dtypes.float8_e4m3fn)
+    pid = ("storage", Global("torch", "UntypedStorage"), "0", "cpu", values.nbytes)
+    hooks = Call(Global("collections", "OrderedDict"), ())
+    ref = Call(
+        Global("torch._utils", "_rebuild_tensor_v3"),
+        (PersistentId(pid), 0, (2, 2), (2, 1), False, hooks, Global("torch", "float8_e4m3fn")),
+    )
+    with open_model(write_zip(tmp_path / "f8.pt", ordered_dict({"w": ref}), {"0": values})) as reader:
+        assert reader.tensors()[0].dtype == "F8_E4M3"
+        assert _values_equal(reader.array("w"), values.reshape(2, 2))
+
+
+def test_data_only_objects_of_real_sd_checkpoints_are_skipped_not_refused(tmp_path: Path) -> None:
+    """SD 1.x .ckpt files carry numpy scalars and Lightning's ModelCheckpoint state beside the weights."""
+    weights = np.ones(2, dtype=np.float32)
+    numpy_scalar = Raw(pickle.dumps(np.float64(0.25), protocol=2)[2:-1])  # numpy.*.scalar, numpy.dtype, _codecs.encode
+    callback = Raw(b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n)\x81" + dumps({"best_model_score": 1.0})[2:-1] + b"b")
+    checkpoint = {"state_dict": ordered_dict({"w": tensor_ref("0", weights.dtype, 2, (2,))}), "loss": numpy_scalar, "callbacks": callback}
+    with open_model(write_zip(tmp_path / "sd.ckpt", checkpoint, {"0": weights})) as reader:
+        assert [t.name for t in reader.tensors()] == ["w"]
+        assert reader.problems() == ["ignored entries beside the state dict: 'loss', 'callbacks'"]

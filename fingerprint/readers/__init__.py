@@ -23,10 +23,13 @@ def open_model(path: str | os.PathLike[str]) -> ModelReader:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or directory")
-    if path.is_dir():
-        return open_folder(path)
-    if path.name.lower().endswith(INDEX_SUFFIXES):
-        return open_sharded(path)
-    if path.name == "model_index.json":
-        return open_folder(path.parent)
+    try:
+        if path.is_dir():
+            return open_folder(path)
+        if path.name.lower().endswith(INDEX_SUFFIXES):
+            return open_sharded(path)
+        if path.name == "model_index.json":
+            return open_folder(path.parent)
+    except OSError as exc:  # e.g. a folder we may not list
+        raise ModelFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return open_model_file(path)

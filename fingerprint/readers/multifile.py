@@ -26,6 +26,7 @@ import numpy as np
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
 from modelsieve.fingerprint.readers.fileformat import MODEL_SUFFIXES, open_model_file
+from modelsieve.fingerprint.readers.strict_json import load_json_object
 
 MAX_JSON_BYTES = 64 * 2**20
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
@@ -72,17 +73,8 @@ class CompositeReader(ModelReader):
             reader.close()
 
 
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ModelFileError(f"JSON repeats the key {quoted(key)}")
-        result[key] = value
-    return result
-
-
 def _load_json_object(path: Path) -> dict[str, object]:
-    """A bounded, strictly parsed JSON object (duplicate keys refused)."""
+    """A bounded, strictly parsed JSON object file."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_JSON_BYTES + 1)
@@ -90,19 +82,7 @@ def _load_json_object(path: Path) -> dict[str, object]:
         raise ModelFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_JSON_BYTES:
         raise ModelFileError(f"{path}: larger than the bound of {MAX_JSON_BYTES} bytes")
-    try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except UnicodeDecodeError as exc:
-        raise ModelFileError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path}: not valid JSON: {exc.msg} at char {exc.pos}") from None
-    except RecursionError:
-        raise ModelFileError(f"{path}: JSON nested too deeply") from None
-    except ModelFileError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
-    if not isinstance(document, dict):
-        raise ModelFileError(f"{path}: not a JSON object")
-    return document
+    return load_json_object(data, str(path))
 
 
 def _inside(folder: Path, relative: str, what: str) -> Path:
@@ -111,7 +91,11 @@ def _inside(folder: Path, relative: str, what: str) -> Path:
     if not relative or candidate.is_absolute() or ".." in candidate.parts:
         raise ModelFileError(f"{what} {quoted(relative)} is not a plain path inside {folder}")
     path = folder / candidate
-    if not path.resolve().is_relative_to(folder.resolve()):
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        raise ModelFileError(f"{what} {quoted(relative)} cannot be resolved (symlink loop?)") from None
+    if not resolved.is_relative_to(folder.resolve()):
         raise ModelFileError(f"{what} {quoted(relative)} leads outside {folder}")
     return path
 

@@ -10,7 +10,6 @@ a tensor entry.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import struct
@@ -23,6 +22,7 @@ import numpy as np
 from modelsieve.fingerprint.dtypes import dtype_named
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
+from modelsieve.fingerprint.readers.strict_json import load_json_object
 
 MAX_HEADER_BYTES = 100_000_000  # the official library's bound
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
@@ -75,26 +75,6 @@ def read_header_length(first_bytes: bytes, file_size: int | None = None) -> int:
     return length
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates written as \ud800 escapes
-        return False
-    return True
-
-
-def _strict_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object without repeated keys or strings that are not Unicode (lone surrogates)."""
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ModelFileError(f"safetensors header repeats the key {quoted(key)}")
-        if not _is_utf8(key) or (isinstance(value, str) and not _is_utf8(value)):
-            raise ModelFileError("safetensors header has a string with a lone surrogate escape")
-        result[key] = value
-    return result
-
-
 def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
 
@@ -143,18 +123,7 @@ def parse_header(header: bytes, file_size: int | None = None) -> SafetensorsHead
 
     With `file_size`, also require the file to end exactly where the last tensor ends.
     """
-    try:
-        text = header.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ModelFileError(f"safetensors header is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        document = json.loads(text, object_pairs_hook=_strict_object)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"safetensors header is not valid JSON: {exc.msg} at char {exc.pos}") from None
-    except RecursionError:
-        raise ModelFileError("safetensors header JSON is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise ModelFileError("safetensors header is not a JSON object")
+    document = load_json_object(header, "safetensors header")
     raw_metadata = document.pop("__metadata__", None)
     metadata = {} if raw_metadata is None else _parse_metadata(raw_metadata)
     spans = sorted((_parse_tensor(name, raw) for name, raw in document.items()), key=lambda s: (s.begin, s.end))

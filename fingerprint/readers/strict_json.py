@@ -1,0 +1,46 @@
+"""JSON objects parsed strictly, for headers and index files that scanners and loaders must read alike."""
+
+from __future__ import annotations
+
+import json
+
+from modelsieve.fingerprint.errors import ModelFileError, quoted
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates written as \ud800 escapes
+        return False
+    return True
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ModelFileError(f"repeats the key {quoted(key)}")
+        if not _is_unicode(key) or (isinstance(value, str) and not _is_unicode(value)):
+            raise ModelFileError("has a string with a lone surrogate escape")
+        result[key] = value
+    return result
+
+
+def load_json_object(data: bytes, what: str) -> dict[str, object]:
+    """`data` as one JSON object: valid UTF-8, no repeated keys, no lone surrogates, nesting bounded.
+
+    Errors read "<what> is not valid JSON: ...", "<what> repeats the key 'a'", and so on.
+    """
+    try:
+        document = json.loads(data.decode("utf-8"), object_pairs_hook=_object_without_repeats)
+    except UnicodeDecodeError as exc:
+        raise ModelFileError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{what} is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise ModelFileError(f"{what} is nested too deeply") from None
+    except ModelFileError as exc:
+        raise ModelFileError(f"{what} {exc}") from None
+    if not isinstance(document, dict):
+        raise ModelFileError(f"{what} is not a JSON object")
+    return document
