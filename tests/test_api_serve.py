@@ -23,6 +23,7 @@ from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.api_support import bearer
 
 LISTED = "ab" * 32
+READY_SECONDS = 120  # two spawned workers import everything; generous for a machine under load
 MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
@@ -47,7 +48,7 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
 
 def wait_until_ready(base: str, server: subprocess.Popen[str], stderr: Path, workers: int) -> None:
     """Until every worker has said it runs and the port answers readiness."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         assert server.poll() is None, stderr.read_text()
         if stderr.read_text().count("Running on") == workers:
@@ -57,7 +58,7 @@ def wait_until_ready(base: str, server: subprocess.Popen[str], stderr: Path, wor
             except OSError:
                 pass
         time.sleep(0.1)
-    raise AssertionError(f"server did not become ready in 30 s: {stderr.read_text()}")
+    raise AssertionError(f"server did not become ready in {READY_SECONDS} s: {stderr.read_text()}")
 
 
 @pytest.fixture

@@ -53,6 +53,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--publisher-key", metavar="FILE", default=None, help="Ed25519 private key (`modelsieve keys generate`) that signs exported bundles")
     parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
     parser.add_argument(
+        "--crawl-jobs",
+        type=int,
+        default=ApiConfig.crawl_jobs_per_process,
+        metavar="N",
+        help="crawl jobs each process runs at once (default %(default)s; 0: only accept jobs, other servers run them)",
+    )
+    parser.add_argument(
         "--crawl-allow-loopback",
         action="store_true",
         help="let crawl jobs fetch from 127.0.0.0/8 and ::1 (local test hosts and the demo only)",
@@ -62,8 +69,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise ModelsieveError("--workers must be at least 1")
+    if args.workers < 1 or args.crawl_jobs < 0:
+        raise ModelsieveError("--workers must be at least 1 and --crawl-jobs at least 0")
     if args.workers > 1 and args.port == 0:
         raise ModelsieveError("--port 0 works with one worker only (each worker would pick its own port)")
     config = ApiConfig(
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         rate_per_second=args.rate,
         rate_burst=args.burst,
         crawl_allow_loopback=args.crawl_allow_loopback,
+        crawl_jobs_per_process=args.crawl_jobs,
     )
     if args.workers == 1:
         serve_process(config, args.host, args.port, args.audit_log, reuse_port=False)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -19,8 +20,10 @@ from modelsieve.api.http.routes import ROUTES
 from modelsieve.api.http.routing import add_routes
 from modelsieve.api.http.state import (
     CONFIG,
+    CRAWL_JOBS,
     DATABASE,
     FINGERPRINT_KEY,
+    JOB_RUNNER,
     KEYS,
     LIMITER,
     MATCH_INDEX,
@@ -32,8 +35,13 @@ from modelsieve.api.http.state import (
     UPLOAD_SLOTS,
     MatchIndex,
 )
+from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
+from modelsieve.crawler.crawl import CrawlConfig
+from modelsieve.crawler.lookup import StoreLookup
+from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.policy import PolicyConfig
 from modelsieve.fingerprint.fuzzy import load_key
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.db import default_db_path, open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import open_store
@@ -53,7 +61,7 @@ def create_app(config: ApiConfig | None = None) -> web.Application:
     app[OPENAPI] = openapi_document(ROUTES)
     app[UPLOAD_SLOTS] = asyncio.Semaphore(config.concurrent_uploads)
     app[MATCH_INDEX] = MatchIndex()
-    app.cleanup_ctx.extend([_store, _match_index])
+    app.cleanup_ctx.extend([_store, _match_index, _crawl_jobs])
     add_routes(app, ROUTES)
     return app
 
@@ -98,3 +106,33 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
+
+
+async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
+    """Take crawl jobs from the store and run them in this process once the match index is loaded;
+    on shutdown, running jobs are stopped and their leases given back (they resume elsewhere)."""
+    config = app[CONFIG]
+    store_path = Path(config.db_path) if config.db_path is not None else default_db_path()
+    jobs = CrawlJobs(app[DATABASE], Path(config.crawl_jobs_dir) if config.crawl_jobs_dir else Path(f"{store_path}.crawl-jobs"))
+    app[CRAWL_JOBS] = jobs
+    index = app[MATCH_INDEX]
+
+    def crawl_config(mode: str) -> CrawlConfig:
+        return CrawlConfig(policy=PolicyConfig(mode=mode), addresses=AddressPolicy(allow_loopback=config.crawl_allow_loopback))
+
+    runner = app[JOB_RUNNER] = JobRunner(jobs, crawl_config, app[METRICS], config.crawl_jobs_per_process)
+
+    async def run() -> None:
+        if config.crawl_jobs_per_process == 0:
+            return  # this process only accepts jobs; others run them
+        while index.matcher is None:
+            await asyncio.sleep(0.1)
+        await runner.run_forever(StoreLookup(index.matcher, app[FINGERPRINT_KEY]))
+
+    running = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

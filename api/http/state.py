@@ -15,6 +15,7 @@ from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -31,6 +32,8 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 FINGERPRINT_KEY: web.AppKey[FingerprintKey] = web.AppKey("fingerprint_key")
 PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
+CRAWL_JOBS: web.AppKey[CrawlJobs] = web.AppKey("crawl_jobs")
+JOB_RUNNER: web.AppKey[JobRunner] = web.AppKey("job_runner")
 OPENAPI = web.AppKey("openapi", dict)
 # name -> check(app) returning "ok" or why the part is not ready; /v1/readyz reports them all
 READINESS_CHECKS = web.AppKey("readiness_checks", dict)
