@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 
 from modelsieve.api.http import validation
-from modelsieve.api.http.auth import KeyStore, bearer_token
+from modelsieve.api.http.auth import CachedKeys, KeyStore, bearer_token
 from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.fingerprint.errors import ModelsieveError
@@ -71,7 +71,8 @@ async def test_scopes_decide_403_and_admin_may_do_everything(api: Api) -> None:
     assert (await api.client.get("/metrics", headers=api.as_("admin"))).status == 200
 
 
-async def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
+async def test_a_revoked_key_stops_working_once_the_key_cache_expires(aiohttp_client: Any, tmp_path: Path) -> None:
+    api = await start_api(aiohttp_client, tmp_path / "store.db", key_cache_seconds=0)
     assert (await api.client.get("/v1/openapi.json", headers=api.as_("crawl"))).status == 200
     store = KeyStore(open_database(api.db_path))
     key_id = api.keys["crawl"].split("_")[1]
@@ -149,6 +150,19 @@ def test_keys_are_stored_only_as_digests(tmp_path: Path) -> None:
         store.create(["root"])
     with pytest.raises(ModelsieveError, match="scopes must be"):
         store.create([])
+
+
+def test_verified_keys_are_cached_for_their_time_only(tmp_path: Path) -> None:
+    store = KeyStore(open_database(tmp_path / "keys.db"))
+    token, key = store.create(["lookup"])
+    now = [0.0]
+    cached = CachedKeys(store, seconds=5, clock=lambda: now[0])
+    assert cached.verify(token) == key
+    store.revoke(key.key_id)
+    assert cached.verify(token) == key, "still cached"
+    now[0] = 5.0
+    assert cached.verify(token) is None
+    assert cached.verify("msk_00000000_" + "A" * 43) is None
 
 
 def test_bearer_token_parsing() -> None:

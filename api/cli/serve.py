@@ -17,7 +17,6 @@ from aiohttp import web
 
 from modelsieve.api.cli.common import add_db_option, command_parser
 from modelsieve.api.http import ApiConfig, create_app
-from modelsieve.api.http import audit
 from modelsieve.api.http.metrics import MULTIPROCESS_ENV
 from modelsieve.fingerprint.errors import ModelsieveError
 
@@ -81,38 +80,35 @@ def run(args: argparse.Namespace) -> int:
         rate_burst=args.burst,
         crawl_allow_loopback=args.crawl_allow_loopback,
         crawl_jobs_per_process=args.crawl_jobs,
+        audit_log=args.audit_log,
     )
     if args.workers == 1:
-        serve_process(config, args.host, args.port, args.audit_log, reuse_port=False)
+        serve_process(config, args.host, args.port, reuse_port=False)
         return 0
-    return _supervise(config, args.host, args.port, args.audit_log, args.workers)
+    return _supervise(config, args.host, args.port, args.workers)
 
 
-def serve_process(config: ApiConfig, host: str, port: int, audit_log: str | None, *, reuse_port: bool) -> None:
+def serve_process(config: ApiConfig, host: str, port: int, *, reuse_port: bool) -> None:
     """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app)."""
     logging.basicConfig(level=logging.WARNING, format="modelsieve: %(message)s")
-    audit_writer = audit.configure(audit_log)
-    try:
-        web.run_app(
-            create_app(config),
-            host=host,
-            port=port,
-            reuse_port=reuse_port,
-            access_log=None,
-            shutdown_timeout=10,
-            print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
-        )
-    finally:
-        audit_writer.stop()
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        access_log=None,
+        shutdown_timeout=10,
+        print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
+    )
 
 
-def _supervise(config: ApiConfig, host: str, port: int, audit_log: str | None, workers: int) -> int:
+def _supervise(config: ApiConfig, host: str, port: int, workers: int) -> int:
     """Start `workers` processes on one port; stop all when signalled or when any of them dies."""
     metrics_dir = tempfile.mkdtemp(prefix="modelsieve-metrics-")
     os.environ[MULTIPROCESS_ENV] = metrics_dir  # inherited by the spawned workers only
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=serve_process, args=(config, host, port, audit_log), kwargs={"reuse_port": True}, name=f"worker-{n}")
+        context.Process(target=serve_process, args=(config, host, port), kwargs={"reuse_port": True}, name=f"worker-{n}")
         for n in range(workers)
     ]
     stopping = False

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from modelsieve.api.http.auth import KeyStore
+from modelsieve.api.http.audit import AuditLog
+from modelsieve.api.http.auth import CachedKeys, KeyStore
 from modelsieve.api.http.config import ApiConfig
 from modelsieve.api.http.errors import error_middleware
 from modelsieve.api.http.metrics import Metrics
@@ -19,6 +20,7 @@ from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.api.http.routing import add_routes
 from modelsieve.api.http.state import (
+    AUDIT,
     CONFIG,
     CRAWL_JOBS,
     DATABASE,
@@ -61,9 +63,18 @@ def create_app(config: ApiConfig | None = None) -> web.Application:
     app[OPENAPI] = openapi_document(ROUTES)
     app[UPLOAD_SLOTS] = asyncio.Semaphore(config.concurrent_uploads)
     app[MATCH_INDEX] = MatchIndex()
-    app.cleanup_ctx.extend([_store, _match_index, _crawl_jobs])
+    app.cleanup_ctx.extend([_audit, _store, _match_index, _crawl_jobs])
     add_routes(app, ROUTES)
     return app
+
+
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    """The audit log, open for the process's lifetime; its last lines are written at shutdown."""
+    app[AUDIT] = AuditLog(app[CONFIG].audit_log)
+    try:
+        yield
+    finally:
+        app[AUDIT].close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -75,7 +86,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     store = open_store(config.db_path)
     app[DATABASE] = db
     app[STORE] = store
-    app[KEYS] = KeyStore(db)
+    app[KEYS] = CachedKeys(KeyStore(db), config.key_cache_seconds)
     app[READINESS_CHECKS]["store"] = lambda app: "ok"
     try:
         yield
