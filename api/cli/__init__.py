@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "keys",
     "api_keys",
     "serve",
+    "db",
 )
 
 DESCRIPTION = """\
