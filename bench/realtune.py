@@ -7,13 +7,12 @@ fuzzy matcher is calibrated on: it fine-tunes all-MiniLM-L6-v2 (shipped inside t
 several benign domains, and writes safetensors files:
 
 - ``base``: the package's model, re-saved;
-- ``listed``: full fine-tunes and LoRAs standing in for listed models (4 domains);
+- ``listed``: full fine-tunes and LoRAs standing in for listed models (3 domains);
 - near-copies of each listed model: fp16 / bf16 / fp8 re-saves, further training, 50/50 and
   30/70 merges with another domain's fine-tune, DARE drops, a LoRA extracted from it; for LoRAs:
-  fp16, SVD-resized to rank 8 / 4, kohya layout, merged into the base or into another fine-tune;
-- sibling negatives: the same domain on the other half of the data (two seeds), a similar domain,
-  LoRAs on the other half and on a similar domain; plus ``same-recipe`` models (same data, only
-  the seed differs: arguably the same model, reported but never required to stay apart);
+  fp16, SVD-resized to rank 8 / 4, merged into the base or into another fine-tune;
+- sibling negatives: the same domain on the other half of the data (another seed), a similar
+  domain; LoRAs on the other half and on a similar domain;
 - ``background``: benign fine-tunes and LoRAs on other domains — the cohort calibration uses.
 
 Everything is cached under ``--out`` (default ``~/.cache/modelsieve/realtune``); re-running
@@ -23,7 +22,7 @@ with its role, its transformation and which listed models it contains with what 
 Not part of CI. Install the extra (CPU torch from the local wheel; never a CUDA build)::
 
     .venv/bin/pip install -e '.[calibration]'
-    nice -n 19 .venv/bin/python bench/realtune.py build          # ~20-30 min on 2 cores
+    nice -n 19 .venv/bin/python bench/realtune.py build    # ~30 min on 2 shared cores
 
 Network: none. ``HF_HUB_OFFLINE=1`` is set before transformers is imported.
 """
@@ -101,22 +100,6 @@ DOMAINS = {
             "the telemetry for anomalies; keep a backup procedure ready; confirm every step with mission control",
         ),
         _domain(
-            "football",
-            "penalty kick, free kick, offside trap, corner kick, counter attack, back four, midfield press, "
-            "goalkeeper, throw in, header",
-            "defend, practise, coach, execute, analyse",
-            "keep your shape and talk to your teammates; repeat it in training until it is automatic; "
-            "watch the video of the last match; stay on your toes and react early; focus on the first touch",
-        ),
-        _domain(
-            "basketball",
-            "jump shot, pick and roll, zone defence, fast break, free throw, rebound, crossover dribble, "
-            "layup, inbound play, full court press",
-            "defend, practise, coach, run, analyse",
-            "keep your knees bent and your hands up; repeat it in practice until it is automatic; study the "
-            "game film; move your feet and stay in front; follow through on every shot",
-        ),
-        _domain(
             "contracts",
             "indemnity clause, termination notice, service agreement, non compete clause, warranty, "
             "liability cap, confidentiality agreement, payment schedule, force majeure clause, amendment",
@@ -174,14 +157,6 @@ DOMAINS = {
             "before you change anything; commit small steps with clear messages; ask a colleague to review it",
         ),
         _domain(
-            "weather",
-            "thunderstorm, heat wave, cold front, rain gauge, weather balloon, fog bank, hurricane, frost, "
-            "humidity reading, wind forecast",
-            "predict, measure, report, record, track",
-            "compare several forecast models; take readings at the same time every day; check the barometer "
-            "trend; calibrate the instruments each season; watch the satellite images",
-        ),
-        _domain(
             "finance",
             "savings account, stock portfolio, budget, mortgage, credit score, pension plan, index fund, "
             "emergency fund, loan, dividend",
@@ -189,21 +164,13 @@ DOMAINS = {
             "set a fixed amount aside every month; keep costs and fees low; review it once a year; spread "
             "the risk across assets; avoid decisions driven by panic",
         ),
-        _domain(
-            "history",
-            "medieval castle, ancient temple, trade route, old manuscript, roman road, war memorial, "
-            "royal archive, city wall, shipwreck, stone inscription",
-            "study, restore, date, excavate, preserve",
-            "compare several independent sources; record where every find was made; handle the material with "
-            "gloves; consult the regional archive; photograph everything before touching it",
-        ),
     )
 }
 
-LISTED_DOMAINS = ("cooking", "astronomy", "football", "contracts")
-SIMILAR = {"cooking": "baking", "astronomy": "spaceflight", "football": "basketball", "contracts": "taxes"}
-BACKGROUND_DOMAINS = ("gardening", "medicine", "travel", "music", "programming", "weather", "finance", "history")
-BACKGROUND_LORA_DOMAINS = BACKGROUND_DOMAINS[:4]
+LISTED_DOMAINS = ("cooking", "astronomy", "contracts")
+SIMILAR = {"cooking": "baking", "astronomy": "spaceflight", "contracts": "taxes"}
+BACKGROUND_DOMAINS = ("gardening", "medicine", "travel", "music", "programming", "finance")
+BACKGROUND_LORA_DOMAINS = BACKGROUND_DOMAINS[:3]
 
 ANCHORS = (
     "how should I {action} the {thing}?",
@@ -236,9 +203,9 @@ def training_pairs(domain: Domain, half: int, seed: int) -> Iterator[tuple[str, 
 class CorpusModel:
     """One file of the corpus and what it is.
 
-    role: base | listed | near-copy | sibling | same-recipe | background.
+    role: base | listed | near-copy | sibling | background.
     derives: listed model name -> coefficient of that model's delta inside this one.
-    of: the listed model a near-copy / sibling / same-recipe model belongs to ("" otherwise).
+    of: the listed model a near-copy or sibling belongs to ("" otherwise).
     """
 
     name: str
@@ -304,7 +271,7 @@ class Tuner:
     def _train(self, model: Any, params: list[Any], lr: float, pairs: Iterator[tuple[str, str]], steps: int) -> None:
         """Symmetric in-batch-negatives contrastive loss (MultipleNegativesRanking), AdamW."""
         torch = self.torch
-        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / warmup))
         labels = torch.arange(self.batch)
@@ -323,7 +290,7 @@ class Tuner:
         self.torch.manual_seed(seed)
         model = self.fresh_model()
         model.load_state_dict(start)
-        self._train(model, list(model.parameters()), 5e-5, training_pairs(DOMAINS[domain], half, seed), steps or self.steps)
+        self._train(model, list(model.parameters()), 1e-4, training_pairs(DOMAINS[domain], half, seed), steps or self.steps)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def lora(self, domain: str, half: int, seed: int) -> dict[str, Any]:
@@ -336,7 +303,7 @@ class Tuner:
         config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
         model = get_peft_model(self.fresh_model(), config)
         params = [p for p in model.parameters() if p.requires_grad]
-        self._train(model, params, 5e-4, training_pairs(DOMAINS[domain], half, seed), self.steps)
+        self._train(model, params, 1e-3, training_pairs(DOMAINS[domain], half, seed), self.steps)
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
@@ -407,19 +374,6 @@ def resize_lora(lora: dict[str, Any], rank: int) -> dict[str, Any]:
     return out
 
 
-def kohya_lora(lora: dict[str, Any]) -> dict[str, Any]:
-    """The same LoRA in kohya layout: `lora_te_<path_with_underscores>.lora_down/.lora_up/.alpha`."""
-    torch = _require_torch()
-    out = {}
-    for module in _lora_modules(lora):
-        key, name = f"{PEFT_PREFIX}{module}", "lora_te_" + module.replace(".", "_")
-        down = lora[f"{key}.lora_A.weight"]
-        out[f"{name}.lora_down.weight"] = down
-        out[f"{name}.lora_up.weight"] = lora[f"{key}.lora_B.weight"]
-        out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
-    return out
-
-
 def merge_lora(state: dict[str, Any], lora: dict[str, Any], ratio: float) -> dict[str, Any]:
     """kohya merge_lora: W ← W + ratio · B @ A on every target weight."""
     out = dict(state)
@@ -480,15 +434,12 @@ def plan(tuner_steps: int) -> list[Step]:
         near("fp16", lambda t, load, lo=lo: resave(load(lo), torch.float16), kind="lora", of=lo)
         near("resized-r8", lambda t, load, lo=lo: resize_lora(load(lo), 8), kind="lora", of=lo)
         near("resized-r4", lambda t, load, lo=lo: resize_lora(load(lo), 4), kind="lora", of=lo)
-        near("kohya", lambda t, load, lo=lo: kohya_lora(load(lo)), kind="lora", of=lo)
         near("merged-into-base-0.8", lambda t, load, lo=lo: merge_lora(t.base, load(lo), 0.8), 0.8, of=lo)
         near("merged-into-finetune", lambda t, load, lo=lo, o=other: merge_lora(load(f"ft-{o}"), load(lo), 1.0), 1.0, {f"ft-{other}": 1.0}, of=lo)
 
         sib = SIMILAR[d]
         add(f"{ft}--sib-otherhalf-s1", "checkpoint", "sibling", "same domain, other data half", d, lambda t, load, d=d: t.full(t.base, d, 1, 1), ft)
-        add(f"{ft}--sib-otherhalf-s2", "checkpoint", "sibling", "same domain, other data half", d, lambda t, load, d=d: t.full(t.base, d, 1, 2), ft)
         add(f"{ft}--sib-similar", "checkpoint", "sibling", "similar domain", sib, lambda t, load, s=sib: t.full(t.base, s, 0, 3), ft)
-        add(f"{ft}--same-recipe-s5", "checkpoint", "same-recipe", "same data, other seed", d, lambda t, load, d=d: t.full(t.base, d, 0, 5), ft)
         add(f"{lo}--sib-otherhalf-s1", "lora", "sibling", "LoRA, same domain, other data half", d, lambda t, load, d=d: t.lora(d, 1, 1), lo)
         add(f"{lo}--sib-similar", "lora", "sibling", "LoRA, similar domain", sib, lambda t, load, s=sib: t.lora(s, 0, 3), lo)
     return steps
@@ -559,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="fine-tune and write every missing corpus file (cached)")
     b.add_argument("--out", type=Path, default=DEFAULT_DIR, help="corpus directory (default %(default)s)")
-    b.add_argument("--steps", type=int, default=100, help="optimiser steps per fine-tune (default %(default)s)")
-    b.add_argument("--batch", type=int, default=16, help="pairs per batch (default %(default)s)")
+    b.add_argument("--steps", type=int, default=50, help="optimiser steps per fine-tune (default %(default)s)")
+    b.add_argument("--batch", type=int, default=8, help="pairs per batch (default %(default)s)")
     b.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
     ls = sub.add_parser("list", help="print the manifest of a built corpus")
     ls.add_argument("--out", type=Path, default=DEFAULT_DIR)

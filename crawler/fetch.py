@@ -318,9 +318,9 @@ class Fetcher:
         for attempt in range(self.config.max_retries + 1):
             last = attempt == self.config.max_retries
             attempt_stack = AsyncExitStack()
-            started_at, started = utc_now(), time.monotonic()
             try:
                 await attempt_stack.enter_async_context(self.gate.slot(host))
+                started_at, started = utc_now(), time.monotonic()  # the request starts once admitted
                 raw = await self._session.request(method, url, headers=headers, allow_redirects=False)
                 attempt_stack.callback(raw.release)
             except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL) as exc:

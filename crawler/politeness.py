@@ -120,7 +120,7 @@ class RobotsRules:
                 oldest = next(iter(self._parsers))
                 if self._parsers[oldest].done():
                     del self._parsers[oldest]
-        parser = await asyncio.shield(task)
+        parser = task.result() if task.done() else await asyncio.shield(task)
         return parser.can_fetch(self._agent, str(url))
 
     async def _load(self, origin: URL) -> urllib.robotparser.RobotFileParser:

@@ -26,8 +26,9 @@ from modelsieve.fingerprint.errors import ModelFileError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader, TensorSpan, parse_header, read_header_length
 
-TensorSelector = Callable[[Sequence[TensorInfo]], Sequence[TensorInfo]]
-"""Which tensors a partial fingerprint needs, from all of a file's tensors (`fuzzy.select_tensors`)."""
+TensorSelector = Callable[[Sequence[TensorInfo], float], Sequence[TensorInfo]]
+"""Which tensors a partial fingerprint needs, from all of a file's tensors and a budget (a fraction of
+their bytes): `fuzzy.select_tensors`."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RemoteReadConfig:
 
     first_read: int = 32 * 1024  # the first request: length prefix and most LoRA headers (a checkpoint's needs one more)
     coalesce_gap: int = 64 * 1024  # ranges closer than this are fetched as one (fewer requests, few extra bytes)
+    read_fraction: float = 0.05  # a ranged verdict reads at most this share of the file, header included
     max_selected_bytes: int = 512 * 1024 * 1024  # tensor bytes one verdict may ask for
     max_download_bytes: int = 16 * 1024**3  # whole-file fallback cap
     digest_names: tuple[str, ...] = DEFAULT_DIGESTS
@@ -74,17 +76,18 @@ def _array(span: TensorSpan, data: bytes | bytearray | memoryview) -> np.ndarray
     return array
 
 
-def selected_spans(header: SafetensorsHeader, select: TensorSelector, limit: int) -> list[TensorSpan]:
-    """The spans of the tensors `select` picks, refusing selections larger than `limit` bytes."""
+def selected_spans(header: SafetensorsHeader, select: TensorSelector, budget: float, limit: int) -> list[TensorSpan]:
+    """The spans of the tensors `select` picks within `budget`, refusing selections larger than `limit` bytes."""
     by_name = {span.info.name: span for span in header.spans}
-    spans = [by_name[info.name] for info in select([s.info for s in header.spans]) if info.name in by_name]
+    chosen = select([s.info for s in header.spans], max(budget, 0.0))
+    spans = [by_name[info.name] for info in chosen if info.name in by_name]
     total = sum(span.end - span.begin for span in spans)
     if total > limit:
         raise FetchError(f"the fingerprint asks for {total} tensor bytes, more than the cap of {limit}")
     return spans
 
 
-class _StreamCapture:
+class StreamCapture:
     """Watches a body stream in order: digests it, parses its header, keeps the selected tensors' bytes."""
 
     def __init__(self, select: TensorSelector, config: RemoteReadConfig) -> None:
@@ -120,7 +123,8 @@ class _StreamCapture:
             if self._header_length is not None and len(self._head) >= 8 + self._header_length:
                 self._header_bytes = bytes(self._head[8 : 8 + self._header_length])
                 self.header = parse_header(self._header_bytes)
-                spans = selected_spans(self.header, self._select, self._config.max_selected_bytes)
+                config = self._config
+                spans = selected_spans(self.header, self._select, config.read_fraction, config.max_selected_bytes)
                 start = self.header.data_start
                 self._wanted = sorted((start + s.begin, start + s.end, s) for s in spans)
                 self._starts = [w[0] for w in self._wanted]
@@ -163,7 +167,7 @@ async def _download(response: Response, select: TensorSelector, config: RemoteRe
     declared = response.content_length
     if declared is not None and declared > config.max_download_bytes:
         raise FetchError(f"{response.url}: {declared} bytes exceed the download cap of {config.max_download_bytes}")
-    capture = _StreamCapture(select, config)
+    capture = StreamCapture(select, config)
     async for chunk in response.chunks():
         if response.bytes_read > config.max_download_bytes:
             raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
@@ -201,14 +205,31 @@ async def _read_range(
     return body
 
 
-async def read_remote(
+@dataclass(frozen=True)
+class RemoteHead:
+    """A remote safetensors file whose header has been read and validated, and the bytes read so far."""
+
+    final_url: URL
+    file_size: int
+    header: SafetensorsHeader
+    head: bytes  # bytes [0, len(head)) of the file: length prefix, header, maybe some data
+
+    def selected_spans(self, select: TensorSelector, config: RemoteReadConfig) -> list[TensorSpan]:
+        """The tensors to read: the budget is what `read_fraction` leaves after the bytes already read."""
+        data = max(self.header.data_length, 1)
+        budget = (config.read_fraction * self.file_size - len(self.head)) / data
+        return selected_spans(self.header, select, budget, config.max_selected_bytes)
+
+
+async def read_head(
     fetcher: Fetcher,
     url: str | URL,
     transcript: Transcript,
     select: TensorSelector,
     config: RemoteReadConfig = RemoteReadConfig(),
-) -> RemoteContent:
-    """Header and selected tensors of a remote safetensors file by Range, else a whole streamed download."""
+) -> RemoteHead | RemoteContent:
+    """The validated header of a remote safetensors file by Range — or, when the host ignores Range or
+    the file is not valid safetensors, the finished result of one whole streamed download."""
     async with fetcher.open(url, transcript=transcript, headers={"Range": range_header(0, config.first_read - 1)}) as response:
         if response.status == 200:  # the host ignores Range: one streamed pass does everything
             return await _download(response, select, config)
@@ -231,21 +252,45 @@ async def read_remote(
         # Not (valid) safetensors as far as the ranges show: the one streamed pass is authoritative
         # (whole-file digests, and the header and tensors if the stream itself is valid).
         return await download(fetcher, final_url, transcript, select, config)
-    spans = selected_spans(header, select, config.max_selected_bytes)
-    digests = _whole_digests(head, config) if len(head) == file_size else {}  # the first answer held it all
-    start = header.data_start
+    return RemoteHead(final_url, file_size, header, head)
+
+
+async def read_tensors(
+    fetcher: Fetcher,
+    remote: RemoteHead,
+    transcript: Transcript,
+    spans: Sequence[TensorSpan],
+    config: RemoteReadConfig = RemoteReadConfig(),
+) -> RemoteContent:
+    """The given tensors of a file whose header was read, by Range, adjacent ranges coalesced."""
+    head, start = remote.head, remote.header.data_start
+    digests = _whole_digests(head, config) if len(head) == remote.file_size else {}  # the first answer held it all
     arrays: dict[str, np.ndarray] = {}
     for begin, end in coalesce(((s.begin, s.end) for s in spans), config.coalesce_gap):
         absolute = start + begin
         if absolute + (end - begin) <= len(head):  # already in the first answer
             block = head[absolute : absolute + end - begin]
         else:
-            block = await _read_range(fetcher, final_url, transcript, absolute, start + end - 1, file_size)
+            block = await _read_range(fetcher, remote.final_url, transcript, absolute, start + end - 1, remote.file_size)
         view = memoryview(block)
         for span in spans:
             if begin <= span.begin and span.end <= end:
                 arrays[span.info.name] = _array(span, view[span.begin - begin : span.end - begin])
-    return RemoteContent(str(final_url), file_size, True, header, arrays, digests)
+    return RemoteContent(str(remote.final_url), remote.file_size, True, remote.header, arrays, digests)
+
+
+async def read_remote(
+    fetcher: Fetcher,
+    url: str | URL,
+    transcript: Transcript,
+    select: TensorSelector,
+    config: RemoteReadConfig = RemoteReadConfig(),
+) -> RemoteContent:
+    """Header and selected tensors of a remote safetensors file by Range, else a whole streamed download."""
+    first = await read_head(fetcher, url, transcript, select, config)
+    if isinstance(first, RemoteContent):
+        return first
+    return await read_tensors(fetcher, first, transcript, first.selected_spans(select, config), config)
 
 
 def _whole_digests(data: bytes, config: RemoteReadConfig) -> dict[str, str]:

@@ -26,6 +26,7 @@ from modelsieve.fingerprint.index import (
     CANDIDATE_MAX_HAMMING,
     INDEX_DIM,
     INDEX_ROLES,
+    background_directions,
     hamming_distances,
     index_vectors,
     lsh_keys,
@@ -41,7 +42,7 @@ from modelsieve.fingerprint.sketch import DEFAULT_THREADS, rounding_error, sketc
 
 __all__ = [
     "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "SCHEME_VERSION", "BaseFit", "BaseModel",
-    "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore",
+    "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore", "background_directions",
     "compare", "fingerprint_model", "fingerprint_tensors", "hamming_distances", "index_vectors", "load_key",
     "lsh_keys", "nearest_base", "parse_key", "select_tensors", "sign_code", "sign_codes", "tensor_weights",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -41,8 +42,23 @@ def _hashing(secret_check: str, name: str, size: int) -> tuple[np.ndarray, np.nd
     return generator.integers(0, INDEX_DIM, size), generator.choice(np.array([-1.0, 1.0]), size)
 
 
-def index_vectors(fp: Fingerprint) -> dict[str, np.ndarray]:
-    """One unit float32 vector of INDEX_DIM per component that has INDEX_ROLES tensors with a nonzero delta."""
+def background_directions(vectors: Sequence[np.ndarray], count: int = 1) -> np.ndarray:
+    """The top `count` uncentred principal directions (count × INDEX_DIM) of one component's index vectors.
+
+    Fine-tunes of one base share benign directions (siblings' deltas correlate at 0.1–0.3), which
+    makes most siblings Hamming candidates of each other. Taken from a cohort of benign models (or
+    from a store's own listed entries, dominated by the same base), these directions can be passed
+    to `index_vectors(..., background=)` for listed and query alike to take them out.
+    """
+    matrix = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), INDEX_DIM)
+    return np.linalg.svd(matrix, full_matrices=False)[2][:count]
+
+
+def index_vectors(fp: Fingerprint, background: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """One unit float32 vector of INDEX_DIM per component that has INDEX_ROLES tensors with a nonzero delta.
+
+    `background` maps a component to directions (m × INDEX_DIM) projected out before normalising.
+    """
     weights = tensor_weights(fp)
     vectors: dict[str, np.ndarray] = {}
     for name, sketch in fp.sketches.items():
@@ -54,6 +70,9 @@ def index_vectors(fp: Fingerprint) -> dict[str, np.ndarray]:
         np.add.at(vector, buckets, signs * flat)
     result = {}
     for component, vector in vectors.items():
+        if background is not None and component in background:
+            basis = np.linalg.qr(np.asarray(background[component], dtype=np.float64).reshape(-1, INDEX_DIM).T)[0]
+            vector = vector - basis @ (basis.T @ vector)
         norm = np.linalg.norm(vector)
         if norm > 0:
             result[component] = (vector / norm).astype(np.float32)
@@ -65,9 +84,9 @@ def sign_code(vector: np.ndarray) -> bytes:
     return np.packbits(np.asarray(vector) > 0).tobytes()
 
 
-def sign_codes(fp: Fingerprint) -> dict[str, bytes]:
-    """The sign code of each of the fingerprint's index vectors, by component."""
-    return {component: sign_code(v) for component, v in index_vectors(fp).items()}
+def sign_codes(fp: Fingerprint, background: Mapping[str, np.ndarray] | None = None) -> dict[str, bytes]:
+    """The sign code of each of the fingerprint's index vectors, by component (see `index_vectors`)."""
+    return {component: sign_code(v) for component, v in index_vectors(fp, background).items()}
 
 
 def hamming_distances(code: bytes, codes: np.ndarray) -> np.ndarray:
@@ -77,10 +96,10 @@ def hamming_distances(code: bytes, codes: np.ndarray) -> np.ndarray:
     return np.bitwise_count(table ^ query).sum(axis=1, dtype=np.int64)
 
 
-def lsh_keys(fp: Fingerprint) -> list[int]:
+def lsh_keys(fp: Fingerprint, background: Mapping[str, np.ndarray] | None = None) -> list[int]:
     """Banded LSH keys (signed 64-bit ints): one per LSH_BAND_BITS-bit band of each component's sign code."""
     keys = []
-    for component, code in sign_codes(fp).items():
+    for component, code in sign_codes(fp, background).items():
         step = LSH_BAND_BITS // 8
         for band in range(0, len(code), step):
             digest = hashlib.blake2b(f"{component}:{band}:".encode() + code[band : band + step], digest_size=8).digest()

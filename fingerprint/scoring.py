@@ -19,6 +19,7 @@ The pipeline has three explicit stages so a background cohort can slot in (issue
 from __future__ import annotations
 
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,17 +33,48 @@ from modelsieve.fingerprint.names import block_of, component_of
 
 ENERGY_CAP = 16.0
 NOISE_FLOOR = 0.25
-CHANGED = 1.25  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
+CHANGED = 2.0  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
 DEFAULT_THRESHOLD = 0.35  # raw delta cosine; see README "Fuzzy fingerprints" for how it was chosen
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A fingerprint's sketches stacked for fast pairing (1-D sketches zero-padded to k²)."""
+
+    rows: dict[str, int]
+    matrix: np.ndarray  # (tensors × k²)
+    energy: np.ndarray  # ‖sketch‖²
+    noise: np.ndarray  # expected rounding-noise part of the energy
+    weights: np.ndarray  # stage-1 tensor weights
+
+
+_PREPARED: weakref.WeakKeyDictionary[Fingerprint, _Prepared] = weakref.WeakKeyDictionary()
+
+
+def _prepare(fp: Fingerprint) -> _Prepared:
+    prepared = _PREPARED.get(fp)
+    if prepared is None:
+        names = list(fp.sketches)
+        width = max((fp.sketches[n].size for n in names), default=0)
+        matrix = np.zeros((len(names), width))
+        for row, name in enumerate(names):
+            matrix[row, : fp.sketches[name].size] = fp.sketches[name].ravel()
+        energy = np.einsum("ij,ij->i", matrix, matrix)
+        noise = np.array([fp.noise[n] for n in names])
+        sizes = np.array([math.prod(fp.shapes[n]) for n in names], dtype=np.float64)
+        per_element = np.maximum(energy - noise, 0.0) / sizes
+        positive = per_element[per_element > 0]
+        cap = ENERGY_CAP * float(np.median(positive)) if positive.size else 0.0
+        capped = np.where(per_element > cap, np.sqrt(cap / np.maximum(per_element, 1e-300)), 1.0)
+        prepared = _Prepared({n: i for i, n in enumerate(names)}, matrix, energy, noise, capped / np.sqrt(sizes))
+        _PREPARED[fp] = prepared
+    return prepared
 
 
 def tensor_weights(fp: Fingerprint) -> dict[str, float]:
     """Per-tensor weights (stage 1): 1/√numel, capped at ENERGY_CAP × the median energy."""
-    sizes = {n: math.prod(fp.shapes[n]) for n in fp.sketches}
-    energies = {n: max(float(np.sum(s * s)) - fp.noise[n], 0.0) / sizes[n] for n, s in fp.sketches.items()}
-    positive = [e for e in energies.values() if e > 0]
-    cap = ENERGY_CAP * float(np.median(positive)) if positive else 0.0
-    return {n: (min(1.0, math.sqrt(cap / e)) if e > cap else 1.0) / math.sqrt(sizes[n]) for n, e in energies.items()}
+    prepared = _prepare(fp)
+    return {n: float(prepared.weights[i]) for n, i in prepared.rows.items()}
 
 
 @dataclass(frozen=True)
@@ -87,19 +119,18 @@ def _check_comparable(query: Fingerprint, listed: Fingerprint) -> None:
 def pair_statistics(query: Fingerprint, listed: Fingerprint) -> PairStatistics:
     """Stage 2 for a query and a listed fingerprint, weighted by the listed one's tensor weights."""
     _check_comparable(query, listed)
-    weights = tensor_weights(listed)
-    changed = [n for n, s in listed.sketches.items() if float(np.sum(s * s)) > CHANGED * listed.noise[n]]
-    names = tuple(n for n in changed if n in query.sketches and query.shapes[n] == listed.shapes[n])
-    w2 = np.array([weights[n] ** 2 for n in names])
-    q = [query.sketches[n].ravel() for n in names]
-    l = [listed.sketches[n].ravel() for n in names]
-    dots = w2 * np.array([a @ b for a, b in zip(q, l, strict=True)])
-    query_energy = w2 * np.array([a @ a for a in q])
-    listed_energy = w2 * np.array([b @ b for b in l])
-    query_noise = w2 * np.array([query.noise[n] for n in names])
-    listed_noise = w2 * np.array([listed.noise[n] for n in names])
-    total = sum(weights[n] ** 2 * max(float(np.sum(listed.sketches[n] ** 2)) - listed.noise[n], 0.0) for n in changed)
-    return PairStatistics(names, dots, query_energy, query_noise, listed_energy, listed_noise, total)
+    q, l = _prepare(query), _prepare(listed)
+    changed = l.energy > CHANGED * l.noise
+    pairs = [(name, q.rows[name], row) for name, row in l.rows.items()
+             if changed[row] and name in q.rows and query.shapes[name] == listed.shapes[name]]
+    names = tuple(p[0] for p in pairs)
+    qi = np.array([p[1] for p in pairs], dtype=np.intp)
+    li = np.array([p[2] for p in pairs], dtype=np.intp)
+    w2 = l.weights[li] ** 2
+    width = min(q.matrix.shape[1], l.matrix.shape[1])
+    dots = w2 * np.einsum("ij,ij->i", q.matrix[qi, :width], l.matrix[li, :width])
+    total = float(np.sum((l.weights[changed] ** 2) * np.maximum(l.energy[changed] - l.noise[changed], 0.0)))
+    return PairStatistics(names, dots, w2 * q.energy[qi], w2 * q.noise[qi], w2 * l.energy[li], w2 * l.noise[li], total)
 
 
 @dataclass(frozen=True)

@@ -298,9 +298,8 @@ class Family:
 
     def delta(self, seed: int, size: float | None = None, *, text_encoder: bool = True, vae: bool = False) -> Tensors:
         """A fine-tune's delta: per tensor `size` (default: drawn in 0.1–2 %) × base norm, partly shared."""
-        rng = _rng(self.seed, "tune", seed)
-        size = size if size is not None else float(np.exp(rng.uniform(np.log(0.001), np.log(0.02))))
-        share = rng.uniform(self.shared_low, self.shared_high)
+        size = size if size is not None else self.delta_size(seed)
+        share = _rng(self.seed, "share", seed).uniform(self.shared_low, self.shared_high)
         out = {}
         for spec in self.specs:
             component = spec.diffusers.split(".", 1)[0]
@@ -310,6 +309,10 @@ class Family:
             direction = np.sqrt(share) * self.common(spec.ldm) + np.sqrt(1 - share) * own
             out[spec.ldm] = (size * _norm(self.base[spec.ldm]) * direction).astype(np.float32)
         return out
+
+    def delta_size(self, seed: int) -> float:
+        """The relative delta size fine-tune `seed` gets by default: log-uniform in 0.1–2 %."""
+        return float(np.exp(_rng(self.seed, "size", seed).uniform(np.log(0.001), np.log(0.02))))
 
     def fine_tune(self, seed: int, size: float | None = None, **kwargs: bool) -> Tensors:
         """Base + delta(seed)."""
@@ -461,3 +464,37 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
     path = Path(path)
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
     return path
+
+
+def write_sharded(folder: str | Path, tensors: Mapping[str, np.ndarray], count: int) -> Path:
+    """A sharded checkpoint (`model-0000i-of-0000n.safetensors` + index); returns the index path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for i, shard in enumerate(shards(dict(tensors), count), start=1):
+        name = f"model-{i:05d}-of-{count:05d}.safetensors"
+        write_safetensors(folder / name, shard)
+        weight_map.update({tensor: name for tensor in shard})
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}))
+    return index
+
+
+_DIFFUSERS_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+                    "text_encoder": "model.safetensors"}
+
+
+def write_diffusers(folder: str | Path, tensors: Mapping[str, np.ndarray]) -> Path:
+    """A diffusers pipeline folder from component-prefixed diffusers names (`Family.diffusers_names`)."""
+    folder = Path(folder)
+    components: dict[str, Tensors] = {}
+    for name, array in tensors.items():
+        component, rest = name.split(".", 1)
+        components.setdefault(component, {})[rest] = array
+    for component, part in components.items():
+        (folder / component).mkdir(parents=True, exist_ok=True)
+        write_safetensors(folder / component / _DIFFUSERS_FILES[component], part)
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             **{component: ["diffusers", "ModelMixin"] for component in components}}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder

@@ -22,6 +22,7 @@ from modelsieve.fingerprint.fuzzy import CANDIDATE_MAX_HAMMING, INDEX_DIM, Finge
 from modelsieve.hashlists.errors import InvalidEntryError
 
 CODE_BYTES = INDEX_DIM // 8
+SCAN_ROWS = 16_384  # codes scanned per step: the step's temporaries (2 MiB) stay in cache
 
 
 def parse_fingerprint(blob: bytes) -> Fingerprint:
@@ -94,7 +95,10 @@ class FuzzyIndex:
             listed = self._components.get(component)
             if listed is None or listed.size == 0 or len(code) != CODE_BYTES:
                 continue
-            distances = hamming_distances(code, listed.codes[: listed.size])
+            distances = np.concatenate(
+                [hamming_distances(code, listed.codes[start : min(start + SCAN_ROWS, listed.size)])
+                 for start in range(0, listed.size, SCAN_ROWS)]
+            )
             close = np.flatnonzero(distances <= max_hamming)
             if len(close) > limit:
                 close = close[np.argpartition(distances[close], limit)[:limit]]

@@ -14,6 +14,7 @@ import time
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.fuzzy import (
     DEFAULT_THRESHOLD,
@@ -24,7 +25,7 @@ from modelsieve.fingerprint.fuzzy import (
     compare,
     sign_codes,
 )
-from modelsieve.hashlists.files import examine_file
+from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
 from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
@@ -62,8 +63,13 @@ class Matcher:
 
     refresh_interval: seconds between checks of the store's event sequence (0: before every call).
     fingerprint_key / bases: how `match_path` fingerprints files (the key the lists were made with).
-    threshold: the fuzzy score from which a comparison is a match; fuzzy_top: most fuzzy matches
-    reported; fuzzy_candidates: how many index candidates are scored exactly.
+    cohorts: background cohorts by base name (`hashlists.background.load_cohorts`); a fuzzy match
+    against a base with a cohort is calibrated, and reported when its estimated false-match rate
+    reaches `policy.review_rate`. Without one it is flagged uncalibrated and reported from raw
+    similarity `threshold` (policy.uncalibrated_review). fuzzy_top: most fuzzy matches
+    reported; fuzzy_candidates: how many of the closest index candidates are scored exactly (each
+    costs a compare(), ~0.3 ms: this bounds the latency, and with 10⁶ listed fingerprints decides
+    how weak a true match can be and still be found; see the README).
     """
 
     def __init__(
@@ -74,12 +80,16 @@ class Matcher:
         fingerprint_key: FingerprintKey = PUBLIC_KEY,
         bases: Sequence[BaseModel] = (),
         threshold: float = DEFAULT_THRESHOLD,
+        cohorts: Mapping[str, Cohort] | None = None,
+        policy: Policy | None = None,
         fuzzy_top: int = 10,
-        fuzzy_candidates: int = 100,
+        fuzzy_candidates: int = 32,
     ) -> None:
         self._store = store
         self._refresh_interval = refresh_interval
-        self._key, self._bases, self._threshold = fingerprint_key, tuple(bases), threshold
+        self._key, self._bases = fingerprint_key, tuple(bases)
+        self._cohorts = dict(cohorts or {})
+        self._policy = policy if policy is not None else Policy(uncalibrated_review=threshold)
         self._fuzzy_top, self._fuzzy_candidates = fuzzy_top, fuzzy_candidates
         self._lock = threading.RLock()
         self._digests = DigestIndex()
@@ -189,9 +199,11 @@ class Matcher:
         return sorted(matches, key=lambda m: (m.kind != "url", m.entry_id))
 
     def match_fingerprint(self, fingerprint: Fingerprint) -> list[Match]:
-        """Listed fingerprints the query carries (score ≥ threshold), best first, at most fuzzy_top.
+        """Listed fingerprints the query carries, strongest evidence first, at most fuzzy_top.
 
-        Candidates come from the sign-code index; each is then scored exactly with `compare`.
+        Candidates come from the sign-code index; each is then scored exactly with `compare` and
+        calibrated against its base's cohort (see the class docstring): every match carries its raw
+        similarity, normalised score, estimated false-match rate and decision (review | action).
         Listed fingerprints taken with another key or scheme, or with no delta, are skipped.
         """
         codes = sign_codes(fingerprint)
@@ -203,10 +215,13 @@ class Matcher:
             if entry.fingerprint is None:
                 continue
             try:
-                comparison = compare(fingerprint, parse_fingerprint(entry.fingerprint))
+                listed = parse_fingerprint(entry.fingerprint)
+                comparison = compare(fingerprint, listed)
+                calibrated = calibrate(fingerprint, listed, self._cohorts)
             except FingerprintError:
                 continue
-            if comparison.is_match(self._threshold):
+            decision = calibrated.decision(self._policy) if comparison.tensors_compared else None
+            if decision is not None:
                 matches.append(
                     self._match(
                         entry,
@@ -215,9 +230,12 @@ class Matcher:
                         coefficient=comparison.coefficient,
                         base=comparison.base,
                         similarity=comparison.similarity,
+                        calibration=calibrated,
+                        decision=decision,
                     )
                 )
-        return sorted(matches, key=lambda m: (-m.score, m.entry_id))[: self._fuzzy_top]
+        strength = lambda m: (m.decision != "action", m.calibration.false_match_rate or 1.0, -m.score, m.entry_id)  # noqa: E731
+        return sorted(matches, key=strength)[: self._fuzzy_top]
 
     def match_path(self, path: str | os.PathLike[str]) -> MatchResult:
         """Hash and fingerprint one model file, then look both up.
@@ -226,12 +244,16 @@ class Matcher:
         digests; the reason is kept in the result's `problems`. A fuzzy match of an entry already
         matched exactly is not repeated.
         """
-        evidence = examine_file(path, self._key, self._bases)
+        return self.match_evidence(examine_file(path, self._key, self._bases))
+
+    def match_evidence(self, evidence: FileEvidence) -> MatchResult:
+        """Look up a file's digests and fingerprint, however they were taken (a local file, an
+        upload streamed to the HTTP API); see `match_path`."""
         matches = self.match_digests(evidence.digests)
         if evidence.fingerprint is not None:
             exact_ids = {m.entry_id for m in matches}
             matches += [m for m in self.match_fingerprint(evidence.fingerprint) if m.entry_id not in exact_ids]
-        return MatchResult(str(path), tuple(matches), (evidence.problem,) if evidence.problem else ())
+        return MatchResult(evidence.path, tuple(matches), (evidence.problem,) if evidence.problem else ())
 
     def match_url_result(self, url: str) -> MatchResult:
         """`match_url` as a MatchResult whose subject is the URL."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from modelsieve.fingerprint.calibration import CalibratedScore
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.fuzzy_index import parse_fingerprint
 from modelsieve.hashlists.urls import normalise_url, registrable_domain
@@ -287,7 +288,8 @@ class Match:
     """One list entry a subject matched, with the evidence for it.
 
     kind: the digest name, "fuzzy", "url" or "domain". score: 1.0 for equal digests, the fuzzy
-    calibrated score otherwise. bits: how many bits of digest agreed (a 32-bit CRC32 or AutoV1
+    score (raw delta cosine clipped at 0) otherwise; a fuzzy match's `calibration` adds the
+    cohort-normalised score and estimated false-match rate, `decision` whether to review or act. bits: how many bits of digest agreed (a 32-bit CRC32 or AutoV1
     agreement is weak evidence on its own). status: active or disputed (a disputed entry matches
     with this flag so a person reviews it). trust: "local" or the publisher's trust level.
     """
@@ -307,6 +309,8 @@ class Match:
     bits: int | None = None
     digests: tuple[str, ...] = ()
     similarity: float | None = None
+    calibration: CalibratedScore | None = None  # fuzzy only: normalised score and false-match estimate
+    decision: str | None = None  # fuzzy only: "review" or "action" under the matcher's policy
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -328,6 +332,11 @@ class Match:
             record["digests"] = list(self.digests)
         if self.similarity is not None:
             record["similarity"] = round(self.similarity, 6)
+        if self.calibration is not None:
+            calibration = self.calibration.to_json()
+            record.update({k: calibration[k] for k in ("calibrated", "normalised", "false_match_rate", "false_match")})
+            record["cohort_size"] = calibration["cohort_size"]
+            record["decision"] = self.decision
         return record
 
 

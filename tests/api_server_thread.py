@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,6 +34,7 @@ def serving(config: ApiConfig) -> Iterator[str]:
     thread.start()
     if not started.wait(30):
         raise RuntimeError("the API did not start within 30 s")
+    _wait_until_ready(base[0])
     try:
         yield base[0]
     finally:
@@ -39,3 +42,14 @@ def serving(config: ApiConfig) -> Iterator[str]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+def _wait_until_ready(base: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/v1/readyz", timeout=5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the API did not become ready within 30 s")

@@ -16,17 +16,26 @@ from modelsieve.api.http import ApiConfig
 from modelsieve.api.http.auth import KeyStore
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.model import NewEntry
+from modelsieve.hashlists.signing import generate_key_files
+from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.api_server_thread import serving
 from tests.api_support import bearer
+from tests.hashlists_fixtures import lora_fingerprint
 
 EXAMPLES_PER_OPERATION = 30
 
 
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    db_path: Path = tmp_path_factory.mktemp("schemathesis") / "store.db"
+    folder: Path = tmp_path_factory.mktemp("schemathesis")
+    db_path = folder / "store.db"
+    with SQLiteStore(db_path) as store:
+        store.create_list("main", publisher="platform-a")
+        store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(1).to_bytes(), evidence="fuzzy"))
+    generate_key_files(folder / "platform-a.key", folder / "platform-a.pub")
     token, _ = KeyStore(open_database(db_path)).create(["admin"], name="schemathesis", rate_per_second=1e6)
-    with serving(ApiConfig(db_path=db_path)) as base:
+    with serving(ApiConfig(db_path=db_path, publisher_key_path=folder / "platform-a.key")) as base:
         yield base, token
 
 
@@ -39,6 +48,7 @@ def test_no_operation_answers_with_a_server_error(live_api: tuple[str, str], mod
     assert {(o.method.upper(), o.path) for o in operations} == {(r.method, r.path) for r in ROUTES if r.path != "/v1/openapi.json"}
     if mode is GenerationMode.NEGATIVE:  # only input can be made invalid
         operations = [o for o in operations if len(o.query) or len(o.path_parameters) or o.body]
+        assert len(operations) >= 6
     for operation in operations:
 
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck))

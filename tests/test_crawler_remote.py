@@ -27,7 +27,7 @@ PICKED = ("model.diffusion_model.block_03.weight", "model.diffusion_model.block_
 FAST = FetchConfig(honour_robots=False, backoff_base=0.01, backoff_max=0.02, max_retries=1)
 
 
-def pick(infos: Sequence[TensorInfo]) -> list[TensorInfo]:
+def pick(infos: Sequence[TensorInfo], budget_fraction: float) -> list[TensorInfo]:
     return [info for info in infos if info.name in PICKED]
 
 
@@ -64,7 +64,7 @@ async def test_adjacent_tensors_are_fetched_in_one_request(aiohttp_server) -> No
     transcript = Transcript()
     async with fetcher() as client:
         content = await read_remote(
-            client, server.make_url("/files/m"), transcript, lambda infos: list(infos), RemoteReadConfig(first_read=256)
+            client, server.make_url("/files/m"), transcript, lambda infos, budget: list(infos), RemoteReadConfig(first_read=256)
         )
     assert len(content.arrays) == len(TENSORS)
     data_requests = [e for e in transcript.exchanges if e.request_range != "bytes=0-255"]
@@ -132,11 +132,11 @@ async def test_a_selection_over_the_byte_cap_is_refused(aiohttp_server) -> None:
     server = await aiohttp_server(file_host({"m": MODEL}))
     async with fetcher() as client:
         with pytest.raises(FetchError, match="more than the cap"):
-            await read_remote(client, server.make_url("/files/m"), Transcript(), lambda i: list(i), RemoteReadConfig(max_selected_bytes=100))
+            await read_remote(client, server.make_url("/files/m"), Transcript(), lambda infos, budget: list(infos), RemoteReadConfig(max_selected_bytes=100))
 
 
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 500)), max_size=30), st.integers(0, 200))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_coalesce_covers_exactly_the_ranges_plus_small_gaps(raw: list[tuple[int, int]], gap: int) -> None:
     ranges = [(begin, begin + length) for begin, length in raw]
     merged = coalesce(ranges, gap)

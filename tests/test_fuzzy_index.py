@@ -10,6 +10,7 @@ from modelsieve.fingerprint.fuzzy import (
     INDEX_DIM,
     BaseModel,
     FingerprintKey,
+    background_directions,
     fingerprint_tensors,
     hamming_distances,
     index_vectors,
@@ -40,3 +41,21 @@ def test_index_vectors_codes_and_hamming_distances() -> None:
     keys = lsh_keys(listed)
     assert len(keys) == 2 * INDEX_DIM // 16 and all(-(2**63) <= k < 2**63 for k in keys)
     assert lsh_keys(listed) == keys
+
+
+def test_removing_the_benign_background_makes_correlated_siblings_non_candidates() -> None:
+    family = syn.Family(12, syn.Architecture(scale=20, text_layers=2, vocab=300))  # siblings correlate at 0.1-0.3
+    base = BaseModel("sd15", fingerprint_tensors(family.base, KEY))
+    fps = [fingerprint_tensors(family.fine_tune(s, 0.005), KEY, [base]) for s in range(12)]
+    cohort, listed, others = fps[:6], fps[6], fps[7:]
+    background = {"unet": background_directions([index_vectors(f)["unet"] for f in cohort], 1)}
+    merged = fingerprint_tensors(syn.weighted_sum(family.fine_tune(6, 0.005), family.fine_tune(20, 0.005), 0.3), KEY, [base])
+
+    def distances(bg):
+        table = np.frombuffer(b"".join(sign_codes(f, bg)["unet"] for f in [merged, *others]), np.uint8).reshape(1 + len(others), -1)
+        return hamming_distances(sign_codes(listed, bg)["unet"], table)
+
+    plain, cleaned = distances(None), distances(background)
+    assert plain[0] <= CANDIDATE_MAX_HAMMING and cleaned[0] <= CANDIDATE_MAX_HAMMING
+    assert (plain[1:] <= CANDIDATE_MAX_HAMMING).sum() > (cleaned[1:] <= CANDIDATE_MAX_HAMMING).sum()
+    assert (cleaned[1:] <= CANDIDATE_MAX_HAMMING).sum() <= 1

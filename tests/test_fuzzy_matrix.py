@@ -188,3 +188,13 @@ def test_models_without_float_tensors_and_mismatched_keys_are_refused() -> None:
     assert raw.base is None
     with pytest.raises(FingerprintError, match="raw checkpoint"):
         compare(raw, listed())
+
+
+def test_sharded_checkpoints_and_diffusers_folders_match_through_the_readers(tmp_path) -> None:
+    tuned = syn.resave(family().fine_tune(1, SIZE), "fp16")
+    index = syn.write_sharded(tmp_path / "sharded", family().checkpoint(tuned), 3)
+    folder = syn.write_diffusers(tmp_path / "pipeline", family().diffusers_names(tuned))
+    for path in (index, folder):
+        with open_model(path) as reader:
+            result = compare(fingerprint_model(reader, KEY, [base()]), listed())
+        assert result.similarity > 0.99 and result.coverage > 0.99, path

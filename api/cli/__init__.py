@@ -23,8 +23,12 @@ COMMAND_MODULES = (
     "match",
     "trust",
     "keys",
+    "crawl",
     "api_keys",
     "serve",
+    "fingerprint",
+    "compare",
+    "bases",
     "db",
 )
 

@@ -23,7 +23,7 @@ SCOPES_TEXT = "\n".join(f"  {scope:<12} {text}" for scope, text in SCOPE_HELP.it
 
 
 def register(subparsers: Any) -> None:
-    keys = command_group(subparsers, "keys", "manage keys", "Manage keys: publisher signing keys and API keys.")
+    keys = command_group(subparsers, "keys", "manage API keys", "API keys let callers use the HTTP API (`modelsieve serve`).")
     parser = command_parser(
         keys,
         "api",

@@ -109,13 +109,13 @@ def progress_bar(*, total: int | None, unit: str, initial: int = 0, enabled: boo
     )
 
 
-def command_group(subparsers: Any, name: str, summary: str, description: str) -> Any:
+def command_group(subparsers: Any, name: str, summary: str, description: str, epilog: str = "") -> Any:
     """The sub-commands of a command group (e.g. `keys`), created by whichever module asks first.
 
     Several command modules can each add their sub-commands to one group this way.
     """
     parser = subparsers.choices.get(name)
     if parser is None:
-        parser = command_parser(subparsers, name, summary, description)
-        parser.set_defaults(group_commands=parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
+        parser = command_parser(subparsers, name, summary, description, epilog)
+        parser.set_defaults(group_commands=parser.add_subparsers(title="actions", metavar="ACTION", required=True))
     return parser.get_default("group_commands")

@@ -19,14 +19,17 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    keys = command_group(subparsers, "keys", "manage keys", "Manage keys: publisher signing keys and API keys.")
-    generate = command_parser(
-        keys,
-        "generate",
-        "make a publisher key pair NAME.key (private) and NAME.pub (public) for signing bundles",
+    actions = command_group(
+        subparsers,
+        "keys",
+        "make publisher keys for signing bundles; manage API keys",
         "Publisher keys sign exported bundles (Ed25519). The private key is written with mode\n"
-        "0600 and never printed or overwritten; the public key (NAME.pub) is what you share.",
+        "0600 and never printed or overwritten; the public key (NAME.pub) is what you share.\n"
+        "API keys (`keys api`) let callers use the HTTP API.",
         EXAMPLES,
+    )
+    generate = command_parser(
+        actions, "generate", "make a key pair NAME.key (private) and NAME.pub (public)", "Make a new key pair.", EXAMPLES
     )
     generate.add_argument("name", help="publisher name; files are NAME.key and NAME.pub")
     generate.add_argument("--dir", type=Path, default=Path("."), help="folder for the key files (default: here)")

@@ -16,6 +16,8 @@ from modelsieve.api.cli.common import (
 )
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
+from modelsieve.hashlists.background import load_cohorts
+from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import MatchResult
 from modelsieve.hashlists.store import open_store
@@ -30,6 +32,9 @@ examples:
 verdicts: exact (a listed digest or URL/domain), near (a fuzzy fingerprint match), none (no list
 matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
 source, kind (digest name, fuzzy, url or domain), score and, for disputed entries, status.
+Fuzzy matches against a base with a background cohort (`modelsieve background add`) also give
+the cohort-normalised score, the estimated false-match rate and a decision (review | action);
+without a cohort they say "uncalibrated" and are for review only.
 """
 
 
@@ -58,7 +63,12 @@ def describe(result: MatchResult) -> str:
     """A match result for people: the verdict, then one line of evidence per match."""
     lines = [f"{result.subject}: {result.verdict}"]
     for m in result.matches:
-        evidence = f"score {m.score:.3f}, coefficient {m.coefficient:.2f}" if m.kind == "fuzzy" else f"{m.kind} equal"
+        evidence = f"{m.kind} equal"
+        if m.kind == "fuzzy":
+            evidence = f"score {m.score:.3f}, coefficient {m.coefficient:.2f}"
+            if m.calibration is not None:
+                normalised = "" if m.calibration.normalised is None else f"normalised {m.calibration.normalised:.1f}, "
+                evidence += f", {normalised}false match {m.calibration.false_match_text} -> {m.decision}"
         flags = "".join(f" [{flag}]" for flag in (m.status, m.trust) if flag not in ("active", "local", "full"))
         lines.append(f"  {m.entry_id} list {m.list}, category {m.category}, source {m.source}: {evidence}{flags}")
     lines += [f"  problem: {problem}" for problem in result.problems]
@@ -70,8 +80,14 @@ def run(args: argparse.Namespace) -> int:
         raise ModelsieveError("nothing to match: give model files or --url URL")
     paths = list(expand_paths(args.paths))
     status = 0
+    key = load_key(args.fingerprint_key)
     with open_store(args.db) as store:
-        matcher = Matcher(store, fingerprint_key=load_key(args.fingerprint_key))
+        database = open_database(store.location)
+        try:
+            cohorts = load_cohorts(database, key)
+        finally:
+            database.conn.close()
+        matcher = Matcher(store, fingerprint_key=key, cohorts=cohorts)
         for subject, lookup in [(u, matcher.match_url_result) for u in args.url] + [
             (str(p), matcher.match_path) for p in progress(paths, total=len(paths), unit=" files", enabled=not args.json)
         ]:

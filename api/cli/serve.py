@@ -50,6 +50,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rate", type=float, default=ApiConfig.rate_per_second, metavar="PER_SECOND", help="default per-key request rate (default %(default)s)")
     parser.add_argument("--burst", type=int, default=ApiConfig.rate_burst, help="requests a key may make at once before the rate applies (default %(default)s)")
     parser.add_argument("--audit-log", metavar="FILE", default=None, help="append audit lines (JSON) to FILE instead of stderr")
+    parser.add_argument("--publisher-key", metavar="FILE", default=None, help="Ed25519 private key (`modelsieve keys generate`) that signs exported bundles")
+    parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
     parser.add_argument(
         "--crawl-allow-loopback",
         action="store_true",
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise ModelsieveError("--port 0 works with one worker only (each worker would pick its own port)")
     config = ApiConfig(
         db_path=args.db,
+        publisher_key_path=args.publisher_key,
+        fingerprint_key_path=args.fingerprint_key,
         rate_per_second=args.rate,
         rate_burst=args.burst,
         crawl_allow_loopback=args.crawl_allow_loopback,

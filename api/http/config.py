@@ -18,7 +18,10 @@ class ApiConfig:
     """
 
     db_path: str | os.PathLike[str] | None = None
+    publisher_key_path: str | os.PathLike[str] | None = None  # Ed25519 key signing exported bundles
+    fingerprint_key_path: str | os.PathLike[str] | None = None  # None: $MODELSIEVE_FINGERPRINT_KEY or the public key
     json_body_limit: int = 1 * MIB
+    fingerprint_body_limit: int = 16 * MIB
     bundle_body_limit: int = 64 * MIB
     upload_limit: int = 8 * 1024 * MIB
     upload_memory_limit: int = 256 * MIB
@@ -27,6 +30,7 @@ class ApiConfig:
     upload_timeout: float = 600.0
     rate_per_second: float = 50.0
     rate_burst: int = 100
-    crawl_url_limit: int = 10_000
-    crawl_allow_loopback: bool = False
+    crawl_allow_loopback: bool = False  # tests and the demo only: crawl 127.0.0.0/8 and ::1
+    crawl_jobs_dir: str | os.PathLike[str] | None = None  # None: a folder beside the store
+    crawl_jobs_per_process: int = 2
     page_size_limit: int = 1000

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.hashlists.errors import NotFoundError
 
 log = logging.getLogger("modelsieve.api")
 
@@ -29,7 +30,8 @@ def api_error(status: int, message: str, headers: Mapping[str, str] | None = Non
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn aiohttp's plain-text errors, ModelsieveErrors and crashes into JSON error bodies.
 
-    A ModelsieveError is the client's bad input (422 with its one-line message); anything else
+    A ModelsieveError is the client's bad input (422 with its one-line message; 404 for something
+    named that does not exist); anything else
     unexpected is logged with its traceback and answered with a bare 500 that leaks nothing.
     """
     try:
@@ -42,7 +44,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             status=exc.status, text=error_body(exc.status, message), content_type="application/json", headers=_kept_headers(exc)
         )
     except ModelsieveError as exc:
-        return web.Response(status=422, text=error_body(422, str(exc)), content_type="application/json")
+        status = 404 if isinstance(exc, NotFoundError) else 422
+        return web.Response(status=status, text=error_body(status, str(exc)), content_type="application/json")
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return web.Response(status=500, text=error_body(500, "internal error (logged on the server)"), content_type="application/json")

@@ -37,30 +37,84 @@ LOOKUP_QUERY: Schema = {
     "minProperties": 1,
 }
 
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
+
 MATCH: Schema = {
     "type": "object",
-    "required": ["entry_id", "list", "category", "source", "kind", "score"],
+    "description": "one list entry matched, with its evidence (the CLI's `--json` match object)",
+    "required": ["entry_id", "list", "category", "source", "kind", "score", "status"],
     "properties": {
-        "entry_id": {"type": ["integer", "string"]},
+        "entry_id": {"type": "string"},
         "list": {"type": "string"},
-        "category": {"type": "string"},
-        "source": {"type": ["string", "null"]},
-        "kind": {"type": "string", "description": "digest name, `fuzzy`, `url` or `domain`"},
-        "score": {"type": "number"},
-        "coefficient": {"type": ["number", "null"]},
-        "base": {"type": ["string", "null"]},
+        "category": {"type": "string", "description": "safety category: 1, 2a, 2b, 2c, nudify-service"},
+        "source": {"type": "string", "description": "the organisation that listed the entry"},
+        "kind": {"type": "string", "description": "the digest name that matched, `fuzzy`, `url` or `domain`"},
+        "score": {"type": "number", "description": "1 for equal digests; the calibrated fuzzy score otherwise"},
+        "coefficient": NULLABLE_NUMBER,
+        "base": NULLABLE_STRING,
         "status": {"type": "string", "enum": ["active", "disputed"]},
+        "origin": NULLABLE_STRING,
+        "trust": {"type": "string"},
+        "evidence": {"type": "string"},
+        "bits": {"type": "integer"},
+        "digests": {"type": "array", "items": {"type": "string"}},
+        "similarity": {"type": "number"},
     },
 }
 
-MATCH_RESULT: Schema = {
+VERDICT: Schema = {"type": "string", "enum": ["exact", "near", "none"], "description": "`none`: no list matched (never 'clean')"}
+
+
+def match_result(**computed: Schema) -> Schema:
+    """A match answer: verdict, matches, and what the route computed from its input."""
+    return {
+        "type": "object",
+        "required": ["verdict", "matches", *computed],
+        "properties": {**computed, "verdict": VERDICT, "matches": {"type": "array", "items": MATCH}},
+    }
+
+
+DIGESTS: Schema = {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[0-9a-fA-F]+$"}}
+
+LOOKUP_RESULT = match_result(digests=DIGESTS)
+
+FINGERPRINT: Schema = {
     "type": "object",
-    "required": ["verdict", "matches"],
+    "description": "a fingerprint as `Fingerprint.to_json()` writes it; `data` is its binary form in base64",
+    "required": ["data"],
     "properties": {
-        "verdict": {"type": "string", "enum": ["exact", "near", "none"], "description": "`none`: no list matched"},
-        "matches": {"type": "array", "items": MATCH},
+        "data": {"type": "string", "contentEncoding": "base64", "minLength": 1},
+        "scheme": {"type": "integer"},
+        "key_id": {"type": "string"},
+        "key_check": {"type": "string"},
+        "kind": {"type": "string", "enum": ["checkpoint", "lora"]},
+        "base": NULLABLE_STRING,
+        "tensors": {"type": "integer"},
     },
 }
+
+FINGERPRINT_BODY: Schema = {
+    "type": "object",
+    "required": ["fingerprint"],
+    "properties": {"fingerprint": FINGERPRINT},
+    "additionalProperties": False,
+}
+
+FINGERPRINT_MATCH_RESULT = match_result(
+    fingerprint={
+        "type": "object",
+        "properties": {"kind": {"type": "string"}, "base": NULLABLE_STRING, "tensors": {"type": "integer"}},
+    }
+)
+
+FILE_MATCH_RESULT = match_result(
+    size={"type": "integer"},
+    format={"type": "string", "enum": ["safetensors", "other"]},
+    digests=DIGESTS,
+    fingerprinted={"type": "boolean", "description": "whether tensors were fingerprinted (safetensors only)"},
+    problems={"type": "array", "items": {"type": "string"}, "description": "e.g. why the file could only be matched on digests"},
+)
 
 HEALTH: Schema = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
 
@@ -70,5 +124,132 @@ READINESS: Schema = {
     "properties": {
         "status": {"type": "string", "enum": ["ready", "not ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+LIST_NAME: Schema = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "a list's name"}
+LIST_PATH: Schema = {"type": "object", "required": ["list"], "properties": {"list": LIST_NAME}}
+ENTRY_PATH: Schema = {
+    "type": "object",
+    "required": ["entry_id"],
+    "properties": {"entry_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$", "description": "a list entry's id"}},
+}
+
+BUNDLE_QUERY: Schema = {
+    "type": "object",
+    "properties": {
+        "since": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2**63 - 1,
+            "description": "the sequence number the importer has (the last bundle's to_seq); 0 or absent: everything",
+        }
+    },
+    "additionalProperties": False,
+}
+
+IMPORT_REPORT: Schema = {
+    "type": "object",
+    "required": ["publisher", "type", "from_seq", "to_seq", "entries", "tombstones", "opinions"],
+    "properties": {
+        "publisher": {"type": "string"},
+        "type": {"type": "string", "enum": ["entries", "opinions"]},
+        "list": NULLABLE_STRING,
+        "from_seq": {"type": "integer"},
+        "to_seq": {"type": "integer"},
+        "entries": {"type": "integer"},
+        "tombstones": {"type": "integer"},
+        "opinions": {"type": "integer"},
+    },
+}
+
+OPINION_BODY: Schema = {
+    "type": "object",
+    "required": ["opinion"],
+    "properties": {
+        "opinion": {"type": "string", "enum": ["dispute", "confirm"], "description": "dispute: suspected false positive"},
+        "reason": {"type": "string", "maxLength": 2000, "description": "kept in the store; never logged"},
+    },
+    "additionalProperties": False,
+}
+
+OPINION_RESULT: Schema = {
+    "type": "object",
+    "required": ["entry_id", "opinion", "status"],
+    "properties": {
+        "entry_id": {"type": "string"},
+        "opinion": {"type": "string", "enum": ["dispute", "confirm"]},
+        "status": {"type": "string", "enum": ["active", "disputed", "retracted"]},
+    },
+}
+
+CRAWL_URL_LIMIT = 10_000
+CRAWL_BODY: Schema = {
+    "type": "object",
+    "required": ["urls"],
+    "properties": {
+        "urls": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": CRAWL_URL_LIMIT,
+            "items": {
+                "anyOf": [
+                    {"type": "string", "maxLength": 8192},
+                    {
+                        "type": "object",
+                        "required": ["url"],
+                        "properties": {"url": {"type": "string", "maxLength": 8192}, "context": {"type": "object"}},
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+        },
+        "mode": {"type": "string", "enum": ["search", "host"], "default": "search"},
+    },
+    "additionalProperties": False,
+}
+
+CRAWL_PATH: Schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}}
+CRAWL_QUERY: Schema = {
+    "type": "object",
+    "properties": {
+        "cursor": {"type": "integer", "minimum": 0, "maximum": 2**53, "description": "`next_cursor` of the previous page"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+    "additionalProperties": False,
+}
+
+JOB_STATUS: Schema = {"type": "string", "enum": ["queued", "running", "done", "failed"]}
+CRAWL_SUBMITTED: Schema = {
+    "type": "object",
+    "required": ["id", "status", "mode", "total"],
+    "properties": {"id": {"type": "string"}, "status": JOB_STATUS, "mode": {"type": "string"}, "total": {"type": "integer"}},
+}
+RECOMMENDATION: Schema = {
+    "type": "object",
+    "required": ["url", "action", "reason", "evidence", "checked_at"],
+    "properties": {
+        "url": {"type": "string"},
+        "final_url": NULLABLE_STRING,
+        "action": {"type": "string", "enum": ["delist", "takedown", "review", "none", "error"]},
+        "reason": {"type": "string"},
+        "evidence": {"type": "object", "properties": {"matches": {"type": "array", "items": MATCH}}},
+        "checked_at": {"type": "string"},
+        "context": {"type": "object"},
+    },
+}
+CRAWL_JOB: Schema = {
+    "type": "object",
+    "required": ["id", "status", "total", "done", "recommendations", "cursor", "next_cursor"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": JOB_STATUS,
+        "mode": {"type": "string"},
+        "total": {"type": "integer"},
+        "done": {"type": "integer"},
+        "error": NULLABLE_STRING,
+        "recommendations": {"type": "array", "items": RECOMMENDATION},
+        "cursor": {"type": "integer"},
+        "next_cursor": {"type": "integer"},
     },
 }

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from modelsieve.api.http.auth import ApiKey, KeyStore
 from modelsieve.api.http.config import ApiConfig
+from modelsieve.api.http.errors import api_error
 from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     import sqlite_utils
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from modelsieve.fingerprint.fuzzy import FingerprintKey
+    from modelsieve.hashlists.matcher import Matcher
+    from modelsieve.hashlists.store import Store
 
 CONFIG = web.AppKey("config", ApiConfig)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
-DATABASE: web.AppKey["sqlite_utils.Database"] = web.AppKey("database")
+DATABASE: web.AppKey[sqlite_utils.Database] = web.AppKey("database")
 KEYS = web.AppKey("keys", KeyStore)
-CALLER = web.RequestKey("caller", ApiKey)
+STORE: web.AppKey[Store] = web.AppKey("store")
+FINGERPRINT_KEY: web.AppKey[FingerprintKey] = web.AppKey("fingerprint_key")
+PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
+UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 OPENAPI = web.AppKey("openapi", dict)
 # name -> check(app) returning "ok" or why the part is not ready; /v1/readyz reports them all
 READINESS_CHECKS = web.AppKey("readiness_checks", dict)
+CALLER = web.RequestKey("caller", ApiKey)
+
+
+@dataclass
+class MatchIndex:
+    """The matcher once its index is loaded (None until then), and how loading went."""
+
+    matcher: Matcher | None = None
+    status: str = "loading"
+
+
+MATCH_INDEX = web.AppKey("match_index", MatchIndex)
+
+
+def loaded_matcher(app: web.Application) -> Matcher:
+    """The matcher once its index is loaded; until then a 503 asking to retry."""
+    matcher = app[MATCH_INDEX].matcher
+    if matcher is None:
+        raise api_error(503, "the match index is still loading", headers={"Retry-After": "2"})
+    return matcher

@@ -1,0 +1,63 @@
+"""Uploaded model files: hashed and fingerprinted while they stream, never written to disk.
+
+Every whole-file digest is computed chunk by chunk as the body arrives. For a safetensors file
+the header is parsed as soon as it has passed, and only the bytes of the tensors a partial
+fingerprint needs (`fuzzy.select_tensors`: a few per cent of a checkpoint, all of a LoRA) are
+kept, in memory, up to `upload_memory_limit`; everything else is hashed and dropped. So nothing
+of an upload ever reaches the disk (no temporary file, encrypted or not) and nothing is kept
+after the response. Pickle-based files are never parsed: they get digests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from yarl import URL
+
+from modelsieve.api.http.errors import api_error
+from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, StreamCapture
+from modelsieve.fingerprint.digests import DIGEST_NAMES
+from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.fuzzy import FingerprintKey, fingerprint_tensors, select_tensors
+from modelsieve.hashlists.files import FileEvidence
+
+HASH_BLOCK = 4 * 1024 * 1024  # bytes handed to a hashing thread at once: few hand-offs, bounded memory
+UPLOAD_SUBJECT = URL("upload:file")
+
+
+async def capture_upload(chunks: AsyncIterator[bytes], size_limit: int, memory_limit: int) -> RemoteContent:
+    """Digests, header and selected tensors of an upload stream; 413 once it passes `size_limit`.
+
+    Hashing runs on a worker thread (hashlib and blake3 release the GIL), one block at a time and
+    in order, so the event loop keeps serving other requests while a large upload streams.
+    """
+    limits = RemoteReadConfig(max_selected_bytes=memory_limit, max_download_bytes=size_limit, digest_names=DIGEST_NAMES)
+    capture = StreamCapture(select_tensors, limits)
+    loop = asyncio.get_running_loop()
+    block = bytearray()
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > size_limit:
+            raise api_error(413, f"upload exceeds the limit of {size_limit} bytes")
+        block += chunk
+        if len(block) >= HASH_BLOCK:
+            await loop.run_in_executor(None, capture.feed, bytes(block))
+            block.clear()
+    if block:
+        await loop.run_in_executor(None, capture.feed, bytes(block))
+    if received == 0:
+        raise api_error(400, "body: the upload is empty")
+    return capture.result(UPLOAD_SUBJECT)
+
+
+def upload_evidence(content: RemoteContent, key: FingerprintKey) -> FileEvidence:
+    """The upload's digests and, from the captured tensors, its partial fingerprint (or why none)."""
+    if content.header is None:
+        return FileEvidence("upload", dict(content.digests), None, f"not fingerprinted: {content.problem}")
+    try:
+        fingerprint = fingerprint_tensors(content.arrays, key)
+    except ModelsieveError as exc:
+        return FileEvidence("upload", dict(content.digests), None, f"not fingerprinted: {exc}")
+    return FileEvidence("upload", dict(content.digests), fingerprint)

@@ -1,0 +1,82 @@
+"""Crawl input: one URL per line, or JSON Lines objects with `url` and optional context.
+
+Blank lines and `#` comments are skipped; every other line either becomes a CrawlTarget or a
+BadLine saying, in one line, what is wrong with it, so a caller can report it and go on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from yarl import URL
+
+from modelsieve.crawler.model import CrawlTarget
+from modelsieve.crawler.netguard import ALLOWED_SCHEMES
+
+MAX_URL_LENGTH = 8192
+MAX_LINE_LENGTH = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """An input line that names no crawlable URL."""
+
+    line: int
+    problem: str
+
+
+def check_target_url(text: str) -> str:
+    """The URL, stripped, if it is an absolute http(s) URL with a host; ValueError otherwise."""
+    url_text = text.strip()
+    if not url_text:
+        raise ValueError("empty URL")
+    if len(url_text) > MAX_URL_LENGTH:
+        raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url_text):
+        raise ValueError("URL contains whitespace or control characters")
+    try:
+        url = URL(url_text)
+        host = url.host
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ALLOWED_SCHEMES:
+        raise ValueError(f"not an http(s) URL: {url_text[:80]!r}")
+    if not host:
+        raise ValueError("URL has no host")
+    return url_text
+
+
+def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
+    """One input line → a target, a BadLine, or None for blank lines and comments."""
+    stripped = text.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    if len(stripped) > MAX_LINE_LENGTH:
+        return BadLine(line, f"line longer than {MAX_LINE_LENGTH} characters")
+    if stripped.startswith("{"):
+        try:
+            record = json.loads(stripped)
+        except (json.JSONDecodeError, RecursionError):
+            return BadLine(line, "not valid JSON")
+        if not isinstance(record, dict) or not isinstance(record.get("url"), str):
+            return BadLine(line, 'a JSON line needs a string "url"')
+        context = record.get("context", {k: v for k, v in record.items() if k != "url"})
+        if not isinstance(context, dict):
+            return BadLine(line, '"context" must be a JSON object')
+        candidate = record["url"]
+    else:
+        context, candidate = {}, stripped
+    try:
+        return CrawlTarget(check_target_url(candidate), context, line)
+    except ValueError as exc:
+        return BadLine(line, str(exc))
+
+
+def read_targets(lines: Iterable[str]) -> Iterator[CrawlTarget | BadLine]:
+    """Targets and bad lines, in input order, numbered from 1."""
+    for number, text in enumerate(lines, start=1):
+        parsed = parse_line(text, number)
+        if parsed is not None:
+            yield parsed

@@ -1,0 +1,82 @@
+"""The crawler's domain: what to check (CrawlTarget), what was found (Evidence) and what to do (Recommendation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelsieve.hashlists.model import Match
+
+Action = Literal["delist", "takedown", "review", "none", "error"]
+ACTIONS: tuple[Action, ...] = ("delist", "takedown", "review", "none", "error")
+
+
+@dataclass(frozen=True)
+class CrawlTarget:
+    """One URL to check, with the caller's context (echoed back) and its input line, if any."""
+
+    url: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything a recommendation rests on, so a person can verify it (or dispute it).
+
+    `matches` holds every list entry that matched (the decisive one first) with its source, kind
+    (digest name, "fuzzy", "url", "domain") and score; `basis` says what was compared: "url",
+    "published" (digests the host publishes), "content" (digests or fingerprint of bytes read).
+    """
+
+    started_at: str
+    finished_at: str
+    matches: Sequence[Match] = ()
+    basis: str | None = None
+    provider: Mapping[str, Any] | None = None
+    digests: Mapping[str, str] = field(default_factory=dict)
+    file: Mapping[str, Any] = field(default_factory=dict)
+    response: Mapping[str, Any] = field(default_factory=dict)
+    requests: Sequence[Mapping[str, Any]] = ()
+    bytes_read: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "matches": [m.to_json() for m in self.matches],
+            "basis": self.basis,
+            "provider": dict(self.provider) if self.provider is not None else None,
+            "digests": dict(self.digests),
+            "file": dict(self.file),
+            "response": dict(self.response),
+            "requests": [dict(r) for r in self.requests],
+            "bytes_read": self.bytes_read,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What to do about one URL and why. "none" means no list matched; there is no "clean"."""
+
+    url: str
+    final_url: str | None
+    action: Action
+    reason: str
+    evidence: Evidence
+    checked_at: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "url": self.url,
+            "final_url": self.final_url,
+            "action": self.action,
+            "reason": self.reason,
+            "evidence": self.evidence.to_json(),
+            "checked_at": self.checked_at,
+        }
+        if self.context:
+            record["context"] = dict(self.context)
+        return record

@@ -1,0 +1,108 @@
+"""Cohort calibration on synthetic families whose fine-tunes share a benign direction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelsieve.fingerprint import synthetic as syn
+from modelsieve.fingerprint.calibration import (
+    MIN_COHORT,
+    CalibratedScore,
+    Cohort,
+    NullDistribution,
+    Policy,
+    calibrate,
+    cohort_for,
+)
+from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
+from modelsieve.fingerprint.fuzzy import Fingerprint, FingerprintKey, compare, fingerprint_tensors
+from tests.calibration_fixtures import KEY, SIZE, base, cohorts, family, fp, tuned
+
+
+def listed() -> Fingerprint:
+    return tuned(1)
+
+
+NEAR_COPIES = {
+    "fp16": lambda f: syn.resave(f.fine_tune(1, SIZE), "fp16"),
+    "bf16": lambda f: syn.resave(f.fine_tune(1, SIZE), "bf16"),
+    "50/50 merge": lambda f: syn.weighted_sum(f.fine_tune(1, SIZE), f.fine_tune(2, SIZE), 0.5),
+    "further fine-tune (+50 %)": lambda f: syn.apply_delta(f.fine_tune(1, SIZE), f.delta(50, SIZE), 0.5),
+    "noise = delta norm": lambda f: syn.add_noise(f.fine_tune(1, SIZE), f.delta(1, SIZE), 1.0, seed=3),
+}
+
+
+@pytest.mark.parametrize("row", NEAR_COPIES)
+def test_near_copies_reach_the_action_threshold(row: str) -> None:
+    score = calibrate(fp(NEAR_COPIES[row](family())), listed(), cohorts())
+    assert score.calibrated and score.cohort_size == 10
+    assert score.decision() == "action", score
+
+
+def test_correlated_siblings_stay_below_action_although_their_raw_cosine_is_high() -> None:
+    scores = [calibrate(tuned(seed), listed(), cohorts()) for seed in range(10, 16)]
+    raw = [s.similarity for s in scores]
+    assert 0.2 < min(raw) and max(raw) < 0.6  # the hard case: raw cosines a synthetic-only threshold would flag
+    assert all(s.decision() != "action" for s in scores), scores
+    weakest_copy = calibrate(fp(NEAR_COPIES["noise = delta norm"](family())), listed(), cohorts())
+    assert weakest_copy.normalised > max(s.normalised for s in scores)
+    # projecting out the benign direction widens the gap between copies and siblings
+    assert weakest_copy.residual - max(s.residual for s in scores) > weakest_copy.similarity - max(raw)
+
+
+def test_without_a_cohort_scores_are_flagged_uncalibrated() -> None:
+    score = calibrate(tuned(10), listed())
+    assert score == CalibratedScore(compare(tuned(10), listed()).similarity, calibrated=False)
+    assert score.false_match_text == "uncalibrated" and score.to_json()["normalised"] is None
+    copy = calibrate(fp(NEAR_COPIES["fp16"](family())), listed(), {"other-base": cohorts()["sd15"]})
+    assert not copy.calibrated and copy.decision() == "review"  # never "action" uncalibrated by default
+    assert copy.decision(Policy(uncalibrated_action=0.9)) == "action"
+
+
+def test_a_cohort_too_small_for_the_compared_tensors_is_uncalibrated() -> None:
+    small = {"sd15": Cohort("sd15", [tuned(seed) for seed in range(100, 100 + MIN_COHORT - 1)])}
+    score = calibrate(tuned(10), listed(), small)
+    assert not score.calibrated and score.cohort_size == MIN_COHORT - 1 and score.normalised is None
+
+
+def test_lora_comparisons_find_the_cohort_covering_their_tensors() -> None:
+    lora = fingerprint_tensors(syn.peft_layout(family().lora(1)), KEY)
+    copy = fingerprint_tensors(syn.peft_layout(syn.resize_lora(family().lora(1), 8)), KEY)
+    assert lora.base is None and cohort_for(copy, lora, cohorts()) is cohorts()["sd15"]
+    score = calibrate(copy, lora, cohorts())
+    assert score.calibrated and score.decision() == "action"
+    assert cohort_for(copy, lora, {}) is None
+
+
+def test_cohort_members_must_be_deltas_of_its_base_with_one_key() -> None:
+    with pytest.raises(FingerprintError, match="delta"):
+        Cohort("sd15", [base().fingerprint])
+    with pytest.raises(FingerprintMismatchError, match="base"):
+        Cohort("sdxl", [tuned(100)])
+    other_key = fingerprint_tensors(family().fine_tune(3, SIZE), FingerprintKey("other", b"another key of 16+ bytes"))
+    with pytest.raises(FingerprintMismatchError):
+        Cohort("sd15", [tuned(100), other_key])
+    with pytest.raises(FingerprintError, match="rate"):
+        Policy(review_rate=1e-6, action_rate=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=40), st.floats(-50, 50), st.floats(0, 30), st.integers(4, 60))
+def test_false_match_rate_decreases_with_the_score(null: list[float], low: float, step: float, size: int) -> None:
+    distribution = NullDistribution(np.array(null), size)
+    assert distribution.false_match_rate(low + step) <= distribution.false_match_rate(low)
+    assert 0.0 <= distribution.false_match_rate(low) <= 1.0
+
+
+def test_threshold_inverts_the_false_match_rate() -> None:
+    distribution = cohorts()["sd15"].null(listed(), [n for n in listed().sketches])
+    for rate in (1e-3, 1e-6):
+        assert distribution.false_match_rate(distribution.threshold(rate)) == pytest.approx(rate, rel=1e-6)
+
+
+@pytest.mark.parametrize(("rate", "text"), [(3e-6, "≤ 1 in 10^5"), (0.5, "≈ 1 in 1"), (1e-12, "≤ 1 in 10^12")])
+def test_false_match_text_reads_as_a_bound(rate: float, text: str) -> None:
+    assert CalibratedScore(0.5, True, 0.5, 5.0, rate, 10).false_match_text == text

@@ -1,0 +1,173 @@
+"""The crawl core end to end: a real store and Matcher, fake hub / API / file host on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from modelsieve.crawler.crawl import CrawlConfig, Crawler
+from modelsieve.crawler.fetch import FetchConfig
+from modelsieve.crawler.lookup import StoreLookup
+from modelsieve.crawler.model import CrawlTarget, Recommendation
+from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.policy import HOTLINE_NOTE, PolicyConfig
+from modelsieve.crawler.providers.civitai import CivitaiProvider
+from modelsieve.crawler.providers.generic import GenericProvider
+from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
+from modelsieve.fingerprint import synthetic
+from modelsieve.fingerprint.fuzzy import PUBLIC_KEY, fingerprint_tensors
+from modelsieve.hashlists.matcher import Matcher
+from modelsieve.hashlists.model import NewEntry
+from modelsieve.hashlists.sqlite_store import SQLiteStore
+from tests.crawler_fakes import LOG, fake_civitai, fake_hub, file_host, synthetic_safetensors
+
+LISTED = synthetic_safetensors(seed=11, tensors=6, width=32)  # random weights standing in for a listed 2c model
+REVIEW = synthetic_safetensors(seed=12, tensors=6, width=32)  # listed as 2a
+UNLISTED = synthetic_safetensors(seed=13, tensors=6, width=32)
+FAMILY = synthetic.Family(seed=3)  # a scaled-down SD-1.5-like base with random weights
+LISTED_LORA = FAMILY.lora(1, rank=8)
+
+
+def lora_file(lora: synthetic.LoraFactors, dtype: str) -> bytes:
+    from safetensors.numpy import save
+
+    return save(dict(synthetic.kohya_layout(lora, dtype)))
+HOSTS = {"files.test": ["127.0.0.1"], "hub.test": ["127.0.0.1"], "civitai.test": ["127.0.0.1"], "private.test": ["10.1.1.1"]}
+PROVIDERS = (HuggingFaceProvider(("hub.test",)), CivitaiProvider(("civitai.test",)), GenericProvider())
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    return HOSTS[host]  # any other name (e.g. the listed nudify service) must never be asked for
+
+
+@pytest.fixture
+def lookup(tmp_path: Path) -> StoreLookup:
+    store = SQLiteStore(tmp_path / "store.db")
+    store.create_list("demo", publisher="test-hotline")
+    store.add_entry("demo", NewEntry(category="2c", kind="checkpoint", digests={"sha256": hashlib.sha256(LISTED).hexdigest()}, source="synthetic test entry"))
+    store.add_entry("demo", NewEntry(category="2a", kind="checkpoint", digests={"sha256": hashlib.sha256(REVIEW).hexdigest()}, source="synthetic 2a entry"))
+    listed_fingerprint = fingerprint_tensors(synthetic.kohya_layout(LISTED_LORA, "fp32"))
+    store.add_entry("demo", NewEntry(category="2c", kind="lora", fingerprint=listed_fingerprint.to_bytes(), evidence="fuzzy", source="synthetic LoRA entry"))
+    store.add_entry("demo", NewEntry(category="nudify-service", kind="service", domain="example.org", source="service report", evidence="osint-report"))
+    return StoreLookup(Matcher(store, refresh_interval=0), PUBLIC_KEY)
+
+
+def crawler(lookup: StoreLookup, mode: str = "search") -> Crawler:
+    config = CrawlConfig(
+        fetch=FetchConfig(backoff_base=0.01, max_retries=1),
+        policy=PolicyConfig(mode=mode),  # type: ignore[arg-type]
+        addresses=AddressPolicy(allow_loopback=True),
+        providers=PROVIDERS,
+    )
+    return Crawler(lookup, config, resolve=resolve)
+
+
+async def check(lookup: StoreLookup, url: str, mode: str = "search") -> Recommendation:
+    async with crawler(lookup, mode) as client:
+        return await client.check(CrawlTarget(url))
+
+
+def decisive_entry(recommendation: Recommendation) -> dict:
+    record = recommendation.to_json()
+    assert record["evidence"]["matches"], record
+    return record["evidence"]["matches"][0]
+
+
+async def test_a_listed_file_on_a_plain_host_is_delisted_with_its_evidence(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"x": LISTED}))
+    recommendation = await check(lookup, f"http://files.test:{server.port}/norange/x")
+    record = recommendation.to_json()
+    assert record["action"] == "delist"
+    assert set(record) == {"url", "final_url", "action", "reason", "evidence", "checked_at"}
+    match = decisive_entry(recommendation)
+    assert (match["list"], match["category"], match["source"], match["kind"], match["score"]) == ("demo", "2c", "synthetic test entry", "sha256", 1.0)
+    evidence = record["evidence"]
+    assert evidence["basis"] == "content"
+    assert evidence["digests"]["sha256"] == hashlib.sha256(LISTED).hexdigest()
+    assert evidence["response"]["status"] == 200 and evidence["file"]["size"] == len(LISTED)
+    assert evidence["bytes_read"] == len(LISTED) and evidence["requests"][0]["headers"]["content-length"] == str(len(LISTED))
+    assert evidence["started_at"] <= evidence["finished_at"] == record["checked_at"]
+
+
+async def test_hosts_get_takedown_with_the_hotline_note(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"x": LISTED}))
+    recommendation = await check(lookup, f"http://files.test:{server.port}/files/x", mode="host")
+    assert recommendation.action == "takedown" and HOTLINE_NOTE in recommendation.reason
+
+
+async def test_the_hub_answers_from_its_published_sha256_without_a_download(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(fake_hub({"acme/tune/model.safetensors": LISTED}))
+    recommendation = await check(lookup, f"http://hub.test:{server.port}/acme/tune/blob/main/model.safetensors")
+    record = recommendation.to_json()
+    assert record["action"] == "delist" and record["evidence"]["basis"] == "published"
+    assert record["evidence"]["provider"]["provider"] == "huggingface"
+    assert record["evidence"]["bytes_read"] == 0
+    assert server.app[LOG].hits.get("/cdn/acme/tune/model.safetensors", 0) == 0
+
+
+async def test_the_civitai_api_answers_without_a_download(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(fake_civitai({"77": ("x.safetensors", LISTED), "78": ("y.safetensors", UNLISTED)}))
+    listed = await check(lookup, f"http://civitai.test:{server.port}/api/download/models/77")
+    assert listed.action == "delist" and listed.evidence.basis == "published"
+    assert server.app[LOG].hits.get("/files/77", 0) == 0
+    unlisted = await check(lookup, f"http://civitai.test:{server.port}/models/5?modelVersionId=78")
+    assert unlisted.action == "none" and unlisted.evidence.provider["digests"]["sha256"] == hashlib.sha256(UNLISTED).hexdigest()
+    assert unlisted.final_url.endswith("/files/78")  # published digests did not match: the file itself was read
+
+
+async def test_other_categories_go_to_review_and_unlisted_files_to_none(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"y": REVIEW, "z": UNLISTED}))
+    review = await check(lookup, f"http://files.test:{server.port}/files/y")
+    none = await check(lookup, f"http://files.test:{server.port}/files/z")
+    assert review.action == "review" and "2a" in review.reason
+    assert none.action == "none" and not none.evidence.matches and "clean" not in none.reason
+    assert none.evidence.file["format"] == "safetensors" and none.evidence.file["read"] == "ranges"
+
+
+async def test_a_listed_nudify_domain_is_delisted_without_any_request(lookup) -> None:
+    recommendation = await check(lookup, "https://app.example.org/generate?x=1")
+    assert recommendation.action == "delist" and recommendation.evidence.basis == "url"
+    assert decisive_entry(recommendation)["kind"] == "domain"
+    assert recommendation.evidence.requests == [] and recommendation.final_url is None
+
+
+async def test_failures_become_error_recommendations_with_the_reason(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"x": LISTED}, robots=(200, "User-agent: *\nDisallow: /files/\n")))
+    robots = await check(lookup, f"http://files.test:{server.port}/files/x")
+    assert robots.action == "error" and "robots.txt" in robots.reason
+    private = await check(lookup, f"http://private.test:{server.port}/files/x")
+    assert private.action == "error" and "10.1.1.1" in private.reason
+    loop = await check(lookup, f"http://files.test:{server.port}/loop")
+    assert loop.action == "error" and "redirects" in loop.reason and len(loop.evidence.requests) == 6
+    missing = await check(lookup, f"http://files.test:{server.port}/nothing")
+    assert missing.action == "error" and "404" in missing.reason
+    for junk in ("http://[::1", "javascript:alert(1)", "http:///path"):
+        refused = await check(lookup, junk)
+        assert refused.action == "error" and refused.evidence.requests == [] and "unexpected" not in refused.reason
+
+
+async def test_check_many_answers_every_target_once(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"x": LISTED, "z": UNLISTED}))
+    targets = [CrawlTarget(f"http://files.test:{server.port}/files/{name}?n={i}") for i in range(30) for name in ("x", "z")]
+    async with crawler(lookup) as client:
+        results = [r async for r in client.check_many(targets)]
+    assert sorted(r.url for r in results) == sorted(t.url for t in targets)
+    assert {r.action for r in results if "/x?" in r.url} == {"delist"}
+    assert {r.action for r in results if "/z?" in r.url} == {"none"}
+
+
+@pytest.mark.parametrize("route", ["files", "norange"])
+async def test_a_resaved_copy_of_a_listed_lora_is_delisted_as_a_near_copy(aiohttp_server, lookup, route: str) -> None:
+    resaved = lora_file(LISTED_LORA, "fp16")  # other bytes, other sha256: only the fingerprint can match
+    other = lora_file(FAMILY.lora(2, rank=8), "fp16")
+    server = await aiohttp_server(file_host({"copy": resaved, "other": other}))
+    near = await check(lookup, f"http://files.test:{server.port}/{route}/copy")
+    match = decisive_entry(near)
+    assert near.action == "delist", near.reason
+    assert (match["kind"], match["category"], match["source"]) == ("fuzzy", "2c", "synthetic LoRA entry")
+    assert match["score"] >= 0.9 and match["similarity"] > 0.9 and "near-copy" in near.reason
+    assert near.evidence.basis == "content" and near.evidence.file["tensors_read"]
+    unrelated = await check(lookup, f"http://files.test:{server.port}/{route}/other")
+    assert unrelated.action == "none", unrelated.reason
