@@ -12,11 +12,8 @@ from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.hashlists.model import MatchResult
 
 from modelsieve.api.cli.common import print_json_line, progress_bar, report_failure
-from modelsieve.crawler.backlog import match_on_cluster
-from modelsieve.crawler.cluster import dask_client, store_location
 from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.inputs import BadLine, read_targets
-from modelsieve.crawler.partitioned import run_partitioned_crawl
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, *, partitions: bool = False) -> None:
@@ -47,6 +44,9 @@ def _at_least_one(text: str) -> int:
 
 def run_crawl_on_cluster(args: argparse.Namespace, config: CrawlConfig, lines: Any) -> int:
     """`crawl --workers/--scheduler`: the partitioned crawl into the folder --out."""
+    from modelsieve.crawler.cluster import dask_client, store_location  # Dask is imported only when asked for
+    from modelsieve.crawler.partitioned import run_partitioned_crawl
+
     junk = 0
 
     def bad_line(bad: BadLine) -> None:
@@ -101,6 +101,9 @@ def manifest_paths(manifests: list[str]) -> list[str]:
 
 def run_match_on_cluster(args: argparse.Namespace, describe: Callable[[MatchResult], str]) -> int:
     """`match MANIFEST... --workers/--scheduler`: every listed file matched on the cluster."""
+    from modelsieve.crawler.backlog import match_on_cluster  # Dask is imported only when asked for
+    from modelsieve.crawler.cluster import dask_client, store_location
+
     paths = manifest_paths(args.paths)
     failed = 0
     with dask_client(workers=args.workers, scheduler=args.scheduler) as client, progress_bar(
