@@ -99,7 +99,7 @@ async def host_stats(port: int, reset: bool = False) -> dict[str, int]:
 
 async def single_process(targets: list[CrawlTarget], config: CrawlConfig, db: str) -> float:
     with open_store(db) as store:
-        lookup = StoreLookup(Matcher(store, fingerprint_key=PUBLIC_KEY), PUBLIC_KEY)
+        lookup = StoreLookup(Matcher.for_store(store, PUBLIC_KEY))
         started = time.perf_counter()
         count = 0
         async with Crawler(lookup, config) as crawler:

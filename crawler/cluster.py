@@ -84,8 +84,7 @@ class ListSnapshot(WorkerPlugin):  # type: ignore[misc,valid-type]
         self.store = open_store(self.location)
         # The indexes stay at the job's snapshot; index hits are still confirmed against the store,
         # so an entry retracted during the job stops matching.
-        matcher = Matcher(self.store, fingerprint_key=key, refresh_interval=math.inf)
-        self.lookup = StoreLookup(matcher, key)
+        self.lookup = StoreLookup(Matcher.for_store(self.store, key, refresh_interval=math.inf))
         self.loads += 1
 
     def teardown(self, worker: Any) -> None:

@@ -13,6 +13,10 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
+from modelsieve.hashlists.background import load_cohorts
+from modelsieve.hashlists.bases import load_bases
 from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.sql_store import Dialect, Row, SQLStore
 
@@ -67,3 +71,10 @@ class SQLiteStore(SQLStore):
     def _execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._lock:
             self._conn.executemany(sql, rows)
+
+    # -- reference models -------------------------------------------------------------------------
+    def bases(self, key: FingerprintKey) -> list[BaseModel]:
+        return load_bases(self._db, key)
+
+    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
+        return load_cohorts(self._db, key)

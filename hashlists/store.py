@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
 from modelsieve.hashlists.errors import StoreUnavailableError
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
 from modelsieve.hashlists.model import Entry, Event, IndexRow, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
 
 
@@ -174,6 +176,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_sync_position(self, publisher: str, stream: str, seq: int) -> None:
         """Record that a publisher's stream has been applied up to `seq`."""
+
+    # -- reference models: registered bases and their benign background cohorts ---------------
+    @abc.abstractmethod
+    def bases(self, key: FingerprintKey) -> list[BaseModel]:
+        """The registered bases fingerprinted with `key`: checkpoints are fingerprinted as deltas from them."""
+
+    @abc.abstractmethod
+    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
+        """Each base's background cohort of benign derived models taken with `key`, by base name."""
 
 
 def is_postgres_location(location: str | os.PathLike[str]) -> bool:

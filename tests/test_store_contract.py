@@ -10,6 +10,7 @@ import pytest
 from modelsieve.fingerprint.digests import DIGEST_NAMES
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError
 from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry, Opinion, TrustedKey, utc_now
+from modelsieve.hashlists import sql_store
 from modelsieve.hashlists.store import Store, open_store
 from tests.hashlists_fixtures import lora_fingerprint
 from tests.store_backends import StoreLocations
@@ -94,8 +95,9 @@ def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: Store)
     assert store.entries_by_seq([first.seq, retracted.seq]) == [store.get_entry(first.id)]
 
 
-def test_entries_page_through_large_lists(store: Store) -> None:
-    count = 25_000  # more than two pages
+def test_entries_page_through_large_lists(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql_store, "_BATCH", 100)
+    count = 250  # more than two pages
     store.add_entries("main", (NewEntry(category="2c", digests={"md5": f"{i:032x}"}) for i in range(count)))
     seqs = [e.seq for e in store.entries("main")]
     assert len(seqs) == count and seqs == sorted(seqs)

@@ -85,7 +85,7 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
 
     async def load() -> None:
         try:
-            index.matcher = await asyncio.to_thread(Matcher, app[STORE], fingerprint_key=app[FINGERPRINT_KEY])
+            index.matcher = await asyncio.to_thread(Matcher.for_store, app[STORE], app[FINGERPRINT_KEY])
             index.status = "ok"
         except Exception as exc:
             log.exception("cannot load the match index")
