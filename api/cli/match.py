@@ -17,6 +17,7 @@ from modelsieve.api.cli.common import (
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists.background import load_cohorts
+from modelsieve.hashlists.bases import load_bases
 from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import MatchResult
@@ -32,7 +33,7 @@ examples:
 verdicts: exact (a listed digest or URL/domain), near (a fuzzy fingerprint match), none (no list
 matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
 source, kind (digest name, fuzzy, url or domain), score and, for disputed entries, status.
-Fuzzy matches against a base with a background cohort (`modelsieve background add`) also give
+Fuzzy matches against a base with a background cohort (`modelsieve bases add-background`) also give
 the cohort-normalised score, the estimated false-match rate and a decision (review | action);
 without a cohort they say "uncalibrated" and are for review only.
 """
@@ -83,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
     key = load_key(args.fingerprint_key)
     with open_store(args.db) as store:
         database = open_database(store.location)
-        try:
-            cohorts = load_cohorts(database, key)
+        try:  # registered bases (checkpoint deltas are taken against them) and their background cohorts
+            bases, cohorts = load_bases(database, key), load_cohorts(database, key)
         finally:
             database.conn.close()
-        matcher = Matcher(store, fingerprint_key=key, cohorts=cohorts)
+        matcher = Matcher(store, fingerprint_key=key, bases=bases, cohorts=cohorts)
         for subject, lookup in [(u, matcher.match_url_result) for u in args.url] + [
             (str(p), matcher.match_path) for p in progress(paths, total=len(paths), unit=" files", enabled=not args.json)
         ]:
