@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     key = load_key(args.fingerprint_key)
     with open_store(args.db) as store:
-        database = open_database(store.location)
+        database = open_database(args.db)
         try:  # registered bases (checkpoint deltas are taken against them) and their background cohorts
             bases, cohorts = load_bases(database, key), load_cohorts(database, key)
         finally:
