@@ -49,6 +49,10 @@ def test_a_lora_cohort_from_the_cli_calibrates_matches(tmp_path: Path, capsys: p
     assert near["cohort_size"] == len(COHORT_SEEDS) and near["normalised"] > near["similarity"]
     assert by_name["sibling.safetensors"]["verdict"] == "none"
 
+    status, [pair] = run(capsys, "compare", str(tmp_path / "sibling.safetensors"), str(tmp_path / "listed.safetensors"), "--db", db, "--json")
+    assert pair["similarity"] > pair["threshold"] and pair["calibration"]["calibrated"] is True and pair["decision"] is None
+    assert main(["compare", str(tmp_path / "copy.safetensors"), str(tmp_path / "listed.safetensors"), "--db", db]) == 0
+    assert "near match (action)" in capsys.readouterr().out
     assert main(["match", str(tmp_path / "copy.safetensors"), "--db", db]) == 0
     assert "false match ≤ 1 in 10^" in capsys.readouterr().out
     assert main(["bases", "remove-background", added[0]["id"][:12], "--db", db]) == 0

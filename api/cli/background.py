@@ -4,14 +4,17 @@ known-benign derived models, which calibrates fuzzy scores (see README "Calibrat
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, expand_models, print_json_line, progress, report_failure
 from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
+from modelsieve.fingerprint.calibration import Cohort
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.hashlists.background import add_background, list_background, remove_background
+from modelsieve.fingerprint.fuzzy import FingerprintKey
+from modelsieve.hashlists.background import add_background, list_background, load_cohorts, remove_background
 from modelsieve.hashlists.bases import load_bases
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.db import DB_ENV, default_db_path, open_database
 
 EXAMPLES = """\
 examples:
@@ -93,3 +96,10 @@ def run_remove(args: argparse.Namespace) -> int:
     else:
         print(f"removed background model {args.id}")
     return 0
+
+
+def cohorts_for(args: argparse.Namespace, key: FingerprintKey) -> dict[str, Cohort]:
+    """The store's background cohorts for `key` (none when there is no store and no --db)."""
+    if args.db is None and not os.environ.get(DB_ENV) and not default_db_path().exists():
+        return {}
+    return load_cohorts(open_database(args.db), key)
