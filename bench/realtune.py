@@ -443,7 +443,23 @@ def plan(tuner_steps: int) -> list[Step]:
         add(f"{ft}--sib-similar", "checkpoint", "sibling", "similar domain", sib, lambda t, load, s=sib: t.full(t.base, s, 0, 3), ft)
         add(f"{lo}--sib-otherhalf-s1", "lora", "sibling", "LoRA, same domain, other data half", d, lambda t, load, d=d: t.lora(d, 1, 1), lo)
         add(f"{lo}--sib-similar", "lora", "sibling", "LoRA, similar domain", sib, lambda t, load, s=sib: t.lora(s, 0, 3), lo)
-    return steps
+    return sorted(steps, key=_build_order)
+
+
+def _build_order(step: Step) -> int:
+    """Cheapest and most needed first, so a partial corpus (the build is resumable) is already usable:
+    listed models and full background tunes, re-saves and merges (seconds), background LoRAs,
+    sibling LoRAs, full siblings on the other data half, further training, similar-domain siblings."""
+    m = step.model
+    if m.role in ("base", "listed") or (m.role == "background" and m.kind == "checkpoint"):
+        return 0
+    if m.role == "near-copy":
+        return 5 if m.transform == "further-trained" else 1
+    if m.role == "background":
+        return 2
+    if m.kind == "lora":
+        return 3
+    return 4 if "other data half" in m.transform else 6
 
 
 # --------------------------------------------------------------------------- writing
