@@ -33,7 +33,7 @@ examples:
 verdicts: exact (a listed digest or URL/domain), near (a fuzzy fingerprint match), none (no list
 matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
 source, kind (digest name, fuzzy, url or domain), score and, for disputed entries, status.
-Fuzzy matches against a base with a background cohort (`modelsieve background add`) also give
+Fuzzy matches against a base with a background cohort (`modelsieve bases add-background`) also give
 the cohort-normalised score, the estimated false-match rate and a decision (review | action);
 without a cohort they say "uncalibrated" and are for review only.
 """
