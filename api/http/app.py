@@ -138,7 +138,7 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
             return  # this process only accepts jobs; others run them
         while index.matcher is None:
             await asyncio.sleep(0.1)
-        await runner.run_forever(StoreLookup(index.matcher, app[FINGERPRINT_KEY]))
+        await runner.run_forever(StoreLookup(index.matcher))
 
     running = asyncio.create_task(run())
     try:
