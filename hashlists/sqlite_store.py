@@ -14,6 +14,10 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
+from modelsieve.hashlists.background import load_cohorts
+from modelsieve.hashlists.bases import load_bases
 from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
 from modelsieve.hashlists.fuzzy_index import decode_codes, stored_codes
@@ -512,6 +516,13 @@ class SQLiteStore(Store):
 
     def trusted_keys(self) -> list[TrustedKey]:
         return [TrustedKey(**dict(row)) for row in self._query("SELECT * FROM trusted_keys ORDER BY name")]
+
+    # -- reference models -------------------------------------------------------------------------
+    def bases(self, key: FingerprintKey) -> list[BaseModel]:
+        return load_bases(self._db, key)
+
+    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
+        return load_cohorts(self._db, key)
 
     # -- bundle sync positions ----------------------------------------------------------------
     def sync_position(self, publisher: str, stream: str) -> int:

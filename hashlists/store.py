@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
 from modelsieve.hashlists.model import Entry, Event, IndexRow, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
 
 
@@ -166,6 +168,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_sync_position(self, publisher: str, stream: str, seq: int) -> None:
         """Record that a publisher's stream has been applied up to `seq`."""
+
+    # -- reference models: registered bases and their benign background cohorts ---------------
+    @abc.abstractmethod
+    def bases(self, key: FingerprintKey) -> list[BaseModel]:
+        """The registered bases fingerprinted with `key`: checkpoints are fingerprinted as deltas from them."""
+
+    @abc.abstractmethod
+    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
+        """Each base's background cohort of benign derived models taken with `key`, by base name."""
 
 
 def open_store(location: str | os.PathLike[str] | None = None) -> Store:

@@ -218,7 +218,7 @@ def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str]
     return platform.export().read_bytes(), platform.public.read_text()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_altered_byte_is_refused_and_changes_nothing(signed_bundle: tuple[bytes, str], tmp_path: Path, data: st.DataObject) -> None:
     original, public_key = signed_bundle

@@ -12,6 +12,7 @@ import pytest
 from modelsieve.fingerprint.digests import DIGEST_NAMES
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
 from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry, Opinion, TrustedKey, utc_now
+from modelsieve.hashlists import sqlite_store
 from modelsieve.hashlists.sqlite_store import SCHEMA_VERSION, SQLiteStore
 from tests.hashlists_fixtures import lora_fingerprint
 
@@ -95,8 +96,9 @@ def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: SQLite
     assert store.entries_by_seq([first.seq, retracted.seq]) == [store.get_entry(first.id)]
 
 
-def test_entries_page_through_large_lists(store: SQLiteStore) -> None:
-    count = 25_000  # more than two pages
+def test_entries_page_through_large_lists(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "_BATCH", 100)
+    count = 250  # more than two pages
     store.add_entries("main", (NewEntry(category="2c", digests={"md5": f"{i:032x}"}) for i in range(count)))
     seqs = [e.seq for e in store.entries("main")]
     assert len(seqs) == count and seqs == sorted(seqs)

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         if problems["duplicate"]:
             print(f"modelsieve: {problems['duplicate']} repeated URLs are checked once", file=sys.stderr)
         key = load_key(args.fingerprint_key)
-        lookup = StoreLookup(Matcher(store, fingerprint_key=key), key)
+        lookup = StoreLookup(Matcher.for_store(store, key))
         actions = asyncio.run(_crawl(job, lookup, crawl_config(args), show_progress=not args.json))
         progress = job.progress()
     finally:

@@ -16,8 +16,6 @@ from modelsieve.api.cli.common import (
 )
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
-from modelsieve.hashlists.background import load_cohorts
-from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import MatchResult
 from modelsieve.hashlists.store import open_store
@@ -82,12 +80,7 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     key = load_key(args.fingerprint_key)
     with open_store(args.db) as store:
-        database = open_database(store.location)
-        try:
-            cohorts = load_cohorts(database, key)
-        finally:
-            database.conn.close()
-        matcher = Matcher(store, fingerprint_key=key, cohorts=cohorts)
+        matcher = Matcher.for_store(store, key)
         for subject, lookup in [(u, matcher.match_url_result) for u in args.url] + [
             (str(p), matcher.match_path) for p in progress(paths, total=len(paths), unit=" files", enabled=not args.json)
         ]:
