@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from modelsieve.fingerprint.fuzzy import FingerprintKey
     from modelsieve.hashlists.matcher import Matcher
     from modelsieve.hashlists.store import Store
 
@@ -30,7 +29,6 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 DATABASE: web.AppKey[sqlite_utils.Database] = web.AppKey("database")
 KEYS = web.AppKey("keys", CachedKeys)
 STORE: web.AppKey[Store] = web.AppKey("store")
-FINGERPRINT_KEY: web.AppKey[FingerprintKey] = web.AppKey("fingerprint_key")
 PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 CRAWL_JOBS: web.AppKey[CrawlJobs] = web.AppKey("crawl_jobs")
