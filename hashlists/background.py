@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,16 @@ def _info(row: Mapping[str, Any]) -> BackgroundInfo:
 
 
 def add_background(db: sqlite_utils.Database, base: str, fingerprints: Iterable[Fingerprint], *,
-                   source: str = "") -> list[BackgroundInfo]:
+                   sources: Sequence[str] = ()) -> list[BackgroundInfo]:
     """Add benign delta fingerprints to base `base`'s cohort, in one transaction; returns the new rows.
 
-    Refuses raw fingerprints, deltas of another base and keys other than the cohort's so far.
+    `sources` (optional, one per fingerprint) says where each came from. Refuses raw fingerprints,
+    deltas of another base and keys other than the cohort's so far.
     """
     fps = list(fingerprints)
+    labels = list(sources) or [""] * len(fps)
+    if len(labels) != len(fps):
+        raise ModelsieveError("add_background: give one source per fingerprint, or none")
     if not base.strip() or len(base) > 256:
         raise ModelsieveError("a base name must be 1-256 characters")
     table = _table(db)
@@ -73,7 +77,7 @@ def add_background(db: sqlite_utils.Database, base: str, fingerprints: Iterable[
         fps = fps[1:]
     added = []
     with db.conn:
-        for fp in fps:
+        for fp, source in zip(fps, labels, strict=True):
             blob = fp.to_bytes()
             row = {"id": hashlib.sha256(blob).hexdigest(), "base": base, "kind": fp.kind, "key_id": fp.key_id,
                    "key_check": fp.key_check, "scheme": fp.scheme, "tensors": len(fp.sketches),

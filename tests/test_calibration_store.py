@@ -14,8 +14,8 @@ from tests.calibration_fixtures import BASE, COHORT_SEEDS, KEY, SIZE, base, coho
 
 def test_a_stored_cohort_calibrates_exactly_like_the_in_memory_one(tmp_path) -> None:
     db = open_database(tmp_path / "store.db")
-    added = add_background(db, BASE, [tuned(s) for s in COHORT_SEEDS], source="benign tunes")
-    assert len(added) == len(COHORT_SEEDS) and {a.kind for a in added} == {"checkpoint"}
+    added = add_background(db, BASE, [tuned(s) for s in COHORT_SEEDS], sources=[f"tune-{s}" for s in COHORT_SEEDS])
+    assert [a.source for a in added] == [f"tune-{s}" for s in COHORT_SEEDS] and {a.kind for a in added} == {"checkpoint"}
     db.conn.close()
     loaded = load_cohorts(open_database(tmp_path / "store.db"), KEY)
     assert set(loaded) == {BASE} and len(loaded[BASE]) == len(COHORT_SEEDS)

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from modelsieve.api.cli import background
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
 from modelsieve.hashlists.bases import add_base, list_bases, remove_base
@@ -40,6 +41,7 @@ def register(subparsers: Any) -> None:
         add_db_option(sub)
         add_json_flag(sub)
         sub.set_defaults(handler=handler)
+    background.register_actions(actions)
 
 
 def run_add(args: argparse.Namespace) -> int:

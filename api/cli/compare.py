@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from modelsieve.api.cli.background import cohorts_for
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.api.cli.fuzzy_inputs import add_base_options, add_key_option, bases_for, fingerprint_key, load_fingerprint
+from modelsieve.fingerprint.calibration import CalibratedScore, Policy, calibrate
 from modelsieve.fingerprint.fuzzy import DEFAULT_THRESHOLD, Comparison, compare
 
 EXAMPLES = """\
@@ -18,7 +20,9 @@ examples:
 A and B are model files or saved fingerprints. The similarity is the cosine of the two deltas
 (from their common base; LoRAs are deltas already) over the tensors both hold; the coefficient is
 how much of B's delta A carries (merge weight, LoRA strength, add-difference multiplier).
-Scores are uncalibrated raw cosines until a background cohort is registered.
+Scores are uncalibrated raw cosines until the base has a background cohort in the store
+(`modelsieve bases add-background`); then the comparison also gives the cohort-normalised score,
+the estimated false-match rate and a decision (review | action), and the verdict follows it.
 """
 
 
@@ -43,8 +47,8 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def describe(a: str, b: str, result: Comparison, threshold: float) -> str:
-    verdict = "near match" if result.is_match(threshold) else "no match"
+def describe(a: str, b: str, result: Comparison, calibration: CalibratedScore, decision: str | None) -> str:
+    verdict = f"near match ({decision})" if decision else "no match"
     lines = [
         f"{a} vs {b}: {verdict}",
         f"  similarity {result.similarity:.3f}, score {result.score:.3f}"
@@ -52,6 +56,9 @@ def describe(a: str, b: str, result: Comparison, threshold: float) -> str:
         f"  base {result.base or '-'}, {result.tensors_compared} tensors compared, "
         f"covering {result.coverage:.0%} of B's delta",
     ]
+    if calibration.calibrated:
+        lines.append(f"  normalised {calibration.normalised:.1f} against {calibration.cohort_size} background models, "
+                     f"false match {calibration.false_match_text}")
     for name, group in result.components.items():
         lines.append(f"  {name:<14} similarity {group.similarity:6.3f}  share {group.share:6.1%}  ({group.tensors} tensors)")
     top = sorted(result.blocks.items(), key=lambda item: -abs(item[1].share))[:5]
@@ -62,10 +69,13 @@ def describe(a: str, b: str, result: Comparison, threshold: float) -> str:
 def run(args: argparse.Namespace) -> int:
     key = fingerprint_key(args)
     bases = bases_for(args, key)
-    result = compare(load_fingerprint(args.query, key, bases), load_fingerprint(args.listed, key, bases))
+    query, listed = load_fingerprint(args.query, key, bases), load_fingerprint(args.listed, key, bases)
+    result = compare(query, listed)
+    calibration = calibrate(query, listed, cohorts_for(args, key))
+    decision = calibration.decision(Policy(uncalibrated_review=args.threshold)) if result.tensors_compared else None
     if args.json:
-        print_json_line({"a": args.query, "b": args.listed, "match": result.is_match(args.threshold),
-                         "threshold": args.threshold, **result.to_json()})
+        print_json_line({"a": args.query, "b": args.listed, "match": decision is not None, "decision": decision,
+                         "threshold": args.threshold, **result.to_json(), "calibration": calibration.to_json()})
     else:
-        print(describe(args.query, args.listed, result, args.threshold))
+        print(describe(args.query, args.listed, result, calibration, decision))
     return 0

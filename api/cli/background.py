@@ -1,0 +1,105 @@
+"""`modelsieve bases add-background|list-background|remove-background`: each base's cohort of
+known-benign derived models, which calibrates fuzzy scores (see README "Calibration")."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from modelsieve.api.cli.common import add_db_option, add_json_flag, expand_models, print_json_line, progress, report_failure
+from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.fuzzy import FingerprintKey
+from modelsieve.hashlists.background import add_background, list_background, load_cohorts, remove_background
+from modelsieve.hashlists.bases import load_bases
+from modelsieve.hashlists.db import DB_ENV, default_db_path, open_database
+
+EXAMPLES = """\
+examples:
+  modelsieve bases add-background benign-tunes/*.safetensors --base sd15
+  modelsieve bases add-background community-loras/ --base sd15 --json
+  modelsieve bases list-background --base sd15
+  modelsieve bases remove-background 3f9a1c02e4b7
+
+Background models are known-benign fine-tunes and LoRAs of a registered base (the more, and the
+more like the models you screen, the better; 20+ is a good start). Only their fingerprints are
+stored. With a cohort, fuzzy matches against that base report a normalised score and an
+estimated false-match rate; without one they are flagged "uncalibrated". Add only models you
+trust to be benign: a harmful model in the cohort would make its own copies look ordinary.
+"""
+
+
+def register_actions(actions: Any) -> None:
+    """Add the background-cohort actions to the `bases` command's subparsers."""
+    add = actions.add_parser("add-background", help="add known-benign models to a base's cohort", epilog=EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Fingerprint known-benign models derived from a registered base and add them "
+                             "to its background cohort (fingerprints only, never weights).")
+    add.add_argument("paths", nargs="+", metavar="PATH", help="model files, folders, globs or saved fingerprints")
+    add.add_argument("--base", required=True, metavar="NAME", help="the registered base they derive from")
+    listing = actions.add_parser("list-background", help="list background cohort members", epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description="List the background cohort members (of one base, or all).")
+    listing.add_argument("--base", metavar="NAME", help="only this base's cohort")
+    remove = actions.add_parser("remove-background", help="drop a background cohort member", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Remove one background model by its id (or a unique prefix of 8+ hex digits).")
+    remove.add_argument("id", metavar="ID")
+    for sub, handler in ((add, run_add), (listing, run_list), (remove, run_remove)):
+        add_key_option(sub)
+        add_db_option(sub)
+        add_json_flag(sub)
+        sub.set_defaults(handler=handler)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    key = fingerprint_key(args)
+    database = open_database(args.db)
+    bases = load_bases(database, key)
+    if args.base not in {b.name for b in bases}:
+        raise ModelsieveError(f"no base named {args.base!r} is registered with key {key.key_id} (see `modelsieve bases add`)")
+    paths = list(expand_models(args.paths))
+    fingerprints, sources, status = [], [], 0
+    for path in progress(paths, total=len(paths), unit=" models", enabled=not args.json):
+        try:
+            fingerprints.append(load_fingerprint(path, key, bases, require_base=True))
+            sources.append(path.name)
+        except ModelsieveError as exc:
+            report_failure(path, exc)
+            status = 1
+    added = add_background(database, args.base, fingerprints, sources=sources)
+    if args.json:
+        for info in added:
+            print_json_line(info.to_json())
+    else:
+        total = len(list_background(database, args.base))
+        print(f"added {len(added)} background models to base {args.base!r} ({len(fingerprints) - len(added)} already there); "
+              f"its cohort now has {total}")
+    return status
+
+
+def run_list(args: argparse.Namespace) -> int:
+    for info in list_background(open_database(args.db), args.base):
+        if args.json:
+            print_json_line(info.to_json())
+        else:
+            print(f"{info.id[:12]}\t{info.base}\t{info.kind}\t{info.tensors} tensors\tkey {info.key_id}\tfrom {info.source or '-'}\t{info.added}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    remove_background(open_database(args.db), args.id)
+    if args.json:
+        print_json_line({"removed": args.id})
+    else:
+        print(f"removed background model {args.id}")
+    return 0
+
+
+def cohorts_for(args: argparse.Namespace, key: FingerprintKey) -> dict[str, Cohort]:
+    """The store's background cohorts for `key` (none when there is no store and no --db)."""
+    if args.db is None and not os.environ.get(DB_ENV) and not default_db_path().exists():
+        return {}
+    return load_cohorts(open_database(args.db), key)
