@@ -39,7 +39,6 @@ from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.model import CrawlTarget
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.politeness import PolitenessConfig
-from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
 from modelsieve.fingerprint.synthetic import Architecture
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -183,7 +182,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as folder:
             store = SQLiteStore(Path(folder) / "bench.db")
             store.create_list("bench", publisher="bench")
-            lookup = StoreLookup(Matcher(store, refresh_interval=3600), PUBLIC_KEY)
+            lookup = StoreLookup(Matcher(store, refresh_interval=3600))
             config = CrawlConfig(
                 addresses=AddressPolicy(allow_loopback=True),
                 politeness=PolitenessConfig(per_host_concurrency=2, global_concurrency=args.concurrency),
@@ -198,13 +197,15 @@ def main() -> int:
             header_only = all(not r.evidence.file["tensors_read"] for r in results)
             read = sum(r.evidence.bytes_read for r in results)
             requests = sum(len(r.evidence.requests) for r in results)
-            bare = asyncio.run(bare_aiohttp([f"http://127.0.0.1:{port}/m/{i}.safetensors" for i in range(args.urls)], args.concurrency))
+            bare_urls = [f"http://127.0.0.1:{port}/m/{i}.safetensors" for i in range(args.urls)]
+            bare_cpu, bare = cpu_seconds(lambda: asyncio.run(bare_aiohttp(bare_urls, args.concurrency)))
             print(f"machine: {os.cpu_count()} cores, load average {load_before:.1f} before the run (shared with other work)")
             print(f"header-only checks: {args.urls} URLs over {args.hosts} hosts, {args.concurrency} in flight, 2 per host")
             print(f"  crawler:      {args.urls / seconds:8.0f} URLs/s  ({seconds:.2f} s; header-only: {header_only})")
             print(f"  crawler CPU per verdict: {1000 * cpu / args.urls:.2f} ms (client process) = {args.urls / cpu:.0f} URLs/s per free core")
             print(f"  bare aiohttp: {args.urls / bare:8.0f} URLs/s  ({bare:.2f} s; same Range requests, no guard/politeness/evidence)")
-            print(f"  ratio crawler / bare aiohttp: {bare / seconds:.2f}")
+            print(f"  bare aiohttp CPU per request: {1000 * bare_cpu / args.urls:.2f} ms")
+            print(f"  ratio crawler / bare aiohttp: {bare / seconds:.2f} (wall clock), {bare_cpu / cpu:.2f} (CPU)")
             print(f"  bytes read per verdict: {read / args.urls:,.0f}  (requests per verdict: {requests / args.urls:.2f})")
 
             sd15_config = CrawlConfig(addresses=AddressPolicy(allow_loopback=True))
@@ -212,7 +213,7 @@ def main() -> int:
             file = result.evidence.file
             print(f"SD-1.5-sized checkpoint ({file['size'] / 1e9:.2f} GB, {file['tensors']} tensors, fp16):")
             print(f"  verdict: {result.action} in {seconds:.2f} s, {len(result.evidence.requests)} requests")
-            print(f"  bytes read: {result.evidence.bytes_read:,} = {100 * result.evidence.bytes_read / file['size']:.2f} % of the file")
+            print(f"  bytes read: {result.evidence.bytes_read:,} of {file['size']:,} = {100 * result.evidence.bytes_read / file['size']:.3f} % of the file")
             print(f"  tensors read: {len(file['tensors_read'])} (header {file['header_length']:,} bytes)")
             store.close()
     finally:

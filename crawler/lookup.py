@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelsieve.fingerprint.errors import FingerprintError
-from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey, fingerprint_tensors, select_tensors
+from modelsieve.fingerprint.fuzzy import fingerprint_tensors, select_tensors
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader
 from modelsieve.hashlists.matcher import Matcher
@@ -17,11 +17,9 @@ from modelsieve.hashlists.model import Match
 
 @dataclass(frozen=True)
 class StoreLookup:
-    """Answers the crawler's questions from a Matcher; fingerprints use `key` (and `bases` for deltas)."""
+    """Answers the crawler's questions from a Matcher, fingerprinting with the matcher's key and bases."""
 
     matcher: Matcher
-    key: FingerprintKey
-    bases: Sequence[BaseModel] = ()
 
     def match_url(self, url: str) -> Sequence[Match]:
         return self.matcher.match_url(url)
@@ -34,7 +32,7 @@ class StoreLookup:
 
     def match_tensors(self, header: SafetensorsHeader, arrays: Mapping[str, np.ndarray]) -> Sequence[Match]:
         try:
-            fingerprint = fingerprint_tensors(arrays, self.key, self.bases, threads=1)
+            fingerprint = fingerprint_tensors(arrays, self.matcher.fingerprint_key, self.matcher.bases, threads=1)
         except FingerprintError:
             return []  # nothing fingerprintable among the tensors read: only digests can match
         return self.matcher.match_fingerprint(fingerprint)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from modelsieve.crawler.model import Action
+from modelsieve.fingerprint.fuzzy import DEFAULT_THRESHOLD
 from modelsieve.hashlists.model import Match
 
 Mode = Literal["search", "host"]
@@ -30,7 +31,7 @@ class PolicyConfig:
 
     mode: Mode = "search"
     strong_score: float = 0.9  # near-copy score at or above which a fuzzy match acts like an exact one
-    review_score: float = 0.5  # near-copy score below which a fuzzy match is only listed in the evidence
+    review_score: float = DEFAULT_THRESHOLD  # below: only listed in the evidence (default: every match the matcher reports)
     min_digest_bits: int = 64  # digest agreement weaker than this (crc32, autov1: 32 bits) goes to review
 
     def __post_init__(self) -> None:

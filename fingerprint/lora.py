@@ -51,6 +51,15 @@ def is_adapter(keys: list[str]) -> bool:
     return parts > 0 and parts * 2 >= len(keys)
 
 
+def _require(module: str, parts: Mapping[str, np.ndarray], *names: str) -> None:
+    missing = [n for n in names if n not in parts]
+    if missing:
+        raise FingerprintError(f"adapter module {module!r} lacks {', '.join(missing)}")
+    empty = [n for n in names if parts[n].size == 0 or parts[n].ndim < (0 if n == "alpha" else 2)]
+    if empty:
+        raise FingerprintError(f"adapter module {module!r}: {', '.join(empty)} must be a non-empty matrix")
+
+
 def _matrix(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=np.float64).reshape(array.shape[0], -1)
 
@@ -66,11 +75,10 @@ def _alpha(parts: Mapping[str, np.ndarray], rank: int) -> float:
 
 def _lora_factors(module: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
     """(up, down, scale) of a plain LoRA module as 2-D matrices, checked to multiply."""
-    up_key, down_key = ("lora_up", "lora_down") if "lora_up" in parts else ("lora_B", "lora_A")
-    if up_key not in parts or down_key not in parts:
-        raise FingerprintError(f"adapter module {module!r} lacks its {up_key if up_key not in parts else down_key} factor")
+    up_key, down_key = ("lora_up", "lora_down") if "lora_up" in parts or "lora_down" in parts else ("lora_B", "lora_A")
+    _require(module, parts, up_key, down_key)
     up, down = parts[up_key], parts[down_key]
-    if up.ndim < 2 or down.ndim < 2 or math.prod(up.shape[2:]) != 1:
+    if math.prod(up.shape[2:]) != 1:
         raise FingerprintError(f"adapter module {module!r}: factor shapes {tuple(up.shape)} and {tuple(down.shape)} are not a LoRA pair")
     rank = down.shape[0]
     if up.shape[1] != rank:
@@ -82,6 +90,7 @@ def _lora_factors(module: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndar
 
 def _cp_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
     """ΔW of a CP-decomposed LoCon conv: ΔW[o,i,h,w] = scale · Σ up[o,a] mid[a,b,h,w] down[b,i]."""
+    _require(module, parts, "lora_up", "lora_mid", "lora_down")
     up, mid, down = (np.asarray(parts[p], dtype=np.float64) for p in ("lora_up", "lora_mid", "lora_down"))
     if up.ndim != 4 or down.ndim != 4 or mid.ndim != 4 or mid.shape[:2] != (up.shape[1], down.shape[0]):
         raise FingerprintError(
@@ -97,9 +106,9 @@ def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         return _cp_delta(module, parts)
     def product(a: str, b: str, whole: str | None = None) -> np.ndarray:
         if whole and whole in parts:
+            _require(module, parts, whole)
             return np.asarray(parts[whole], dtype=np.float64)
-        if a not in parts or b not in parts:
-            raise FingerprintError(f"adapter module {module!r} lacks {a if a not in parts else b}")
+        _require(module, parts, a, b)
         left, right = _matrix(parts[a]), np.asarray(parts[b], dtype=np.float64)
         if left.shape[1] != right.shape[0]:
             raise FingerprintError(f"adapter module {module!r}: {a} {left.shape} and {b} {right.shape} do not multiply")

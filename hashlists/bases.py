@@ -61,12 +61,16 @@ def _info(row: dict) -> BaseInfo:
 
 def list_bases(db: sqlite_utils.Database) -> list[BaseInfo]:
     """Every registered base, by name."""
-    return [_info(row) for row in _table(db).rows_where(order_by="name")]
+    if not db[TABLE].exists():
+        return []
+    return [_info(row) for row in db[TABLE].rows_where(order_by="name")]
 
 
 def load_bases(db: sqlite_utils.Database, key: FingerprintKey) -> list[BaseModel]:
     """The bases registered with `key` (id and secret check), ready for `fingerprint_model(..., bases=)`."""
-    rows = _table(db).rows_where("key_id = ? and key_check = ?", [key.key_id, key.check], order_by="name")
+    if not db[TABLE].exists():
+        return []
+    rows = db[TABLE].rows_where("key_id = ? and key_check = ?", [key.key_id, key.check], order_by="name")
     return [BaseModel(row["name"], Fingerprint.from_bytes(row["fingerprint"])) for row in rows]
 
 

@@ -23,6 +23,11 @@ def default_db_path() -> Path:
 
 def open_database(path: str | os.PathLike[str] | None = None) -> sqlite_utils.Database:
     """A SQLite database in WAL mode (readers never block the writer), with foreign keys on."""
+    if path is not None and os.fspath(path).startswith(("postgresql://", "postgres://")):
+        raise ModelsieveError(
+            "this command keeps tables of its own (API keys, crawl jobs or fingerprint bases) in the "
+            "SQLite store only; give it a SQLite --db (lists on PostgreSQL: see `modelsieve list`, `match`)"
+        )
     target = Path(path) if path is not None else default_db_path()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ the next compaction. Keys are prefixes: a hit is a candidate the caller confirms
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -46,18 +46,8 @@ class DigestIndex:
         if self._overlay_size >= COMPACT_AFTER:
             self.compact()
 
-    def add_many(self, rows: Iterable[tuple[int, Mapping[str, str]]]) -> None:
-        """Add many entries at once (the initial load): built as arrays, not through the overlay."""
-        keys: dict[str, list[int]] = {name: [] for name in DIGEST_LENGTHS}
-        seqs: dict[str, list[int]] = {name: [] for name in DIGEST_LENGTHS}
-        for seq, digests in rows:
-            for name, value in digests.items():
-                keys[name].append(digest_key(name, value))
-                seqs[name].append(seq)
-        self._merge(keys, seqs)
-
     def compact(self) -> None:
-        """Fold the overlay into the sorted arrays."""
+        """Fold the overlay into the sorted arrays (done by `add` every COMPACT_AFTER digests)."""
         keys: dict[str, list[int]] = {name: [] for name in DIGEST_LENGTHS}
         seqs: dict[str, list[int]] = {name: [] for name in DIGEST_LENGTHS}
         for name, overlay in self._overlay.items():

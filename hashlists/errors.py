@@ -19,3 +19,7 @@ class BundleError(ModelsieveError):
 
 class SchemaError(ModelsieveError):
     """The store's schema is newer than this code, or otherwise unusable."""
+
+
+class StoreUnavailableError(ModelsieveError):
+    """The store cannot be reached (a database server down or refusing us) or its backend is not installed."""

@@ -9,10 +9,11 @@ match; disputed ones match with `status: "disputed"`.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
 from modelsieve.fingerprint.errors import FingerprintError
@@ -72,6 +73,26 @@ class Matcher:
     how weak a true match can be and still be found; see the README).
     """
 
+    @property
+    def fingerprint_key(self) -> FingerprintKey:
+        """The key files are fingerprinted with (the one the lists were made with)."""
+        return self._key
+
+    @property
+    def bases(self) -> tuple[BaseModel, ...]:
+        """The registered bases checkpoints are fingerprinted against."""
+        return self._bases
+
+    @classmethod
+    def for_store(cls, store: Store, fingerprint_key: FingerprintKey = PUBLIC_KEY, **options: Any) -> Matcher:
+        """A matcher using the store's registered bases and background cohorts for `fingerprint_key`.
+
+        Every caller that fingerprints files (list add, match, crawl, the API) builds its matcher
+        here, so checkpoints are always taken as deltas from the same bases and calibrated alike.
+        """
+        bases, cohorts = store.bases(fingerprint_key), store.cohorts(fingerprint_key)
+        return cls(store, fingerprint_key=fingerprint_key, bases=bases, cohorts=cohorts, **options)
+
     def __init__(
         self,
         store: Store,
@@ -119,19 +140,20 @@ class Matcher:
             latest = self._store.last_seq()
             if latest == self._seq:
                 return latest
-            rows = [row for row in self._store.index_rows(changed_since=self._seq, until=latest) if row.status != "retracted"]
-            for row in rows:
+            fingerprints = []
+            for row in self._store.index_rows(changed_since=self._seq, until=latest):
+                if row.status == "retracted":
+                    continue
+                if row.digests:
+                    self._digests.add(row.seq, row.digests)
                 if row.url:
                     self._url_keys.setdefault(url_key(row.url), []).append(row.seq)
                 if row.domain:
                     self._domains.setdefault(row.domain, []).append(row.seq)
-            digest_rows = ((row.seq, row.digests) for row in rows if row.digests)
-            if self._seq == 0:
-                self._digests.add_many(digest_rows)
-            else:
-                for seq, digests in digest_rows:
-                    self._digests.add(seq, digests)
-            self._fuzzy.add_many((row.seq, row.codes) for row in rows if row.codes)
+                if row.codes:
+                    fingerprints.append((row.seq, row.codes))
+            self._digests.compact()
+            self._fuzzy.add_many(fingerprints)
             self._seq = latest
             return latest
 

@@ -1,4 +1,4 @@
-"""The store interface: what every backend (SQLite now, PostgreSQL later) provides.
+"""The store interface: what every backend (SQLite embedded, PostgreSQL for servers) provides.
 
 A store holds lists, entries, the append-only event log, opinions, the trust store and the
 positions of bundle imports. It is persistence only: matching (`matcher.py`) and exchange
@@ -16,11 +16,21 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
+from modelsieve.hashlists.errors import StoreUnavailableError
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
 from modelsieve.hashlists.model import Entry, Event, IndexRow, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
 
 
 class Store(abc.ABC):
-    """Lists, entries, events, opinions, trust and sync positions; see the module docstring."""
+    """Lists, entries, events, opinions, trust and sync positions; see the module docstring.
+
+    `schema_version` is the store's schema version once opened; `upgraded_from` the version it had
+    before (equal when nothing was migrated, 0 for a store created by the opening).
+    """
+
+    schema_version: int = 0
+    upgraded_from: int = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -167,9 +177,40 @@ class Store(abc.ABC):
     def set_sync_position(self, publisher: str, stream: str, seq: int) -> None:
         """Record that a publisher's stream has been applied up to `seq`."""
 
+    # -- reference models: registered bases and their benign background cohorts ---------------
+    @abc.abstractmethod
+    def bases(self, key: FingerprintKey) -> list[BaseModel]:
+        """The registered bases fingerprinted with `key`: checkpoints are fingerprinted as deltas from them."""
 
-def open_store(location: str | os.PathLike[str] | None = None) -> Store:
-    """The store at `location`: a SQLite file path (default `$MODELSIEVE_DB`, else the user data folder)."""
-    from modelsieve.hashlists.sqlite_store import SQLiteStore  # backends import this module
+    @abc.abstractmethod
+    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
+        """Each base's background cohort of benign derived models taken with `key`, by base name."""
 
-    return SQLiteStore(location)
+
+def is_postgres_location(location: str | os.PathLike[str]) -> bool:
+    """Whether a --db value names a PostgreSQL database (a postgresql:// connection URI)."""
+    return os.fspath(location).startswith(("postgresql://", "postgres://"))
+
+
+def open_store(location: str | os.PathLike[str] | None = None, *, upgrade: bool = False) -> Store:
+    """The store at `location` (default `$MODELSIEVE_DB`, else the user data folder's SQLite file).
+
+    A `postgresql://` connection URI opens the PostgreSQL backend (the `postgres` extra), anything
+    else a SQLite file. `upgrade` applies missing schema migrations where the backend waits to be
+    told (PostgreSQL; the embedded SQLite store always upgrades itself).
+    """
+    # Backends import this module, so they are imported here, when asked for.
+    from modelsieve.hashlists.db import DB_ENV
+
+    target = os.fspath(location) if location is not None else os.environ.get(DB_ENV) or None
+    if target is not None and is_postgres_location(target):
+        try:
+            from modelsieve.hashlists.postgres_store import PostgresStore
+        except ImportError as exc:
+            raise StoreUnavailableError(
+                f"a PostgreSQL store needs psycopg: pip install 'modelsieve[postgres]' ({exc})"
+            ) from None
+        return PostgresStore(target, upgrade=upgrade)
+    from modelsieve.hashlists.sqlite_store import SQLiteStore
+
+    return SQLiteStore(target)

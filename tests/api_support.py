@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.api.http.auth import SCOPES, KeyStore
+from modelsieve.api.http.state import AUDIT
 from modelsieve.hashlists.db import open_database
 
 
@@ -33,6 +35,12 @@ class Api:
         assert response.status == status, await response.text()
         return await response.json()
 
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """Every audit line written so far (flushing the server's buffer first)."""
+        self.client.server.app[AUDIT].flush()
+        path = self.db_path.parent / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
     async def post_json(self, path: str, scope: str, body: Any, status: int = 200) -> Any:
         response = await self.client.post(path, headers=self.as_(scope), json=body)
         assert response.status == status, await response.text()
@@ -50,5 +58,6 @@ def make_keys(db_path: Path, **rate: float) -> dict[str, str]:
 async def start_api(aiohttp_client: Any, db_path: Path, **config: Any) -> Api:
     """A fresh application on the store at `db_path`, served on loopback by aiohttp's test server."""
     keys = make_keys(db_path, **config.pop("key_rates", {}))
+    config.setdefault("audit_log", db_path.parent / "audit.jsonl")
     client = await aiohttp_client(create_app(ApiConfig(db_path=db_path, **config)))
     return Api(client, db_path, keys)

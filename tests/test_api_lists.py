@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,9 @@ async def test_opinions_dispute_and_confirm_an_imported_entry(platforms: tuple[A
     await eventually(lambda: _status_is(b, "disputed"))
     confirmed = await b.post_json(f"/v1/entries/{entry}/opinion", "lists:write", {"opinion": "confirm"})
     assert confirmed["status"] == "active"
+    writes = [(r["event"], r.get("entry_id")) for r in b.audit_lines() if r["event"] != "match"]
+    assert writes == [("export", None), ("import", None), ("opinion", entry), ("opinion", entry)]  # A's and B's, one file
+    assert "benign" not in json.dumps(b.audit_lines()), "reasons are free text: never logged"
     await b.post_json("/v1/entries/e000000000000000000000000/opinion", "lists:write", {"opinion": "dispute"}, status=404)
     for body in ({"opinion": "maybe"}, {}, {"opinion": "dispute", "reason": 5}, {"opinion": "dispute", "x": 1}):
         response = await b.client.post(f"/v1/entries/{entry}/opinion", json=body, headers=b.as_("lists:write"))

@@ -35,7 +35,9 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(1).to_bytes(), evidence="fuzzy"))
     generate_key_files(folder / "platform-a.key", folder / "platform-a.pub")
     token, _ = KeyStore(open_database(db_path)).create(["admin"], name="schemathesis", rate_per_second=1e6)
-    with serving(ApiConfig(db_path=db_path, publisher_key_path=folder / "platform-a.key")) as base:
+    # crawl jobs are stored but never run here: fuzzed URLs must never be fetched
+    config = ApiConfig(db_path=db_path, publisher_key_path=folder / "platform-a.key", crawl_jobs_per_process=0)
+    with serving(config) as base:
         yield base, token
 
 

@@ -17,9 +17,13 @@ from pathlib import Path
 import pytest
 
 from modelsieve.api.cli import main
+from modelsieve.hashlists.model import NewEntry
+from modelsieve.hashlists.sqlite_store import SQLiteStore
 
 from tests.api_support import bearer
 
+LISTED = "ab" * 32
+READY_SECONDS = 120  # two spawned workers import everything; generous for a machine under load
 MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
@@ -44,7 +48,7 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
 
 def wait_until_ready(base: str, server: subprocess.Popen[str], stderr: Path, workers: int) -> None:
     """Until every worker has said it runs and the port answers readiness."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         assert server.poll() is None, stderr.read_text()
         if stderr.read_text().count("Running on") == workers:
@@ -54,12 +58,15 @@ def wait_until_ready(base: str, server: subprocess.Popen[str], stderr: Path, wor
             except OSError:
                 pass
         time.sleep(0.1)
-    raise AssertionError(f"server did not become ready in 30 s: {stderr.read_text()}")
+    raise AssertionError(f"server did not become ready in {READY_SECONDS} s: {stderr.read_text()}")
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Path]]:
     db = tmp_path / "store.db"
+    with SQLiteStore(db) as store:
+        store.create_list("main", publisher="platform-a")
+        store.add_entry("main", NewEntry(category="2c", digests={"sha256": LISTED}, note="a title naming someone"))
     admin = cli("keys", "api", "create", "--scope", "admin", "--name", "ops", "--db", str(db))
     assert admin.returncode == 0, admin.stderr
     port = free_port()
@@ -92,7 +99,7 @@ def test_keys_cli_prints_a_key_once_lists_without_secrets_and_revokes(tmp_path: 
     listed = capsys.readouterr().out
     record = json.loads(listed)
     assert record["key_id"] == key_id and record["scopes"] == ["lookup", "crawl"] and record["revoked_at"] is None
-    assert token.split("_")[2] not in listed
+    assert token.split("_", 2)[2] not in listed
     assert main(["keys", "api", "revoke", key_id, "--db", db]) == 0
     assert main(["keys", "api", "revoke", key_id, "--db", db]) == 2
     assert capsys.readouterr().err.startswith("modelsieve: error: no live API key")
@@ -111,11 +118,16 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_cleanly_on_sigterm(
     assert status == 200
     assert 'modelsieve_http_requests_total{method="GET",route="/v1/healthz",status="200"} 20.0' in body.decode()
     assert get(f"{base}/metrics")[0] == 401
+    status, body = get(f"{base}/v1/lookup?sha256={LISTED}", admin)
+    [match] = json.loads(body)["matches"]
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
     stderr = stderr_path.read_text()
     assert stderr.count("Running on http://127.0.0.1") == 2
     assert "Traceback" not in stderr
+    [audited] = [json.loads(line) for line in (stderr_path.parent / "audit.log").read_text().splitlines()]
+    assert audited["event"] == "match" and audited["matches"][0]["entry_id"] == match["entry_id"]
+    assert "title" not in json.dumps(audited)
 
 
 def test_serve_refuses_port_zero_with_several_workers() -> None:

@@ -1,8 +1,9 @@
-"""Signed bundle exchange between two real stores: round trip, deltas, tombstones, opinions, refusals."""
+"""Signed bundle exchange between two real stores (on each backend): round trip, deltas, tombstones, opinions, refusals."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +17,18 @@ from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry
 from modelsieve.hashlists.signing import generate_key_files, load_private_key
 from modelsieve.hashlists.sqlite_store import SQLiteStore
-from modelsieve.hashlists.store import Store
+from modelsieve.hashlists.store import Store, open_store
 from modelsieve.hashlists.trust import trust_publisher
+from tests.store_backends import StoreLocations
 
 
 class Platform:
     """A platform: its own store and key; publishes list "reports" as `name`."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, location: str | None = None) -> None:
         root.mkdir()
         self.name = name
-        self.store = SQLiteStore(root / "store.db")
+        self.store = open_store(location or root / "store.db")
         self.public = (root / f"{name}.pub")
         generate_key_files(root / f"{name}.key", self.public)
         self.key = load_private_key(root / f"{name}.key")
@@ -44,17 +46,19 @@ class Platform:
 
 
 @pytest.fixture
-def pub(tmp_path: Path) -> Platform:
-    platform = Platform(tmp_path / "pub", "hotline")
+def pub(tmp_path: Path, store_locations: StoreLocations) -> Iterator[Platform]:
+    platform = Platform(tmp_path / "pub", "hotline", store_locations.new("pub"))
     platform.store.create_list("reports", publisher="hotline")
-    return platform
+    yield platform
+    platform.store.close()
 
 
 @pytest.fixture
-def sub(tmp_path: Path, pub: Platform) -> Platform:
-    platform = Platform(tmp_path / "sub", "hub")
+def sub(tmp_path: Path, pub: Platform, store_locations: StoreLocations) -> Iterator[Platform]:
+    platform = Platform(tmp_path / "sub", "hub", store_locations.new("sub"))
     platform.trusts(pub)
-    return platform
+    yield platform
+    platform.store.close()
 
 
 def add(platform: Platform, seed: int, **fields: object) -> str:
@@ -218,7 +222,7 @@ def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str]
     return platform.export().read_bytes(), platform.public.read_text()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_altered_byte_is_refused_and_changes_nothing(signed_bundle: tuple[bytes, str], tmp_path: Path, data: st.DataObject) -> None:
     original, public_key = signed_bundle

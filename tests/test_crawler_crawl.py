@@ -17,7 +17,7 @@ from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
 from modelsieve.fingerprint import synthetic
-from modelsieve.fingerprint.fuzzy import PUBLIC_KEY, fingerprint_tensors
+from modelsieve.fingerprint.fuzzy import fingerprint_tensors
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -51,7 +51,7 @@ def lookup(tmp_path: Path) -> StoreLookup:
     listed_fingerprint = fingerprint_tensors(synthetic.kohya_layout(LISTED_LORA, "fp32"))
     store.add_entry("demo", NewEntry(category="2c", kind="lora", fingerprint=listed_fingerprint.to_bytes(), evidence="fuzzy", source="synthetic LoRA entry"))
     store.add_entry("demo", NewEntry(category="nudify-service", kind="service", domain="example.org", source="service report", evidence="osint-report"))
-    return StoreLookup(Matcher(store, refresh_interval=0), PUBLIC_KEY)
+    return StoreLookup(Matcher(store, refresh_interval=0))
 
 
 def crawler(lookup: StoreLookup, mode: str = "search") -> Crawler:

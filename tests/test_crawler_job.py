@@ -140,7 +140,7 @@ def test_a_crawl_killed_with_sigkill_again_and_again_finishes_every_url_exactly_
         "--per-host", "4", "--concurrency", "8", "--json",
     ]  # fmt: skip
     rng = random.Random(5)
-    for _kill in range(3):  # kill each run mid-crawl, once its output has grown by a random amount
+    for _kill in range(2):  # kill each run mid-crawl, once its output has grown by a random amount
         before = len(out.read_bytes().splitlines()) if out.exists() else 0
         target = before + rng.randint(5, 50)
         process = subprocess.Popen(command + ["--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -192,3 +192,17 @@ def test_input_lines_keep_their_context() -> None:
     assert flat.context == {"reporter": "u1"}
     assert isinstance(parse_line("https://a.org/has space", 2), BadLine)
     assert parse_line("   # comment", 3) is None
+
+
+def test_help_teaches_with_examples(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["crawl", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--resume" in text and "never \"clean\"" in text and "--allow-loopback" in text
+
+
+def test_a_missing_input_file_is_a_one_line_error(tmp_path, db, capsys) -> None:
+    assert crawl(str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o.jsonl"), "--db", str(db)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modelsieve: error: ") and err.count("\n") == 1

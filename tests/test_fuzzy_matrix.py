@@ -198,3 +198,13 @@ def test_sharded_checkpoints_and_diffusers_folders_match_through_the_readers(tmp
         with open_model(path) as reader:
             result = compare(fingerprint_model(reader, KEY, [base()]), listed())
         assert result.similarity > 0.99 and result.coverage > 0.99, path
+
+
+def test_tensors_under_unknown_names_are_resolved_by_shape_and_sketch_against_the_base() -> None:
+    tuned = syn.resave(family().fine_tune(1, SIZE), "fp16")
+    scrambled = {f"layer{i:04d}.w" if "input_blocks" in name else name: array
+                 for i, (name, array) in enumerate(sorted(tuned.items()))}
+    query = fp(scrambled)
+    assert not any(name.startswith("other.") for name in query.sketches)
+    result = compare(query, listed())
+    assert result.similarity > 0.99 and result.coverage > 0.99

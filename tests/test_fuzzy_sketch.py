@@ -87,3 +87,20 @@ def test_non_finite_weights_are_refused(bad: float) -> None:
     array[3, 4] = bad
     with pytest.raises(FingerprintError, match="'w'.*NaN or infinite"):
         sketch_tensors(KEY, [("w", array)])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(["model.diffusion_model.out.2.weight", "first_stage_model.quant_conv.weight",
+                                        "text_model.final_layer_norm.bias", "weird", "model_ema.x", "alphas_cumprod",
+                                        "unet/conv_in.weight", "unet.conv_in.weight"]),
+                       st.tuples(st.lists(st.integers(0, 4), max_size=4), st.sampled_from(["float16", "float32", "int64", "bfloat16"])),
+                       max_size=6))
+def test_any_checkpoint_gives_a_fingerprint_or_a_clean_error(tensors: dict) -> None:
+    from modelsieve.fingerprint.fuzzy import fingerprint_tensors
+
+    arrays = {name: np.ones(shape, dtype=ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype) for name, (shape, dtype) in tensors.items()}
+    try:
+        fp = fingerprint_tensors(arrays, KEY)
+    except FingerprintError:
+        return
+    assert fp.sketches and all(np.isfinite(s).all() for s in fp.sketches.values())

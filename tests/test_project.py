@@ -22,8 +22,11 @@ def test_every_package_folder_is_packaged() -> None:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
+    # Besides shell settings, CI may only start the services the tests use (`bash .ci/NAME` scripts).
     ci_commands = [
-        line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "bash .ci/"))
     ]
     readme = (ROOT / "README.md").read_text()
     setup = re.search(r"## Set up\n(.*?)\n## ", readme, re.S)

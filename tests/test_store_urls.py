@@ -68,7 +68,7 @@ def test_any_text_normalises_or_is_refused_cleanly(text: str) -> None:
     assert registrable_domain(normalised)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(urls())
 def test_real_looking_urls_normalise_idempotently(url: str) -> None:
     normalised = normalise_url(url)

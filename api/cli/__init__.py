@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "fingerprint",
     "compare",
     "bases",
+    "db",
 )
 
 DESCRIPTION = """\

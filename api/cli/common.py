@@ -37,9 +37,10 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 def add_db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH|URI",
         default=None,
-        help="the store (SQLite file); default: $MODELSIEVE_DB or ~/.local/share/modelsieve/modelsieve.db",
+        help="the store: a SQLite file or a postgresql://USER@HOST/DB URI; "
+        "default: $MODELSIEVE_DB or ~/.local/share/modelsieve/modelsieve.db",
     )
 
 

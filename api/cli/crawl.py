@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from modelsieve.api.cli.cluster_options import add_cluster_options, on_cluster, run_crawl_on_cluster
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line, progress_bar
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
@@ -52,6 +53,8 @@ examples:
   modelsieve crawl links.jsonl --out recs.jsonl --mode host
   modelsieve crawl links.txt --out recs.jsonl --resume           # after an interruption
   modelsieve crawl links.txt --out recs.jsonl --per-host 4 --delay 0.5 --no-robots
+  modelsieve crawl links.txt --out crawl-dir/ --workers 8        # local Dask cluster, one part file per partition
+  modelsieve crawl links.txt --out crawl-dir/ --scheduler tcp://10.0.0.5:8786 --db postgresql://ms@db/ms --resume
 
 exit status: 0 every URL checked; 1 done, but some lines were junk or some URLs ended in
 "error"; 2 the crawl could not run.
@@ -97,6 +100,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="allow 127.0.0.0/8 and ::1 (tests and operators checking their own host only)",
     )
+    add_cluster_options(parser, partitions=True)
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -160,6 +164,8 @@ def _input_lines(path: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     if not args.urls.is_file():
         raise ModelsieveError(f"{args.urls}: no such file")
+    if on_cluster(args):
+        return run_crawl_on_cluster(args, crawl_config(args), _input_lines(args.urls))
     problems = Counter[str]()
 
     def bad_line(bad: BadLine) -> None:
@@ -184,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         if problems["duplicate"]:
             print(f"modelsieve: {problems['duplicate']} repeated URLs are checked once", file=sys.stderr)
         key = load_key(args.fingerprint_key)
-        lookup = StoreLookup(Matcher(store, fingerprint_key=key), key)
+        lookup = StoreLookup(Matcher.for_store(store, key))
         actions = asyncio.run(_crawl(job, lookup, crawl_config(args), show_progress=not args.json))
         progress = job.progress()
     finally:

@@ -1,107 +1,159 @@
-"""`modelsieve demo`: the main job, end to end, on a benign sample model it makes itself.
+"""`modelsieve demo`: the main job end to end, on a synthetic zoo, with no network.
 
-Needs no network and no input: it writes a small safetensors model of random weights, hashes
-it, reads it, and shows why the tensor-data hash (AutoV3) matters by re-saving the same tensors
-with edited metadata.
+It runs the same commands a platform would (`bases add`, `list create`, `list add`, `crawl`),
+printing each, against a store in the output folder: a base model is registered, two stand-ins
+for harmful models are listed, a loopback file host serves the zoo, and the crawl recommends
+what to delist, with evidence. Every weight is random; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import tempfile
-from collections.abc import Iterator
+import io
+import json
+import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from safetensors.numpy import save_file
-
 from modelsieve.api.cli.common import add_json_flag, command_parser, print_json_line
-from modelsieve.api.cli.hash import print_table
-from modelsieve.api.cli.inspect import summarise
-from modelsieve.fingerprint.digests import hash_file
+from modelsieve.api.demo.filehost import serve_folder
+from modelsieve.api.demo.zoo import ZooModel, build_zoo
+from modelsieve.fingerprint.errors import ModelsieveError
 
 EXAMPLES = """\
 examples:
-  modelsieve demo
-  modelsieve demo --output demo-output     # keep the generated files
-  modelsieve demo --json | jq .
+  modelsieve demo                       # everything in ./modelsieve-demo
+  modelsieve demo --output /tmp/demo    # elsewhere
+  modelsieve demo --json | jq .action   # the recommendations as JSON Lines
 """
 
-SAMPLE_SEED = 0  # fixed, so every run shows the same digests
-SAMPLE_LAYERS = 3
-SAMPLE_WIDTH = 768  # 3 fp16 768×768 layers ≈ 3.5 MB: over 2 MiB, so AutoV1 is defined too
+LIST_NAME = "demo-2c"
+BASE_NAME = "sd15-synthetic"
+# what the demo writes into its folder, and so removes before a new run
+DEMO_FILES = ("zoo", "modelsieve.db", "modelsieve.db-wal", "modelsieve.db-shm", "urls.txt", "recommendations.jsonl")
 
 
 def register(subparsers: Any) -> None:
     parser = command_parser(
         subparsers,
         "demo",
-        "run the main job on a sample model it generates (no network)",
-        "Generate a small benign sample model (random weights, safetensors), then hash it and read\n"
-        "it as `modelsieve hash` and `modelsieve inspect` would. A second copy with edited metadata\n"
-        "shows that the whole-file sha256 changes while the tensor-data hash (autov3) does not.",
+        "run the main job end to end on a synthetic zoo (no network)",
+        "Generate a synthetic model zoo (a base; two listed stand-ins for harmful models, a\n"
+        "fine-tune and a LoRA; their near-copies; independent benign models), register the base,\n"
+        "list the two, serve the zoo from a loopback file host, crawl it as a search engine's\n"
+        "delisting job would, and print the recommendations with their evidence. Every weight is\n"
+        "random and nothing is downloaded. The store stays in the output folder, so the API can be\n"
+        "started against it afterwards.",
         EXAMPLES,
     )
     parser.add_argument(
         "--output",
         metavar="DIR",
-        default=None,
-        help="write the sample files here and keep them (default: a temporary folder, removed afterwards)",
+        type=Path,
+        default=Path("modelsieve-demo"),
+        help="folder for the zoo, the store and the recommendations (default: ./modelsieve-demo; "
+        "files of an earlier demo run there are replaced)",
     )
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
-def write_sample_model(path: Path, metadata: dict[str, str]) -> Path:
-    """A tiny multi-layer network of random fp16 weights (the same every time), as safetensors."""
-    rng = np.random.default_rng(SAMPLE_SEED)
-    tensors: dict[str, np.ndarray] = {}
-    for layer in range(SAMPLE_LAYERS):
-        scale = 1 / np.sqrt(SAMPLE_WIDTH)
-        tensors[f"layers.{layer}.weight"] = (rng.standard_normal((SAMPLE_WIDTH, SAMPLE_WIDTH)) * scale).astype(np.float16)
-        tensors[f"layers.{layer}.bias"] = np.zeros(SAMPLE_WIDTH, dtype=np.float16)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+def _fresh_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    (folder / "zoo").mkdir()
 
 
-@contextlib.contextmanager
-def demo_folder(output: str | None) -> Iterator[Path]:
-    """The folder to work in: `output` (created, kept) or a temporary one (removed)."""
-    if output is not None:
-        folder = Path(output)
-        folder.mkdir(parents=True, exist_ok=True)
-        yield folder
-        return
-    with tempfile.TemporaryDirectory(prefix="modelsieve-demo-") as folder:
-        yield Path(folder)
+def _step(argv: list[str], *, quiet: bool) -> list[dict[str, Any]]:
+    """Run one `modelsieve` command in process (with --json) and return its JSON lines."""
+    from modelsieve.api.cli import main  # the frame imports this module: import it lazily
+
+    if not quiet:
+        print(f"  $ modelsieve {shlex.join(argv)}", file=sys.stderr)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        status = main([*argv, "--json"])
+    if status != 0:
+        raise ModelsieveError(f"demo step `modelsieve {shlex.join(argv)}` failed (exit {status})")
+    return [json.loads(line) for line in captured.getvalue().splitlines() if line.strip()]
+
+
+def _evidence(recommendation: dict[str, Any]) -> str:
+    """The strongest match of a recommendation, in a few words."""
+    matches = recommendation.get("evidence", {}).get("matches") or []
+    if not matches:
+        return recommendation.get("reason", "")
+    best = matches[0]
+    parts = [f"{best.get('kind')} match", f"entry {str(best.get('entry_id'))[:8]}", f"score {best.get('score'):.3f}"]
+    if best.get("coefficient") is not None and best.get("kind") == "fuzzy":
+        parts.append(f"coef {best['coefficient']:.2f}")
+    return ", ".join(parts)
+
+
+def _print_table(models: list[ZooModel], recommendations: dict[str, dict[str, Any]]) -> None:
+    rows = [("file", "what it is", "action", "evidence")]
+    for model in models:
+        rec = recommendations[model.filename]
+        rows.append((model.filename, f"{model.role}: {model.description}", rec["action"], _evidence(rec)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for index, row in enumerate(rows):
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+        if index == 0:
+            print("  " + "  ".join("-" * width for width in widths) + "  " + "-" * 8)
 
 
 def run(args: argparse.Namespace) -> int:
-    with demo_folder(args.output) as folder:
-        sample = write_sample_model(folder / "sample.safetensors", {"name": "modelsieve demo sample"})
-        edited = write_sample_model(folder / "sample-edited.safetensors", {"name": "renamed on re-upload"})
-        original_digests, edited_digests = hash_file(sample), hash_file(edited)
-        summary = summarise(str(sample))
-        sha256_changed = original_digests.digests["sha256"] != edited_digests.digests["sha256"]
-        autov3_unchanged = original_digests.digests["autov3"] == edited_digests.digests["autov3"]
-        if args.json:
-            print_json_line({"step": "hash", **original_digests.to_json()})
-            print_json_line({"step": "inspect", **summary})
-            print_json_line({"step": "hash", **edited_digests.to_json()})
-            print_json_line({"step": "metadata-edit", "sha256_changed": sha256_changed, "autov3_unchanged": autov3_unchanged})
-            return 0
-        print(f"modelsieve demo: a sample model of random weights, made here (nothing downloaded) in {folder}\n")
-        print("1. whole-file digests (modelsieve hash):")
-        print_table(original_digests)
-        print("\n2. what the model holds (modelsieve inspect):")
-        print(f"  format {summary['format']}, {summary['tensors']} tensors, {summary['parameters']:,} parameters, "
-              f"dtypes {', '.join(summary['dtypes'])}, metadata keys {', '.join(summary['metadata_keys']) or '-'}")
-        for problem in summary["problems"]:
-            print(f"  problem: {problem}")
-        print("\n3. the same tensors re-saved with edited metadata (a typical re-upload):")
-        print_table(edited_digests)
-        print(f"\n  sha256 {'differs' if sha256_changed else 'matches'}, autov3 {'matches' if autov3_unchanged else 'differs'}"
-              ": the tensor-data hash still recognises the same weights after a metadata edit.")
+    folder: Path = args.output.resolve()
+    quiet = args.json
+    _fresh_folder(folder)
+    db = str(folder / "modelsieve.db")
+    if not quiet:
+        print(f"modelsieve demo: a synthetic zoo of random weights in {folder} (nothing downloaded)\n", file=sys.stderr)
+    base, models = build_zoo(folder / "zoo")
+    zoo = folder / "zoo"
+    if not quiet:
+        print("1. register the public base, create a list and list the two stand-ins for harmful models:", file=sys.stderr)
+    _step(["bases", "add", str(zoo / base.filename), "--name", BASE_NAME, "--db", db], quiet=quiet)
+    _step(["list", "create", LIST_NAME, "--publisher", "modelsieve-demo", "--db", db], quiet=quiet)
+    for model in (m for m in models if m.listed):
+        kind = "lora" if "lora" in model.filename else "checkpoint"
+        _step(
+            ["list", "add", LIST_NAME, str(zoo / model.filename), "--category", "2c", "--kind", kind,
+             "--source", "demo-hotline", "--db", db],
+            quiet=quiet,
+        )
+    crawled = [base, *models]
+    with serve_folder(zoo) as url:
+        (folder / "urls.txt").write_text("".join(f"{url}{model.filename}\n" for model in crawled))
+        if not quiet:
+            print(f"\n2. serve the zoo at {url} and crawl it as a search engine's delisting job:", file=sys.stderr)
+        _step(
+            ["crawl", str(folder / "urls.txt"), "--out", str(folder / "recommendations.jsonl"), "--mode", "search",
+             "--allow-loopback", "--db", db],
+            quiet=quiet,
+        )
+    lines = (folder / "recommendations.jsonl").read_text().splitlines()
+    by_file = {json.loads(line)["url"].rsplit("/", 1)[1]: json.loads(line) for line in lines if line.strip()}
+    if quiet:
+        for model in crawled:
+            print_json_line({"file": model.filename, "role": model.role, **by_file[model.filename]})
+        return 0
+    print("\n3. recommendations (\"none\" means no list matched, never \"clean\"):\n")
+    _print_table(crawled, by_file)
+    print(
+        f"\nFull evidence: {folder / 'recommendations.jsonl'}\n"
+        "Start the HTTP API against the same store:\n"
+        f"  modelsieve keys api create --scope lookup --db {db}\n"
+        f"  modelsieve serve --db {db}\n"
+        "  curl -H 'Authorization: Bearer <key>' "
+        f"'http://127.0.0.1:8080/v1/lookup?sha256=<a sha256 from the evidence>'"
+    )
     return 0

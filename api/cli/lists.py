@@ -130,7 +130,8 @@ def _register_add(actions: Any) -> None:
     parser.set_defaults(handler=run_add)
 
 
-def _new_entries(args: argparse.Namespace) -> list[NewEntry]:
+def _new_entries(args: argparse.Namespace, store: Store) -> list[NewEntry]:
+    """The entries `list add` makes; files are fingerprinted as deltas from the store's registered bases."""
     fields = {
         "kind": args.kind,
         "source": args.source,
@@ -141,8 +142,9 @@ def _new_entries(args: argparse.Namespace) -> list[NewEntry]:
     digests = {name: getattr(args, name) for name in DIGEST_LENGTHS if getattr(args, name)}
     entries = []
     key = load_key(args.fingerprint_key)
+    bases = store.bases(key)
     for path in expand_paths(args.paths):
-        evidence = examine_file(path, key)
+        evidence = examine_file(path, key, bases)
         if evidence.problem:
             report_failure(path, InvalidEntryError(evidence.problem))
         kind = evidence.fingerprint.kind if evidence.fingerprint else args.kind
@@ -184,9 +186,8 @@ def _shown(name: str, value: str) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    entries = _new_entries(args)
     with open_store(args.db) as store:
-        for entry in entries:
+        for entry in _new_entries(args, store):
             stored = store.add_entry(args.list, entry)
             if stored is None:
                 _print_existing(store, args.list, entry, json_output=args.json)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from modelsieve.api.cli.cluster_options import add_cluster_options, on_cluster, run_match_on_cluster
 from modelsieve.api.cli.common import (
     add_db_option,
     add_json_flag,
@@ -16,9 +17,6 @@ from modelsieve.api.cli.common import (
 )
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
-from modelsieve.hashlists.background import load_cohorts
-from modelsieve.hashlists.bases import load_bases
-from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import MatchResult
 from modelsieve.hashlists.store import open_store
@@ -29,6 +27,8 @@ examples:
   modelsieve match downloads/ --json | jq 'select(.verdict != "none")'
   modelsieve match --url https://undress.example.com/app
   modelsieve match lora.safetensors --fingerprint-key team.fpkey
+  modelsieve match catalogue.txt --workers 8 --json     # a backlog: catalogue.txt lists file paths
+  modelsieve match catalogue.txt --scheduler tcp://10.0.0.5:8786 --db postgresql://ms@db/ms
 
 verdicts: exact (a listed digest or URL/domain), near (a fuzzy fingerprint match), none (no list
 matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
@@ -45,7 +45,9 @@ def register(subparsers: Any) -> None:
         "match",
         "look model files or URLs up in the lists",
         "Hash and fingerprint each model file and look both up in every list of the store;\n"
-        "look URLs up in the URL and domain entries. One result per input.",
+        "look URLs up in the URL and domain entries. One result per input.\n"
+        "With --workers or --scheduler, each PATH is a manifest listing model files on shared storage\n"
+        "(one path a line), matched on a Dask cluster.",
         EXAMPLES,
     )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="model files, folders or glob patterns")
@@ -56,6 +58,7 @@ def register(subparsers: Any) -> None:
         help="the fingerprint key the lists were made with (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)",
     )
     add_db_option(parser)
+    add_cluster_options(parser)
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -79,16 +82,15 @@ def describe(result: MatchResult) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.paths and not args.url:
         raise ModelsieveError("nothing to match: give model files or --url URL")
+    if on_cluster(args):
+        if args.url:
+            raise ModelsieveError("--url is matched in one process: leave out --workers/--scheduler")
+        return run_match_on_cluster(args, describe)
     paths = list(expand_paths(args.paths))
     status = 0
     key = load_key(args.fingerprint_key)
     with open_store(args.db) as store:
-        database = open_database(args.db)
-        try:  # registered bases (checkpoint deltas are taken against them) and their background cohorts
-            bases, cohorts = load_bases(database, key), load_cohorts(database, key)
-        finally:
-            database.conn.close()
-        matcher = Matcher(store, fingerprint_key=key, bases=bases, cohorts=cohorts)
+        matcher = Matcher.for_store(store, key)
         for subject, lookup in [(u, matcher.match_url_result) for u in args.url] + [
             (str(p), matcher.match_path) for p in progress(paths, total=len(paths), unit=" files", enabled=not args.json)
         ]:

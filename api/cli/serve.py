@@ -17,7 +17,6 @@ from aiohttp import web
 
 from modelsieve.api.cli.common import add_db_option, command_parser
 from modelsieve.api.http import ApiConfig, create_app
-from modelsieve.api.http import audit
 from modelsieve.api.http.metrics import MULTIPROCESS_ENV
 from modelsieve.fingerprint.errors import ModelsieveError
 
@@ -53,6 +52,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--publisher-key", metavar="FILE", default=None, help="Ed25519 private key (`modelsieve keys generate`) that signs exported bundles")
     parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
     parser.add_argument(
+        "--crawl-jobs",
+        type=int,
+        default=ApiConfig.crawl_jobs_per_process,
+        metavar="N",
+        help="crawl jobs each process runs at once (default %(default)s; 0: only accept jobs, other servers run them)",
+    )
+    parser.add_argument(
         "--crawl-allow-loopback",
         action="store_true",
         help="let crawl jobs fetch from 127.0.0.0/8 and ::1 (local test hosts and the demo only)",
@@ -62,8 +68,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise ModelsieveError("--workers must be at least 1")
+    if args.workers < 1 or args.crawl_jobs < 0:
+        raise ModelsieveError("--workers must be at least 1 and --crawl-jobs at least 0")
     if args.workers > 1 and args.port == 0:
         raise ModelsieveError("--port 0 works with one worker only (each worker would pick its own port)")
     config = ApiConfig(
@@ -73,17 +79,18 @@ def run(args: argparse.Namespace) -> int:
         rate_per_second=args.rate,
         rate_burst=args.burst,
         crawl_allow_loopback=args.crawl_allow_loopback,
+        crawl_jobs_per_process=args.crawl_jobs,
+        audit_log=args.audit_log,
     )
     if args.workers == 1:
-        serve_process(config, args.host, args.port, args.audit_log, reuse_port=False)
+        serve_process(config, args.host, args.port, reuse_port=False)
         return 0
-    return _supervise(config, args.host, args.port, args.audit_log, args.workers)
+    return _supervise(config, args.host, args.port, args.workers)
 
 
-def serve_process(config: ApiConfig, host: str, port: int, audit_log: str | None, *, reuse_port: bool) -> None:
+def serve_process(config: ApiConfig, host: str, port: int, *, reuse_port: bool) -> None:
     """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app)."""
     logging.basicConfig(level=logging.WARNING, format="modelsieve: %(message)s")
-    audit.configure(audit_log)
     web.run_app(
         create_app(config),
         host=host,
@@ -95,13 +102,13 @@ def serve_process(config: ApiConfig, host: str, port: int, audit_log: str | None
     )
 
 
-def _supervise(config: ApiConfig, host: str, port: int, audit_log: str | None, workers: int) -> int:
+def _supervise(config: ApiConfig, host: str, port: int, workers: int) -> int:
     """Start `workers` processes on one port; stop all when signalled or when any of them dies."""
     metrics_dir = tempfile.mkdtemp(prefix="modelsieve-metrics-")
     os.environ[MULTIPROCESS_ENV] = metrics_dir  # inherited by the spawned workers only
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=serve_process, args=(config, host, port, audit_log), kwargs={"reuse_port": True}, name=f"worker-{n}")
+        context.Process(target=serve_process, args=(config, host, port), kwargs={"reuse_port": True}, name=f"worker-{n}")
         for n in range(workers)
     ]
     stopping = False

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
-from modelsieve.api.http.auth import KeyStore
+from modelsieve.api.http.audit import AuditLog
+from modelsieve.api.http.auth import CachedKeys, KeyStore
 from modelsieve.api.http.config import ApiConfig
 from modelsieve.api.http.errors import error_middleware
 from modelsieve.api.http.metrics import Metrics
@@ -18,9 +20,12 @@ from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.api.http.routing import add_routes
 from modelsieve.api.http.state import (
+    AUDIT,
     CONFIG,
+    CRAWL_JOBS,
     DATABASE,
     FINGERPRINT_KEY,
+    JOB_RUNNER,
     KEYS,
     LIMITER,
     MATCH_INDEX,
@@ -32,8 +37,13 @@ from modelsieve.api.http.state import (
     UPLOAD_SLOTS,
     MatchIndex,
 )
+from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
+from modelsieve.crawler.crawl import CrawlConfig
+from modelsieve.crawler.lookup import StoreLookup
+from modelsieve.crawler.netguard import AddressPolicy
+from modelsieve.crawler.policy import PolicyConfig
 from modelsieve.fingerprint.fuzzy import load_key
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.db import default_db_path, open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import open_store
@@ -53,9 +63,18 @@ def create_app(config: ApiConfig | None = None) -> web.Application:
     app[OPENAPI] = openapi_document(ROUTES)
     app[UPLOAD_SLOTS] = asyncio.Semaphore(config.concurrent_uploads)
     app[MATCH_INDEX] = MatchIndex()
-    app.cleanup_ctx.extend([_store, _match_index])
+    app.cleanup_ctx.extend([_audit, _store, _match_index, _crawl_jobs])
     add_routes(app, ROUTES)
     return app
+
+
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    """The audit log, open for the process's lifetime; its last lines are written at shutdown."""
+    app[AUDIT] = AuditLog(app[CONFIG].audit_log)
+    try:
+        yield
+    finally:
+        app[AUDIT].close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -67,7 +86,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     store = open_store(config.db_path)
     app[DATABASE] = db
     app[STORE] = store
-    app[KEYS] = KeyStore(db)
+    app[KEYS] = CachedKeys(KeyStore(db), config.key_cache_seconds)
     app[READINESS_CHECKS]["store"] = lambda app: "ok"
     try:
         yield
@@ -85,7 +104,7 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
 
     async def load() -> None:
         try:
-            index.matcher = await asyncio.to_thread(Matcher, app[STORE], fingerprint_key=app[FINGERPRINT_KEY])
+            index.matcher = await asyncio.to_thread(Matcher.for_store, app[STORE], app[FINGERPRINT_KEY])
             index.status = "ok"
         except Exception as exc:
             log.exception("cannot load the match index")
@@ -98,3 +117,33 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
+
+
+async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
+    """Take crawl jobs from the store and run them in this process once the match index is loaded;
+    on shutdown, running jobs are stopped and their leases given back (they resume elsewhere)."""
+    config = app[CONFIG]
+    store_path = Path(config.db_path) if config.db_path is not None else default_db_path()
+    jobs = CrawlJobs(app[DATABASE], Path(config.crawl_jobs_dir) if config.crawl_jobs_dir else Path(f"{store_path}.crawl-jobs"))
+    app[CRAWL_JOBS] = jobs
+    index = app[MATCH_INDEX]
+
+    def crawl_config(mode: str) -> CrawlConfig:
+        return CrawlConfig(policy=PolicyConfig(mode=mode), addresses=AddressPolicy(allow_loopback=config.crawl_allow_loopback))
+
+    runner = app[JOB_RUNNER] = JobRunner(jobs, crawl_config, app[METRICS], config.crawl_jobs_per_process)
+
+    async def run() -> None:
+        if config.crawl_jobs_per_process == 0:
+            return  # this process only accepts jobs; others run them
+        while index.matcher is None:
+            await asyncio.sleep(0.1)
+        await runner.run_forever(StoreLookup(index.matcher, app[FINGERPRINT_KEY]))
+
+    running = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

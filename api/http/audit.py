@@ -2,29 +2,74 @@
 
 Lines name the key, the route and entry ids, list names, kinds and scores, never model titles,
 notes, file names or URLs (they can name victims); digests and job ids are safe to keep.
-`modelsieve serve` sends the `modelsieve.audit` logger to stderr or to `--audit-log FILE`.
+`modelsieve serve` appends them to `--audit-log FILE` (default: stderr).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
+import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelsieve.api.http.routing import Call
-from modelsieve.api.http.state import METRICS
+from modelsieve.api.http.state import AUDIT, METRICS
 
-audit_log = logging.getLogger("modelsieve.audit")
+FLUSH_SECONDS = 0.2
+FLUSH_BYTES = 64 * 1024
+
+
+class AuditLog:
+    """Audit lines appended to a file (or stderr), a batch at a time.
+
+    Lines wait in memory for at most FLUSH_SECONDS (or until FLUSH_BYTES gather) and are then
+    appended with one write (O_APPEND: several worker processes can share the file, lines stay
+    whole). Writing line by line cost more than a lookup itself; the price is that a process
+    killed with SIGKILL loses at most its last FLUSH_SECONDS of lines. `close()` writes the rest.
+    """
+
+    def __init__(self, destination: str | os.PathLike[str] | None) -> None:
+        if destination is None:
+            self._fd, self._owned = sys.stderr.fileno(), False
+        else:
+            self._fd, self._owned = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), True
+        self._lines: list[str] = []
+        self._size = 0
+        self._scheduled: asyncio.TimerHandle | None = None
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._scheduled is None:
+            self._scheduled = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        data = memoryview("".join(self._lines).encode("utf-8"))
+        self._lines.clear()
+        self._size = 0
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        self.flush()
+        if self._owned:
+            os.close(self._fd)
+
 
 MATCH_FIELDS = ("entry_id", "list", "kind", "score", "status")
 
 
 def audit(call: Call, event: str, **fields: Any) -> None:
     """Record one event by the calling key on the current route."""
-    if not audit_log.isEnabledFor(logging.INFO):
-        return
     record = {
         "at": round(time.time(), 3),
         "event": event,
@@ -32,7 +77,7 @@ def audit(call: Call, event: str, **fields: Any) -> None:
         "route": f"{call.request.method} {call.request.match_info.route.resource.canonical}",  # type: ignore[union-attr]
         **fields,
     }
-    audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
+    call.app[AUDIT].write(record)
 
 
 def audit_matches(call: Call, matches: Iterable[Mapping[str, Any]], **fields: Any) -> None:
@@ -44,12 +89,3 @@ def audit_matches(call: Call, matches: Iterable[Mapping[str, Any]], **fields: An
     for match in kept:
         counter.labels(str(match.get("kind"))).inc()
     audit(call, "match", matches=kept, **fields)
-
-
-def configure(destination: str | None) -> None:
-    """Send audit lines to a file (appended) or, with None, to stderr; plain lines, no prefixes."""
-    handler: logging.Handler = logging.FileHandler(destination, encoding="utf-8") if destination else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    audit_log.handlers[:] = [handler]
-    audit_log.setLevel(logging.INFO)
-    audit_log.propagate = False

@@ -14,7 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -124,6 +124,30 @@ class KeyStore:
         except sqlite3.Error as exc:
             raise ModelsieveError(f"cannot read API keys: {exc}") from None
         return [ApiKey(r[0], r[1], tuple(r[2].split()), r[3], r[4], r[5]) for r in rows]
+
+
+class CachedKeys:
+    """Verified keys remembered for `seconds`, so a request does not query the store each time.
+
+    Revoking a key therefore takes effect within `seconds` on every server process. Only keys
+    that verified are remembered (at most `limit`), so random tokens cannot fill the cache.
+    """
+
+    def __init__(self, store: KeyStore, seconds: float, limit: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.seconds, self.limit, self.clock = store, seconds, limit, clock
+        self._known: dict[str, tuple[ApiKey, float]] = {}
+
+    def verify(self, token: str) -> ApiKey | None:
+        now = self.clock()
+        known = self._known.get(token)
+        if known is not None and known[1] > now:
+            return known[0]
+        key = self.store.verify(token)
+        if key is not None and self.seconds > 0:
+            if len(self._known) >= self.limit:
+                self._known.clear()
+            self._known[token] = (key, now + self.seconds)
+        return key
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -20,6 +20,7 @@ class ApiConfig:
     db_path: str | os.PathLike[str] | None = None
     publisher_key_path: str | os.PathLike[str] | None = None  # Ed25519 key signing exported bundles
     fingerprint_key_path: str | os.PathLike[str] | None = None  # None: $MODELSIEVE_FINGERPRINT_KEY or the public key
+    audit_log: str | os.PathLike[str] | None = None  # file the audit lines are appended to; None: stderr
     json_body_limit: int = 1 * MIB
     fingerprint_body_limit: int = 16 * MIB
     bundle_body_limit: int = 64 * MIB
@@ -28,9 +29,10 @@ class ApiConfig:
     concurrent_uploads: int = 2
     request_timeout: float = 30.0
     upload_timeout: float = 600.0
+    key_cache_seconds: float = 5.0  # a revoked key stops working within this time
     rate_per_second: float = 50.0
     rate_burst: int = 100
     crawl_allow_loopback: bool = False  # tests and the demo only: crawl 127.0.0.0/8 and ::1
     crawl_jobs_dir: str | os.PathLike[str] | None = None  # None: a folder beside the store
-    crawl_jobs_per_process: int = 2
+    crawl_jobs_per_process: int = 2  # 0: this process only stores jobs, other processes run them
     page_size_limit: int = 1000

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import jsonschema
 from aiohttp import web
 
 from modelsieve.api.http import validation
@@ -74,7 +73,7 @@ class Route:
     operation_id: str = field(default="")
 
     @cached_property
-    def validators(self) -> dict[str, jsonschema.protocols.Validator]:
+    def validators(self) -> dict[str, validation.Checker]:
         schemas = {"query": self.query, "path": self.path_params, "body": self.body}
         return {where: validation.compile_schema(schema) for where, schema in schemas.items() if schema is not None}
 
@@ -130,9 +129,9 @@ def _admit(request: web.Request, route: Route) -> ApiKey | None:
 
 
 def _checked(route: Route, where: str, values: dict[str, Any]) -> dict[str, Any]:
-    validator = route.validators.get(where)
-    if validator is not None:
-        validation.check(validator, values, where)
+    checker = route.validators.get(where)
+    if checker is not None:
+        checker.check(values, where)
     elif where == "query" and values:
         raise api_error(400, f"query: this operation takes no parameters (got {', '.join(sorted(values))})")
     return values
@@ -144,5 +143,5 @@ async def _body(request: web.Request, route: Route) -> Any:
     config = request.app[CONFIG]
     limit = route.body_limit(config) if route.body_limit else config.json_body_limit
     body = await validation.json_body(request, limit)
-    validation.check(route.validators["body"], body, "body")
+    route.validators["body"].check(body, "body")
     return body

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from modelsieve.api.http.auth import ApiKey, KeyStore
+from modelsieve.api.http.auth import ApiKey, CachedKeys
 from modelsieve.api.http.config import ApiConfig
 from modelsieve.api.http.errors import api_error
 from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from modelsieve.api.http.audit import AuditLog
+    from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -26,11 +28,14 @@ CONFIG = web.AppKey("config", ApiConfig)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
 DATABASE: web.AppKey[sqlite_utils.Database] = web.AppKey("database")
-KEYS = web.AppKey("keys", KeyStore)
+KEYS = web.AppKey("keys", CachedKeys)
 STORE: web.AppKey[Store] = web.AppKey("store")
 FINGERPRINT_KEY: web.AppKey[FingerprintKey] = web.AppKey("fingerprint_key")
 PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
+CRAWL_JOBS: web.AppKey[CrawlJobs] = web.AppKey("crawl_jobs")
+JOB_RUNNER: web.AppKey[JobRunner] = web.AppKey("job_runner")
+AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
 OPENAPI = web.AppKey("openapi", dict)
 # name -> check(app) returning "ok" or why the part is not ready; /v1/readyz reports them all
 READINESS_CHECKS = web.AppKey("readiness_checks", dict)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -15,28 +16,39 @@ from modelsieve.api.http.errors import api_error
 MESSAGE_LIMIT = 200
 
 
-def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
-    """A validator for a JSON Schema (draft 2020-12, the dialect of OpenAPI 3.1)."""
-    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    validator_class.check_schema(schema)
-    return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+@dataclass(frozen=True)
+class Checker:
+    """A JSON Schema (draft 2020-12, the dialect of OpenAPI 3.1) compiled for validation."""
+
+    schema: Mapping[str, Any]
+    validator: jsonschema_rs.Validator
+
+    def check(self, instance: Any, where: str) -> None:
+        """Raise a 400 naming where the first problem is, e.g. `body.urls[2]: 5 is not of type "string"`."""
+        error = next(self.validator.iter_errors(instance), None)
+        if error is None:
+            return
+        location = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.instance_path)
+        if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.AdditionalProperties):
+            noun = "parameter" if where == "query" else "field"
+            allowed = ", ".join(sorted(self._node(error.schema_path[:-1]).get("properties", {})))
+            message = f"unknown {noun} {', '.join(map(repr, sorted(error.kind.unexpected)))}; expected: {allowed}"
+        else:
+            message = error.message
+        if len(message) > MESSAGE_LIMIT:
+            message = message[:MESSAGE_LIMIT] + "…"
+        raise api_error(400, f"{location}: {message}")
+
+    def _node(self, path: Sequence[str | int]) -> Mapping[str, Any]:
+        node: Any = self.schema
+        for step in path:
+            node = node[step]
+        return node if isinstance(node, Mapping) else {}
 
 
-def check(validator: jsonschema.protocols.Validator, instance: Any, where: str) -> None:
-    """Raise a 400 naming where the first (best) problem is, e.g. `body.urls[2]: ... is not a 'string'`."""
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
-    if error is None:
-        return
-    location = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        message = f"unknown {'parameter' if where == 'query' else 'field'} {', '.join(map(repr, extra))}; expected: {', '.join(allowed)}"
-    else:
-        message = error.message
-    if len(message) > MESSAGE_LIMIT:
-        message = message[:MESSAGE_LIMIT] + "…"
-    raise api_error(400, f"{location}: {message}")
+def compile_schema(schema: Mapping[str, Any]) -> Checker:
+    """A Checker for `schema`; the schema itself is checked against the draft's meta-schema first."""
+    return Checker(schema, jsonschema_rs.Draft202012Validator(schema, validate_formats=True))
 
 
 def query_values(query: MultiMapping[str], schema: Mapping[str, Any]) -> dict[str, Any]:

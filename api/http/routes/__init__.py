@@ -1,5 +1,5 @@
 """Every route of the API, one module per resource group."""
 
-from modelsieve.api.http.routes import health, lists, match, meta
+from modelsieve.api.http.routes import crawl, health, lists, match, meta
 
-ROUTES = (*health.ROUTES, *match.ROUTES, *lists.ROUTES, *meta.ROUTES)
+ROUTES = (*health.ROUTES, *match.ROUTES, *crawl.ROUTES, *lists.ROUTES, *meta.ROUTES)

@@ -1,19 +1,19 @@
-"""The SQLite store: entries, lists, events, opinions, trust, schema versions, transactions."""
+"""The store contract, on every backend (SQLite, PostgreSQL): entries, lists, events, opinions, trust, transactions."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from modelsieve.fingerprint.digests import DIGEST_NAMES
-from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
+from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError
 from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry, Opinion, TrustedKey, utc_now
-from modelsieve.hashlists.sqlite_store import SCHEMA_VERSION, SQLiteStore
+from modelsieve.hashlists import sql_store
+from modelsieve.hashlists.store import Store, open_store
 from tests.hashlists_fixtures import lora_fingerprint
+from tests.store_backends import StoreLocations
 
 
 FINGERPRINT = lora_fingerprint(1).to_bytes()
@@ -23,7 +23,7 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def test_entries_keep_every_field_and_normalise_digests(store: SQLiteStore) -> None:
+def test_entries_keep_every_field_and_normalise_digests(store: Store) -> None:
     entry = store.add_entry(
         "main",
         NewEntry(
@@ -48,7 +48,7 @@ def test_entries_keep_every_field_and_normalise_digests(store: SQLiteStore) -> N
     assert "note" not in again.to_json() and again.to_json(include_note=True)["note"] == "a title naming someone"
 
 
-def test_source_defaults_to_the_list_publisher(store: SQLiteStore) -> None:
+def test_source_defaults_to_the_list_publisher(store: Store) -> None:
     entry = store.add_entry("main", NewEntry(category="2c", digests={"md5": "0" * 32}))
     assert entry is not None and entry.source == "platform-a"
 
@@ -66,14 +66,14 @@ def test_source_defaults_to_the_list_publisher(store: SQLiteStore) -> None:
         (NewEntry(category="2c", fingerprint=b"MSFP\x01garbage"), "invalid fingerprint"),
     ],
 )
-def test_invalid_entries_are_refused_and_add_nothing(store: SQLiteStore, entry: NewEntry, message: str) -> None:
+def test_invalid_entries_are_refused_and_add_nothing(store: Store, entry: NewEntry, message: str) -> None:
     good = NewEntry(category="2c", digests={"sha1": "1" * 40})
     with pytest.raises(InvalidEntryError, match=message):
         store.add_entries("main", [good, entry])
     assert store.counts()["entries"] == 0
 
 
-def test_the_same_thing_is_listed_once_per_list(store: SQLiteStore) -> None:
+def test_the_same_thing_is_listed_once_per_list(store: Store) -> None:
     entry = NewEntry(category="2c", digests={"sha256": sha("x")})
     assert store.add_entries("main", [entry, entry]) == 1
     assert store.add_entries("main", [NewEntry(category="2c", digests={"sha256": sha("x").upper()})]) == 0
@@ -81,7 +81,7 @@ def test_the_same_thing_is_listed_once_per_list(store: SQLiteStore) -> None:
     assert store.add_entries("other", [entry]) == 1
 
 
-def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: SQLiteStore) -> None:
+def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: Store) -> None:
     first = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("1")}))
     second = store.add_entry("main", NewEntry(category="2b", digests={"sha256": sha("2")}))
     assert first is not None and second is not None
@@ -95,15 +95,16 @@ def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: SQLite
     assert store.entries_by_seq([first.seq, retracted.seq]) == [store.get_entry(first.id)]
 
 
-def test_entries_page_through_large_lists(store: SQLiteStore) -> None:
-    count = 25_000  # more than two pages
+def test_entries_page_through_large_lists(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql_store, "_BATCH", 100)
+    count = 250  # more than two pages
     store.add_entries("main", (NewEntry(category="2c", digests={"md5": f"{i:032x}"}) for i in range(count)))
     seqs = [e.seq for e in store.entries("main")]
     assert len(seqs) == count and seqs == sorted(seqs)
     assert len(list(store.events(since=0))) == count + 1
 
 
-def test_find_digests_matches_autov3_on_its_prefix(store: SQLiteStore) -> None:
+def test_find_digests_matches_autov3_on_its_prefix(store: Store) -> None:
     full = store.add_entry("main", NewEntry(category="2c", digests={"autov3": "ab" * 32}))
     short = store.add_entry("main", NewEntry(category="2c", digests={"autov3": "ab" * 6}))
     assert full is not None and short is not None
@@ -112,7 +113,7 @@ def test_find_digests_matches_autov3_on_its_prefix(store: SQLiteStore) -> None:
     assert store.find_digests({"autov3": "cd" * 6}) == []
 
 
-def test_lists_are_named_once_and_missing_things_are_clear_errors(store: SQLiteStore) -> None:
+def test_lists_are_named_once_and_missing_things_are_clear_errors(store: Store) -> None:
     with pytest.raises(InvalidEntryError, match="already exists"):
         store.create_list("main")
     with pytest.raises(InvalidEntryError, match="list names"):
@@ -126,9 +127,9 @@ def test_lists_are_named_once_and_missing_things_are_clear_errors(store: SQLiteS
     assert [info.name for info in store.lists()] == ["main", "pub/main"]
 
 
-def test_opinions_trust_and_sync_positions_persist(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with SQLiteStore(path) as store:
+def test_opinions_trust_and_sync_positions_persist(store_locations: StoreLocations) -> None:
+    location = store_locations.new()
+    with open_store(location) as store:
         store.create_list("pub/l", publisher="pub", origin_list="l")
         entry = store.add_entry("pub/l", NewEntry(category="2c", digests={"md5": "a" * 32}))
         assert entry is not None
@@ -138,7 +139,7 @@ def test_opinions_trust_and_sync_positions_persist(tmp_path: Path) -> None:
         store.put_trusted_key(TrustedKey("pub", "ed25519:AAAA", "k1", "full", utc_now()))
         store.put_trusted_key(TrustedKey("pub", "ed25519:AAAA", "k1", "review", utc_now()))
         store.set_sync_position("pub", "l", 41)
-    with SQLiteStore(path) as store:
+    with open_store(location) as store:
         assert store.opinions(origin="pub") == [dataclasses.replace(opinion, seq=seq)]
         assert store.opinions(since=seq) == []
         key = store.trusted_key("pub")
@@ -146,26 +147,12 @@ def test_opinions_trust_and_sync_positions_persist(tmp_path: Path) -> None:
         assert store.sync_position("pub", "l") == 41 and store.sync_position("pub", "other") == 0
 
 
-def test_a_failed_transaction_leaves_nothing(store: SQLiteStore) -> None:
+def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction():
         store.add_entries("main", [NewEntry(category="2c", digests={"md5": "b" * 32})])
         store.set_sync_position("p", "s", 9)
         raise RuntimeError("crash")
     assert store.counts()["entries"] == 0 and store.sync_position("p", "s") == 0 and store.last_seq() == 1
-
-
-def test_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    SQLiteStore(path).close()
-    connection = sqlite3.connect(path)
-    assert connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    SQLiteStore(path).close()  # reopening migrates nothing twice
-    assert connection.execute("SELECT count(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
-    connection.commit()
-    connection.close()
-    with pytest.raises(SchemaError, match="newer"):
-        SQLiteStore(path)
 
 
 def test_the_store_knows_exactly_the_contract_digest_names() -> None:

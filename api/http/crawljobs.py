@@ -1,0 +1,254 @@
+"""Crawl jobs submitted over the API: kept in the store, run in the background by any server process.
+
+A job is a row here plus the crawler's resumable job (`crawler.job.CrawlJob`: targets and
+progress in the store, recommendations appended to a JSON Lines file in the job's folder). A
+server process runs a job while it holds the job's lease, renewing it as it goes; when a process
+dies, the lease lapses and any other process (or the same server restarted) resumes the job where
+the crawler's own bookkeeping says it stopped. So requests stay stateless: any process answers
+`GET /v1/crawl/{id}` from the store and the output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from modelsieve.api.http.metrics import Metrics
+from modelsieve.crawler.crawl import CrawlConfig, Crawler, Lookup
+from modelsieve.crawler.inputs import read_targets
+from modelsieve.crawler.job import CrawlJob
+from modelsieve.crawler.model import Recommendation
+
+TABLE = "api_crawl_jobs"
+LEASE_SECONDS = 30.0
+RENEW_SECONDS = 10.0
+POLL_SECONDS = 2.0
+PAGE_BYTES_LIMIT = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """An API crawl job: who submitted it, its crawler job, and how it ended (if it has)."""
+
+    id: str
+    key_id: str
+    mode: str
+    created_at: float
+    crawl_job_id: int
+    finished_at: float | None
+    error: str | None
+    lease_until: float | None
+
+    def status(self, now: float) -> str:
+        if self.finished_at is not None:
+            return "failed" if self.error else "done"
+        return "running" if self.lease_until is not None and self.lease_until > now else "queued"
+
+
+class CrawlJobs:
+    """The job table and the job folders under `root` (one folder a job: input and output)."""
+
+    def __init__(self, db: sqlite_utils.Database, root: Path) -> None:
+        self.db = db
+        self.root = root
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
+        with db.conn:
+            db.execute(
+                f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+                    id TEXT PRIMARY KEY,
+                    key_id TEXT NOT NULL,
+                    mode TEXT NOT NULL,
+                    created_at REAL NOT NULL,
+                    crawl_job_id INTEGER NOT NULL,
+                    finished_at REAL,
+                    error TEXT,
+                    lease_owner TEXT,
+                    lease_until REAL)"""
+            )
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def _crawl_job(self, record: JobRecord) -> CrawlJob:
+        return CrawlJob(self.db, record.crawl_job_id, (self.folder(record.id) / "recommendations.jsonl").resolve())
+
+    def submit(self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str) -> JobRecord:
+        """Store a new job (its targets in one transaction); a server process picks it up."""
+        job_id = secrets.token_hex(8)
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True)
+        input_path = folder / "input.jsonl"
+        input_path.write_text("".join(json.dumps(dict(t), separators=(",", ":")) + "\n" for t in targets), encoding="utf-8")
+        lines = input_path.read_text(encoding="utf-8").splitlines()
+        crawl_job = CrawlJob.open(self.db, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
+        record = JobRecord(job_id, key_id, mode, time.time(), crawl_job.job_id, None, None, None)
+        with self.db.conn:
+            self.db.execute(
+                f"INSERT INTO {TABLE} (id, key_id, mode, created_at, crawl_job_id) VALUES (?, ?, ?, ?, ?)",
+                [record.id, record.key_id, record.mode, record.created_at, record.crawl_job_id],
+            )
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self.db.execute(
+            f"SELECT id, key_id, mode, created_at, crawl_job_id, finished_at, error, lease_until FROM {TABLE} WHERE id = ?", [job_id]
+        ).fetchone()
+        return JobRecord(*row) if row else None
+
+    def claim(self) -> JobRecord | None:
+        """Take the lease of one unfinished job nobody holds (atomically, across processes)."""
+        now = time.time()
+        with self.db.conn:
+            row = self.db.execute(
+                f"""UPDATE {TABLE} SET lease_owner = ?, lease_until = ?
+                    WHERE id = (SELECT id FROM {TABLE} WHERE finished_at IS NULL AND (lease_until IS NULL OR lease_until < ?)
+                                ORDER BY created_at LIMIT 1)
+                    RETURNING id""",
+                [self.owner, now + LEASE_SECONDS, now],
+            ).fetchone()
+        return self.get(row[0]) if row else None
+
+    def renew(self, job_id: str) -> bool:
+        """Extend this process's lease; False when it was lost (another process took the job)."""
+        with self.db.conn:
+            changed = self.db.execute(
+                f"UPDATE {TABLE} SET lease_until = ? WHERE id = ? AND lease_owner = ?", [time.time() + LEASE_SECONDS, job_id, self.owner]
+            ).rowcount
+        return bool(changed)
+
+    def finish(self, job_id: str, error: str | None = None) -> None:
+        with self.db.conn:
+            self.db.execute(
+                f"UPDATE {TABLE} SET finished_at = ?, error = ?, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                [time.time(), error, job_id, self.owner],
+            )
+
+    def release(self, job_id: str) -> None:
+        """Give the lease back (shutdown): another process may resume the job at once."""
+        with self.db.conn:
+            self.db.execute(f"UPDATE {TABLE} SET lease_until = NULL WHERE id = ? AND lease_owner = ?", [job_id, self.owner])
+
+    def progress(self, record: JobRecord) -> tuple[int, int]:
+        """(total URLs, URLs done)."""
+        progress = self._crawl_job(record).progress()
+        return progress.total, progress.done
+
+    def page(self, record: JobRecord, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Up to `limit` recommendations from byte `cursor` of the output, and the cursor after them.
+
+        Only complete lines are read (the crawler appends each in one write). ValueError for a
+        cursor that is not the start of a line of the output.
+        """
+        path = self._crawl_job(record).out_path
+        with open(path, "rb") as handle:
+            if cursor:
+                handle.seek(cursor - 1)
+                if handle.read(1) != b"\n":
+                    raise ValueError("the cursor does not point at the start of a recommendation")
+            block = handle.read(PAGE_BYTES_LIMIT)
+        records, used = [], 0
+        for line in _complete_lines(block):
+            if len(records) == limit:
+                break
+            records.append(json.loads(line))
+            used += len(line)
+        return records, cursor + used
+
+    def _targets(self, record: JobRecord) -> Callable[[], Iterator[Any]]:
+        lines = (self.folder(record.id) / "input.jsonl").read_text(encoding="utf-8").splitlines()
+        return lambda: read_targets(lines)
+
+    async def run(self, record: JobRecord, config: CrawlConfig, lookup: Lookup, on_result: Callable[[Recommendation], None]) -> None:
+        """Run (or resume) a leased job to its end, renewing the lease meanwhile."""
+        folder = self.folder(record.id)
+        job = CrawlJob.open(self.db, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True)
+        renewer = asyncio.create_task(self._keep_lease(record.id))
+        try:
+            async with Crawler(lookup, config) as crawler:
+                await job.run(crawler, on_result)
+        except asyncio.CancelledError:
+            self.release(record.id)
+            raise
+        except Exception as exc:  # the job ends as failed, with the one-line reason; the server goes on
+            self.finish(record.id, f"{type(exc).__name__}: {exc}")
+        else:
+            self.finish(record.id)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _keep_lease(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            self.renew(job_id)
+
+
+def _complete_lines(block: bytes) -> Iterator[bytes]:
+    start = 0
+    while (end := block.find(b"\n", start)) != -1:
+        yield block[start : end + 1]
+        start = end + 1
+
+
+class JobRunner:
+    """Runs leased jobs in this process, at most `slots` at once; `wake()` after a submission.
+
+    `crawl_config(mode)` gives the crawler's configuration for a job's mode (search or host).
+    """
+
+    def __init__(
+        self,
+        jobs: CrawlJobs,
+        crawl_config: Callable[[str], CrawlConfig],
+        metrics: Metrics,
+        slots: int = 2,
+    ) -> None:
+        self.jobs, self.crawl_config, self.metrics = jobs, crawl_config, metrics
+        self._slots = asyncio.Semaphore(slots)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_forever(self, lookup: Lookup) -> None:
+        """Claim and start jobs while slots are free; look again on wake-up or every few seconds."""
+        try:
+            while True:
+                await self._slots.acquire()
+                record = self.jobs.claim()
+                if record is None:
+                    self._slots.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                    self._wake.clear()
+                    continue
+                task = asyncio.create_task(self._run(record, lookup))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, record: JobRecord, lookup: Lookup) -> None:
+        self.metrics.crawl_jobs.inc()
+        try:
+            await self.jobs.run(record, self.crawl_config(record.mode), lookup, self._count)
+        finally:
+            self.metrics.crawl_jobs.dec()
+            self._slots.release()
+
+    def _count(self, recommendation: Recommendation) -> None:
+        self.metrics.crawl_urls.labels(recommendation.action).inc()

@@ -1,0 +1,210 @@
+"""A crawl split into partitions by registrable domain and run as Dask tasks, one partition per task.
+
+Every URL of a registrable domain lands in the same partition (a stable hash of the domain), so
+one task at a time talks to a host and the per-host limits, delays, robots.txt and Retry-After of
+the single-process crawler hold across the whole cluster. Each task runs the async crawler over
+its partition and writes `part-NNNNN.jsonl` atomically (temp file + rename); the client records
+finished partitions in `manifest.json` (also replaced atomically) and, at the end, concatenates
+the parts into `recommendations.jsonl`. A worker killed mid-task costs a retry of that partition
+on another worker, never a lost or doubled URL; `resume` skips the partitions already recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelsieve.crawler.cluster import ClusterError, snapshot_on_cluster, worker_lookup
+from modelsieve.crawler.crawl import CrawlConfig, Crawler
+from modelsieve.crawler.inputs import BadLine
+from modelsieve.crawler.job import JobError, file_sha256
+from modelsieve.crawler.model import CrawlTarget
+from modelsieve.hashlists.errors import InvalidEntryError
+from modelsieve.hashlists.urls import registrable_domain
+
+MANIFEST = "manifest.json"
+MERGED = "recommendations.jsonl"
+FORMAT = "modelsieve-crawl-job"
+
+
+def partition_of(url: str, partitions: int) -> int:
+    """The partition of a URL: a stable hash of its registrable domain (of the URL itself when it has none)."""
+    try:
+        domain = registrable_domain(url)
+    except InvalidEntryError:
+        domain = url
+    return int.from_bytes(hashlib.blake2b(domain.encode(), digest_size=8).digest(), "big") % partitions
+
+
+def part_path(out_dir: Path, partition: int) -> Path:
+    return out_dir / f"part-{partition:05d}.jsonl"
+
+
+def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a file through `write(handle)` into a unique temp file beside it, fsync, then rename it into place."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What one partition's task produced."""
+
+    partition: int
+    urls: int
+    actions: dict[str, int]
+
+
+def crawl_partition(partition: int, targets: list[CrawlTarget], out_dir: str, config: CrawlConfig, lists: str) -> PartitionResult:
+    """Dask task: check one partition's targets and write its part file atomically."""
+    lookup = worker_lookup(lists)
+    actions = Counter[str]()
+
+    def write(handle: Any) -> None:
+        async def run() -> None:
+            async with Crawler(lookup, config) as crawler:
+                async for recommendation in crawler.check_many(targets):
+                    line = json.dumps(recommendation.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
+                    handle.write(line.encode("utf-8"))
+                    actions[recommendation.action] += 1
+
+        asyncio.run(run())
+
+    write_atomically(part_path(Path(out_dir), partition), write)
+    return PartitionResult(partition, len(targets), dict(actions))
+
+
+@dataclass
+class JobManifest:
+    """The job's identity and the partitions finished so far (`manifest.json`)."""
+
+    input_sha256: str
+    partitions: int
+    completed: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def save(self, out_dir: Path) -> None:
+        record = {
+            "format": FORMAT,
+            "input_sha256": self.input_sha256,
+            "partitions": self.partitions,
+            "completed": {str(k): v for k, v in sorted(self.completed.items())},
+        }
+        write_atomically(out_dir / MANIFEST, lambda handle: handle.write(json.dumps(record, indent=1).encode()))
+
+    @classmethod
+    def load(cls, out_dir: Path) -> JobManifest | None:
+        path = out_dir / MANIFEST
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_bytes())
+            if record.get("format") != FORMAT:
+                raise ValueError("not a crawl job manifest")
+            completed = {int(k): v for k, v in record["completed"].items()}
+            return cls(str(record["input_sha256"]), int(record["partitions"]), completed)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JobError(f"{path}: unreadable job manifest ({exc})") from None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The outcome of a partitioned crawl."""
+
+    out: Path
+    urls: int
+    partitions: int
+    skipped_partitions: int
+    actions: dict[str, int]
+
+
+def split(targets: Iterable[CrawlTarget | BadLine], partitions: int, on_bad_line: Callable[[BadLine], None]) -> dict[int, list[CrawlTarget]]:
+    """Targets grouped by partition, each URL once (its first line), bad lines reported and left out."""
+    groups: dict[int, list[CrawlTarget]] = {}
+    seen: set[str] = set()
+    for item in targets:
+        if isinstance(item, BadLine):
+            on_bad_line(item)
+        elif item.url not in seen:
+            seen.add(item.url)
+            groups.setdefault(partition_of(item.url, partitions), []).append(item)
+    return groups
+
+
+def run_partitioned_crawl(
+    client: Any,
+    input_path: Path,
+    targets: Iterable[CrawlTarget | BadLine],
+    out_dir: Path,
+    config: CrawlConfig,
+    *,
+    store_location: str,
+    fingerprint_key: str | None = None,
+    partitions: int = 64,
+    resume: bool = False,
+    on_bad_line: Callable[[BadLine], None] = lambda bad: None,
+    on_partition: Callable[[PartitionResult], None] = lambda result: None,
+) -> JobSummary:
+    """Crawl every target on the cluster behind `client` into `out_dir` (see the module docstring)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    input_sha256 = file_sha256(input_path)
+    manifest = JobManifest.load(out_dir)
+    if manifest is not None and not resume:
+        raise JobError(f"{out_dir} holds a crawl job already: add --resume to finish it, or choose another --out")
+    if manifest is not None and (manifest.input_sha256, manifest.partitions) != (input_sha256, partitions):
+        raise JobError(f"{input_path} (with {partitions} partitions) is not what the crawl in {out_dir} started with")
+    manifest = manifest or JobManifest(input_sha256, partitions)
+    groups = split(targets, partitions, on_bad_line)
+    done = {p for p in manifest.completed if part_path(out_dir, p).exists()}
+    lists = snapshot_on_cluster(client, store_location, fingerprint_key)
+    futures = [
+        client.submit(crawl_partition, p, group, str(out_dir), config, lists, key=f"crawl-{p:05d}-{secrets.token_hex(4)}", pure=False)
+        for p, group in sorted(groups.items())
+        if p not in done
+    ]
+    from distributed import as_completed
+
+    try:
+        for future in as_completed(futures):
+            result: PartitionResult = future.result()
+            manifest.completed[result.partition] = {"urls": result.urls, "actions": result.actions}
+            manifest.save(out_dir)
+            on_partition(result)
+    except Exception as exc:
+        if isinstance(exc, JobError):
+            raise
+        raise ClusterError(f"a crawl partition failed on the cluster: {' '.join(str(exc).split())[:300]}") from None
+    finally:
+        for future in futures:
+            future.cancel()
+    merge_parts(out_dir, sorted(groups))
+    actions = Counter[str]()
+    for partition in groups:
+        actions.update(manifest.completed[partition]["actions"])
+    return JobSummary(out_dir / MERGED, sum(map(len, groups.values())), len(groups), len(done & set(groups)), dict(actions))
+
+
+def merge_parts(out_dir: Path, partitions: Iterable[int]) -> None:
+    """Concatenate the part files, in partition order, into `recommendations.jsonl` (atomically)."""
+
+    def write(handle: Any) -> None:
+        for partition in partitions:
+            with open(part_path(out_dir, partition), "rb") as part:
+                while chunk := part.read(1 << 20):
+                    handle.write(chunk)
+
+    write_atomically(out_dir / MERGED, write)

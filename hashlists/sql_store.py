@@ -1,0 +1,518 @@
+"""The Store on a SQL database, written once for every backend (SQLite, PostgreSQL).
+
+Backends supply the connection handling (`_execute`, `_execute_many`, `transaction`) and a
+`Dialect` (column types); the schema, its migrations and every query live here. Statements use
+`?` placeholders and read result columns by name, so they run unchanged on both databases.
+
+Schema changes are numbered migrations recorded in `schema_version`. A store written by newer
+code (a higher version) is refused rather than misread; an older one is upgraded where the
+backend allows it (see `SQLStore.__init__`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
+from modelsieve.hashlists.fuzzy_index import decode_codes, stored_codes
+from modelsieve.hashlists.model import (
+    AUTOV3_PREFIX,
+    DIGEST_LENGTHS,
+    STATUSES,
+    Entry,
+    Event,
+    IndexRow,
+    ListInfo,
+    NewEntry,
+    Opinion,
+    TrustedKey,
+    check_choice,
+    check_list_name,
+    entry_identity,
+    new_entry_id,
+    utc_now,
+)
+from modelsieve.hashlists.store import Store
+from modelsieve.hashlists.urls import url_key
+
+DIGEST_COLUMNS = tuple(DIGEST_LENGTHS)
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The column types that differ between databases; everything else is shared SQL."""
+
+    blob: str  # binary strings
+    integer: str  # 64-bit integers (sequence numbers)
+    seq_key: str  # the event log's integer primary key
+
+
+def migrations(dialect: Dialect) -> tuple[tuple[str, ...], ...]:
+    """The schema as numbered migrations (version N applies migrations[N - 1]) in `dialect`."""
+    return (
+        # version 1: lists, entries (one column per digest), events, opinions, trust, sync positions
+        (
+            """CREATE TABLE lists (
+                name TEXT PRIMARY KEY,
+                publisher TEXT NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                created TEXT NOT NULL,
+                origin_list TEXT,
+                UNIQUE (publisher, origin_list)
+            )""",
+            f"""CREATE TABLE entries (
+                id TEXT PRIMARY KEY,
+                list_name TEXT NOT NULL REFERENCES lists(name),
+                category TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                {", ".join(f"{name} TEXT" for name in DIGEST_COLUMNS)},
+                fingerprint {dialect.blob},
+                fp_codes TEXT,
+                url TEXT,
+                url_key TEXT,
+                domain TEXT,
+                source TEXT NOT NULL,
+                evidence TEXT NOT NULL,
+                first_seen TEXT,
+                added TEXT NOT NULL,
+                status TEXT NOT NULL,
+                expires TEXT,
+                origin TEXT,
+                note TEXT,
+                identity TEXT NOT NULL,
+                seq {dialect.integer} NOT NULL,
+                UNIQUE (list_name, identity)
+            )""",
+            *(f"CREATE INDEX entries_{name} ON entries({name}) WHERE {name} IS NOT NULL" for name in DIGEST_COLUMNS),
+            f"CREATE INDEX entries_autov3_prefix ON entries((substr(autov3, 1, {AUTOV3_PREFIX}))) WHERE autov3 IS NOT NULL",
+            "CREATE INDEX entries_url_key ON entries(url_key) WHERE url_key IS NOT NULL",
+            "CREATE INDEX entries_domain ON entries(domain) WHERE domain IS NOT NULL",
+            "CREATE INDEX entries_seq ON entries(seq)",
+            "CREATE INDEX entries_list ON entries(list_name, seq)",
+            f"""CREATE TABLE events (
+                seq {dialect.seq_key},
+                at TEXT NOT NULL,
+                action TEXT NOT NULL,
+                list_name TEXT NOT NULL,
+                entry_id TEXT,
+                actor TEXT NOT NULL DEFAULT '',
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX events_list ON events(list_name, seq)",
+            f"""CREATE TABLE opinions (
+                seq {dialect.seq_key},
+                entry_id TEXT NOT NULL,
+                opinion TEXT NOT NULL,
+                by_name TEXT NOT NULL,
+                at TEXT NOT NULL,
+                reason TEXT NOT NULL DEFAULT '',
+                origin TEXT,
+                UNIQUE (entry_id, by_name, at, opinion)
+            )""",
+            "CREATE INDEX opinions_entry ON opinions(entry_id)",
+            """CREATE TABLE trusted_keys (
+                name TEXT PRIMARY KEY,
+                public_key TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                level TEXT NOT NULL,
+                added TEXT NOT NULL
+            )""",
+            f"""CREATE TABLE sync_positions (
+                publisher TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                seq {dialect.integer} NOT NULL,
+                PRIMARY KEY (publisher, stream)
+            )""",
+        ),
+        # version 2: every bundle import reads the opinions about one publisher's entries
+        ("CREATE INDEX opinions_origin ON opinions(origin, seq) WHERE origin IS NOT NULL",),
+    )
+
+
+SCHEMA_VERSION = len(migrations(Dialect("", "", "")))
+
+_ENTRY_COLUMNS = (
+    "id",
+    "list_name",
+    "category",
+    "kind",
+    *DIGEST_COLUMNS,
+    "fingerprint",
+    "fp_codes",
+    "url",
+    "url_key",
+    "domain",
+    "source",
+    "evidence",
+    "first_seen",
+    "added",
+    "status",
+    "expires",
+    "origin",
+    "note",
+    "identity",
+    "seq",
+)
+_UPSERT_ENTRY = (
+    f"INSERT INTO entries ({', '.join(_ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(_ENTRY_COLUMNS))}) "
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _ENTRY_COLUMNS[1:])}"
+)
+_INSERT_NEW_ENTRY = (
+    f"INSERT INTO entries ({', '.join(_ENTRY_COLUMNS)}) VALUES ({', '.join('?' * len(_ENTRY_COLUMNS))}) "
+    "ON CONFLICT(list_name, identity) DO NOTHING"
+)
+_INSERT_EVENT = "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_BATCH = 10_000
+
+
+def _entry(row: Row) -> Entry:
+    return Entry(
+        id=row["id"],
+        list=row["list_name"],
+        category=row["category"],
+        kind=row["kind"],
+        digests={name: row[name] for name in DIGEST_COLUMNS if row[name]},
+        fingerprint=bytes(row["fingerprint"]) if row["fingerprint"] is not None else None,
+        url=row["url"],
+        domain=row["domain"],
+        source=row["source"],
+        evidence=row["evidence"],
+        first_seen=row["first_seen"],
+        added=row["added"],
+        status=row["status"],
+        expires=row["expires"],
+        origin=row["origin"],
+        note=row["note"],
+        seq=row["seq"],
+    )
+
+
+def _list_info(row: Row) -> ListInfo:
+    return ListInfo(
+        name=row["name"],
+        publisher=row["publisher"],
+        description=row["description"],
+        created=row["created"],
+        origin_list=row["origin_list"],
+    )
+
+
+class SQLStore(Store):
+    """The Store's queries on a SQL database; subclasses connect (see the module docstring)."""
+
+    dialect: Dialect
+    integrity_errors: tuple[type[Exception], ...]
+
+    # -- what a backend supplies ---------------------------------------------------------------
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[Row], int]:
+        """Run one statement (in the current transaction, if any): its rows (if any) and row count."""
+
+    @abc.abstractmethod
+    def _execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row, in the current transaction."""
+
+    # -- schema --------------------------------------------------------------------------------
+    def _migrate(self, *, upgrade: bool) -> None:
+        """Create the schema in an empty store; apply missing migrations when `upgrade`.
+
+        Refuses (SchemaError) a schema newer than this code, and an older one without `upgrade`.
+        """
+        steps = migrations(self.dialect)
+        with self.transaction():
+            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = self._query("SELECT coalesce(max(version), 0) AS version FROM schema_version")[0]["version"]
+            if current > len(steps):
+                raise SchemaError(
+                    f"the store at {self.location} has schema version {current}, newer than this "
+                    f"modelsieve understands ({len(steps)}); upgrade modelsieve"
+                )
+            if 0 < current < len(steps) and not upgrade:
+                raise SchemaError(
+                    f"the store at {self.location} has schema version {current}, this modelsieve needs "
+                    f"{len(steps)}: run `modelsieve db upgrade --db {self.location}`"
+                )
+            for version in range(current + 1, len(steps) + 1):
+                for statement in steps[version - 1]:
+                    self._execute(statement)
+                self._execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        self.upgraded_from, self.schema_version = current, len(steps)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._execute(sql, tuple(params))[0]
+
+    def _append_events(self, rows: list[tuple[str, str, str | None, str, str]]) -> list[int]:
+        """Append events (action, list, entry id, actor, detail) inside the caller's transaction."""
+        first = self.last_seq() + 1
+        at = utc_now()
+        self._execute_many(_INSERT_EVENT, [(first + i, at, *row) for i, row in enumerate(rows)])
+        return list(range(first, first + len(rows)))
+
+    # -- lists -----------------------------------------------------------------------------
+    def create_list(
+        self, name: str, *, publisher: str = "local", description: str = "", origin_list: str | None = None
+    ) -> ListInfo:
+        check_list_name(name)
+        with self.transaction():
+            if self._query("SELECT 1 AS found FROM lists WHERE name = ?", (name,)):
+                raise InvalidEntryError(f"a list called {name!r} already exists")
+            self._execute(
+                "INSERT INTO lists (name, publisher, description, created, origin_list) VALUES (?, ?, ?, ?, ?)",
+                (name, publisher, description, utc_now(), origin_list),
+            )
+            self._append_events([("create-list", name, None, publisher, origin_list or "")])
+        return self.get_list(name)
+
+    def get_list(self, name: str) -> ListInfo:
+        rows = self._query("SELECT * FROM lists WHERE name = ?", (name,))
+        if not rows:
+            known = ", ".join(info.name for info in self.lists()) or "none yet; see `modelsieve list create`"
+            raise NotFoundError(f"no list called {name!r} (lists: {known})")
+        return _list_info(rows[0])
+
+    def find_list(self, publisher: str, origin_list: str) -> ListInfo | None:
+        rows = self._query("SELECT * FROM lists WHERE publisher = ? AND origin_list = ?", (publisher, origin_list))
+        return _list_info(rows[0]) if rows else None
+
+    def lists(self) -> list[ListInfo]:
+        return [_list_info(row) for row in self._query("SELECT * FROM lists ORDER BY name")]
+
+    # -- entries ---------------------------------------------------------------------------
+    def add_entries(
+        self,
+        list_name: str,
+        entries: Iterable[NewEntry],
+        *,
+        actor: str = "",
+        origin: str | None = None,
+        replace: bool = False,
+    ) -> int:
+        count = 0
+        with self.transaction():
+            publisher = self.get_list(list_name).publisher
+            batch: list[NewEntry] = []
+            for entry in entries:
+                batch.append(entry.validated())
+                if len(batch) >= _BATCH:
+                    count += self._insert_batch(list_name, batch, actor or publisher, origin, publisher, replace)
+                    batch = []
+            count += self._insert_batch(list_name, batch, actor or publisher, origin, publisher, replace)
+        return count
+
+    def _insert_batch(
+        self, list_name: str, batch: list[NewEntry], actor: str, origin: str | None, publisher: str, replace: bool
+    ) -> int:
+        """Insert a batch (skipping what the list holds, or replacing by id) and its `add` events.
+
+        Rows take consecutive seqs; skipped ones leave gaps, which is fine: seqs only ever grow.
+        """
+        if not batch:
+            return 0
+        first = self.last_seq() + 1
+        now = utc_now()
+        rows = [
+            (
+                entry.id or new_entry_id(),
+                list_name,
+                entry.category,
+                entry.kind,
+                *(entry.digests.get(name) for name in DIGEST_COLUMNS),
+                entry.fingerprint,
+                stored_codes(entry.fingerprint) if entry.fingerprint else None,
+                entry.url,
+                url_key(entry.url) if entry.url else None,
+                entry.domain,
+                entry.source or publisher,
+                entry.evidence,
+                entry.first_seen,
+                entry.added or now,
+                entry.status,
+                entry.expires,
+                origin,
+                entry.note,
+                entry_identity(entry),
+                first + offset,
+            )
+            for offset, entry in enumerate(batch)
+        ]
+        try:
+            self._execute_many(_UPSERT_ENTRY if replace else _INSERT_NEW_ENTRY, rows)
+        except self.integrity_errors as exc:
+            raise InvalidEntryError(f"entries conflict with the list's ({' '.join(str(exc).split())})") from None
+        return self._execute(
+            "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) "
+            "SELECT seq, ?, 'add', list_name, id, ?, '' FROM entries WHERE seq BETWEEN ? AND ?",
+            (now, actor, first, first + len(batch) - 1),
+        )[1]
+
+    def get_entry(self, entry_id: str) -> Entry:
+        rows = self._query("SELECT * FROM entries WHERE id = ?", (entry_id,))
+        if not rows:
+            raise NotFoundError(f"no entry {entry_id!r}")
+        return _entry(rows[0])
+
+    def _pages(self, select: str, clauses: list[str], params: list[Any], *, after: int, limit: int | None = None) -> Iterator[Row]:
+        """Rows of `select ... WHERE clauses AND seq > after` by seq, read in pages keyed on seq so a
+        long iteration never holds a lock, a cursor or a transaction open."""
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page = _BATCH if remaining is None else min(_BATCH, remaining)
+            where = " AND ".join(["seq > ?", *clauses])
+            rows = self._query(f"{select} WHERE {where} ORDER BY seq LIMIT {page}", [after, *params])
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1]["seq"]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def entries(
+        self, list_name: str | None = None, *, changed_since: int = 0, until: int | None = None
+    ) -> Iterator[Entry]:
+        clauses, params = _filters(list_name=list_name, until=until)
+        return (_entry(row) for row in self._pages("SELECT * FROM entries", clauses, params, after=changed_since))
+
+    def index_rows(self, *, changed_since: int = 0, until: int | None = None) -> Iterator[IndexRow]:
+        columns = ", ".join(("seq", "status", "url", "domain", "fp_codes", *DIGEST_COLUMNS))
+        clauses, params = _filters(until=until)
+        for row in self._pages(f"SELECT {columns} FROM entries", clauses, params, after=changed_since):
+            digests = {name: row[name] for name in DIGEST_COLUMNS if row[name]}
+            yield IndexRow(row["seq"], row["status"], digests, row["url"], row["domain"], decode_codes(row["fp_codes"]))
+
+    def _entries_where_in(self, column: str, values: list[Any]) -> list[Entry]:
+        found: list[Entry] = []
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            found += map(_entry, self._query(f"SELECT * FROM entries WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
+
+    def entries_by_id(self, entry_ids: Iterable[str]) -> dict[str, Entry]:
+        return {entry.id: entry for entry in self._entries_where_in("id", list(dict.fromkeys(entry_ids)))}
+
+    def entries_by_seq(self, seqs: Iterable[int]) -> list[Entry]:
+        return sorted(self._entries_where_in("seq", sorted({int(seq) for seq in seqs})), key=lambda e: e.seq)
+
+    def find_digests(self, digests: Mapping[str, str]) -> list[Entry]:
+        clauses: list[str] = []
+        params: list[str] = []
+        for name, value in digests.items():
+            if name not in DIGEST_COLUMNS:
+                continue
+            if name == "autov3":
+                clauses.append(f"substr(autov3, 1, {AUTOV3_PREFIX}) = ?")
+                params.append(value[:AUTOV3_PREFIX])
+            else:
+                clauses.append(f"{name} = ?")
+                params.append(value)
+        if not clauses:
+            return []
+        return [_entry(row) for row in self._query(f"SELECT * FROM entries WHERE {' OR '.join(clauses)}", params)]
+
+    def set_status(self, entry_id: str, status: str, *, actor: str = "", reason: str = "") -> Entry:
+        check_choice("status", status, STATUSES)
+        with self.transaction():
+            entry = self.get_entry(entry_id)
+            action = {"active": "reactivate", "retracted": "retract", "disputed": "dispute"}[status]
+            (seq,) = self._append_events([(action, entry.list, entry_id, actor, reason)])
+            self._execute("UPDATE entries SET status = ?, seq = ? WHERE id = ?", (status, seq, entry_id))
+        return dataclasses.replace(entry, status=status, seq=seq)
+
+    def counts(self, list_name: str | None = None) -> dict[str, int]:
+        where, params = ("WHERE list_name = ?", (list_name,)) if list_name is not None else ("", ())
+        counts: dict[str, int] = {}
+        for column in ("status", "kind", "category"):
+            for row in self._query(f"SELECT {column} AS value, count(*) AS n FROM entries {where} GROUP BY {column}", params):
+                counts[f"{column}:{row['value']}"] = row["n"]
+        totals = {"entries": "*", "fingerprints": "fingerprint", "urls": "url", "domains": "domain"}
+        totals.update((f"digest:{name}", name) for name in DIGEST_COLUMNS)
+        aliases = {key: f"c{i}" for i, key in enumerate(totals)}
+        selects = ", ".join(f"count({column}) AS {aliases[key]}" for key, column in totals.items())
+        row = self._query(f"SELECT {selects} FROM entries {where}", params)[0]
+        counts.update((key, row[alias]) for key, alias in aliases.items())
+        return counts
+
+    # -- events ----------------------------------------------------------------------------
+    def events(self, *, since: int = 0, list_name: str | None = None, limit: int | None = None) -> Iterator[Event]:
+        clauses, params = _filters(list_name=list_name)
+        for row in self._pages("SELECT * FROM events", clauses, params, after=since, limit=limit):
+            yield Event(row["seq"], row["at"], row["action"], row["list_name"], row["entry_id"], row["actor"], row["detail"])
+
+    def last_seq(self) -> int:
+        return int(self._query("SELECT coalesce(max(seq), 0) AS seq FROM events")[0]["seq"])
+
+    # -- opinions --------------------------------------------------------------------------
+    def add_opinion(self, opinion: Opinion) -> int:
+        with self.transaction():
+            entry = self.get_entry(opinion.entry_id)
+            exists = self._query(
+                "SELECT seq FROM opinions WHERE entry_id = ? AND by_name = ? AND at = ? AND opinion = ?",
+                (opinion.entry_id, opinion.by, opinion.at, opinion.opinion),
+            )
+            if exists:
+                return int(exists[0]["seq"])
+            (seq,) = self._append_events([(opinion.opinion, entry.list, entry.id, opinion.by, opinion.reason)])
+            self._execute(
+                "INSERT INTO opinions (seq, entry_id, opinion, by_name, at, reason, origin) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, opinion.entry_id, opinion.opinion, opinion.by, opinion.at, opinion.reason, opinion.origin),
+            )
+        return seq
+
+    def opinions(self, *, entry_id: str | None = None, origin: str | None = None, since: int = 0) -> list[Opinion]:
+        clauses, params = ["seq > ?"], [since]
+        if entry_id is not None:
+            clauses.append("entry_id = ?")
+            params.append(entry_id)
+        if origin is not None:
+            clauses.append("origin = ?")
+            params.append(origin)
+        rows = self._query(f"SELECT * FROM opinions WHERE {' AND '.join(clauses)} ORDER BY seq", params)
+        return [Opinion(r["entry_id"], r["opinion"], r["by_name"], r["at"], r["reason"], r["origin"], r["seq"]) for r in rows]
+
+    # -- trust -----------------------------------------------------------------------------
+    def put_trusted_key(self, key: TrustedKey) -> None:
+        with self.transaction():
+            self._execute(
+                "INSERT INTO trusted_keys (name, public_key, key_id, level, added) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET public_key = excluded.public_key, key_id = excluded.key_id, "
+                "level = excluded.level",
+                (key.name, key.public_key, key.key_id, key.level, key.added),
+            )
+
+    def trusted_key(self, name: str) -> TrustedKey | None:
+        rows = self._query("SELECT * FROM trusted_keys WHERE name = ?", (name,))
+        return TrustedKey(**dict(rows[0])) if rows else None
+
+    def trusted_keys(self) -> list[TrustedKey]:
+        return [TrustedKey(**dict(row)) for row in self._query("SELECT * FROM trusted_keys ORDER BY name")]
+
+    # -- bundle sync positions ----------------------------------------------------------------
+    def sync_position(self, publisher: str, stream: str) -> int:
+        rows = self._query("SELECT seq FROM sync_positions WHERE publisher = ? AND stream = ?", (publisher, stream))
+        return int(rows[0]["seq"]) if rows else 0
+
+    def set_sync_position(self, publisher: str, stream: str, seq: int) -> None:
+        with self.transaction():
+            self._execute(
+                "INSERT INTO sync_positions (publisher, stream, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT(publisher, stream) DO UPDATE SET seq = excluded.seq",
+                (publisher, stream, seq),
+            )
+
+
+def _filters(*, list_name: str | None = None, until: int | None = None) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (and their parameters) restricting rows to one list and/or seq ≤ until."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if list_name is not None:
+        clauses.append("list_name = ?")
+        params.append(list_name)
+    if until is not None:
+        clauses.append("seq <= ?")
+        params.append(until)
+    return clauses, params

@@ -1,0 +1,139 @@
+"""Crawl jobs over real HTTP: submit URLs on a loopback file host, page through recommendations."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as safetensors_bytes
+
+from modelsieve.hashlists.model import NewEntry
+from modelsieve.hashlists.sqlite_store import SQLiteStore
+from tests.api_support import Api, bearer, make_keys, start_api
+from tests.crawler_fakes import file_host
+from tests.hashlists_fixtures import lora_arrays, lora_fingerprint
+
+EXACT = safetensors_bytes(lora_arrays(1))
+NEAR = safetensors_bytes({k: v.astype(np.float16) for k, v in lora_arrays(2).items()})
+UNLISTED = safetensors_bytes(lora_arrays(3))
+
+
+async def ready(api: Api) -> Api:
+    for _ in range(200):
+        if (await api.client.get("/v1/readyz")).status == 200:
+            return api
+        await asyncio.sleep(0.05)
+    raise AssertionError("the API never became ready")
+
+
+def listed_store(path: Path) -> Path:
+    with SQLiteStore(path) as store:
+        store.create_list("main", publisher="platform-a")
+        store.add_entry("main", NewEntry(category="2c", kind="lora", digests={"sha256": hashlib.sha256(EXACT).hexdigest()}))
+        store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(2).to_bytes(), evidence="fuzzy"))
+    return path
+
+
+@pytest.fixture
+async def host(aiohttp_server: Any) -> str:
+    server = await aiohttp_server(file_host({"exact": EXACT, "near": NEAR, "unlisted": UNLISTED}), host="127.0.0.1")
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, tmp_path: Path) -> Api:
+    db = listed_store(tmp_path / "store.db")
+    return await ready(await start_api(aiohttp_client, db, crawl_allow_loopback=True, crawl_jobs_dir=tmp_path / "jobs"))
+
+
+async def submit(api: Api, body: dict[str, Any], scope: str = "crawl") -> dict[str, Any]:
+    return await api.post_json("/v1/crawl", scope, body, status=202)
+
+
+async def collect(api: Api, job_id: str, scope: str = "crawl", limit: int = 2) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every recommendation of a job, paged with the cursor while the job runs, and its last status."""
+    recommendations: list[dict[str, Any]] = []
+    cursor = 0
+    for _ in range(600):
+        page = await api.get_json(f"/v1/crawl/{job_id}?cursor={cursor}&limit={limit}", scope)
+        assert page["cursor"] == cursor and len(page["recommendations"]) <= limit
+        recommendations += page["recommendations"]
+        cursor = page["next_cursor"]
+        if page["status"] in ("done", "failed") and not page["recommendations"]:
+            return page, recommendations
+        if not page["recommendations"]:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the crawl job did not finish")
+
+
+async def test_a_crawl_job_runs_in_the_background_and_pages_its_recommendations(api: Api, host: str) -> None:
+    urls = [f"{host}/files/{name}" for name in ("exact", "near", "unlisted", "missing")]
+    submitted = await submit(api, {"urls": [*urls[:3], {"url": urls[3], "context": {"page": "https://example.org/p"}}]})
+    assert submitted["status"] in ("queued", "running") and submitted["total"] == 4 and submitted["mode"] == "search"
+    status, recommendations = await collect(api, submitted["id"])
+    assert (status["status"], status["total"], status["done"], status["error"]) == ("done", 4, 4, None)
+    by_url = {r["url"]: r for r in recommendations}
+    assert sorted(by_url) == sorted(urls) and len(recommendations) == 4, "every URL exactly once"
+    exact, near, unlisted, missing = (by_url[u] for u in urls)
+    assert exact["action"] == "delist" and exact["evidence"]["matches"][0]["kind"] == "sha256"
+    assert near["action"] in ("delist", "review") and near["evidence"]["matches"][0]["kind"] == "fuzzy"
+    assert unlisted["action"] == "none" and unlisted["evidence"]["matches"] == []
+    assert missing["action"] == "error" and missing["context"] == {"page": "https://example.org/p"}
+    metrics = await (await api.client.get("/metrics", headers=api.as_("admin"))).text()
+    assert 'modelsieve_crawl_urls_total{action="delist"}' in metrics
+    assert 'modelsieve_matches_total{kind="sha256"}' in metrics
+
+
+async def test_host_mode_recommends_takedown(api: Api, host: str) -> None:
+    submitted = await submit(api, {"urls": [f"{host}/files/exact"], "mode": "host"})
+    _, [recommendation] = await collect(api, submitted["id"])
+    assert recommendation["action"] == "takedown"
+
+
+async def test_jobs_are_visible_only_to_their_key_and_to_admins(api: Api, host: str) -> None:
+    submitted = await submit(api, {"urls": [f"{host}/files/unlisted"]})
+    [other] = [make_keys(api.db_path)["crawl"]]
+    response = await api.client.get(f"/v1/crawl/{submitted['id']}", headers=bearer(other))
+    assert response.status == 404
+    status, _ = await collect(api, submitted["id"], scope="admin")
+    assert status["status"] == "done"
+    assert (await api.client.get("/v1/crawl/0123456789abcdef", headers=api.as_("crawl"))).status == 404
+    assert (await api.client.post("/v1/crawl", json={"urls": ["http://x.test/"]}, headers=api.as_("lookup"))).status == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"urls": []}, "body.urls"),
+        ({"urls": "http://x.test/"}, "body.urls"),
+        ({"urls": ["ftp://x.test/a"]}, "body.urls[0]: not an http(s) URL"),
+        ({"urls": ["http://x.test/a", "not a url"]}, "body.urls[1]"),
+        ({"urls": [{"context": {}}]}, "body.urls[0]"),
+        ({"urls": ["http://x.test/"], "mode": "delete"}, "body.mode"),
+        ({"urls": ["http://x.test/"] * 10_001}, "body.urls"),
+    ],
+)
+async def test_bad_crawl_submissions_are_400(api: Api, body: dict[str, Any], message: str) -> None:
+    response = await api.client.post("/v1/crawl", json=body, headers=api.as_("crawl"))
+    answer = await response.json()
+    assert response.status == 400 and answer["error"].startswith(message), answer
+
+
+async def test_bad_cursors_and_ids_are_400(api: Api, host: str) -> None:
+    submitted = await submit(api, {"urls": [f"{host}/files/unlisted", f"{host}/files/exact"]})
+    await collect(api, submitted["id"])
+    for query in ("cursor=3", "cursor=-1", "limit=0", "limit=abc", "page=2"):
+        response = await api.client.get(f"/v1/crawl/{submitted['id']}?{query}", headers=api.as_("crawl"))
+        assert response.status == 400, query
+    assert (await api.client.get("/v1/crawl/not-an-id", headers=api.as_("crawl"))).status == 400
+
+
+async def test_without_the_loopback_allowance_the_crawler_refuses_loopback_hosts(aiohttp_client: Any, tmp_path: Path, host: str) -> None:
+    api = await ready(await start_api(aiohttp_client, listed_store(tmp_path / "store.db"), crawl_jobs_dir=tmp_path / "jobs"))
+    submitted = await submit(api, {"urls": [f"{host}/files/exact"]})
+    _, [recommendation] = await collect(api, submitted["id"])
+    assert recommendation["action"] == "error" and "loopback" in recommendation["reason"]
