@@ -117,14 +117,15 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
         norm_m, norm_d = _margin([p.normalised for p in ps], neg_norm)
         lines.append((row, str(len(ps)), f"{np.mean([p.rate <= policy.action_rate for p in ps]):.2f}",
                       f"{np.mean([p.rate <= policy.review_rate for p in ps]):.2f}",
-                      f"{min(p.raw for p in ps):.3f}", f"{min(p.normalised for p in ps):.1f}",
+                      f"{min(p.raw for p in ps):.3f}", f"{np.nanmin([p.normalised for p in ps]):.1f}",
                       f"{raw_m:+.3f} ({raw_d:+.1f})", f"{norm_m:+.1f} ({norm_d:+.1f})"))
     for label, ps in (("siblings (must not match)", siblings), ("all negatives", negatives)):
         if not ps:
             continue
         lines.append((label, str(len(ps)), f"FM {sum(p.rate <= policy.action_rate for p in ps)}",
                       f"FM {sum(p.rate <= policy.review_rate for p in ps)}",
-                      f"max {max(p.raw for p in ps):.3f}", f"max {max(p.normalised for p in ps):.1f}", "", ""))
+                      f"max {max(p.raw for p in ps):.3f}", f"max {np.nanmax([p.normalised for p in ps]):.1f}",
+                      f"FM at raw ≥ {policy.uncalibrated_review}: {sum(p.raw >= policy.uncalibrated_review for p in ps)}", ""))
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -135,7 +136,8 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
         for line in lines:
             print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
     print(f"\ncohort: {cohort_size} background models; policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
-          f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs")
+          f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs; margins: weakest "
+          "positive − strongest negative (all negatives), and that over the negatives' standard deviation")
 
 
 def main(argv: list[str] | None = None) -> int:
