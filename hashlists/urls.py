@@ -100,7 +100,11 @@ def registrable_domain(value: str) -> str:
 
     A host under no known public suffix (an intranet name) is returned whole.
     """
-    host = normalise_host(_parse(value).raw_host or "")
+    return _registrable_host(normalise_host(_parse(value).raw_host or ""))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # pure given the bundled list; a crawl asks again for every URL of a host
+def _registrable_host(host: str) -> str:
     if ":" in host or host.replace(".", "").isdigit():
         return host
     parts = _extractor()(host)
