@@ -157,12 +157,16 @@ class Crawler:
             if self._settled(findings, "published"):
                 return
         select, remote = self.lookup.select_tensors, self.config.remote
-        first = await read_head(self.fetcher, findings.published.download_url, findings.transcript, select, remote)
+        # Checks holding tensors in memory are bounded (a streamed download holds a slot while it
+        # captures, then again to fingerprint); header-only checks go on at full concurrency.
+        first = await read_head(
+            self.fetcher, findings.published.download_url, findings.transcript, select, remote, capture_slots=self._tensor_slots
+        )
         if isinstance(first, RemoteContent):
-            await self._match_content(first, findings)
+            async with self._tensor_slots if first.arrays else contextlib.nullcontext():
+                await self._match_content(first, findings)
             return
         spans = first.selected_spans(select, remote)
-        # Checks holding tensors in memory are bounded; header-only checks go on at full concurrency.
         async with self._tensor_slots if spans else contextlib.nullcontext():
             content = await read_tensors(self.fetcher, first, findings.transcript, spans, remote)
             await self._match_content(content, findings)

@@ -314,7 +314,7 @@ class Fetcher:
     ) -> tuple[aiohttp.ClientResponse, str, float]:
         """Send one request, retrying 429/5xx and dropped connections; the last response stays open on `stack`."""
         assert self._session is not None, "use the Fetcher as an async context manager"
-        host = url.host or ""
+        host = url.raw_host or ""  # the politeness key: the host as connected to
         for attempt in range(self.config.max_retries + 1):
             last = attempt == self.config.max_retries
             attempt_stack = AsyncExitStack()

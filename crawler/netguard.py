@@ -10,6 +10,7 @@ request and every redirect hop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -93,6 +94,7 @@ def refusal_reason(address: IPAddress, policy: AddressPolicy) -> str | None:
     return reason
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure; asked before every request (a name costs two failed parses)
 def parse_ip(text: str) -> IPAddress | None:
     """An IP address from a URL host (brackets and IPv6 zone stripped), or None for a name."""
     try:
@@ -105,11 +107,12 @@ def check_url(url: URL, policy: AddressPolicy) -> None:
     """Refuse URLs the crawler must not request before any connection: scheme, host, IP literals."""
     if url.scheme not in ALLOWED_SCHEMES:
         raise BlockedAddressError(f"{url}: only http and https URLs are crawled, not {url.scheme or 'no scheme'!r}")
-    if not url.host:
+    host = url.raw_host  # the host as sent and connected to (IDNA-encoded); decoding it is costly and adds nothing
+    if not host:
         raise BlockedAddressError(f"{url}: the URL has no host")
-    if url.user is not None or url.password is not None:
+    if url.raw_user is not None or url.raw_password is not None:
         raise BlockedAddressError(f"{url}: URLs with credentials are not crawled")
-    literal = parse_ip(url.host)
+    literal = parse_ip(host)
     if literal is not None:
         reason = refusal_reason(literal, policy)
         if reason:

@@ -12,7 +12,9 @@ header and selected tensors are captured from the stream as they pass.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -163,25 +165,38 @@ class StreamCapture:
         return RemoteContent(str(final_url), size, False, header, arrays, digests, problem)
 
 
-async def _download(response: Response, select: TensorSelector, config: RemoteReadConfig) -> RemoteContent:
+async def _download(
+    response: Response, select: TensorSelector, config: RemoteReadConfig, capture_slots: asyncio.Semaphore | None
+) -> RemoteContent:
     declared = response.content_length
     if declared is not None and declared > config.max_download_bytes:
         raise FetchError(f"{response.url}: {declared} bytes exceed the download cap of {config.max_download_bytes}")
-    capture = StreamCapture(select, config)
-    async for chunk in response.chunks():
-        if response.bytes_read > config.max_download_bytes:
-            raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
-        capture.feed(chunk)
-    return capture.result(response.url)
+    # A capture may hold up to max_selected_bytes of tensors: it counts against the caller's tensor slots.
+    async with capture_slots or contextlib.nullcontext():
+        capture = StreamCapture(select, config)
+        async for chunk in response.chunks():
+            if response.bytes_read > config.max_download_bytes:
+                raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
+            capture.feed(chunk)
+        return capture.result(response.url)
 
 
 async def download(
-    fetcher: Fetcher, url: str | URL, transcript: Transcript, select: TensorSelector, config: RemoteReadConfig = RemoteReadConfig()
+    fetcher: Fetcher,
+    url: str | URL,
+    transcript: Transcript,
+    select: TensorSelector,
+    config: RemoteReadConfig = RemoteReadConfig(),
+    *,
+    capture_slots: asyncio.Semaphore | None = None,
 ) -> RemoteContent:
-    """Stream the whole file once (capped): whole-file digests plus header and selected tensors if safetensors."""
+    """Stream the whole file once (capped): whole-file digests plus header and selected tensors if safetensors.
+
+    With `capture_slots`, the download holds one slot while it captures tensors (a memory bound).
+    """
     async with fetcher.open(url, transcript=transcript) as response:
         _expect_status(response, (200,))
-        return await _download(response, select, config)
+        return await _download(response, select, config, capture_slots)
 
 
 def _expect_status(response: Response, allowed: tuple[int, ...]) -> None:
@@ -227,12 +242,15 @@ async def read_head(
     transcript: Transcript,
     select: TensorSelector,
     config: RemoteReadConfig = RemoteReadConfig(),
+    *,
+    capture_slots: asyncio.Semaphore | None = None,
 ) -> RemoteHead | RemoteContent:
     """The validated header of a remote safetensors file by Range — or, when the host ignores Range or
-    the file is not valid safetensors, the finished result of one whole streamed download."""
+    the file is not valid safetensors, the finished result of one whole streamed download (holding
+    one of `capture_slots`, if given, while it runs)."""
     async with fetcher.open(url, transcript=transcript, headers={"Range": range_header(0, config.first_read - 1)}) as response:
         if response.status == 200:  # the host ignores Range: one streamed pass does everything
-            return await _download(response, select, config)
+            return await _download(response, select, config, capture_slots)
         if response.status == 416:  # an empty file has no byte 0
             raise FetchError(f"{response.url}: the file is empty (416 for bytes 0-{config.first_read - 1})")
         _expect_status(response, (206,))
@@ -251,7 +269,7 @@ async def read_head(
     except ModelFileError:
         # Not (valid) safetensors as far as the ranges show: the one streamed pass is authoritative
         # (whole-file digests, and the header and tensors if the stream itself is valid).
-        return await download(fetcher, final_url, transcript, select, config)
+        return await download(fetcher, final_url, transcript, select, config, capture_slots=capture_slots)
     return RemoteHead(final_url, file_size, header, head)
 
 
@@ -285,9 +303,11 @@ async def read_remote(
     transcript: Transcript,
     select: TensorSelector,
     config: RemoteReadConfig = RemoteReadConfig(),
+    *,
+    capture_slots: asyncio.Semaphore | None = None,
 ) -> RemoteContent:
     """Header and selected tensors of a remote safetensors file by Range, else a whole streamed download."""
-    first = await read_head(fetcher, url, transcript, select, config)
+    first = await read_head(fetcher, url, transcript, select, config, capture_slots=capture_slots)
     if isinstance(first, RemoteContent):
         return first
     return await read_tensors(fetcher, first, transcript, first.selected_spans(select, config), config)

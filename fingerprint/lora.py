@@ -11,6 +11,7 @@ only and ignore the magnitude (a known limit, stated in the README).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import defaultdict
@@ -20,7 +21,7 @@ import numpy as np
 
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.keys import FingerprintKey
-from modelsieve.fingerprint.names import module_weight_name
+from modelsieve.fingerprint.names import NAME_CACHE_SIZE, module_weight_name
 from modelsieve.fingerprint.sketch import rounding_error, sketch_product, sketch_tensors, view_shape
 
 _SUFFIX = re.compile(
@@ -33,6 +34,7 @@ _SUFFIX = re.compile(
 _IGNORED_PARTS = ("dora_scale", "lora_magnitude_vector")
 
 
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)  # pure; asked for every tensor name of every file
 def split_adapter_key(key: str) -> tuple[str, str] | None:
     """(module stem, part) for an adapter tensor key, e.g. ('lora_unet_..._to_q', 'lora_down'); None otherwise."""
     match = _SUFFIX.match(key)

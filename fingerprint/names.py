@@ -15,11 +15,13 @@ such tensors by shape and sketch.
 
 from __future__ import annotations
 
+import functools
 import re
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 LAYERS_PER_BLOCK = 2  # SD 1.x, 2.x and SDXL UNets: two resnets (+ attentions) per level, then a resampler
 VAE_LEVELS = 4
+NAME_CACHE_SIZE = 1 << 14  # tensor names whose canonical name and role stay cached: a few architectures' worth
 
 _LDM_BUFFERS = frozenset(
     "betas alphas_cumprod alphas_cumprod_prev sqrt_alphas_cumprod sqrt_one_minus_alphas_cumprod "
@@ -137,6 +139,7 @@ def _normalise(component: str, path: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)  # pure; a crawl meets the same names in file after file
 def canonical_name(key: str) -> str | None:
     """The canonical name of a checkpoint tensor key; None for keys fingerprints leave out.
 
@@ -218,6 +221,7 @@ def block_of(name: str) -> str:
     return f"{component}.other"
 
 
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
 def role_of(name: str) -> str:
     """The module's kind without its position: `attn2.to_k`, `self_attn.q_proj`, `resnets.conv1`, ..."""
     parts = [p for p in name.split(".")[1:-1] if not p.isdigit()]

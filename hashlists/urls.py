@@ -28,7 +28,7 @@ def _extractor() -> tldextract.TLDExtract:
 
 def _parse(value: str) -> URL:
     text = value.strip()
-    if not text or len(text) > MAX_URL_LENGTH or any(ord(c) < 0x21 for c in text):
+    if not text or len(text) > MAX_URL_LENGTH or min(text) < "!":  # a space or control character (min: one pass in C)
         raise InvalidEntryError(f"not a URL: {value[:80]!r}")
     if "://" not in text:
         text = "http://" + text
@@ -100,7 +100,11 @@ def registrable_domain(value: str) -> str:
 
     A host under no known public suffix (an intranet name) is returned whole.
     """
-    host = normalise_host(_parse(value).raw_host or "")
+    return _registrable_host(normalise_host(_parse(value).raw_host or ""))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # pure given the bundled list; a crawl asks again for every URL of a host
+def _registrable_host(host: str) -> str:
     if ":" in host or host.replace(".", "").isdigit():
         return host
     parts = _extractor()(host)

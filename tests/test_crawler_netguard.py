@@ -128,6 +128,16 @@ def test_check_url_passes_names_and_public_literals() -> None:
         check_url(URL(url), STRICT)
 
 
+
+def test_check_url_vets_the_host_as_sent_and_caches_no_decision() -> None:
+    with pytest.raises(BlockedAddressError, match="10.0.0.1"):  # full-width digits are sent as 10.0.0.1
+        check_url(URL("http://\uff11\uff10.\uff10.\uff10.\uff11/"), LOOPBACK_OK)
+    check_url(URL("http://b\u00fccher.example/m.safetensors"), STRICT)  # an IDN name: sent punycoded, resolved later
+    loopback = URL("http://127.0.0.1/m.safetensors")
+    check_url(loopback, LOOPBACK_OK)
+    with pytest.raises(BlockedAddressError, match="loopback"):  # the parsed address is cached, never the verdict
+        check_url(loopback, STRICT)
+
 def test_a_name_with_any_private_address_is_refused_whole() -> None:
     with pytest.raises(BlockedAddressError, match="10.0.0.7"):
         vet_addresses("mixed.test", ["93.184.216.34", "10.0.0.7"], STRICT)
@@ -181,6 +191,24 @@ async def test_redirects_to_private_addresses_are_refused(aiohttp_server, target
     assert asked[0] == "files.test"
     assert server.app[LOG].hits["/to"] == 1
 
+
+
+async def test_a_host_already_fetched_cannot_redirect_to_a_private_address(aiohttp_server) -> None:
+    """Whatever is cached per host (resolver answers, connections, parsed hosts) never vets another hop."""
+    server = await aiohttp_server(file_host())
+    asked: list[str] = []
+    table = {"files.test": ["127.0.0.1"], "internal.test": ["10.0.0.5"]}
+    fetcher = Fetcher(FetchConfig(honour_robots=False), address_policy=LOOPBACK_OK, resolve=stub_resolver(table, asked))
+    base = URL.build(scheme="http", host="files.test", port=server.port)
+    async with fetcher:
+        for _ in range(2):  # the host's answer is now cached and its connection kept alive
+            response, body = await fetcher.get_small(base.with_path("/echo"), transcript=Transcript())
+            assert (response.status, body) == (200, b"GET")
+        for target in ("http://internal.test/admin", "http://10.1.2.3/secret", "http://[::ffff:10.0.0.1]/"):
+            with pytest.raises(BlockedAddressError):
+                async with fetcher.open(base.with_path("/to").with_query(target=target), transcript=Transcript()):
+                    pass
+    assert asked == ["files.test", "internal.test"]  # the public answer was cached; the redirect target was still vetted
 
 async def test_loopback_is_refused_unless_allowed(aiohttp_server) -> None:
     server = await aiohttp_server(file_host())

@@ -112,6 +112,23 @@ async def test_a_hostile_header_length_is_refused_like_a_local_file(aiohttp_serv
     assert transcript.bytes_read < 100  # nothing of the claimed terabyte was asked for
 
 
+
+async def test_a_streamed_download_holds_a_capture_slot_while_it_captures(aiohttp_server) -> None:
+    """A Range-ignoring host's download may hold many tensors: it counts against the caller's slots."""
+    server = await aiohttp_server(file_host({"m": MODEL}))
+    slots = asyncio.Semaphore(1)
+    held_while_selecting: list[bool] = []
+
+    def pick_noting_the_slot(infos: Sequence[TensorInfo], budget_fraction: float) -> list[TensorInfo]:
+        held_while_selecting.append(slots.locked())  # the selection runs mid-stream, once the header has passed
+        return pick(infos, budget_fraction)
+
+    async with fetcher() as client:
+        content = await read_remote(client, server.make_url("/norange/m"), Transcript(), pick_noting_the_slot, capture_slots=slots)
+        assert held_while_selecting == [True] and not slots.locked()  # taken for the capture, given back after
+        assert_picked_arrays(dict(content.arrays))
+
+
 async def test_a_lying_content_length_in_a_download_is_an_error(aiohttp_server) -> None:
     server = await aiohttp_server(file_host({"m": MODEL}))
     async with fetcher() as client:

@@ -83,6 +83,12 @@ VALID = {"a": entry("F32", [2], [0, 8]), "b": entry("F16", [2], [8, 12])}
         (json.dumps({"a": entry("F32", [1], [0, 2**64])}), b"", "two non-negative integers"),
         (json.dumps({"a": entry("F32", [-1], [0, 4])}), bytes(4), "non-negative integers"),
         (json.dumps({"a": entry("F32", [2**63, 2**63], [0, 4])}), bytes(4), "overflows"),
+        (json.dumps({"a": entry("F32", [2**63, 2**63, 0], [0, 0])}), b"", "overflows"),  # a later 0 does not excuse it
+        (json.dumps({"a": entry("F32", [True], [0, 4])}), bytes(4), "non-negative integers"),
+        (json.dumps({"a": entry("F32", [1.0], [0, 4])}), bytes(4), "non-negative integers"),
+        (json.dumps({"a": entry("F32", [1], [0, True])}), bytes(4), "two non-negative integers"),
+        ('{"__metadata__": {"k": "\\udc00"}}', b"", "lone surrogate"),
+        ('{"__metadata__": {"k": "\\u00e9", "k": "x"}}', b"", "repeats the key 'k'"),
         (json.dumps({"a": entry("F4", [3], [0, 2])}), bytes(2), "not a whole number of bytes"),
         (json.dumps({"a": entry() | {"extra": 1}}), bytes(4), "fields must be exactly"),
         ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', bytes(4), "repeats the key 'a'"),

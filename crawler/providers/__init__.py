@@ -50,6 +50,11 @@ class Provider(Protocol):
         """What the host publishes about the file (raises FetchError when it cannot be asked)."""
 
 
+def wire_hosts(hosts: Sequence[str]) -> frozenset[str]:
+    """Host names as URLs carry them on the wire (lower-case, IDNA-encoded), to compare with `URL.raw_host`."""
+    return frozenset(URL.build(scheme="http", host=host).raw_host or "" for host in hosts)
+
+
 def provider_for(url: URL, providers: Sequence[Provider]) -> Provider:
     """The first provider that claims `url` (the generic adapter, last, claims everything)."""
     for provider in providers:

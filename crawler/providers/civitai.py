@@ -17,7 +17,7 @@ from typing import Any
 from yarl import URL
 
 from modelsieve.crawler.fetch import FetchError, Fetcher, Transcript, decimal
-from modelsieve.crawler.providers import Published
+from modelsieve.crawler.providers import Published, wire_hosts
 
 CIVITAI_HOSTS = ("civitai.com",)
 API_ANSWER_BYTES = 4 * 1024 * 1024
@@ -69,10 +69,10 @@ class CivitaiProvider:
     name = "civitai"
 
     def __init__(self, hosts: tuple[str, ...] = CIVITAI_HOSTS) -> None:
-        self.hosts = frozenset(h.lower() for h in hosts)
+        self.hosts = wire_hosts(hosts)
 
     def claims(self, url: URL) -> bool:
-        return (url.host or "").lower() in self.hosts and version_id(url) is not None
+        return url.raw_host in self.hosts and version_id(url) is not None
 
     async def published(self, url: URL, fetcher: Fetcher, transcript: Transcript) -> Published:
         api = url.with_path(f"/api/v1/model-versions/{version_id(url)}", encoded=False).with_query(None).with_fragment(None)

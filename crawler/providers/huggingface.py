@@ -12,7 +12,7 @@ import re
 from yarl import URL
 
 from modelsieve.crawler.fetch import FetchError, Fetcher, Transcript, decimal
-from modelsieve.crawler.providers import Published
+from modelsieve.crawler.providers import Published, wire_hosts
 
 HF_HOSTS = ("huggingface.co", "hf.co")
 _FILE_PATH = re.compile(r"^/(?:(?:datasets|spaces)/)?(?:[^/]+/)?[^/]+/(resolve|blob)/[^/]+/.+$")
@@ -42,10 +42,10 @@ class HuggingFaceProvider:
     name = "huggingface"
 
     def __init__(self, hosts: tuple[str, ...] = HF_HOSTS) -> None:
-        self.hosts = frozenset(h.lower() for h in hosts)
+        self.hosts = wire_hosts(hosts)
 
     def claims(self, url: URL) -> bool:
-        return (url.host or "").lower() in self.hosts and _FILE_PATH.match(url.path) is not None
+        return url.raw_host in self.hosts and _FILE_PATH.match(url.path) is not None
 
     async def published(self, url: URL, fetcher: Fetcher, transcript: Transcript) -> Published:
         target = resolve_url(url)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelsieve.fingerprint.dtypes import dtype_named
+from modelsieve.fingerprint.dtypes import DTYPES, dtype_named
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
 from modelsieve.fingerprint.readers.strict_json import load_json_object
@@ -76,32 +76,34 @@ def read_header_length(first_bytes: bytes, file_size: int | None = None) -> int:
 
 
 def _is_uint(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
+    # `type(...) is int`: JSON numbers are exactly int or float, and bool (an int subclass) is refused.
+    return type(value) is int and 0 <= value <= _U64_MAX
 
 
 def _parse_tensor(name: str, raw: object) -> TensorSpan:
-    if not isinstance(raw, dict):
+    """One tensor entry, validated in a single pass (this runs for every tensor of every header)."""
+    if type(raw) is not dict:
         raise ModelFileError(f"tensor {quoted(name)}: entry is not a JSON object")
-    if set(raw) != _TENSOR_FIELDS:
+    if raw.keys() != _TENSOR_FIELDS:
         raise ModelFileError(f"tensor {quoted(name)}: fields must be exactly dtype, shape, data_offsets, got {quoted(sorted(raw))}")
-    try:
-        dtype = dtype_named(raw["dtype"])
-    except KeyError:
-        raise ModelFileError(f"tensor {quoted(name)}: unknown dtype {quoted(raw['dtype'])}") from None
-    shape = raw["shape"]
-    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+    dtype_name, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+    dtype = DTYPES.get(dtype_name) if type(dtype_name) is str else None
+    if dtype is None:
+        raise ModelFileError(f"tensor {quoted(name)}: unknown dtype {quoted(dtype_name)}")
+    if type(shape) is not list:
         raise ModelFileError(f"tensor {quoted(name)}: shape must be a list of non-negative integers")
-    offsets = raw["data_offsets"]
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
+    numel = 1
+    for dim in shape:
+        if type(dim) is not int or not 0 <= dim <= _U64_MAX:
+            raise ModelFileError(f"tensor {quoted(name)}: shape must be a list of non-negative integers")
+        numel *= dim
+    if type(offsets) is not list or len(offsets) != 2 or not (_is_uint(offsets[0]) and _is_uint(offsets[1])):
         raise ModelFileError(f"tensor {quoted(name)}: data_offsets must be two non-negative integers")
     begin, end = offsets
     if end < begin:
         raise ModelFileError(f"tensor {quoted(name)}: data_offsets end {end} is before begin {begin}")
-    numel = 1
-    for dim in shape:
-        numel *= dim
-        if numel > _U64_MAX:
-            raise ModelFileError(f"tensor {quoted(name)}: shape {quoted(shape)} overflows")
+    if numel > _U64_MAX or numel == 0:  # a 0 can hide an overflow earlier in the shape
+        _check_no_overflow(name, shape)
     bits = numel * dtype.bits
     if bits % 8:
         raise ModelFileError(f"tensor {quoted(name)}: {numel} × {dtype.bits} bits is not a whole number of bytes")
@@ -110,6 +112,15 @@ def _parse_tensor(name: str, raw: object) -> TensorSpan:
             f"tensor {quoted(name)}: byte span {end - begin} does not match shape {quoted(shape)} × {dtype.name} = {bits // 8} bytes"
         )
     return TensorSpan(TensorInfo(name, dtype.name, tuple(shape)), begin, end)
+
+
+def _check_no_overflow(name: str, shape: list[int]) -> None:
+    """Refuse a shape whose running product passes 2⁶⁴−1 (a later 0 does not excuse it)."""
+    numel = 1
+    for dim in shape:
+        numel *= dim
+        if numel > _U64_MAX:
+            raise ModelFileError(f"tensor {quoted(name)}: shape {quoted(shape)} overflows")
 
 
 def _parse_metadata(raw: object) -> dict[str, str]:

@@ -16,6 +16,17 @@ def _is_unicode(text: str) -> bool:
 
 
 def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):  # the one pass in C found a repeat: name it
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ModelFileError(f"repeats the key {quoted(key)}")
+            seen.add(key)
+    return result
+
+
+def _object_without_repeats_or_surrogates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result: dict[str, object] = {}
     for key, value in pairs:
         if key in result:
@@ -32,7 +43,11 @@ def load_json_object(data: bytes, what: str) -> dict[str, object]:
     Errors read "<what> is not valid JSON: ...", "<what> repeats the key 'a'", and so on.
     """
     try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_object_without_repeats)
+        text = data.decode("utf-8")
+        # Valid UTF-8 holds no surrogates: a lone one can only come from a \u escape, so text
+        # without one skips the per-string check (the common case, and much faster).
+        hook = _object_without_repeats_or_surrogates if "\\u" in text else _object_without_repeats
+        document = json.loads(text, object_pairs_hook=hook)
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
