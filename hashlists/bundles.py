@@ -253,6 +253,19 @@ class _VerifiedPayload:
         self._manifest = manifest
         self._digest = hashlib.sha256()
         self._size = 0
+        self._authenticate()
+
+    def _authenticate(self) -> None:
+        """Hash the whole payload against the signed manifest before any record is parsed, so
+        altered bytes are refused as altered and never interpreted. Iterating hashes again, in
+        case the file changes between the two reads."""
+        start, digest, size = self._stream.tell(), hashlib.sha256(), 0
+        while chunk := self._stream.read(min(1 << 20, self._manifest.payload_bytes + 1 - size)):
+            digest.update(chunk)
+            size += len(chunk)
+        if size != self._manifest.payload_bytes or digest.hexdigest() != self._manifest.payload_sha256:
+            raise BundleError("the bundle's payload does not match its signed manifest (altered or truncated): refused")
+        self._stream.seek(start)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while line := _read_line(self._stream, MAX_RECORD_LINE, "record"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -52,6 +53,15 @@ def make_keys(db_path: Path, **rate: float) -> dict[str, str]:
     with open_store(db_path) as opened:
         store = KeyStore(opened)
         return {scope: store.create([scope], name=f"test {scope}", rate_per_second=rate.get(scope.replace(":", "_")))[0] for scope in SCOPES}
+
+
+async def ready(api: Api) -> Api:
+    """The API once /v1/readyz says its store and match index are loaded (bounded wait)."""
+    for _ in range(400):
+        if (await api.client.get("/v1/readyz")).status == 200:
+            return api
+        await asyncio.sleep(0.05)
+    raise AssertionError("the API never became ready")
 
 
 async def start_api(aiohttp_client: Any, db_path: Path, **config: Any) -> Api:

@@ -13,21 +13,13 @@ from safetensors.numpy import save as safetensors_bytes
 
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
-from tests.api_support import Api, bearer, make_keys, start_api
+from tests.api_support import Api, bearer, make_keys, ready, start_api
 from tests.crawler_fakes import file_host
 from tests.hashlists_fixtures import lora_arrays, lora_fingerprint
 
 EXACT = safetensors_bytes(lora_arrays(1))
 NEAR = safetensors_bytes({k: v.astype(np.float16) for k, v in lora_arrays(2).items()})
 UNLISTED = safetensors_bytes(lora_arrays(3))
-
-
-async def ready(api: Api) -> Api:
-    for _ in range(200):
-        if (await api.client.get("/v1/readyz")).status == 200:
-            return api
-        await asyncio.sleep(0.05)
-    raise AssertionError("the API never became ready")
 
 
 def listed_store(path: Path) -> Path:

@@ -16,19 +16,11 @@ from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.signing import generate_key_files
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.trust import trust_publisher
-from tests.api_support import Api, start_api
+from tests.api_support import Api, ready, start_api
 from tests.hashlists_fixtures import lora_fingerprint
 
 LISTED = hashlib.sha256(b"a listed model file").hexdigest()
 OTHER = hashlib.sha256(b"another listed model file").hexdigest()
-
-
-async def ready(api: Api) -> Api:
-    for _ in range(200):
-        if (await api.client.get("/v1/readyz")).status == 200:
-            return api
-        await asyncio.sleep(0.05)
-    raise AssertionError("the API never became ready")
 
 
 async def eventually(check: Any, timeout: float = 10.0) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -15,7 +14,7 @@ from safetensors.numpy import save as save_bytes
 from modelsieve.fingerprint.digests import MultiDigest
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
-from tests.api_support import Api, start_api
+from tests.api_support import Api, ready, start_api
 from tests.hashlists_fixtures import lora_arrays, lora_fingerprint
 
 LISTED_SEED = 1
@@ -41,12 +40,7 @@ async def api(aiohttp_client: Any, tmp_path: Path, listed_file: bytes) -> Api:
         store.add_entry("main", NewEntry(category="2c", kind="lora", digests=file_digests(listed_file), source="hotline-x", note=SENSITIVE_NOTE))
         for seed in range(LISTED_SEED, LISTED_SEED + 4):
             store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(seed).to_bytes(), evidence="fuzzy"))
-    api = await start_api(aiohttp_client, db_path, fingerprint_body_limit=64 * 1024, upload_limit=256 * 1024)
-    for _ in range(200):  # the index loads in the background
-        if (await api.client.get("/v1/readyz")).status == 200:
-            return api
-        await asyncio.sleep(0.05)
-    raise AssertionError("the API never became ready")
+    return await ready(await start_api(aiohttp_client, db_path, fingerprint_body_limit=64 * 1024, upload_limit=256 * 1024))
 
 
 async def test_lookup_by_any_digest_returns_the_cli_match_objects(api: Api, listed_file: bytes) -> None:

@@ -240,6 +240,21 @@ def test_any_altered_byte_is_refused_and_changes_nothing(signed_bundle: tuple[by
         assert state(store) == before
 
 
+def test_a_record_altered_into_an_invalid_entry_is_refused_as_altered(signed_bundle: tuple[bytes, str], tmp_path: Path) -> None:
+    """Hypothesis found it: a status altered to ' ctive' once failed entry validation first. The
+    payload is authenticated before any record is parsed, so it is refused as altered."""
+    original, public_key = signed_bundle
+    assert b'"active"' in original
+    path = tmp_path / "altered-status.jsonl"
+    path.write_bytes(original.replace(b'"active"', b'" ctive"', 1))
+    with SQLiteStore(tmp_path / "s.db") as store:
+        trust_publisher(store, "hotline", public_key, "full")
+        before = state(store)
+        with pytest.raises(BundleError, match="does not match its signed manifest"):
+            import_bundle(store, path)
+        assert state(store) == before
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.binary(max_size=600) | st.text(max_size=600).map(str.encode))
 def test_hostile_files_are_refused_cleanly(signed_bundle: tuple[bytes, str], tmp_path: Path, content: bytes) -> None:

@@ -24,7 +24,6 @@ from modelsieve.api.http.state import (
     AUDIT,
     CONFIG,
     CRAWL_JOBS,
-    FINGERPRINT_KEY,
     JOB_RUNNER,
     KEYS,
     LIMITER,
@@ -78,9 +77,8 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, the key table and the signing and fingerprint keys for this process's lifetime."""
+    """Open the store, the API key table and the bundle signing key for this process's lifetime."""
     config = app[CONFIG]
-    app[FINGERPRINT_KEY] = load_key(config.fingerprint_key_path)
     app[PUBLISHER_KEY] = load_private_key(config.publisher_key_path) if config.publisher_key_path else None
     store = open_store(config.db_path)
     app[STORE] = store
@@ -101,7 +99,8 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
 
     async def load() -> None:
         try:
-            index.matcher = await asyncio.to_thread(Matcher.for_store, app[STORE], app[FINGERPRINT_KEY])
+            key = load_key(app[CONFIG].fingerprint_key_path)
+            index.matcher = await asyncio.to_thread(Matcher.for_store, app[STORE], key)
             index.status = "ok"
         except Exception as exc:
             log.exception("cannot load the match index")
@@ -145,7 +144,7 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
             return  # this process only accepts jobs; others run them
         while index.matcher is None:
             await asyncio.sleep(0.1)
-        await runner.run_forever(StoreLookup(index.matcher, app[FINGERPRINT_KEY]))
+        await runner.run_forever(StoreLookup(index.matcher))
 
     running = asyncio.create_task(run())
     try:

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from modelsieve.fingerprint.fuzzy import FingerprintKey
     from modelsieve.hashlists.matcher import Matcher
     from modelsieve.hashlists.store import Store
 
@@ -28,7 +27,6 @@ METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
 KEYS = web.AppKey("keys", CachedKeys)
 STORE: web.AppKey[Store] = web.AppKey("store")
-FINGERPRINT_KEY: web.AppKey[FingerprintKey] = web.AppKey("fingerprint_key")
 PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 CRAWL_JOBS: web.AppKey[CrawlJobs] = web.AppKey("crawl_jobs")

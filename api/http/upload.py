@@ -19,8 +19,9 @@ from modelsieve.api.http.errors import api_error
 from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, StreamCapture
 from modelsieve.fingerprint.digests import DIGEST_NAMES
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.fingerprint.fuzzy import FingerprintKey, fingerprint_tensors, select_tensors
+from modelsieve.fingerprint.fuzzy import fingerprint_tensors, select_tensors
 from modelsieve.hashlists.files import FileEvidence
+from modelsieve.hashlists.matcher import Matcher
 
 HASH_BLOCK = 4 * 1024 * 1024  # bytes handed to a hashing thread at once: few hand-offs, bounded memory
 UPLOAD_SUBJECT = URL("upload:file")
@@ -52,12 +53,13 @@ async def capture_upload(chunks: AsyncIterator[bytes], size_limit: int, memory_l
     return capture.result(UPLOAD_SUBJECT)
 
 
-def upload_evidence(content: RemoteContent, key: FingerprintKey) -> FileEvidence:
-    """The upload's digests and, from the captured tensors, its partial fingerprint (or why none)."""
+def upload_evidence(content: RemoteContent, matcher: Matcher) -> FileEvidence:
+    """The upload's digests and, from the captured tensors, its partial fingerprint (or why none),
+    taken with the matcher's key and bases like every other file the lists are matched against."""
     if content.header is None:
         return FileEvidence("upload", dict(content.digests), None, f"not fingerprinted: {content.problem}")
     try:
-        fingerprint = fingerprint_tensors(content.arrays, key)
+        fingerprint = fingerprint_tensors(content.arrays, matcher.fingerprint_key, matcher.bases)
     except ModelsieveError as exc:
         return FileEvidence("upload", dict(content.digests), None, f"not fingerprinted: {exc}")
     return FileEvidence("upload", dict(content.digests), fingerprint)

@@ -16,7 +16,7 @@ from modelsieve.api.http.audit import audit_matches
 from modelsieve.api.http.errors import api_error
 from modelsieve.api.http.routing import Call, Response, Route
 from modelsieve.api.http.schemas import FILE_MATCH_RESULT, FINGERPRINT_BODY, FINGERPRINT_MATCH_RESULT, LOOKUP_QUERY, LOOKUP_RESULT
-from modelsieve.api.http.state import CONFIG, FINGERPRINT_KEY, UPLOAD_SLOTS, loaded_matcher
+from modelsieve.api.http.state import CONFIG, UPLOAD_SLOTS, loaded_matcher
 from modelsieve.api.http.upload import capture_upload, upload_evidence
 from modelsieve.fingerprint.fuzzy import Fingerprint
 from modelsieve.hashlists.model import MatchResult
@@ -56,7 +56,7 @@ async def match_file(call: Call) -> web.Response:
         raise api_error(503, "too many uploads in progress; retry shortly", headers={"Retry-After": "5"})
     async with slots:
         content = await capture_upload(call.request.content.iter_chunked(256 * 1024), config.upload_limit, config.upload_memory_limit)
-        evidence = await asyncio.to_thread(upload_evidence, content, call.app[FINGERPRINT_KEY])
+        evidence = await asyncio.to_thread(upload_evidence, content, matcher)
         result = await asyncio.to_thread(matcher.match_evidence, evidence)
     return answer(
         call,
