@@ -102,7 +102,6 @@ def digest(i: int) -> str:
 def make_store(folder: Path, entries: int) -> tuple[Path, str]:
     """A store with `entries` hash-only entries, and an API key whose rate limit never bites."""
     from modelsieve.api.http.auth import KeyStore
-    from modelsieve.hashlists.db import open_database
     from modelsieve.hashlists.model import NewEntry
     from modelsieve.hashlists.sqlite_store import SQLiteStore
 
@@ -110,7 +109,7 @@ def make_store(folder: Path, entries: int) -> tuple[Path, str]:
     with SQLiteStore(db) as store:
         store.create_list("bench", publisher="bench")
         store.add_entries("bench", (NewEntry(category="2c", digests={"sha256": digest(i)}) for i in range(entries)))
-    token, _ = KeyStore(open_database(db)).create(["lookup"], name="bench", rate_per_second=1e9)
+        token, _ = KeyStore(store).create(["lookup"], name="bench", rate_per_second=1e9)
     return db, token
 
 

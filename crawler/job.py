@@ -20,19 +20,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from modelsieve.crawler.crawl import Crawler
-from modelsieve.crawler.fetch import utc_now
 from modelsieve.crawler.inputs import BadLine
 from modelsieve.crawler.model import CrawlTarget, Recommendation
 from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.hashlists.model import CrawlTargetRow
+from modelsieve.hashlists.store import Store
 
-JOBS = "crawl_jobs"
-TARGETS = "crawl_targets"
 COMMIT_EVERY = 256  # recommendations per batch at most
 COMMIT_SECONDS = 0.5  # and at least this often
-_PAGE = 1000
+_PAGE = 1000  # targets read, or added, per query
 
 
 class JobError(ModelsieveError):
@@ -51,29 +48,6 @@ class JobProgress:
         return self.total - self.done
 
 
-def _ensure_schema(db: sqlite_utils.Database) -> None:
-    with db.conn:
-        db.execute(
-            f"""CREATE TABLE IF NOT EXISTS {JOBS} (
-                id INTEGER PRIMARY KEY,
-                out_path TEXT NOT NULL UNIQUE,
-                input_sha256 TEXT NOT NULL,
-                created_at TEXT NOT NULL,
-                finished_at TEXT,
-                out_offset INTEGER NOT NULL DEFAULT 0)"""
-        )
-        db.execute(
-            f"""CREATE TABLE IF NOT EXISTS {TARGETS} (
-                job_id INTEGER NOT NULL REFERENCES {JOBS}(id) ON DELETE CASCADE,
-                line INTEGER NOT NULL,
-                url TEXT NOT NULL,
-                context TEXT NOT NULL,
-                done INTEGER NOT NULL DEFAULT 0,
-                PRIMARY KEY (job_id, line),
-                UNIQUE (job_id, url))"""
-        )
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -85,8 +59,8 @@ def file_sha256(path: Path) -> str:
 class CrawlJob:
     """One resumable crawl into one output file; create with `CrawlJob.open`."""
 
-    def __init__(self, db: sqlite_utils.Database, job_id: int, out_path: Path) -> None:
-        self.db = db
+    def __init__(self, store: Store, job_id: int, out_path: Path) -> None:
+        self.store = store
         self.job_id = job_id
         self.out_path = out_path
         self._out = None
@@ -96,7 +70,7 @@ class CrawlJob:
     @classmethod
     def open(
         cls,
-        db: sqlite_utils.Database,
+        store: Store,
         out_path: Path,
         input_path: Path,
         targets: Callable[[], Iterable[CrawlTarget | BadLine]],
@@ -106,60 +80,53 @@ class CrawlJob:
         on_duplicate: Callable[[CrawlTarget], None] = lambda target: None,
     ) -> CrawlJob:
         """The job writing to `out_path`: resumed (with `resume`) or created from `targets()`."""
-        _ensure_schema(db)
         out_path = out_path.resolve()
         input_sha256 = file_sha256(input_path)
-        row = db.execute(f"SELECT id, input_sha256 FROM {JOBS} WHERE out_path = ?", [str(out_path)]).fetchone()
-        if row is not None:
+        existing = store.find_crawl_job(str(out_path))
+        if existing is not None:
             if not resume:
                 raise JobError(f"a crawl into {out_path} is already in the store: add --resume to finish it, or choose another --out")
-            if row[1] != input_sha256:
+            if existing.input_sha256 != input_sha256:
                 raise JobError(f"{input_path} is not the input the crawl into {out_path} started with")
-            job = cls(db, row[0], out_path)
+            job = cls(store, existing.id, out_path)
             job._reconcile()
             return job
         if out_path.exists() and out_path.stat().st_size:
             raise JobError(f"{out_path} exists and no crawl into it is in the store: remove it or choose another --out")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_bytes(b"")  # before the job exists: a job in the store always has its output
-        with db.conn:
-            cursor = db.execute(
-                f"INSERT INTO {JOBS} (out_path, input_sha256, created_at) VALUES (?, ?, ?)",
-                [str(out_path), input_sha256, utc_now()],
-            )
-            job_id = cursor.lastrowid
-            assert job_id is not None
+        with store.transaction():
+            job_id = store.create_crawl_job(str(out_path), input_sha256)
+            batch: list[CrawlTarget] = []
+
+            def add(batch: list[CrawlTarget]) -> None:
+                rows = [CrawlTargetRow(t.line, t.url, json.dumps(t.context)) for t in batch]
+                skipped = store.add_crawl_targets(job_id, rows)
+                for target in batch:
+                    if target.line in skipped:  # the same URL on an earlier line: checked once
+                        on_duplicate(target)
+
             for item in targets():
                 if isinstance(item, BadLine):
                     on_bad_line(item)
                     continue
-                inserted = db.conn.execute(
-                    f"INSERT OR IGNORE INTO {TARGETS} (job_id, line, url, context) VALUES (?, ?, ?, ?)",
-                    [job_id, item.line, item.url, json.dumps(item.context)],
-                )
-                if inserted.rowcount == 0:  # the same URL on an earlier line: checked once
-                    on_duplicate(item)
-        return cls(db, job_id, out_path)
+                batch.append(item)
+                if len(batch) >= _PAGE:
+                    add(batch)
+                    batch = []
+            add(batch)
+        return cls(store, job_id, out_path)
 
     def progress(self) -> JobProgress:
-        total, done = self.db.execute(
-            f"SELECT count(*), coalesce(sum(done), 0) FROM {TARGETS} WHERE job_id = ?", [self.job_id]
-        ).fetchone()
-        return JobProgress(total, done)
+        return JobProgress(*self.store.crawl_progress(self.job_id))
 
     def pending(self) -> Iterator[CrawlTarget]:
         """Targets not yet done, in input order (read page by page, so marks may land meanwhile)."""
         after = 0
-        while True:
-            rows = self.db.execute(
-                f"SELECT line, url, context FROM {TARGETS} WHERE job_id = ? AND done = 0 AND line > ? ORDER BY line LIMIT ?",
-                [self.job_id, after, _PAGE],
-            ).fetchall()
-            if not rows:
-                return
-            for line, url, context in rows:
-                yield CrawlTarget(url, json.loads(context), line)
-            after = rows[-1][0]
+        while rows := self.store.pending_crawl_targets(self.job_id, after_line=after, limit=_PAGE):
+            for row in rows:
+                yield CrawlTarget(row.url, json.loads(row.context), row.line)
+            after = rows[-1].line
 
     async def run(self, crawler: Crawler, on_result: Callable[[Recommendation], None] = lambda r: None) -> JobProgress:
         """Check every pending target, appending each recommendation once; returns the final progress."""
@@ -174,8 +141,7 @@ class CrawlJob:
                 self._out = None
         progress = self.progress()
         if progress.pending == 0:
-            with self.db.conn:
-                self.db.execute(f"UPDATE {JOBS} SET finished_at = ? WHERE id = ?", [utc_now(), self.job_id])
+            self.store.finish_crawl_job(self.job_id)
         return progress
 
     def _write(self, recommendation: Recommendation) -> None:
@@ -192,19 +158,12 @@ class CrawlJob:
         if not self._unmarked or self._out is None:
             return
         os.fsync(self._out.fileno())
-        self._mark_done(self._unmarked, self._out.tell())
+        self.store.mark_crawl_targets_done(self.job_id, self._unmarked, self._out.tell())
         self._unmarked = []
-
-    def _mark_done(self, urls: list[str], offset: int) -> None:
-        with self.db.conn:
-            self.db.conn.executemany(
-                f"UPDATE {TARGETS} SET done = 1 WHERE job_id = ? AND url = ?", [(self.job_id, url) for url in urls]
-            )
-            self.db.execute(f"UPDATE {JOBS} SET out_offset = ? WHERE id = ?", [offset, self.job_id])
 
     def _reconcile(self) -> None:
         """Cut a torn last line and mark the URLs written after the last commit as done."""
-        (recorded,) = self.db.execute(f"SELECT out_offset FROM {JOBS} WHERE id = ?", [self.job_id]).fetchone()
+        recorded = self.store.crawl_job(self.job_id).out_offset
         if not self.out_path.exists():
             raise JobError(f"{self.out_path} is gone: the crawl into it cannot be resumed")
         with open(self.out_path, "r+b") as handle:
@@ -223,5 +182,4 @@ class CrawlJob:
                 urls.append(json.loads(line)["url"])
             except (ValueError, KeyError, TypeError):
                 raise JobError(f"{self.out_path}: unreadable line {number} after byte {recorded}") from None
-        self._mark_done(urls, recorded + len(complete))
-
+        self.store.mark_crawl_targets_done(self.job_id, urls, recorded + len(complete))

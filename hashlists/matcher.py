@@ -72,7 +72,7 @@ class Matcher:
 
     refresh_interval: seconds between checks of the store's event sequence (0: before every call).
     fingerprint_key / bases: how `match_path` fingerprints files (the key the lists were made with).
-    cohorts: background cohorts by base name (`hashlists.background.load_cohorts`); a fuzzy match
+    cohorts: background cohorts by base name (`Store.cohorts`); a fuzzy match
     against a base with a cohort is calibrated, and reported when its estimated false-match rate
     reaches `policy.review_rate`. Without one it is flagged uncalibrated and reported from raw
     similarity `threshold` (policy.uncalibrated_review). fuzzy_top: most fuzzy matches

@@ -359,3 +359,85 @@ class MatchResult:
         if self.problems:
             record["problems"] = list(self.problems)
         return record
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """A registered base model (its raw fingerprint's identity, without the sketches)."""
+
+    name: str
+    key_id: str
+    key_check: str
+    scheme: int
+    tensors: int
+    source: str
+    added: str
+
+
+@dataclass(frozen=True)
+class BackgroundInfo:
+    """A member of a base's background cohort, without its sketches."""
+
+    id: str  # SHA-256 of the fingerprint bytes
+    base: str
+    kind: str
+    key_id: str
+    tensors: int
+    source: str
+    added: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "base": self.base, "kind": self.kind, "key_id": self.key_id, "tensors": self.tensors,
+                "source": self.source, "added": self.added}
+
+
+@dataclass(frozen=True)
+class StoredApiKey:
+    """An API key as the store keeps it: the SHA-256 of its secret, never the secret."""
+
+    key_id: str
+    secret_sha256: str = field(repr=False)
+    name: str
+    scopes: tuple[str, ...]
+    rate_per_second: float | None
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class CrawlJobState:
+    """The store's record of a resumable crawl into one output file (`crawler.job.CrawlJob`)."""
+
+    id: int
+    out_path: str
+    input_sha256: str
+    out_offset: int  # the output's length when URLs were last marked done
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class CrawlTargetRow:
+    """One URL of a crawl job, in input order (`context` is its JSON text)."""
+
+    line: int
+    url: str
+    context: str
+
+
+@dataclass(frozen=True)
+class LeasedCrawlJob:
+    """A crawl job submitted over the API: who submitted it, its crawl job, and how it ended (if it has)."""
+
+    id: str
+    key_id: str
+    mode: str
+    created_at: float
+    crawl_job_id: int
+    finished_at: float | None = None
+    error: str | None = None
+    lease_until: float | None = None
+
+    def status(self, now: float) -> str:
+        if self.finished_at is not None:
+            return "failed" if self.error else "done"
+        return "running" if self.lease_until is not None and self.lease_until > now else "queued"

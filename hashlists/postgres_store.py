@@ -21,8 +21,6 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from modelsieve.fingerprint.calibration import Cohort
-from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
 from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.hashlists.sql_store import Dialect, Row, SQLStore
 
@@ -112,13 +110,3 @@ class PostgresStore(SQLStore):
     def _execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._connection() as connection:
             connection.cursor().executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
-
-    # -- reference models -------------------------------------------------------------------------
-    # Registered bases and background cohorts are kept in SQLite stores only so far (`modelsieve
-    # bases` / `background` need a SQLite --db): on PostgreSQL, checkpoints are fingerprinted
-    # without base deltas and fuzzy matches stay uncalibrated (for review).
-    def bases(self, key: FingerprintKey) -> list[BaseModel]:
-        return []
-
-    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
-        return {}

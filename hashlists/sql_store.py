@@ -13,22 +13,32 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.errors import FingerprintError
+from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
 from modelsieve.hashlists.fuzzy_index import decode_codes, stored_codes
 from modelsieve.hashlists.model import (
     AUTOV3_PREFIX,
     DIGEST_LENGTHS,
     STATUSES,
+    BackgroundInfo,
+    BaseInfo,
+    CrawlJobState,
+    CrawlTargetRow,
     Entry,
     Event,
     IndexRow,
+    LeasedCrawlJob,
     ListInfo,
     NewEntry,
     Opinion,
+    StoredApiKey,
     TrustedKey,
     check_choice,
     check_list_name,
@@ -131,6 +141,71 @@ def migrations(dialect: Dialect) -> tuple[tuple[str, ...], ...]:
         ),
         # version 2: every bundle import reads the opinions about one publisher's entries
         ("CREATE INDEX opinions_origin ON opinions(origin, seq) WHERE origin IS NOT NULL",),
+        # version 3: what SQLite stores kept in tables of their own until now (hence IF NOT
+        # EXISTS, with the same columns): registered bases and their background cohorts, API
+        # keys, resumable crawl jobs and the crawl jobs submitted over the API
+        (
+            f"""CREATE TABLE IF NOT EXISTS fuzzy_bases (
+                name TEXT PRIMARY KEY,
+                key_id TEXT,
+                key_check TEXT,
+                scheme INTEGER,
+                tensors INTEGER,
+                source TEXT,
+                added TEXT,
+                fingerprint {dialect.blob} NOT NULL
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS fuzzy_background (
+                id TEXT PRIMARY KEY,
+                base TEXT NOT NULL,
+                kind TEXT,
+                key_id TEXT,
+                key_check TEXT,
+                scheme INTEGER,
+                tensors INTEGER,
+                source TEXT,
+                added TEXT,
+                fingerprint {dialect.blob} NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS idx_fuzzy_background_base ON fuzzy_background(base)",
+            """CREATE TABLE IF NOT EXISTS api_keys (
+                key_id TEXT PRIMARY KEY,
+                secret_sha256 TEXT NOT NULL,
+                name TEXT,
+                scopes TEXT NOT NULL,
+                rate_per_second DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS crawl_jobs (
+                id {dialect.integer} PRIMARY KEY,
+                out_path TEXT NOT NULL UNIQUE,
+                input_sha256 TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                finished_at TEXT,
+                out_offset {dialect.integer} NOT NULL DEFAULT 0
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS crawl_targets (
+                job_id {dialect.integer} NOT NULL REFERENCES crawl_jobs(id) ON DELETE CASCADE,
+                line {dialect.integer} NOT NULL,
+                url TEXT NOT NULL,
+                context TEXT NOT NULL,
+                done INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (job_id, line),
+                UNIQUE (job_id, url)
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS api_crawl_jobs (
+                id TEXT PRIMARY KEY,
+                key_id TEXT NOT NULL,
+                mode TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                crawl_job_id {dialect.integer} NOT NULL,
+                finished_at DOUBLE PRECISION,
+                error TEXT,
+                lease_owner TEXT,
+                lease_until DOUBLE PRECISION
+            )""",
+        ),
     )
 
 
@@ -168,6 +243,12 @@ _INSERT_NEW_ENTRY = (
 )
 _INSERT_EVENT = "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _BATCH = 10_000
+MAX_BACKGROUND_SOURCE = 1000
+_BASE_COLUMNS = "name, key_id, key_check, scheme, tensors, source, added"
+_BACKGROUND_COLUMNS = "id, base, kind, key_id, tensors, source, added"
+_API_KEY_COLUMNS = "key_id, secret_sha256, name, scopes, rate_per_second, created_at, revoked_at"
+_CRAWL_JOB_COLUMNS = "id, out_path, input_sha256, out_offset, finished_at"
+_LEASED_JOB_COLUMNS = "id, key_id, mode, created_at, crawl_job_id, finished_at, error, lease_until"
 
 
 def _entry(row: Row) -> Entry:
@@ -190,6 +271,26 @@ def _entry(row: Row) -> Entry:
         note=row["note"],
         seq=row["seq"],
     )
+
+
+def _base_info(row: Row) -> BaseInfo:
+    return BaseInfo(*(row[c] for c in _BASE_COLUMNS.split(", ")))
+
+
+def _background_info(row: Row) -> BackgroundInfo:
+    return BackgroundInfo(*(row[c] for c in _BACKGROUND_COLUMNS.split(", ")))
+
+
+def _api_key(row: Row) -> StoredApiKey:
+    return StoredApiKey(
+        row["key_id"], row["secret_sha256"], row["name"] or "", tuple(row["scopes"].split()),
+        row["rate_per_second"], row["created_at"], row["revoked_at"],
+    )
+
+
+def _check_base_name(name: str) -> None:
+    if not name.strip() or len(name) > 256:
+        raise InvalidEntryError("a base name must be 1-256 characters")
 
 
 def _list_info(row: Row) -> ListInfo:
@@ -503,6 +604,209 @@ class SQLStore(Store):
                 "ON CONFLICT(publisher, stream) DO UPDATE SET seq = excluded.seq",
                 (publisher, stream, seq),
             )
+
+    # -- reference models ------------------------------------------------------------------------
+    def add_base(self, name: str, fingerprint: Fingerprint, *, source: str = "", replace: bool = False) -> BaseInfo:
+        _check_base_name(name)
+        BaseModel(name, fingerprint)  # validates: a raw checkpoint fingerprint
+        info = BaseInfo(name, fingerprint.key_id, fingerprint.key_check, fingerprint.scheme, len(fingerprint.sketches),
+                        source, utc_now())
+        with self.transaction():
+            if self._query("SELECT 1 AS found FROM fuzzy_bases WHERE name = ?", (name,)):
+                if not replace:
+                    raise InvalidEntryError(f"a base named {name!r} is already registered (use --replace to overwrite it)")
+                self._execute("DELETE FROM fuzzy_bases WHERE name = ?", (name,))
+            self._execute(
+                f"INSERT INTO fuzzy_bases ({_BASE_COLUMNS}, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*dataclasses.astuple(info), fingerprint.to_bytes()),
+            )
+        return info
+
+    def list_bases(self) -> list[BaseInfo]:
+        return [_base_info(row) for row in self._query(f"SELECT {_BASE_COLUMNS} FROM fuzzy_bases ORDER BY name")]
+
+    def remove_base(self, name: str) -> None:
+        with self.transaction():
+            if not self._execute("DELETE FROM fuzzy_bases WHERE name = ?", (name,))[1]:
+                raise NotFoundError(f"no base named {name!r} is registered")
+
+    def bases(self, key: FingerprintKey) -> list[BaseModel]:
+        rows = self._query(
+            "SELECT name, fingerprint FROM fuzzy_bases WHERE key_id = ? AND key_check = ? ORDER BY name", (key.key_id, key.check)
+        )
+        return [BaseModel(row["name"], Fingerprint.from_bytes(bytes(row["fingerprint"]))) for row in rows]
+
+    def add_background(
+        self, base: str, fingerprints: Iterable[Fingerprint], *, sources: Sequence[str] = ()
+    ) -> list[BackgroundInfo]:
+        fps = list(fingerprints)
+        labels = list(sources) or [""] * len(fps)
+        if len(labels) != len(fps):
+            raise InvalidEntryError("add_background: give one source per fingerprint, or none")
+        _check_base_name(base)
+        added = []
+        with self.transaction():
+            existing = self._query("SELECT fingerprint FROM fuzzy_background WHERE base = ? LIMIT 1", (base,))
+            known = [Fingerprint.from_bytes(bytes(existing[0]["fingerprint"]))] if existing else []
+            Cohort(base, [*known, *fps])  # validates deltas, base and one key for every member
+            for fp, source in zip(fps, labels, strict=True):
+                blob = fp.to_bytes()
+                info = BackgroundInfo(hashlib.sha256(blob).hexdigest(), base, fp.kind, fp.key_id, len(fp.sketches),
+                                      source[:MAX_BACKGROUND_SOURCE], utc_now())
+                inserted = self._execute(
+                    f"INSERT INTO fuzzy_background ({_BACKGROUND_COLUMNS}, key_check, scheme, fingerprint) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                    (*dataclasses.astuple(info), fp.key_check, fp.scheme, blob),
+                )[1]
+                if inserted:
+                    added.append(info)
+        return added
+
+    def list_background(self, base: str | None = None) -> list[BackgroundInfo]:
+        where, params = ("WHERE base = ?", (base,)) if base is not None else ("", ())
+        rows = self._query(f"SELECT {_BACKGROUND_COLUMNS} FROM fuzzy_background {where} ORDER BY base, added, id", params)
+        return [_background_info(row) for row in rows]
+
+    def remove_background(self, member_id: str) -> None:
+        with self.transaction():
+            ids = [
+                row["id"]
+                for row in self._query("SELECT id FROM fuzzy_background WHERE id LIKE ?", (member_id.lower() + "%",))
+            ] if len(member_id) >= 8 and member_id.isalnum() else []
+            if len(ids) != 1:
+                ambiguous = " (ambiguous prefix)" if ids else ""
+                raise NotFoundError(f"no single background model has id {member_id!r}{ambiguous}")
+            self._execute("DELETE FROM fuzzy_background WHERE id = ?", (ids[0],))
+
+    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
+        members: dict[str, list[Fingerprint]] = {}
+        for row in self._query(
+            "SELECT id, base, fingerprint FROM fuzzy_background WHERE key_id = ? AND key_check = ? ORDER BY base, added, id",
+            (key.key_id, key.check),
+        ):
+            try:
+                members.setdefault(row["base"], []).append(Fingerprint.from_bytes(bytes(row["fingerprint"])))
+            except FingerprintError as exc:
+                raise SchemaError(f"background model {row['id'][:12]} of base {row['base']!r} is unreadable: {exc}") from None
+        return {base: Cohort(base, fps) for base, fps in members.items()}
+
+    # -- API keys ----------------------------------------------------------------------------------
+    def add_api_key(self, key: StoredApiKey) -> None:
+        with self.transaction():
+            self._execute(
+                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.secret_sha256, key.name, " ".join(key.scopes), key.rate_per_second, key.created_at,
+                 key.revoked_at),
+            )
+
+    def api_key(self, key_id: str) -> StoredApiKey | None:
+        rows = self._query(f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
+        return _api_key(rows[0]) if rows else None
+
+    def api_keys(self) -> list[StoredApiKey]:
+        return [_api_key(row) for row in self._query(f"SELECT {_API_KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
+
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        with self.transaction():
+            return bool(self._execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (at, key_id)
+            )[1])
+
+    # -- resumable crawl jobs ----------------------------------------------------------------------
+    def create_crawl_job(self, out_path: str, input_sha256: str) -> int:
+        with self.transaction():  # the writer's transaction hands out ids one at a time
+            job_id = int(self._query("SELECT coalesce(max(id), 0) + 1 AS id FROM crawl_jobs")[0]["id"])
+            self._execute(
+                "INSERT INTO crawl_jobs (id, out_path, input_sha256, created_at) VALUES (?, ?, ?, ?)",
+                (job_id, out_path, input_sha256, utc_now()),
+            )
+        return job_id
+
+    def add_crawl_targets(self, job_id: int, targets: Sequence[CrawlTargetRow]) -> set[int]:
+        if not targets:
+            return set()
+        lines = [target.line for target in targets]
+        with self.transaction():
+            self._execute_many(
+                "INSERT INTO crawl_targets (job_id, line, url, context) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(job_id, t.line, t.url, t.context) for t in targets],
+            )
+            stored = self._query(
+                "SELECT line FROM crawl_targets WHERE job_id = ? AND line BETWEEN ? AND ?", (job_id, min(lines), max(lines))
+            )
+        return set(lines) - {row["line"] for row in stored}
+
+    def find_crawl_job(self, out_path: str) -> CrawlJobState | None:
+        rows = self._query(f"SELECT {_CRAWL_JOB_COLUMNS} FROM crawl_jobs WHERE out_path = ?", (out_path,))
+        return CrawlJobState(**dict(rows[0])) if rows else None
+
+    def crawl_job(self, job_id: int) -> CrawlJobState:
+        rows = self._query(f"SELECT {_CRAWL_JOB_COLUMNS} FROM crawl_jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFoundError(f"no crawl job {job_id}")
+        return CrawlJobState(**dict(rows[0]))
+
+    def crawl_progress(self, job_id: int) -> tuple[int, int]:
+        row = self._query(
+            "SELECT count(*) AS total, coalesce(sum(done), 0) AS done FROM crawl_targets WHERE job_id = ?", (job_id,)
+        )[0]
+        return int(row["total"]), int(row["done"])
+
+    def pending_crawl_targets(self, job_id: int, *, after_line: int, limit: int) -> list[CrawlTargetRow]:
+        rows = self._query(
+            "SELECT line, url, context FROM crawl_targets WHERE job_id = ? AND done = 0 AND line > ? ORDER BY line LIMIT ?",
+            (job_id, after_line, limit),
+        )
+        return [CrawlTargetRow(row["line"], row["url"], row["context"]) for row in rows]
+
+    def mark_crawl_targets_done(self, job_id: int, urls: Iterable[str], out_offset: int) -> None:
+        with self.transaction():
+            self._execute_many("UPDATE crawl_targets SET done = 1 WHERE job_id = ? AND url = ?", [(job_id, url) for url in urls])
+            self._execute("UPDATE crawl_jobs SET out_offset = ? WHERE id = ?", (out_offset, job_id))
+
+    def finish_crawl_job(self, job_id: int) -> None:
+        with self.transaction():
+            self._execute("UPDATE crawl_jobs SET finished_at = ? WHERE id = ?", (utc_now(), job_id))
+
+    # -- crawl jobs submitted over the API -------------------------------------------------------
+    def add_leased_crawl_job(self, job: LeasedCrawlJob) -> None:
+        with self.transaction():
+            self._execute(
+                "INSERT INTO api_crawl_jobs (id, key_id, mode, created_at, crawl_job_id) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.key_id, job.mode, job.created_at, job.crawl_job_id),
+            )
+
+    def leased_crawl_job(self, job_id: str) -> LeasedCrawlJob | None:
+        rows = self._query(f"SELECT {_LEASED_JOB_COLUMNS} FROM api_crawl_jobs WHERE id = ?", (job_id,))
+        return LeasedCrawlJob(**dict(rows[0])) if rows else None
+
+    def claim_crawl_job(self, owner: str, now: float, lease_until: float) -> LeasedCrawlJob | None:
+        with self.transaction():
+            rows = self._query(
+                "SELECT id FROM api_crawl_jobs WHERE finished_at IS NULL AND (lease_until IS NULL OR lease_until < ?) "
+                "ORDER BY created_at LIMIT 1",
+                (now,),
+            )
+            if not rows:
+                return None
+            self._execute("UPDATE api_crawl_jobs SET lease_owner = ?, lease_until = ? WHERE id = ?", (owner, lease_until, rows[0]["id"]))
+            return self.leased_crawl_job(rows[0]["id"])
+
+    def renew_crawl_lease(self, job_id: str, owner: str, lease_until: float) -> bool:
+        with self.transaction():
+            return bool(self._execute(
+                "UPDATE api_crawl_jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?", (lease_until, job_id, owner)
+            )[1])
+
+    def end_crawl_lease(self, job_id: str, owner: str, *, finished_at: float | None, error: str | None = None) -> None:
+        with self.transaction():
+            if finished_at is None:
+                self._execute("UPDATE api_crawl_jobs SET lease_until = NULL WHERE id = ? AND lease_owner = ?", (job_id, owner))
+            else:
+                self._execute(
+                    "UPDATE api_crawl_jobs SET finished_at = ?, error = ?, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                    (finished_at, error, job_id, owner),
+                )
 
 
 def _filters(*, list_name: str | None = None, until: int | None = None) -> tuple[list[str], list[Any]]:

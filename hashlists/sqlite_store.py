@@ -13,11 +13,10 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from modelsieve.fingerprint.calibration import Cohort
-from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
-from modelsieve.hashlists.background import load_cohorts
-from modelsieve.hashlists.bases import load_bases
-from modelsieve.hashlists.db import open_database
+from pathlib import Path
+
+from modelsieve.hashlists.db import default_db_path
+from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.hashlists.sql_store import Dialect, Row, SQLStore
 
 
@@ -28,11 +27,7 @@ class SQLiteStore(SQLStore):
     integrity_errors = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, upgrade: bool = True) -> None:
-        self._db = open_database(path)
-        self._conn = self._db.conn
-        self._conn.isolation_level = None  # transactions are explicit: see transaction()
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA cache_size = -131072")  # 128 MiB: bulk imports touch random index pages
+        self._conn = _connect(Path(path) if path is not None else default_db_path())
         self._path = str(path) if path is not None else "default store"
         self._lock = threading.RLock()
         self._depth = 0
@@ -72,9 +67,17 @@ class SQLiteStore(SQLStore):
         with self._lock:
             self._conn.executemany(sql, rows)
 
-    # -- reference models -------------------------------------------------------------------------
-    def bases(self, key: FingerprintKey) -> list[BaseModel]:
-        return load_bases(self._db, key)
 
-    def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
-        return load_cohorts(self._db, key)
+def _connect(target: Path) -> sqlite3.Connection:
+    """A connection in WAL mode (readers never block the writer), foreign keys on, explicit transactions."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA cache_size = -131072")  # 128 MiB: bulk imports touch random index pages
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailableError(f"cannot open the store at {target}: {exc}") from None
+    return connection

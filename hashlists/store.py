@@ -13,17 +13,33 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.fingerprint.calibration import Cohort
-from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey
-from modelsieve.hashlists.model import Entry, Event, IndexRow, ListInfo, NewEntry, Opinion, TrustedKey, new_entry_id
+from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey
+from modelsieve.hashlists.model import (
+    BackgroundInfo,
+    BaseInfo,
+    CrawlJobState,
+    CrawlTargetRow,
+    Entry,
+    Event,
+    IndexRow,
+    LeasedCrawlJob,
+    ListInfo,
+    NewEntry,
+    Opinion,
+    StoredApiKey,
+    TrustedKey,
+    new_entry_id,
+)
 
 
 class Store(abc.ABC):
-    """Lists, entries, events, opinions, trust and sync positions; see the module docstring.
+    """Lists, entries, events, opinions, trust, sync positions, reference models, API keys and
+    crawl job state; see the module docstring.
 
     `schema_version` is the store's schema version once opened; `upgraded_from` the version it had
     before (equal when nothing was migrated, 0 for a store created by the opening).
@@ -179,12 +195,116 @@ class Store(abc.ABC):
 
     # -- reference models: registered bases and their benign background cohorts ---------------
     @abc.abstractmethod
+    def add_base(self, name: str, fingerprint: Fingerprint, *, source: str = "", replace: bool = False) -> BaseInfo:
+        """Register a raw checkpoint fingerprint as base `name` (refuses deltas, LoRAs and, without
+        `replace`, a name already taken)."""
+
+    @abc.abstractmethod
+    def list_bases(self) -> list[BaseInfo]:
+        """Every registered base, by name."""
+
+    @abc.abstractmethod
+    def remove_base(self, name: str) -> None:
+        """Forget base `name`; NotFoundError when there is none."""
+
+    @abc.abstractmethod
     def bases(self, key: FingerprintKey) -> list[BaseModel]:
         """The registered bases fingerprinted with `key`: checkpoints are fingerprinted as deltas from them."""
 
     @abc.abstractmethod
+    def add_background(
+        self, base: str, fingerprints: Iterable[Fingerprint], *, sources: Sequence[str] = ()
+    ) -> list[BackgroundInfo]:
+        """Add benign delta fingerprints to base `base`'s cohort in one transaction; returns the new members.
+
+        `sources` (optional, one per fingerprint) says where each came from. A fingerprint already
+        in the cohort is skipped; raw fingerprints, deltas of another base and a key other than
+        the cohort's are refused.
+        """
+
+    @abc.abstractmethod
+    def list_background(self, base: str | None = None) -> list[BackgroundInfo]:
+        """Cohort members (of one base, or all), by base then time added."""
+
+    @abc.abstractmethod
+    def remove_background(self, member_id: str) -> None:
+        """Drop one cohort member by id (or a unique id prefix of 8+ hex digits)."""
+
+    @abc.abstractmethod
     def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
         """Each base's background cohort of benign derived models taken with `key`, by base name."""
+
+    # -- API keys (their secrets' digests; `api.http.auth` makes and checks the keys) ----------
+    @abc.abstractmethod
+    def add_api_key(self, key: StoredApiKey) -> None:
+        """Store a new API key."""
+
+    @abc.abstractmethod
+    def api_key(self, key_id: str) -> StoredApiKey | None:
+        """The API key with this id (live or revoked), if any."""
+
+    @abc.abstractmethod
+    def api_keys(self) -> list[StoredApiKey]:
+        """Every API key, oldest first."""
+
+    @abc.abstractmethod
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        """Mark a live key revoked at time `at`; False when there is no live key with that id."""
+
+    # -- resumable crawl jobs (`crawler.job`: targets and how far the output is) ---------------
+    @abc.abstractmethod
+    def create_crawl_job(self, out_path: str, input_sha256: str) -> int:
+        """A new crawl job writing to `out_path`; its id. Call in the transaction adding its targets."""
+
+    @abc.abstractmethod
+    def add_crawl_targets(self, job_id: int, targets: Sequence[CrawlTargetRow]) -> set[int]:
+        """Add a batch of targets; returns the lines skipped because the job already has their URL."""
+
+    @abc.abstractmethod
+    def find_crawl_job(self, out_path: str) -> CrawlJobState | None:
+        """The crawl job writing to `out_path`, if any."""
+
+    @abc.abstractmethod
+    def crawl_job(self, job_id: int) -> CrawlJobState:
+        """The crawl job with this id; NotFoundError when there is none."""
+
+    @abc.abstractmethod
+    def crawl_progress(self, job_id: int) -> tuple[int, int]:
+        """(targets, targets done) of a crawl job."""
+
+    @abc.abstractmethod
+    def pending_crawl_targets(self, job_id: int, *, after_line: int, limit: int) -> list[CrawlTargetRow]:
+        """Up to `limit` targets not yet done, after input line `after_line`, in input order."""
+
+    @abc.abstractmethod
+    def mark_crawl_targets_done(self, job_id: int, urls: Iterable[str], out_offset: int) -> None:
+        """Mark URLs done together with the output's length once their lines are durable (one transaction)."""
+
+    @abc.abstractmethod
+    def finish_crawl_job(self, job_id: int) -> None:
+        """Record that every target of the job is done."""
+
+    # -- crawl jobs submitted over the API, run by whichever server process holds the lease ---
+    @abc.abstractmethod
+    def add_leased_crawl_job(self, job: LeasedCrawlJob) -> None:
+        """Store a new API crawl job, unleased."""
+
+    @abc.abstractmethod
+    def leased_crawl_job(self, job_id: str) -> LeasedCrawlJob | None:
+        """The API crawl job with this id, if any."""
+
+    @abc.abstractmethod
+    def claim_crawl_job(self, owner: str, now: float, lease_until: float) -> LeasedCrawlJob | None:
+        """Atomically lease the oldest unfinished job whose lease lapsed before `now` to `owner`."""
+
+    @abc.abstractmethod
+    def renew_crawl_lease(self, job_id: str, owner: str, lease_until: float) -> bool:
+        """Extend `owner`'s lease; False when it was lost (another process took the job)."""
+
+    @abc.abstractmethod
+    def end_crawl_lease(self, job_id: str, owner: str, *, finished_at: float | None, error: str | None = None) -> None:
+        """Give `owner`'s lease back: as finished (at `finished_at`, failed when `error`) or, with
+        `finished_at` None, for another process to resume at once."""
 
 
 def is_postgres_location(location: str | os.PathLike[str]) -> bool:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.api.http.auth import SCOPES, KeyStore
 from modelsieve.api.http.state import AUDIT
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.store import open_store
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -50,10 +50,9 @@ class Api:
 
 def make_keys(db_path: Path, **rate: float) -> dict[str, str]:
     """One key per scope; `rate` sets per-scope key rates (e.g. lookup=0.01)."""
-    store = KeyStore(open_database(db_path))
-    keys = {scope: store.create([scope], name=f"test {scope}", rate_per_second=rate.get(scope.replace(":", "_")))[0] for scope in SCOPES}
-    store.db.close()
-    return keys
+    with open_store(db_path) as opened:
+        store = KeyStore(opened)
+        return {scope: store.create([scope], name=f"test {scope}", rate_per_second=rate.get(scope.replace(":", "_")))[0] for scope in SCOPES}
 
 
 async def ready(api: Api) -> Api:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from modelsieve.api.http.auth import CachedKeys, KeyStore, bearer_token
 from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.store import open_store
 from tests.api_support import Api, bearer, start_api
 
 
@@ -74,12 +76,13 @@ async def test_scopes_decide_403_and_admin_may_do_everything(api: Api) -> None:
 async def test_a_revoked_key_stops_working_once_the_key_cache_expires(aiohttp_client: Any, tmp_path: Path) -> None:
     api = await start_api(aiohttp_client, tmp_path / "store.db", key_cache_seconds=0)
     assert (await api.client.get("/v1/openapi.json", headers=api.as_("crawl"))).status == 200
-    store = KeyStore(open_database(api.db_path))
-    key_id = api.keys["crawl"].split("_")[1]
-    store.revoke(key_id)
-    assert (await api.client.get("/v1/openapi.json", headers=api.as_("crawl"))).status == 401
-    with pytest.raises(ModelsieveError, match="no live API key"):
+    with open_store(api.db_path) as opened:
+        store = KeyStore(opened)
+        key_id = api.keys["crawl"].split("_")[1]
         store.revoke(key_id)
+        assert (await api.client.get("/v1/openapi.json", headers=api.as_("crawl"))).status == 401
+        with pytest.raises(ModelsieveError, match="no live API key"):
+            store.revoke(key_id)
 
 
 async def test_a_key_over_its_rate_gets_429_with_retry_after(api: Api) -> None:
@@ -139,10 +142,10 @@ async def test_metrics_count_requests_by_route_template_and_status(api: Api) -> 
 
 
 def test_keys_are_stored_only_as_digests(tmp_path: Path) -> None:
-    db = open_database(tmp_path / "keys.db")
-    store = KeyStore(db)
+    store = KeyStore(open_store(tmp_path / "keys.db"))
     token, key = store.create(["lookup", "crawl"], name="hub")
-    stored = json.dumps([list(row) for row in db.execute("SELECT * FROM api_keys").fetchall()])
+    with contextlib.closing(sqlite3.connect(tmp_path / "keys.db")) as db:
+        stored = json.dumps([list(row) for row in db.execute("SELECT * FROM api_keys").fetchall()])
     secret = token.split("_", 2)[2]  # the secret is URL-safe base64 and may itself contain "_"
     assert secret not in stored
     assert store.verify(token) == key
@@ -154,7 +157,7 @@ def test_keys_are_stored_only_as_digests(tmp_path: Path) -> None:
 
 
 def test_verified_keys_are_cached_for_their_time_only(tmp_path: Path) -> None:
-    store = KeyStore(open_database(tmp_path / "keys.db"))
+    store = KeyStore(open_store(tmp_path / "keys.db"))
     token, key = store.create(["lookup"])
     now = [0.0]
     cached = CachedKeys(store, seconds=5, clock=lambda: now[0])

@@ -15,7 +15,6 @@ from schemathesis.checks import response_schema_conformance
 from modelsieve.api.http import ApiConfig
 from modelsieve.api.http.auth import KeyStore
 from modelsieve.api.http.routes import ROUTES
-from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.signing import generate_key_files
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -34,7 +33,8 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         store.create_list("main", publisher="platform-a")
         store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(1).to_bytes(), evidence="fuzzy"))
     generate_key_files(folder / "platform-a.key", folder / "platform-a.pub")
-    token, _ = KeyStore(open_database(db_path)).create(["admin"], name="schemathesis", rate_per_second=1e6)
+    with SQLiteStore(db_path) as store:
+        token, _ = KeyStore(store).create(["admin"], name="schemathesis", rate_per_second=1e6)
     # crawl jobs are stored but never run here: fuzzed URLs must never be fetched
     config = ApiConfig(db_path=db_path, publisher_key_path=folder / "platform-a.key", crawl_jobs_per_process=0)
     with serving(config) as base:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,8 +21,6 @@ from hypothesis import strategies as st
 
 from modelsieve.api.cli import main
 from modelsieve.crawler.inputs import BadLine, parse_line, read_targets
-from modelsieve.crawler.job import JOBS, TARGETS
-from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.crawler_fakes import LOG, file_host, serve_in_thread, synthetic_safetensors
@@ -116,11 +116,10 @@ def test_resume_cuts_a_torn_line_and_keeps_lines_written_after_the_last_commit(t
     committed, uncommitted = lines[:7], lines[7:11]
     torn = lines[11][: len(lines[11]) // 2]
     out.write_bytes(b"".join(committed + uncommitted) + torn)
-    database = open_database(db)
     unmarked = [json.loads(line)["url"] for line in lines[7:]]
-    with database.conn:
-        database.conn.executemany(f"UPDATE {TARGETS} SET done = 0 WHERE url = ?", [(u,) for u in unmarked])
-        database.execute(f"UPDATE {JOBS} SET out_offset = ?, finished_at = NULL", [len(b"".join(committed))])
+    with contextlib.closing(sqlite3.connect(db)) as database, database:
+        database.executemany("UPDATE crawl_targets SET done = 0 WHERE url = ?", [(u,) for u in unmarked])
+        database.execute("UPDATE crawl_jobs SET out_offset = ?, finished_at = NULL", [len(b"".join(committed))])
     hits_before = app[LOG].hits["/files/z"]
     assert crawl(*args, "--resume") == 0
     assert output_urls(out) == Counter(urls)

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_group, command_parser, print_json_line
 from modelsieve.api.http.auth import SCOPE_HELP, SCOPES, ApiKey, KeyStore
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
 examples:
@@ -70,7 +70,8 @@ def _when(timestamp: float) -> str:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    token, key = KeyStore(open_database(args.db)).create(args.scope, name=args.name, rate_per_second=args.rate)
+    with open_store(args.db) as store:
+        token, key = KeyStore(store).create(args.scope, name=args.name, rate_per_second=args.rate)
     if args.json:
         print_json_line({"key": token, **_record(key)})
     else:
@@ -80,7 +81,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    for key in KeyStore(open_database(args.db)).all():
+    with open_store(args.db) as store:
+        keys = KeyStore(store).all()
+    for key in keys:
         record = _record(key)
         if args.json:
             print_json_line(record)
@@ -91,7 +94,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    KeyStore(open_database(args.db)).revoke(args.key_id)
+    with open_store(args.db) as store:
+        KeyStore(store).revoke(args.key_id)
     if args.json:
         print_json_line({"key_id": args.key_id, "revoked": True})
     else:

@@ -12,9 +12,8 @@ from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, loa
 from modelsieve.fingerprint.calibration import Cohort
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import FingerprintKey
-from modelsieve.hashlists.background import add_background, list_background, load_cohorts, remove_background
-from modelsieve.hashlists.bases import load_bases
-from modelsieve.hashlists.db import DB_ENV, default_db_path, open_database
+from modelsieve.hashlists.db import DB_ENV, default_db_path
+from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
 examples:
@@ -56,32 +55,34 @@ def register_actions(actions: Any) -> None:
 
 def run_add(args: argparse.Namespace) -> int:
     key = fingerprint_key(args)
-    database = open_database(args.db)
-    bases = load_bases(database, key)
-    if args.base not in {b.name for b in bases}:
-        raise ModelsieveError(f"no base named {args.base!r} is registered with key {key.key_id} (see `modelsieve bases add`)")
-    paths = list(expand_models(args.paths))
-    fingerprints, sources, status = [], [], 0
-    for path in progress(paths, total=len(paths), unit=" models", enabled=not args.json):
-        try:
-            fingerprints.append(load_fingerprint(path, key, bases, require_base=True))
-            sources.append(path.name)
-        except ModelsieveError as exc:
-            report_failure(path, exc)
-            status = 1
-    added = add_background(database, args.base, fingerprints, sources=sources)
+    with open_store(args.db) as store:
+        bases = store.bases(key)
+        if args.base not in {b.name for b in bases}:
+            raise ModelsieveError(f"no base named {args.base!r} is registered with key {key.key_id} (see `modelsieve bases add`)")
+        paths = list(expand_models(args.paths))
+        fingerprints, sources, status = [], [], 0
+        for path in progress(paths, total=len(paths), unit=" models", enabled=not args.json):
+            try:
+                fingerprints.append(load_fingerprint(path, key, bases, require_base=True))
+                sources.append(path.name)
+            except ModelsieveError as exc:
+                report_failure(path, exc)
+                status = 1
+        added = store.add_background(args.base, fingerprints, sources=sources)
+        total = len(store.list_background(args.base))
     if args.json:
         for info in added:
             print_json_line(info.to_json())
     else:
-        total = len(list_background(database, args.base))
         print(f"added {len(added)} background models to base {args.base!r} ({len(fingerprints) - len(added)} already there); "
               f"its cohort now has {total}")
     return status
 
 
 def run_list(args: argparse.Namespace) -> int:
-    for info in list_background(open_database(args.db), args.base):
+    with open_store(args.db) as store:
+        members = store.list_background(args.base)
+    for info in members:
         if args.json:
             print_json_line(info.to_json())
         else:
@@ -90,7 +91,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    remove_background(open_database(args.db), args.id)
+    with open_store(args.db) as store:
+        store.remove_background(args.id)
     if args.json:
         print_json_line({"removed": args.id})
     else:
@@ -102,4 +104,5 @@ def cohorts_for(args: argparse.Namespace, key: FingerprintKey) -> dict[str, Coho
     """The store's background cohorts for `key` (none when there is no store and no --db)."""
     if args.db is None and not os.environ.get(DB_ENV) and not default_db_path().exists():
         return {}
-    return load_cohorts(open_database(args.db), key)
+    with open_store(args.db) as store:
+        return store.cohorts(key)

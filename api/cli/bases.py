@@ -10,8 +10,7 @@ from typing import Any
 from modelsieve.api.cli import background
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
-from modelsieve.hashlists.bases import add_base, list_bases, remove_base
-from modelsieve.hashlists.db import open_database
+from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
 examples:
@@ -46,7 +45,8 @@ def register(subparsers: Any) -> None:
 
 def run_add(args: argparse.Namespace) -> int:
     fingerprint = load_fingerprint(args.path, fingerprint_key(args), [])
-    info = add_base(open_database(args.db), args.name, fingerprint, source=Path(args.path).name, replace=args.replace)
+    with open_store(args.db) as store:
+        info = store.add_base(args.name, fingerprint, source=Path(args.path).name, replace=args.replace)
     if args.json:
         print_json_line(dataclasses.asdict(info))
     else:
@@ -55,7 +55,9 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    for info in list_bases(open_database(args.db)):
+    with open_store(args.db) as store:
+        bases = store.list_bases()
+    for info in bases:
         if args.json:
             print_json_line(dataclasses.asdict(info))
         else:
@@ -64,7 +66,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    remove_base(open_database(args.db), args.name)
+    with open_store(args.db) as store:
+        store.remove_base(args.name)
     if args.json:
         print_json_line({"removed": args.name})
     else:

@@ -23,7 +23,6 @@ from modelsieve.crawler.politeness import PolitenessConfig
 from modelsieve.crawler.safetensors_remote import RemoteReadConfig
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
-from modelsieve.hashlists.db import open_database
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.store import open_store
 
@@ -175,11 +174,9 @@ def run(args: argparse.Namespace) -> int:
     def duplicate(target: CrawlTarget) -> None:
         problems["duplicate"] += 1
 
-    db = open_database(args.db)
-    store = open_store(args.db)
-    try:
+    with open_store(args.db) as store:
         job = CrawlJob.open(
-            db,
+            store,
             args.out,
             args.urls,
             lambda: read_targets(_input_lines(args.urls)),
@@ -193,9 +190,6 @@ def run(args: argparse.Namespace) -> int:
         lookup = StoreLookup(Matcher.for_store(store, key))
         actions = asyncio.run(_crawl(job, lookup, crawl_config(args), show_progress=not args.json))
         progress = job.progress()
-    finally:
-        store.close()
-        db.close()
     summary = {"out": str(job.out_path), "total": progress.total, "done": progress.done, "actions": dict(actions), "junk_lines": problems["junk"]}
     if args.json:
         print_json_line(summary)

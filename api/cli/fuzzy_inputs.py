@@ -11,8 +11,8 @@ from pathlib import Path
 from modelsieve.fingerprint.errors import FingerprintError, ModelsieveError
 from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey, fingerprint_model, load_key
 from modelsieve.fingerprint.readers import open_model
-from modelsieve.hashlists.bases import load_bases
-from modelsieve.hashlists.db import DB_ENV, default_db_path, open_database
+from modelsieve.hashlists.db import DB_ENV, default_db_path
+from modelsieve.hashlists.store import open_store
 
 FINGERPRINT_SUFFIX = ".msfp"
 _MAX_SAVED_FINGERPRINT = 64 << 20
@@ -68,7 +68,8 @@ def bases_for(args: argparse.Namespace, key: FingerprintKey) -> list[BaseModel]:
                 fingerprint = fingerprint_model(reader, key)
         bases.append(BaseModel(Path(path).stem, fingerprint))
     if args.db is not None or os.environ.get(DB_ENV) or default_db_path().exists():
-        bases.extend(load_bases(open_database(args.db), key))
+        with open_store(args.db) as store:
+            bases.extend(store.bases(key))
     return bases
 
 

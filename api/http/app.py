@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from modelsieve.api.http.state import (
     AUDIT,
     CONFIG,
     CRAWL_JOBS,
-    DATABASE,
     JOB_RUNNER,
     KEYS,
     LIMITER,
@@ -42,10 +42,10 @@ from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.policy import PolicyConfig
 from modelsieve.fingerprint.fuzzy import load_key
-from modelsieve.hashlists.db import default_db_path, open_database
+from modelsieve.hashlists.db import DB_ENV, default_db_path, user_data_dir
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.signing import load_private_key
-from modelsieve.hashlists.store import open_store
+from modelsieve.hashlists.store import is_postgres_location, open_store
 
 log = logging.getLogger("modelsieve.api")
 
@@ -80,18 +80,15 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     """Open the store, the API key table and the bundle signing key for this process's lifetime."""
     config = app[CONFIG]
     app[PUBLISHER_KEY] = load_private_key(config.publisher_key_path) if config.publisher_key_path else None
-    db = open_database(config.db_path)
     store = open_store(config.db_path)
-    app[DATABASE] = db
     app[STORE] = store
-    app[KEYS] = CachedKeys(KeyStore(db), config.key_cache_seconds)
+    app[KEYS] = CachedKeys(KeyStore(store), config.key_cache_seconds)
     app[READINESS_CHECKS]["store"] = lambda app: "ok"
     try:
         yield
     finally:
         app[READINESS_CHECKS].pop("store", None)
         store.close()
-        db.close()
 
 
 async def _match_index(app: web.Application) -> AsyncIterator[None]:
@@ -118,12 +115,22 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
             await loading
 
 
+def crawl_jobs_dir(config: ApiConfig) -> Path:
+    """Where crawl jobs keep their input and output: `crawl_jobs_dir`, else a folder beside a
+    SQLite store, else (a PostgreSQL store: give replicas a shared folder) the user data folder."""
+    if config.crawl_jobs_dir:
+        return Path(config.crawl_jobs_dir)
+    location = os.fspath(config.db_path) if config.db_path is not None else os.environ.get(DB_ENV) or str(default_db_path())
+    if is_postgres_location(location):
+        return user_data_dir() / "crawl-jobs"
+    return Path(f"{location}.crawl-jobs")
+
+
 async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
     """Take crawl jobs from the store and run them in this process once the match index is loaded;
     on shutdown, running jobs are stopped and their leases given back (they resume elsewhere)."""
     config = app[CONFIG]
-    store_path = Path(config.db_path) if config.db_path is not None else default_db_path()
-    jobs = CrawlJobs(app[DATABASE], Path(config.crawl_jobs_dir) if config.crawl_jobs_dir else Path(f"{store_path}.crawl-jobs"))
+    jobs = CrawlJobs(app[STORE], crawl_jobs_dir(config))
     app[CRAWL_JOBS] = jobs
     index = app[MATCH_INDEX]
 

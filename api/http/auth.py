@@ -12,14 +12,13 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.hashlists.model import StoredApiKey
+from modelsieve.hashlists.store import Store
 
 SCOPES = ("lookup", "crawl", "lists:read", "lists:write", "admin")
 SCOPE_HELP = {
@@ -30,7 +29,6 @@ SCOPE_HELP = {
     "admin": "everything above, and /metrics",
 }
 ANY_SCOPE = "*"  # a route any valid key may call, whatever its scopes
-TABLE = "api_keys"
 KEY_PATTERN = re.compile(r"^msk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 
 
@@ -50,24 +48,10 @@ class ApiKey:
 
 
 class KeyStore:
-    """API keys held in a table of the store's database."""
+    """API keys made and checked here, kept (as digests) in the store."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.db = db
-        db[TABLE].create(  # type: ignore[union-attr]
-            {
-                "key_id": str,
-                "secret_sha256": str,
-                "name": str,
-                "scopes": str,
-                "rate_per_second": float,
-                "created_at": float,
-                "revoked_at": float,
-            },
-            pk="key_id",
-            not_null={"secret_sha256", "scopes", "created_at"},
-            if_not_exists=True,
-        )
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def create(self, scopes: Iterable[str], name: str = "", rate_per_second: float | None = None) -> tuple[str, ApiKey]:
         """Make a key; returns the token (shown once, never stored) and its record."""
@@ -79,20 +63,9 @@ class KeyStore:
             raise ModelsieveError("a key's rate limit must be positive")
         key_id = secrets.token_hex(4)
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-        record = ApiKey(key_id, name, scopes, rate_per_second, time.time(), None)
-        with self.db.conn:
-            self.db[TABLE].insert(  # type: ignore[union-attr]
-                {
-                    "key_id": key_id,
-                    "secret_sha256": _digest(secret),
-                    "name": name,
-                    "scopes": " ".join(scopes),
-                    "rate_per_second": rate_per_second,
-                    "created_at": record.created_at,
-                    "revoked_at": None,
-                }
-            )
-        return f"msk_{key_id}_{secret}", record
+        stored = StoredApiKey(key_id, _digest(secret), name, scopes, rate_per_second, time.time(), None)
+        self.store.add_api_key(stored)
+        return f"msk_{key_id}_{secret}", _public(stored)
 
     def verify(self, token: str) -> ApiKey | None:
         """The live key a token belongs to, or None for a malformed, unknown, wrong or revoked one."""
@@ -100,30 +73,21 @@ class KeyStore:
         if not found:
             return None
         key_id, secret = found.groups()
-        row = self.db.execute(
-            f"SELECT secret_sha256, name, scopes, rate_per_second, created_at, revoked_at FROM {TABLE} WHERE key_id = ?",
-            [key_id],
-        ).fetchone()
-        if row is None or not hmac.compare_digest(row[0], _digest(secret)) or row[5] is not None:
+        stored = self.store.api_key(key_id)
+        if stored is None or not hmac.compare_digest(stored.secret_sha256, _digest(secret)) or stored.revoked_at is not None:
             return None
-        return ApiKey(key_id, row[1], tuple(row[2].split()), row[3], row[4], row[5])
+        return _public(stored)
 
     def revoke(self, key_id: str) -> None:
-        with self.db.conn:
-            changed = self.db.execute(
-                f"UPDATE {TABLE} SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", [time.time(), key_id]
-            ).rowcount
-        if not changed:
+        if not self.store.revoke_api_key(key_id, time.time()):
             raise ModelsieveError(f"no live API key with id {key_id}")
 
     def all(self) -> list[ApiKey]:
-        try:
-            rows = self.db.execute(
-                f"SELECT key_id, name, scopes, rate_per_second, created_at, revoked_at FROM {TABLE} ORDER BY created_at"
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise ModelsieveError(f"cannot read API keys: {exc}") from None
-        return [ApiKey(r[0], r[1], tuple(r[2].split()), r[3], r[4], r[5]) for r in rows]
+        return [_public(stored) for stored in self.store.api_keys()]
+
+
+def _public(stored: StoredApiKey) -> ApiKey:
+    return ApiKey(stored.key_id, stored.name, stored.scopes, stored.rate_per_second, stored.created_at, stored.revoked_at)
 
 
 class CachedKeys:

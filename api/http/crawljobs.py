@@ -21,68 +21,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from modelsieve.api.http.metrics import Metrics
 from modelsieve.crawler.crawl import CrawlConfig, Crawler, Lookup
 from modelsieve.crawler.inputs import read_targets
 from modelsieve.crawler.job import CrawlJob
 from modelsieve.crawler.model import Recommendation
+from modelsieve.hashlists.model import LeasedCrawlJob
+from modelsieve.hashlists.store import Store
 
-TABLE = "api_crawl_jobs"
 LEASE_SECONDS = 30.0
 RENEW_SECONDS = 10.0
 POLL_SECONDS = 2.0
 PAGE_BYTES_LIMIT = 8 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    """An API crawl job: who submitted it, its crawler job, and how it ended (if it has)."""
-
-    id: str
-    key_id: str
-    mode: str
-    created_at: float
-    crawl_job_id: int
-    finished_at: float | None
-    error: str | None
-    lease_until: float | None
-
-    def status(self, now: float) -> str:
-        if self.finished_at is not None:
-            return "failed" if self.error else "done"
-        return "running" if self.lease_until is not None and self.lease_until > now else "queued"
-
-
 class CrawlJobs:
-    """The job table and the job folders under `root` (one folder a job: input and output)."""
+    """The jobs in the store and their folders under `root` (one folder a job: input and output)."""
 
-    def __init__(self, db: sqlite_utils.Database, root: Path) -> None:
-        self.db = db
+    def __init__(self, store: Store, root: Path) -> None:
+        self.store = store
         self.root = root
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        with db.conn:
-            db.execute(
-                f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-                    id TEXT PRIMARY KEY,
-                    key_id TEXT NOT NULL,
-                    mode TEXT NOT NULL,
-                    created_at REAL NOT NULL,
-                    crawl_job_id INTEGER NOT NULL,
-                    finished_at REAL,
-                    error TEXT,
-                    lease_owner TEXT,
-                    lease_until REAL)"""
-            )
 
     def folder(self, job_id: str) -> Path:
         return self.root / job_id
 
-    def _crawl_job(self, record: JobRecord) -> CrawlJob:
-        return CrawlJob(self.db, record.crawl_job_id, (self.folder(record.id) / "recommendations.jsonl").resolve())
+    def _crawl_job(self, record: LeasedCrawlJob) -> CrawlJob:
+        return CrawlJob(self.store, record.crawl_job_id, (self.folder(record.id) / "recommendations.jsonl").resolve())
 
-    def submit(self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str) -> JobRecord:
+    def submit(self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str) -> LeasedCrawlJob:
         """Store a new job (its targets in one transaction); a server process picks it up."""
         job_id = secrets.token_hex(8)
         folder = self.folder(job_id)
@@ -90,60 +57,36 @@ class CrawlJobs:
         input_path = folder / "input.jsonl"
         input_path.write_text("".join(json.dumps(dict(t), separators=(",", ":")) + "\n" for t in targets), encoding="utf-8")
         lines = input_path.read_text(encoding="utf-8").splitlines()
-        crawl_job = CrawlJob.open(self.db, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
-        record = JobRecord(job_id, key_id, mode, time.time(), crawl_job.job_id, None, None, None)
-        with self.db.conn:
-            self.db.execute(
-                f"INSERT INTO {TABLE} (id, key_id, mode, created_at, crawl_job_id) VALUES (?, ?, ?, ?, ?)",
-                [record.id, record.key_id, record.mode, record.created_at, record.crawl_job_id],
-            )
+        crawl_job = CrawlJob.open(self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
+        record = LeasedCrawlJob(job_id, key_id, mode, time.time(), crawl_job.job_id)
+        self.store.add_leased_crawl_job(record)
         return record
 
-    def get(self, job_id: str) -> JobRecord | None:
-        row = self.db.execute(
-            f"SELECT id, key_id, mode, created_at, crawl_job_id, finished_at, error, lease_until FROM {TABLE} WHERE id = ?", [job_id]
-        ).fetchone()
-        return JobRecord(*row) if row else None
+    def get(self, job_id: str) -> LeasedCrawlJob | None:
+        return self.store.leased_crawl_job(job_id)
 
-    def claim(self) -> JobRecord | None:
+    def claim(self) -> LeasedCrawlJob | None:
         """Take the lease of one unfinished job nobody holds (atomically, across processes)."""
         now = time.time()
-        with self.db.conn:
-            row = self.db.execute(
-                f"""UPDATE {TABLE} SET lease_owner = ?, lease_until = ?
-                    WHERE id = (SELECT id FROM {TABLE} WHERE finished_at IS NULL AND (lease_until IS NULL OR lease_until < ?)
-                                ORDER BY created_at LIMIT 1)
-                    RETURNING id""",
-                [self.owner, now + LEASE_SECONDS, now],
-            ).fetchone()
-        return self.get(row[0]) if row else None
+        return self.store.claim_crawl_job(self.owner, now, now + LEASE_SECONDS)
 
     def renew(self, job_id: str) -> bool:
         """Extend this process's lease; False when it was lost (another process took the job)."""
-        with self.db.conn:
-            changed = self.db.execute(
-                f"UPDATE {TABLE} SET lease_until = ? WHERE id = ? AND lease_owner = ?", [time.time() + LEASE_SECONDS, job_id, self.owner]
-            ).rowcount
-        return bool(changed)
+        return self.store.renew_crawl_lease(job_id, self.owner, time.time() + LEASE_SECONDS)
 
     def finish(self, job_id: str, error: str | None = None) -> None:
-        with self.db.conn:
-            self.db.execute(
-                f"UPDATE {TABLE} SET finished_at = ?, error = ?, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-                [time.time(), error, job_id, self.owner],
-            )
+        self.store.end_crawl_lease(job_id, self.owner, finished_at=time.time(), error=error)
 
     def release(self, job_id: str) -> None:
         """Give the lease back (shutdown): another process may resume the job at once."""
-        with self.db.conn:
-            self.db.execute(f"UPDATE {TABLE} SET lease_until = NULL WHERE id = ? AND lease_owner = ?", [job_id, self.owner])
+        self.store.end_crawl_lease(job_id, self.owner, finished_at=None)
 
-    def progress(self, record: JobRecord) -> tuple[int, int]:
+    def progress(self, record: LeasedCrawlJob) -> tuple[int, int]:
         """(total URLs, URLs done)."""
         progress = self._crawl_job(record).progress()
         return progress.total, progress.done
 
-    def page(self, record: JobRecord, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    def page(self, record: LeasedCrawlJob, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Up to `limit` recommendations from byte `cursor` of the output, and the cursor after them.
 
         Only complete lines are read (the crawler appends each in one write). ValueError for a
@@ -164,14 +107,14 @@ class CrawlJobs:
             used += len(line)
         return records, cursor + used
 
-    def _targets(self, record: JobRecord) -> Callable[[], Iterator[Any]]:
+    def _targets(self, record: LeasedCrawlJob) -> Callable[[], Iterator[Any]]:
         lines = (self.folder(record.id) / "input.jsonl").read_text(encoding="utf-8").splitlines()
         return lambda: read_targets(lines)
 
-    async def run(self, record: JobRecord, config: CrawlConfig, lookup: Lookup, on_result: Callable[[Recommendation], None]) -> None:
+    async def run(self, record: LeasedCrawlJob, config: CrawlConfig, lookup: Lookup, on_result: Callable[[Recommendation], None]) -> None:
         """Run (or resume) a leased job to its end, renewing the lease meanwhile."""
         folder = self.folder(record.id)
-        job = CrawlJob.open(self.db, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True)
+        job = CrawlJob.open(self.store, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True)
         renewer = asyncio.create_task(self._keep_lease(record.id))
         try:
             async with Crawler(lookup, config) as crawler:
@@ -242,7 +185,7 @@ class JobRunner:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, record: JobRecord, lookup: Lookup) -> None:
+    async def _run(self, record: LeasedCrawlJob, lookup: Lookup) -> None:
         self.metrics.crawl_jobs.inc()
         try:
             await self.jobs.run(record, self.crawl_config(record.mode), lookup, self._count)

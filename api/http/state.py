@@ -17,7 +17,6 @@ from modelsieve.api.http.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from modelsieve.api.http.audit import AuditLog
     from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
-    import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from modelsieve.hashlists.matcher import Matcher
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", ApiConfig)
 METRICS = web.AppKey("metrics", Metrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
-DATABASE: web.AppKey[sqlite_utils.Database] = web.AppKey("database")
 KEYS = web.AppKey("keys", CachedKeys)
 STORE: web.AppKey[Store] = web.AppKey("store")
 PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
