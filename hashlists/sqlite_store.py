@@ -11,9 +11,10 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
+import sqlite_utils
 
 from modelsieve.hashlists.db import default_db_path
 from modelsieve.hashlists.errors import StoreUnavailableError
@@ -69,12 +70,17 @@ class SQLiteStore(SQLStore):
 
 
 def _connect(target: Path) -> sqlite3.Connection:
-    """A connection in WAL mode (readers never block the writer), foreign keys on, explicit transactions."""
+    """A connection in WAL mode (readers never block the writer), foreign keys on, explicit transactions.
+
+    sqlite-utils opens the file and switches it to WAL; schema and queries are the SQL shared with
+    the PostgreSQL backend (`sql_store.py`), so the two backends cannot drift apart.
+    """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
+        database = sqlite_utils.Database(connection)
+        database.enable_wal()
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA cache_size = -131072")  # 128 MiB: bulk imports touch random index pages
