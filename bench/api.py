@@ -99,18 +99,18 @@ def digest(i: int) -> str:
     return hashlib.sha256(f"bench entry {i}".encode()).hexdigest()
 
 
-def make_store(folder: Path, entries: int) -> tuple[Path, str]:
-    """A store with `entries` hash-only entries, and an API key whose rate limit never bites."""
+def make_store(location: str, entries: int) -> str:
+    """A store (a SQLite path or a PostgreSQL DSN) with `entries` hash-only entries; returns an API key
+    whose rate limit never bites."""
     from modelsieve.api.http.auth import KeyStore
     from modelsieve.hashlists.model import NewEntry
-    from modelsieve.hashlists.sqlite_store import SQLiteStore
+    from modelsieve.hashlists.store import open_store
 
-    db = folder / "bench.db"
-    with SQLiteStore(db) as store:
+    with open_store(location, upgrade=True) as store:
         store.create_list("bench", publisher="bench")
         store.add_entries("bench", (NewEntry(category="2c", digests={"sha256": digest(i)}) for i in range(entries)))
         token, _ = KeyStore(store).create(["lookup"], name="bench", rate_per_second=1e9)
-    return db, token
+    return token
 
 
 def wrk_script(folder: Path, entries: int) -> Path:
@@ -208,20 +208,31 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000, help="hash-only entries in the store (default 10000)")
     parser.add_argument("--seconds", type=int, default=10, help="length of each measured run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections of the load generator (default 64)")
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="also measure two API replicas (processes sharing the port, as behind a load balancer) on this "
+        "PostgreSQL store: an empty database or schema the bench may fill (issue 9)",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="modelsieve-bench-api-") as tmp:
         folder = Path(tmp)
-        db, token = make_store(folder, args.entries)
+        db = str(folder / "bench.db")
+        token = make_store(db, args.entries)
         script = wrk_script(folder, args.entries)
         bare = folder / "bare_server.py"
         bare.write_text(BARE_SERVER)
-        serve = [MODELSIEVE, "serve", "--db", str(db), "--audit-log", str(folder / "audit.log")]
+        serve = [MODELSIEVE, "serve", "--db", db, "--audit-log", str(folder / "audit.log")]
         runs = [
             measure("modelsieve serve", serve, 1, wrk, script, args, token),
             measure("modelsieve serve", serve, 2, wrk, script, args, token),
-            measure("bare aiohttp (constant JSON)", [sys.executable, str(bare)], 2, wrk, script, args, None),
         ]
+        if args.postgres:
+            pg_token = make_store(args.postgres, args.entries)
+            pg_serve = [MODELSIEVE, "serve", "--db", args.postgres, "--audit-log", str(folder / "audit.log")]
+            runs.append(measure("modelsieve serve, PostgreSQL", pg_serve, 2, wrk, script, args, pg_token))
+        runs.append(measure("bare aiohttp (constant JSON)", [sys.executable, str(bare)], 2, wrk, script, args, None))
         audited = sum(1 for _ in open(folder / "audit.log", encoding="utf-8"))
     bare_rate = runs[-1].requests_per_second
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (after the runs)")
