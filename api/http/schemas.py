@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-Schema = dict[str, Any]
+from modelsieve.hashlists.model import DIGEST_LENGTHS
 
-# Hex lengths of each digest as written in lists: AutoV3 also as Civitai's 12-hex prefix.
-DIGEST_HEX_LENGTHS: dict[str, tuple[int, ...]] = {
-    "sha256": (64,),
-    "blake3": (64,),
-    "md5": (32,),
-    "sha1": (40,),
-    "crc32": (8,),
-    "autov1": (8,),
-    "autov2": (10,),
-    "autov3": (12, 64),
-}
+Schema = dict[str, Any]
 
 
 def hex_digest(name: str) -> Schema:
-    lengths = "|".join(f"[0-9a-fA-F]{{{n}}}" for n in DIGEST_HEX_LENGTHS[name])
+    lengths = "|".join(f"[0-9a-fA-F]{{{n}}}" for n in DIGEST_LENGTHS[name])
     return {"type": "string", "pattern": f"^(?:{lengths})$", "description": f"{name} digest, hex (case-insensitive)"}
 
 
@@ -32,7 +22,7 @@ ERROR: Schema = {
 
 LOOKUP_QUERY: Schema = {
     "type": "object",
-    "properties": {name: hex_digest(name) for name in DIGEST_HEX_LENGTHS},
+    "properties": {name: hex_digest(name) for name in DIGEST_LENGTHS},
     "additionalProperties": False,
     "minProperties": 1,
 }
