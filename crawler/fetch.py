@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -24,8 +23,9 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from modelsieve.crawler.model import utc_now
 from modelsieve.crawler.netguard import AddressPolicy, GuardedResolver, NameResolver, check_url, system_resolver
-from modelsieve.crawler.politeness import HostGate, PolitenessConfig, RobotsRules
+from modelsieve.crawler.politeness import HostGate, PolitenessConfig, RobotsRules, RobotsVerdict
 from modelsieve.fingerprint.errors import ModelsieveError
 
 DEFAULT_USER_AGENT = (
@@ -104,9 +104,15 @@ class Exchange:
 
 @dataclass
 class Transcript:
-    """Every exchange made while checking one URL, in order."""
+    """Every exchange made while checking one URL, in order, and what robots.txt said of each URL requested."""
 
     exchanges: list[Exchange] = field(default_factory=list)
+    robots: list[RobotsVerdict] = field(default_factory=list)
+
+    def note_robots(self, verdict: RobotsVerdict) -> None:
+        """Keep a robots.txt verdict (once per URL: the Range requests of one file repeat it)."""
+        if not any(known.url == verdict.url for known in self.robots):
+            self.robots.append(verdict)
 
     @property
     def bytes_read(self) -> int:
@@ -114,11 +120,6 @@ class Transcript:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.exchanges]
-
-
-def utc_now() -> str:
-    """The current time as ISO-8601 UTC with a Z, as every timestamp in the evidence."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def relevant_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
@@ -274,8 +275,11 @@ class Fetcher:
         current = URL(url) if isinstance(url, str) else url
         for _hop in range(self.config.max_redirects + 1):
             check_url(current, self.address_policy)
-            if check_robots and self._robots is not None and not await self._robots.allows(current):
-                raise RobotsDisallowedError(f"{current}: robots.txt disallows it for {ROBOTS_TOKEN}")
+            if check_robots and self._robots is not None:
+                verdict = await self._robots.verdict(current)
+                transcript.note_robots(verdict)
+                if not verdict.allowed:
+                    raise RobotsDisallowedError(f"{current}: robots.txt disallows it for {ROBOTS_TOKEN} ({verdict.rule})")
             async with AsyncExitStack() as stack:
                 raw, started_at, started = await self._send_with_retries(stack, method, current, headers, transcript)
                 if follow_redirects and raw.status in REDIRECT_STATUSES and "Location" in raw.headers:
