@@ -14,8 +14,7 @@ import asyncio
 import time
 import urllib.parse
 import urllib.robotparser
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +54,21 @@ class _Host:
         self.users = 0
 
 
+class Admission:
+    """One admitted request's slots; `release()` (idempotent) gives them back."""
+
+    __slots__ = ("_gate", "_state")
+
+    def __init__(self, gate: HostGate, state: _Host) -> None:
+        self._gate: HostGate | None = gate
+        self._state = state
+
+    def release(self) -> None:
+        if self._gate is not None:
+            gate, self._gate = self._gate, None
+            gate._release(self._state)
+
+
 class HostGate:
     """Admits requests so no host sees more than its concurrency, or requests closer than its delay."""
 
@@ -65,25 +79,41 @@ class HostGate:
         self._hosts: dict[str, _Host] = {}
         self._admitted = 0
 
-    @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        """Hold one request slot for `host` (and one global slot) for the duration of the block."""
+    async def admit(self, host: str) -> Admission:
+        """Wait for one request slot for `host` (and one global slot); release it when the request is done.
+
+        Explicit acquire/release rather than a context manager: it runs for every request, and a
+        response's slot is held until its body has been read.
+        """
         state = self._hosts.get(host)
         if state is None:
             state = self._hosts[host] = _Host(self.config.per_host_concurrency)
         state.users += 1
         try:
-            async with state.semaphore:
+            await state.semaphore.acquire()
+            try:
                 while (wait := state.next_start - self._clock()) > 0:  # a deferral may land while we sleep
                     await asyncio.sleep(wait)
                 state.next_start = self._clock() + self.config.per_host_delay
-                async with self._global:
-                    yield
-        finally:
-            state.users -= 1
-            self._admitted += 1
-            if self._admitted % _PRUNE_EVERY == 0:
-                self._prune()
+                await self._global.acquire()
+            except BaseException:
+                state.semaphore.release()
+                raise
+        except BaseException:
+            self._leave(state)
+            raise
+        return Admission(self, state)
+
+    def _release(self, state: _Host) -> None:
+        self._global.release()
+        state.semaphore.release()
+        self._leave(state)
+
+    def _leave(self, state: _Host) -> None:
+        state.users -= 1
+        self._admitted += 1
+        if self._admitted % _PRUNE_EVERY == 0:
+            self._prune()
 
     def defer(self, host: str, seconds: float) -> float:
         """Start no request to `host` for `seconds` (a Retry-After), capped; returns the wait applied."""

@@ -181,3 +181,22 @@ def test_the_deciding_rule_agrees_with_the_parser_on_hostile_robots_txt(lines: l
         assert allowed
     else:
         assert rule.split(":", 1)[0] == ("Allow" if allowed else "Disallow")
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_gives_nothing_away() -> None:
+    gate = HostGate(PolitenessConfig(per_host_concurrency=1, global_concurrency=1))
+    first = await gate.admit("h0.test")
+    waiting = asyncio.ensure_future(gate.admit("h0.test"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the host's one slot is taken
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    first.release()
+    first.release()  # idempotent: a second release must not free a slot it does not hold
+    held = await asyncio.wait_for(gate.admit("h1.test"), 5)  # the global slot came back
+    blocked = asyncio.ensure_future(gate.admit("h0.test"))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # and only one: the global limit of 1 still holds
+    held.release()
+    (await asyncio.wait_for(blocked, 5)).release()
