@@ -86,7 +86,7 @@ class VirtualFile:
         return b"".join(parts)
 
 
-_RANGE = re.compile(rb"^range:[ \t]*bytes=(\d+)-(\d*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_RANGE = re.compile(rb"^range:[ \t]*bytes=(\d+)-(\d*)[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
 
 
 def ranged(head: bytes, file: VirtualFile) -> bytes:
