@@ -4,6 +4,8 @@
     base = BaseModel("sd15", fingerprint_model(open_model("sd15.safetensors"), key))
     fp = fingerprint_model(open_model("tune.safetensors"), key, bases=[base])   # delta vs sd15
     result = compare(fp, listed_fp)                       # similarity, score, coefficient, breakdown
+    background = Background.from_cohort(benign_deltas)   # the base's shared benign directions
+    compare(fp, listed_fp, background=background)         # unbiased merge coefficient, residual score
     Fingerprint.from_bytes(fp.to_bytes())                 # compact, versioned, validated
 
 Candidate search for stores: `index_vectors`, `sign_codes`, `hamming_distances`, `lsh_keys`.
@@ -37,11 +39,20 @@ from modelsieve.fingerprint.keys import PUBLIC_KEY, FingerprintKey, load_key, pa
 from modelsieve.fingerprint.lora import adapter_sketches, is_adapter, split_adapter_key
 from modelsieve.fingerprint.names import canonical_name, role_of
 from modelsieve.fingerprint.readers import ModelReader, TensorInfo
-from modelsieve.fingerprint.scoring import DEFAULT_THRESHOLD, Comparison, GroupScore, compare, tensor_weights
+from modelsieve.fingerprint.scoring import (
+    DEFAULT_THRESHOLD,
+    RESIDUAL_THRESHOLD,
+    Background,
+    Comparison,
+    GroupScore,
+    compare,
+    tensor_weights,
+)
 from modelsieve.fingerprint.sketch import DEFAULT_THREADS, rounding_error, sketch_tensors, view_shape
 
 __all__ = [
-    "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "SCHEME_VERSION", "BaseFit", "BaseModel",
+    "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "RESIDUAL_THRESHOLD", "SCHEME_VERSION",
+    "Background", "BaseFit", "BaseModel",
     "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore", "background_directions",
     "compare", "fingerprint_model", "fingerprint_tensors", "hamming_distances", "index_vectors", "load_key",
     "lsh_keys", "nearest_base", "parse_key", "select_tensors", "sign_code", "sign_codes", "tensor_weights",
