@@ -36,7 +36,7 @@ from modelsieve.fingerprint.index import (
     sign_codes,
 )
 from modelsieve.fingerprint.keys import PUBLIC_KEY, FingerprintKey, load_key, parse_key
-from modelsieve.fingerprint.lora import adapter_sketches, is_adapter, split_adapter_key
+from modelsieve.fingerprint.lora import PeftScaling, adapter_sketches, is_adapter, read_peft_scaling, split_adapter_key
 from modelsieve.fingerprint.names import canonical_name, role_of
 from modelsieve.fingerprint.readers import ModelReader, TensorInfo
 from modelsieve.fingerprint.scoring import (
@@ -92,18 +92,21 @@ def fingerprint_tensors(
     *,
     require_base: bool = False,
     threads: int = DEFAULT_THREADS,
+    peft: PeftScaling | None = None,
 ) -> Fingerprint:
     """Fingerprint the given tensors (all of a model, or any subset, e.g. a crawler's ranged reads).
 
-    Adapter files (LoRA/LyCORIS keys) give a "lora" fingerprint of their ΔW. Checkpoints give a
+    Adapter files (LoRA/LyCORIS keys) give a "lora" fingerprint of their ΔW (`peft`: the scaling
+    of a PEFT adapter's adapter_config.json, see `lora.read_peft_scaling`). Checkpoints give a
     delta against the nearest of `bases` when one fits, else a raw fingerprint (base None) —
     or, with `require_base`, a FingerprintError saying why no base fits.
     """
     if is_adapter(list(arrays)):
-        sketches, shapes, noise, skipped = adapter_sketches(key, arrays)
-        if not sketches:
+        adapter = adapter_sketches(key, arrays, peft)
+        if not adapter.sketches:
             raise FingerprintError("the adapter holds no LoRA/LyCORIS module with both factors")
-        return new_fingerprint("lora", None, key, sketches, shapes, noise, {"tensors_skipped": skipped})
+        return new_fingerprint("lora", None, key, adapter.sketches, adapter.shapes, adapter.noise,
+                               {"tensors_skipped": adapter.skipped, **adapter.notes})
     named, skipped = _checkpoint_arrays(arrays)
     if not named:
         raise FingerprintError("the model holds no floating-point tensors to fingerprint")
@@ -127,12 +130,15 @@ def fingerprint_model(
     require_base: bool = False,
     threads: int = DEFAULT_THREADS,
 ) -> Fingerprint:
-    """Fingerprint every float tensor of an open model (see `fingerprint_tensors`)."""
+    """Fingerprint every float tensor of an open model (see `fingerprint_tensors`).
+
+    A PEFT adapter's scale comes from the adapter_config.json beside it (or inside its folder)."""
     arrays = {info.name: reader.array(info.name) for info in reader.tensors()
               if _is_float(info.dtype) or split_adapter_key(info.name) is not None}
     if not arrays:
         raise FingerprintError(f"{reader.path}: the model holds no floating-point tensors to fingerprint")
-    return fingerprint_tensors(arrays, key, bases, require_base=require_base, threads=threads)
+    peft = read_peft_scaling(reader.path) if is_adapter(list(arrays)) else None
+    return fingerprint_tensors(arrays, key, bases, require_base=require_base, threads=threads, peft=peft)
 
 
 def select_tensors(infos: Sequence[TensorInfo], budget_fraction: float = 0.05) -> list[TensorInfo]:
