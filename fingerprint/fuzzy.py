@@ -37,7 +37,7 @@ from modelsieve.fingerprint.index import (
 )
 from modelsieve.fingerprint.keys import PUBLIC_KEY, FingerprintKey, load_key, parse_key
 from modelsieve.fingerprint.lora import PeftScaling, adapter_sketches, is_adapter, read_peft_scaling, split_adapter_key
-from modelsieve.fingerprint.names import canonical_name, role_of
+from modelsieve.fingerprint.names import canonical_name, role_of, split_fused, stored_transposed
 from modelsieve.fingerprint.readers import ModelReader, TensorInfo
 from modelsieve.fingerprint.scoring import (
     DEFAULT_THRESHOLD,
@@ -58,6 +58,8 @@ __all__ = [
     "lsh_keys", "nearest_base", "parse_key", "select_tensors", "sign_code", "sign_codes", "tensor_weights",
 ]
 
+# Roles a partial read always fetches: the index tensors, and OpenCLIP's fused q/k/v they are split from.
+_FETCH_ROLES = (*INDEX_ROLES, "self_attn.in_proj")
 # Extra tensor roles a partial read adds, in order, while the byte budget allows (INDEX_ROLES come first, always).
 _EXTRA_ROLES = ("attn2.to_q", "attn2.to_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out",
                 "proj_in", "proj_out", "mlp.fc1", "mlp.fc2")
@@ -70,6 +72,16 @@ def _is_float(dtype: str) -> bool:
         return False
 
 
+def _canonical_parts(key: str, name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The canonical tensors one stored tensor holds: itself, its transpose, or OpenCLIP's q, k, v rows."""
+    if stored_transposed(key) and array.ndim == 2:
+        return [(name, array.T)]
+    parts = split_fused(name)
+    if parts is not None and array.ndim >= 1 and array.shape[0] % 3 == 0:
+        return list(zip(parts, np.split(array, 3), strict=True))
+    return [(name, array)]
+
+
 def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
     """Float arrays under canonical names (EMA copies and buffers dropped), and how many keys were skipped."""
     named: dict[str, np.ndarray] = {}
@@ -79,9 +91,10 @@ def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.n
         if name is None or array.dtype.kind not in "fV" or view_shape(tuple(array.shape)) is None:
             skipped += 1
             continue
-        if name in named:
-            raise FingerprintError(f"two tensors map to the canonical name {name!r} (one of them is {key!r})")
-        named[name] = array
+        for part_name, part in _canonical_parts(key, name, array):
+            if part_name in named:
+                raise FingerprintError(f"two tensors map to the canonical name {part_name!r} (one of them is {key!r})")
+            named[part_name] = part
     return named, skipped
 
 
@@ -154,7 +167,7 @@ def select_tensors(infos: Sequence[TensorInfo], budget_fraction: float = 0.05) -
     named = [(canonical_name(i.name), i) for i in infos if _is_float(i.dtype)]
     named = sorted(((n, i) for n, i in named if n is not None), key=lambda pair: pair[0])
     budget = budget_fraction * sum(i.nbytes for _, i in named)
-    chosen = [i for n, i in named if role_of(n) in INDEX_ROLES]
+    chosen = [i for n, i in named if role_of(n) in _FETCH_ROLES]
     used = sum(i.nbytes for i in chosen)
     if chosen:
         for role in _EXTRA_ROLES:
