@@ -32,7 +32,7 @@ import numpy as np
 from modelsieve.fingerprint.errors import FingerprintError, ModelFileError
 from modelsieve.fingerprint.keys import FingerprintKey
 from modelsieve.fingerprint.names import NAME_CACHE_SIZE, module_weight_name
-from modelsieve.fingerprint.readers.strict_json import load_json_object
+from modelsieve.fingerprint.readers.strict_json import load_json_object, read_json_object
 from modelsieve.fingerprint.sketch import rounding_error, sketch_product, sketch_tensors, view_shape
 
 _SUFFIX = re.compile(
@@ -75,12 +75,16 @@ def _config_number(where: str, name: str, value: object, upper: float) -> float:
 
 
 def parse_peft_config(data: bytes, where: str) -> PeftScaling | None:
-    """The LoRA scaling an adapter_config.json describes; None for other PEFT types (LoHa, IA³, ...).
+    """The LoRA scaling the adapter_config.json bytes `data` describe (see `peft_scaling`)."""
+    return peft_scaling(load_json_object(data, where), where)
 
-    Strict: valid JSON object, `lora_alpha` present and in (0, MAX_LORA_ALPHA], `r` (if given)
-    a positive integer ≤ MAX_RANK, `use_rslora` a boolean, `alpha_pattern` an object of numbers.
-    Anything else raises ModelFileError naming the file and the field."""
-    config = load_json_object(data, where)
+
+def peft_scaling(config: Mapping[str, object], where: str) -> PeftScaling | None:
+    """The LoRA scaling a parsed adapter config describes; None for other PEFT types (LoHa, IA³, ...).
+
+    Strict: `lora_alpha` present and in (0, MAX_LORA_ALPHA], `r` (if given) a positive integer
+    ≤ MAX_RANK, `use_rslora` a boolean, `alpha_pattern` an object of numbers. Anything else raises
+    ModelFileError naming the file (`where`) and the field."""
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         return None
@@ -106,14 +110,7 @@ def read_peft_scaling(model_path: str | os.PathLike[str]) -> PeftScaling | None:
     config = (path if path.is_dir() else path.parent) / PEFT_CONFIG
     if not config.is_file():
         return None
-    try:
-        with open(config, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ModelFileError(f"{config}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ModelFileError(f"{config}: larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
-    return parse_peft_config(data, str(config))
+    return peft_scaling(read_json_object(config, MAX_CONFIG_BYTES), str(config))
 
 
 @functools.lru_cache(maxsize=NAME_CACHE_SIZE)  # pure; asked for every tensor name of every file
