@@ -14,7 +14,7 @@ Prints, per row: TPR at each operating threshold, the weakest positive score, th
 error (plain / background removed); per negative group: the highest score and FPR (both ways); the candidate-search recall and candidate fraction
 at the Hamming cut; throughput against hashlib SHA-256 on the same file; fingerprint size.
 
-    nice -n 19 .venv/bin/python bench/nearcopy.py            # full run (~10 minutes on 2 cores)
+    nice -n 19 .venv/bin/python bench/nearcopy.py            # full run (~30 minutes on a busy 2-core machine)
     nice -n 19 .venv/bin/python bench/nearcopy.py --quick    # a smaller, faster run
 """
 
