@@ -133,3 +133,30 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_cleanly_on_sigterm(
 def test_serve_refuses_port_zero_with_several_workers() -> None:
     refused = cli("serve", "--workers", "2", "--port", "0")
     assert refused.returncode == 2 and "--port 0" in refused.stderr
+
+
+def test_serve_keeps_crawl_jobs_in_the_folder_crawl_jobs_dir_names(tmp_path: Path) -> None:
+    assert "--crawl-jobs-dir DIR" in cli("serve", "--help").stdout
+    db, jobs = tmp_path / "store.db", tmp_path / "shared" / "jobs"
+    crawl = cli("keys", "api", "create", "--scope", "crawl", "--db", str(db))
+    assert crawl.returncode == 0, crawl.stderr
+    port, stderr = free_port(), tmp_path / "stderr.txt"
+    with stderr.open("w") as stderr_file:
+        server = subprocess.Popen(
+            [*MODELSIEVE, "serve", "--port", str(port), "--db", str(db), "--crawl-jobs-dir", str(jobs), "--crawl-jobs", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            text=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base, server, stderr, workers=1)
+        body = json.dumps({"urls": ["https://models.example/a.safetensors"]}).encode()
+        headers = {**bearer(crawl.stdout.strip()), "Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/v1/crawl", body, headers), timeout=10) as response:
+            job = json.loads(response.read())["id"]
+        assert json.loads((jobs / job / "input.jsonl").read_text())["url"] == "https://models.example/a.safetensors"
+        assert not Path(f"{db}.crawl-jobs").exists()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
