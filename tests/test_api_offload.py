@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from safetensors.numpy import save as safetensors_bytes
 
 from modelsieve.api.http.offload import cpu_threads
+from modelsieve.api.http.routing import INLINE_BODY_BYTES
 from modelsieve.api.http.state import CPU_POOL, CRAWL_LOOP
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -80,6 +82,9 @@ async def test_lookups_are_answered_while_every_cpu_thread_is_busy(api: Api, blo
     assert not fingerprint_match.done(), "fingerprints are decoded and matched on the CPU pool"
     blocked.release.set()
     assert (await fingerprint_match)["verdict"] == "near"
+    padded = json.dumps(near, indent=1).encode() + b" " * (INLINE_BODY_BYTES + 1)  # big enough to be parsed off the loop
+    response = await api.client.post("/v1/match/fingerprint", data=padded, headers={**api.as_("lookup"), "Content-Type": "application/json"})
+    assert response.status == 200 and (await response.json())["verdict"] == "near"
 
 
 async def test_the_index_follows_the_store_off_the_loop_and_lookups_never_wait_for_it(api: Api, blocked: Blocked) -> None:

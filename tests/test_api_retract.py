@@ -93,6 +93,8 @@ async def test_imported_unknown_and_unauthorised_retractions_are_refused(platfor
         (b'{"reason": 5}', "application/json", 400, "body.reason"),
         (b'{"reason": "x", "also": 1}', "application/json", 400, "unknown field 'also'"),
         (json.dumps({"reason": "r" * 2001}).encode(), "application/json", 400, "body.reason"),
+        (json.dumps({"reason": "r" * 70_000}).encode(), "application/json", 400, "body.reason"),  # parsed on the CPU pool
+        (b"{" + b" " * 70_000, "application/json", 400, "malformed JSON"),
         (b"[]", "application/json", 400, "body"),
         (b"", "application/json", 400, "malformed JSON"),
         (b"{", "application/json", 400, "malformed JSON"),

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from modelsieve.api.http.audit import audit_matches
 from modelsieve.api.http.errors import api_error
+from modelsieve.api.http.offload import off_loop
 from modelsieve.api.http.routing import Call, Response, Route
 from modelsieve.api.http.schemas import FILE_MATCH_RESULT, FINGERPRINT_BODY, FINGERPRINT_MATCH_RESULT, LOOKUP_QUERY, LOOKUP_RESULT
-from modelsieve.api.http.offload import off_loop
 from modelsieve.api.http.state import CONFIG, UPLOAD_SLOTS, loaded_matcher
 from modelsieve.api.http.upload import capture_upload, match_upload
 from modelsieve.fingerprint.fuzzy import Fingerprint
