@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from modelsieve.fingerprint.deltas import BaseFit, BaseModel, delta, explain_no_base, nearest_base
-from modelsieve.fingerprint.dtypes import dtype_named
+from modelsieve.fingerprint.dtypes import DTYPES
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
 from modelsieve.fingerprint.fpformat import SCHEME_VERSION, Fingerprint, new_fingerprint
 from modelsieve.fingerprint.index import (
@@ -52,11 +52,12 @@ _EXTRA_ROLES = ("attn2.to_q", "attn2.to_out", "attn1.to_q", "attn1.to_k", "attn1
                 "proj_in", "proj_out", "mlp.fc1", "mlp.fc2")
 
 
+# Float dtypes with an array view: the only ones a fingerprint sketches (a set: asked for every tensor a crawl sees).
+_FLOAT_DTYPES = frozenset(name for name, dtype in DTYPES.items() if dtype.is_float and dtype.numpy is not None)
+
+
 def _is_float(dtype: str) -> bool:
-    try:
-        return dtype_named(dtype).is_float and dtype_named(dtype).numpy is not None
-    except KeyError:
-        return False
+    return dtype in _FLOAT_DTYPES
 
 
 def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
@@ -134,21 +135,24 @@ def select_tensors(infos: Sequence[TensorInfo], budget_fraction: float = 0.05) -
     """
     if is_adapter([i.name for i in infos]):
         return list(infos)
-    named = [(canonical_name(i.name), i) for i in infos if _is_float(i.dtype)]
-    named = sorted(((n, i) for n, i in named if n is not None), key=lambda pair: pair[0])
-    budget = budget_fraction * sum(i.nbytes for _, i in named)
-    chosen = [i for n, i in named if role_of(n) in INDEX_ROLES]
-    used = sum(i.nbytes for i in chosen)
+    # (canonical name, info, bytes), each size computed once: a crawl selects for every file it sees.
+    named = sorted(
+        ((name, info, info.nbytes) for info in infos if _is_float(info.dtype) and (name := canonical_name(info.name)) is not None),
+        key=lambda triple: triple[0],
+    )
+    budget = budget_fraction * sum(size for _, _, size in named)
+    chosen = [info for name, info, _ in named if role_of(name) in INDEX_ROLES]
+    used = sum(size for name, _, size in named if role_of(name) in INDEX_ROLES)
     if chosen:
         for role in _EXTRA_ROLES:
-            for name, info in named:
-                if role_of(name) == role and used + info.nbytes <= budget:
+            for name, info, size in named:
+                if role_of(name) == role and used + size <= budget:
                     chosen.append(info)
-                    used += info.nbytes
+                    used += size
         return chosen
-    matrices = [i for _, i in named if len(i.shape) >= 2]
-    for info in matrices[:: max(1, len(matrices) // 64)]:
-        if used + info.nbytes <= budget:
+    matrices = [(info, size) for _, info, size in named if len(info.shape) >= 2]
+    for info, size in matrices[:: max(1, len(matrices) // 64)]:
+        if used + size <= budget:
             chosen.append(info)
-            used += info.nbytes
+            used += size
     return chosen

@@ -37,7 +37,7 @@ from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
 from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
 from modelsieve.hashlists.store import Store
-from modelsieve.hashlists.urls import normalise_url, registrable_domain, url_key, url_prefix_keys
+from modelsieve.hashlists.urls import normalise_url, normalised_registrable_domain, url_key, url_prefix_keys
 
 # Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
 DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
@@ -237,7 +237,7 @@ class Matcher:
         """URL entries covering the URL (itself or a parent path) and domain entries of its
         registrable domain. Raises InvalidEntryError for something that is not an http(s) URL."""
         normalised = normalise_url(url)
-        domain = registrable_domain(normalised)
+        domain = normalised_registrable_domain(normalised)
         self._maybe_refresh()
         indexes = self._indexes
         url_seqs = {seq for key in url_prefix_keys(normalised) for seq in indexes.url_keys.get(key, ())}
