@@ -167,6 +167,19 @@ class _RobotsFile:
     summary: str | None  # the whole answer when the status decides alone (4xx, 5xx, unreachable)
 
 
+# Lines the standard parser reads but the crawler never uses, and on which it can crash: it takes
+# non-ASCII digits ("Crawl-delay: ¹") for numbers, then int() raises.
+_UNUSED_FIELDS = ("crawl-delay", "request-rate")
+
+
+def parse_robots(text: str) -> urllib.robotparser.RobotFileParser:
+    """A robots.txt body parsed for its rules (first ROBOTS_MAX_BYTES characters); never raises on hostile text."""
+    parser = urllib.robotparser.RobotFileParser()
+    lines = text[:ROBOTS_MAX_BYTES].splitlines()
+    parser.parse([line for line in lines if not line.strip().lower().startswith(_UNUSED_FIELDS)])
+    return parser
+
+
 def deciding_rule(parser: urllib.robotparser.RobotFileParser, agent: str, url: str) -> str | None:
     """The robots.txt line that decides `url` for `agent`, found as `RobotFileParser.can_fetch` finds it."""
     parsed = urllib.parse.urlparse(urllib.parse.unquote(url))
@@ -205,7 +218,7 @@ class RobotsRules:
         return RobotsVerdict(robots.url, robots.status, robots.fetched_at, target, allowed, rule)
 
     async def _load(self, origin: URL) -> _RobotsFile:
-        parser = urllib.robotparser.RobotFileParser()
+        parser = urllib.robotparser.RobotFileParser()  # replaced by the parsed file when there is one
         robots_url = origin.with_path("/robots.txt")
         fetched_at = utc_now()
         status: int | None
@@ -218,7 +231,7 @@ class RobotsRules:
         if status is None:
             parser.disallow_all = True
         elif 200 <= status < 300:
-            parser.parse(text[:ROBOTS_MAX_BYTES].splitlines())
+            parser = parse_robots(text)
             summary = None
         elif 400 <= status < 500:
             parser.allow_all = True

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
 from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
-from modelsieve.crawler.politeness import HostGate, PolitenessConfig, deciding_rule
+from modelsieve.crawler.politeness import HostGate, PolitenessConfig, deciding_rule, parse_robots
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
@@ -166,11 +166,18 @@ _ROBOTS_LINE = st.one_of(
 )
 
 
+def test_non_ascii_digits_in_unused_fields_do_not_crash_the_parser() -> None:
+    with pytest.raises(ValueError):  # the standard parser alone crashes on this file
+        urllib.robotparser.RobotFileParser().parse(["User-agent: *", "Crawl-delay: \u00b9", "Disallow: /x"])
+    parser = parse_robots("User-agent: *\nCrawl-delay: \u00b9\nRequest-rate: \u00b9/\u00b2\nDisallow: /x\n")
+    assert not parser.can_fetch("modelsieve", "http://h.test/x/file")
+    assert parser.can_fetch("modelsieve", "http://h.test/y")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_ROBOTS_LINE, max_size=20), st.text(max_size=30))
 def test_the_deciding_rule_agrees_with_the_parser_on_hostile_robots_txt(lines: list[str], path: str) -> None:
-    parser = urllib.robotparser.RobotFileParser()
-    parser.parse(lines)
+    parser = parse_robots("\n".join(lines))  # never raises, whatever the lines
     url = "http://h.test/" + path
     try:
         allowed = parser.can_fetch("modelsieve", url)
