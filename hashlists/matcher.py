@@ -20,7 +20,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
+from modelsieve.fingerprint.calibration import Cohort, Policy, assess
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.fuzzy import (
     DEFAULT_THRESHOLD,
@@ -28,10 +28,8 @@ from modelsieve.fingerprint.fuzzy import (
     BaseModel,
     Fingerprint,
     FingerprintKey,
-    compare,
     sign_codes,
 )
-from modelsieve.fingerprint.scoring import pair_statistics
 from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
@@ -266,7 +264,7 @@ class Matcher:
     def match_fingerprint(self, fingerprint: Fingerprint) -> list[Match]:
         """Listed fingerprints the query carries, strongest evidence first, at most fuzzy_top.
 
-        Candidates come from the sign-code index; each is then scored exactly with `compare` (no
+        Candidates come from the sign-code index; each is then scored exactly with `assess` (no
         per-component breakdown: matches do not carry one) and
         calibrated against its base's cohort (see the class docstring): every match carries its raw
         similarity, normalised score, estimated false-match rate and decision (review | action).
@@ -281,9 +279,7 @@ class Matcher:
                 continue
             try:
                 listed = self._listed_fingerprint(entry.fingerprint)
-                statistics = pair_statistics(fingerprint, listed)
-                comparison = compare(fingerprint, listed, breakdown=False, statistics=statistics)
-                calibrated = calibrate(fingerprint, listed, self._cohorts, statistics=statistics)
+                comparison, calibrated = assess(fingerprint, listed, self._cohorts, breakdown=False)
             except FingerprintError:
                 continue
             decision = calibrated.decision(self._policy) if comparison.tensors_compared else None
