@@ -486,18 +486,21 @@ class SQLStore(Store):
             digests = {name: row[name] for name in DIGEST_COLUMNS if row[name]}
             yield IndexRow(row["seq"], row["status"], digests, row["url"], row["domain"], decode_codes(row["fp_codes"]))
 
-    def _entries_where_in(self, column: str, values: list[Any]) -> list[Entry]:
+    def _entries_where_in(self, column: str, values: list[Any], select: str = "SELECT * FROM entries") -> list[Entry]:
         found: list[Entry] = []
         for start in range(0, len(values), 500):
             chunk = values[start : start + 500]
-            found += map(_entry, self._query(f"SELECT * FROM entries WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk))
+            found += map(_entry, self._query(f"{select} WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk))
         return found
 
     def entries_by_id(self, entry_ids: Iterable[str]) -> dict[str, Entry]:
         return {entry.id: entry for entry in self._entries_where_in("id", list(dict.fromkeys(entry_ids)))}
 
     def entries_by_seq(self, seqs: Iterable[int]) -> list[Entry]:
-        return sorted(self._entries_where_in("seq", sorted({int(seq) for seq in seqs})), key=lambda e: e.seq)
+        changed = self._entries_where_in(
+            "events.seq", sorted({int(seq) for seq in seqs}), "SELECT entries.* FROM events JOIN entries ON entries.id = events.entry_id"
+        )
+        return sorted({entry.id: entry for entry in changed}.values(), key=lambda e: e.seq)
 
     def find_digests(self, digests: Mapping[str, str]) -> list[Entry]:
         clauses: list[str] = []
