@@ -2,7 +2,7 @@
 
     nice -n 19 .venv/bin/python bench/lookup.py [--entries 1000000] [--lookups 20000]
 
-Latencies are printed as wall-clock and as the thread's CPU time per call (see `percentiles`).
+Latencies are printed as wall-clock and as the process's CPU time per call (see `percentiles`).
 Everything is synthetic (random digests, random LoRA weights) and stays on this machine. Each
 figure is printed beside a baseline measured in the same run:
   ingest       Store.add_entries (validation, identity, events, indexes) vs a bare sqlite3
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from modelsieve.fingerprint.fuzzy import Fingerprint, compare, fingerprint_tensors
-from modelsieve.hashlists.fuzzy_index import CODE_BYTES, SCAN_THREADS
+from modelsieve.hashlists.fuzzy_index import CODE_BYTES
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import IndexRow, NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -58,8 +58,7 @@ def percentiles(samples: tuple[list[int], list[int]]) -> str:
     """p50 / p99 / max of wall-clock time, then p50 / p99 of the process's CPU time, in µs.
 
     On a shared machine a nice'd benchmark is preempted often: wall-clock tails then measure the
-    scheduler. CPU time (every thread of the process: the fuzzy scan runs on several) is what each
-    call costs in all; on an idle machine the wall time of a call is below it when threads overlap.
+    scheduler. CPU time (of every thread of the process) is what each call costs on a core of its own.
     """
 
     def pick(values: list[int], q: float) -> float:
@@ -192,7 +191,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "exact", "fuzzy"), default="all", help="exact: ingest + exact lookups")
     args = parser.parse_args()
     print(f"hashlists bench: {args.entries:,} entries, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
-          f"SQLite {sqlite3.sqlite_version}, fuzzy scan threads {SCAN_THREADS}")
+          f"SQLite {sqlite3.sqlite_version}")
     with tempfile.TemporaryDirectory(prefix="modelsieve-bench-") as folder:
         if args.part in ("all", "exact"):
             store = bench_ingest(Path(folder), args.entries)

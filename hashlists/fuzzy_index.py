@@ -5,21 +5,17 @@ Each listed fingerprint contributes one 512-bit sign code per model component (t
 compared with every listed code of the same component in one vectorised pass (64 bytes per code,
 XOR + popcount at memory speed); codes within CANDIDATE_MAX_HAMMING bits are candidates, the
 closest `limit` of them go on to exact scoring with `compare`. The codes are held column-major
-and scanned in cache-sized blocks, one share of the rows per scan thread (see
-`_Component.within`). Why a scan and not LSH, IVF or a shorter first pass: weak true matches
-(delta cosine 0.3–0.4) differ from the query in up to ~40 % of the bits against 50 % for
-unrelated ones; each sub-linear design measured either lost such pairs or touched 5–95 % of the
-rows at random in more memory than the scan reads (numbers in the README, "Hashlists").
+and scanned in cache-sized blocks (see `_Component.within`). Why a scan and not LSH, IVF or a
+shorter first pass: weak true matches (delta cosine 0.3–0.4) differ from the query in up to ~40 %
+of the bits against 50 % for unrelated ones; each sub-linear design measured either lost such
+pairs or touched 5–95 % of the rows at random in more memory than the scan reads (numbers in the
+README, "Hashlists").
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
-import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -30,13 +26,6 @@ from modelsieve.hashlists.errors import InvalidEntryError
 CODE_BYTES = INDEX_DIM // 8
 WORDS = CODE_BYTES // 8  # a code as 64-bit words
 SCAN_ROWS = 32_768  # rows scanned per step: the step's buffers (≈300 KiB) stay in cache
-SCAN_THREADS = min(4, os.cpu_count() or 1)  # threads sharing one query's scan
-
-
-@functools.cache
-def _scan_pool() -> ThreadPoolExecutor:
-    """The threads every index shares for its scans (created on the first large scan)."""
-    return ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="modelsieve-scan")
 
 
 def parse_fingerprint(blob: bytes) -> Fingerprint:
@@ -79,32 +68,18 @@ class _Component:
         self.size = needed
 
     def within(self, code: bytes, max_hamming: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, distances) of the codes within `max_hamming` bits of `code`, in row order.
+        """(rows, distances) of the codes within `max_hamming` bits of `code`.
 
-        The rows are split into one contiguous share per SCAN_THREADS thread (numpy releases the GIL
-        in its loops, so on an idle machine the shares run in parallel: the scan reads 64 MB per 10⁶
-        codes and is bound by memory bandwidth and one core's popcount rate).
+        Blocked scan with preallocated buffers: per block of SCAN_ROWS rows, XOR each word column
+        with the query's word, popcount into uint8, accumulate into uint16 (at most 512).
         """
         query = np.frombuffer(code, np.uint64)
-        blocks = max(1, -(-self.size // SCAN_ROWS))
-        shares = min(SCAN_THREADS, blocks)
-        bounds = [min(self.size, SCAN_ROWS * (blocks * i // shares)) for i in range(shares + 1)]
-        ranges = list(itertools.pairwise(bounds))
-        if len(ranges) == 1:
-            return self._scan(query, max_hamming, *ranges[0])
-        parts = list(_scan_pool().map(lambda r: self._scan(query, max_hamming, *r), ranges))
-        return np.concatenate([rows for rows, _ in parts]), np.concatenate([distances for _, distances in parts])
-
-    def _scan(self, query: np.ndarray, max_hamming: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """`within` over rows [first, last): a blocked scan with preallocated buffers. Per block of
-        SCAN_ROWS rows, XOR each word column with the query's word, popcount into uint8, accumulate
-        into uint16 (at most 512)."""
         xor = np.empty(SCAN_ROWS, np.uint64)
         count = np.empty(SCAN_ROWS, np.uint8)
         total = np.empty(SCAN_ROWS, np.uint16)
-        rows, distances = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-        for start in range(first, last, SCAN_ROWS):
-            stop = min(start + SCAN_ROWS, last)
+        rows, distances = [], []
+        for start in range(0, self.size, SCAN_ROWS):
+            stop = min(start + SCAN_ROWS, self.size)
             n = stop - start
             x, c, t = xor[:n], count[:n], total[:n]
             t.fill(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,10 +60,8 @@ def test_blocked_scan_equals_the_reference_scan(seed: int, count: int, limit: in
     assert index.candidates(query, limit=limit, max_hamming=max_hamming) == reference_candidates(rows, query, limit, max_hamming)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_scan_crosses_block_and_thread_boundaries(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+def test_scan_crosses_block_boundaries(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(fuzzy_index, "SCAN_ROWS", 7)  # many blocks and a ragged last one
-    monkeypatch.setattr(fuzzy_index, "SCAN_THREADS", threads)  # uneven shares of the 29 blocks
     rng = np.random.default_rng(3)
     query = {"unet": rng.bytes(CODE_BYTES)}
     rows = [(i, {"unet": near(rng, query["unet"], int(rng.integers(0, 260)))}) for i in range(200)]
