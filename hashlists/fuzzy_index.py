@@ -5,10 +5,11 @@ Each listed fingerprint contributes one 512-bit sign code per model component (t
 compared with every listed code of the same component in one vectorised pass (64 bytes per code,
 XOR + popcount at memory speed); codes within CANDIDATE_MAX_HAMMING bits are candidates, the
 closest `limit` of them go on to exact scoring with `compare`. The codes are held column-major
-and scanned in cache-sized blocks (see `_Component.within`). Why a scan and not banded LSH:
-weak true matches (delta cosine 0.3–0.4) differ from the query in ~40 % of the bits against 50 %
-for unrelated ones; LSH tables that find such pairs with good recall would need more memory than
-the scan touches (see the README, "Hashlists").
+and scanned in cache-sized blocks (see `_Component.within`). Why a scan and not LSH, IVF or a
+shorter first pass: weak true matches (delta cosine 0.3–0.4) differ from the query in up to ~40 %
+of the bits against 50 % for unrelated ones; each sub-linear design measured either lost such
+pairs or touched 5–95 % of the rows at random in more memory than the scan reads (numbers in the
+README, "Hashlists").
 """
 
 from __future__ import annotations

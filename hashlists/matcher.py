@@ -3,9 +3,10 @@
 `Matcher` keeps in-memory indexes loaded from the store and refreshes them from the event
 sequence (only entries changed since the last refresh are read). A refresh builds the next
 indexes beside the current ones and swaps them in at once, so lookups never wait for a refresh
-and never see a half-applied one. A hit in an index is a
-candidate: the entry is read back by its seq and confirmed, so an entry retracted, disputed or
-replaced since the index saw it is judged by its current state. Retracted and expired entries never
+and never see a half-applied one. A hit in an index is a candidate: the entry is read back
+through the event log by the seq the index holds, in its current state, and confirmed on its
+current content, so an entry retracted, disputed or replaced since the index saw it (on this
+replica or another) is judged as it is now, before any refresh. Retracted and expired entries never
 match; disputed ones match with `status: "disputed"`.
 """
 
@@ -190,7 +191,7 @@ class Matcher:
             self.refresh()
 
     def _confirmed(self, seqs: Iterable[int]) -> list[Entry]:
-        """The current, matchable entries behind index hits."""
+        """The matchable entries behind index hits, each once, as they are now (see `Store.entries_by_seq`)."""
         wanted = set(seqs)
         if not wanted:
             return []
@@ -236,13 +237,14 @@ class Matcher:
         registrable domain. Raises InvalidEntryError for something that is not an http(s) URL."""
         normalised = normalise_url(url)
         domain = normalised_registrable_domain(normalised)
+        prefix_keys = set(url_prefix_keys(normalised))
         self._maybe_refresh()
         indexes = self._indexes
-        url_seqs = {seq for key in url_prefix_keys(normalised) for seq in indexes.url_keys.get(key, ())}
+        url_seqs = {seq for key in prefix_keys for seq in indexes.url_keys.get(key, ())}
         domain_seqs = set(indexes.domains.get(domain, ()))
         matches = []
         for entry in self._confirmed(url_seqs | domain_seqs):
-            if entry.url and entry.seq in url_seqs:
+            if entry.url and url_key(entry.url) in prefix_keys:
                 matches.append(self._match(entry, "url"))
             elif entry.domain == domain:
                 matches.append(self._match(entry, "domain"))

@@ -55,7 +55,13 @@ def entry_identity(entry: NewEntry) -> str:
 
 def new_entry_id() -> str:
     """A fresh entry id: 96 random bits, so ids stay unique across every platform that exchanges them."""
-    return "e" + secrets.token_hex(12)
+    return new_entry_ids(1)[0]
+
+
+def new_entry_ids(count: int) -> list[str]:
+    """`count` fresh entry ids (see `new_entry_id`) from one read of the system's random source (bulk adds)."""
+    random_hex = secrets.token_hex(12 * count)
+    return ["e" + random_hex[24 * i : 24 * i + 24] for i in range(count)]
 
 
 def utc_now() -> str:

@@ -138,8 +138,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def entries_by_seq(self, seqs: Iterable[int]) -> list[Entry]:
-        """The entries whose latest change has one of these sequence numbers (an in-memory index
-        holds seqs: an entry changed since the index was built is simply not returned)."""
+        """The entries changed by the events with these sequence numbers, each once and as it is now.
+
+        An in-memory index holds the seq an entry had when it was indexed; this resolves it through
+        the event log to the entry's current row, so an entry retracted or disputed since (on any
+        replica) is judged by its current status, not by the state the index saw."""
 
     @abc.abstractmethod
     def find_digests(self, digests: Mapping[str, str]) -> list[Entry]:

@@ -92,7 +92,8 @@ def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: Store)
     assert [e.id for e in store.entries(changed_since=second.seq)] == [first.id]
     assert [e.id for e in store.entries("main", changed_since=0, until=3)] == [second.id]
     assert [e.seq for e in store.events(since=1, limit=2)] == [2, 3]
-    assert store.entries_by_seq([first.seq, retracted.seq]) == [store.get_entry(first.id)]
+    assert store.entries_by_seq([first.seq, retracted.seq]) == [store.get_entry(first.id)]  # an old seq: the entry as it is now
+    assert store.entries_by_seq([1, second.seq, 99]) == [store.get_entry(second.id)]  # list events and unknown seqs: nothing
 
 
 def test_entries_page_through_large_lists(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from modelsieve.hashlists.model import Match, NewEntry
 from modelsieve.hashlists.signing import generate_key_files, load_private_key
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import trust_publisher
+from tests.hashlists_fixtures import lora_fingerprint
 from tests.store_backends import StoreLocations
 
 REFRESH = 0.2  # seconds between a replica's looks at the event sequence
@@ -52,6 +53,33 @@ def test_changes_through_one_replica_reach_every_other(store_locations: StoreLoc
         assert seen_within(reader, digests, lambda ms: [m.status for m in ms] == ["disputed"]), "a dispute"
         retract(writer, entry.id, reason="false positive")
         assert seen_within(reader, digests, lambda ms: ms == []), "a retraction"
+
+
+def test_a_replica_judges_index_hits_by_the_entry_as_it_is_now(store_locations: StoreLocations) -> None:
+    """Before its matcher refreshes, a replica already sees another's dispute and retraction."""
+    location = store_locations.new()
+    digests, url, fingerprint = {"sha256": "cd" * 32}, "https://undress.example.com/app", lora_fingerprint(3)
+    with open_store(location) as writer, open_store(location) as reader_store:
+        writer.create_list("main")
+        listed = [
+            writer.add_entry("main", NewEntry(category="2c", digests=digests)),
+            writer.add_entry("main", NewEntry(category="nudify-service", url=url)),
+            writer.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=fingerprint.to_bytes())),
+        ]
+        reader = Matcher(reader_store, refresh_interval=3600)  # its indexes keep the seqs of the additions
+        lookups = (
+            lambda: reader.match_digests(digests),
+            lambda: reader.match_url(url + "/upload"),
+            lambda: reader.match_fingerprint(fingerprint),
+        )
+        seq = reader.seq
+        for entry, lookup in zip(listed, lookups, strict=True):
+            assert entry is not None and [(m.entry_id, m.status) for m in lookup()] == [(entry.id, "active")]
+            dispute(writer, entry.id, reason="benign")
+            assert [(m.entry_id, m.status) for m in lookup()] == [(entry.id, "disputed")]
+            retract(writer, entry.id, reason="false positive")
+            assert lookup() == []
+        assert reader.seq == seq, "the matcher has not refreshed: the answers came from the current rows"
 
 
 def test_one_bundle_imported_by_two_replicas_at_once_is_applied_once(tmp_path: Path, store_locations: StoreLocations) -> None:

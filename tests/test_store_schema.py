@@ -72,6 +72,28 @@ def test_an_older_schema_is_upgraded_keeping_its_entries(store_locations: StoreL
         assert store.add_entries("l", [NewEntry(category="2c", digests={"md5": "a" * 32})]) == 1
 
 
+def test_entries_and_their_events_survive_the_upgrade_to_seq_keyed_entries(store_locations: StoreLocations) -> None:
+    """Version 4 rebuilds the entries table keyed by seq: rows, lookups and event resolution carry over."""
+    location = make_version_1(store_locations)
+    row = "INSERT INTO entries (id, list_name, category, kind, {digest}, source, evidence, added, status, identity, seq) VALUES "
+    run_sql(location, [
+        "INSERT INTO lists VALUES ('l', 'local', '', '2026-01-01T00:00:00Z', NULL)",
+        "INSERT INTO events (seq, at, action, list_name) VALUES (1, '2026-01-01T00:00:00Z', 'create-list', 'l')",
+        row.format(digest="md5") + f"('e1', 'l', '2c', 'other', '{'a' * 32}', 'x', 'exact-file', '2026-01-01T00:00:00Z', 'disputed', 'i1', 4)",
+        row.format(digest="sha1") + f"('e2', 'l', '2b', 'other', '{'b' * 40}', 'x', 'exact-file', '2026-01-01T00:00:00Z', 'active', 'i2', 3)",
+        *(f"INSERT INTO events (seq, at, action, list_name, entry_id) VALUES ({seq}, '2026-01-01T00:00:00Z', '{action}', 'l', '{entry}')"
+          for seq, action, entry in ((2, "add", "e1"), (3, "add", "e2"), (4, "dispute", "e1"))),
+    ])
+    with open_store(location, upgrade=True) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert [(e.id, e.seq, e.status) for e in store.entries()] == [("e2", 3, "active"), ("e1", 4, "disputed")]
+        assert {e.id for e in store.find_digests({"md5": "a" * 32, "sha1": "b" * 40})} == {"e1", "e2"}
+        assert [(e.id, e.status) for e in store.entries_by_seq([2])] == [("e1", "disputed")]
+        added = store.add_entry("l", NewEntry(category="2c", digests={"md5": "c" * 32}))
+        assert added is not None and added.seq == 5 and store.get_entry(added.id) == added
+        assert store.add_entry("l", NewEntry(category="2c", digests={"md5": "c" * 32})) is None  # still one identity per list
+
+
 def test_postgresql_replicas_never_upgrade_on_their_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     locations = StoreLocations("postgresql", tmp_path)
     try:
