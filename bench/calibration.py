@@ -135,6 +135,12 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         for line in lines:
             print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    same_domain = [p for p in negatives if by_name[p.query].domain == by_name[p.listed].domain]
+    print("\ncalibration check: negative pairs (outside the cohort) with an estimated false-match rate ≤ r, observed vs expected")
+    for label, ps in (("same domain (siblings, the LoRA vs the full tune)", same_domain),
+                      ("other domains", [p for p in negatives if p not in same_domain])):
+        print(f"  {label}: " + "; ".join(f"r = {r:g}: {sum(p.rate <= r for p in ps)} of {len(ps)} (expected {r * len(ps):.1f})"
+                                         for r in (0.1, 0.01, 0.001)))
     print(f"\ncohort: {cohort_size} background models; policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
           f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs; margins: weakest "
           "positive − strongest negative (all negatives), and that over the negatives' standard deviation")

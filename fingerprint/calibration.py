@@ -166,13 +166,21 @@ class NullDistribution:
 
     scores: np.ndarray
     cohort_size: int
+    components: int = DEFAULT_COMPONENTS
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        """n − 1 − components for a cohort of n: the pairs share members, so the centre and spread
+        carry the information of about n independent draws (a U-statistic's first-order term has
+        n − 1 degrees of freedom), and each principal direction fitted on the same cohort and
+        projected out takes one more — the predictive Student-t of a score from n draws."""
+        return max(1, self.cohort_size - 1 - self.components)
 
     @property
     def _fit(self) -> tuple[float, float, int]:
         centre = float(np.mean(self.scores))
         spread = max(float(np.std(self.scores, ddof=1)), 1e-6) if len(self.scores) > 1 else 1.0
-        # the pairs share members, so they are not independent: degrees of freedom from the cohort size
-        return centre, spread, max(1, self.cohort_size - 3)
+        return centre, spread, self.degrees_of_freedom
 
     def false_match_rate(self, normalised: float) -> float:
         """P(a benign pair's normalised score ≥ `normalised`); decreasing in `normalised`."""
@@ -231,7 +239,7 @@ class Cohort:
         if len(pairs) > MAX_NULL_PAIRS:
             pairs = [pairs[i] for i in sorted(np.random.default_rng(0).choice(len(pairs), MAX_NULL_PAIRS, replace=False))]
         null = [_normalised(gram, [k for k in range(n) if k not in (i, j)], i, j, self.components)[1] for i, j in pairs]
-        return weights, rows, noise, NullDistribution(np.array(null), n)
+        return weights, rows, noise, NullDistribution(np.array(null), n, self.components)
 
     def null(self, listed: Fingerprint, names: Sequence[str]) -> NullDistribution:
         """The null distribution of normalised scores over the tensors `names` of `listed`."""
