@@ -451,8 +451,8 @@ def plan(tuner_steps: int) -> list[Step]:
     for d in BACKGROUND_LORA_DOMAINS:
         seed = 20 + BACKGROUND_DOMAINS.index(d)
         add(f"bg-lora-{d}", "lora", "background", "background", d, lambda t, load, d=d, s=seed: t.lora(d, s % 2, s))
-    for i, d in enumerate(BACKGROUND_DOMAINS):
-        for half in BACKGROUND_HALVES:
+    for half in BACKGROUND_HALVES:  # every domain once before any twice: a partial cohort is already varied
+        for i, d in enumerate(BACKGROUND_DOMAINS):
             seed = 30 + 2 * i + half
             add(f"bg-ft-{d}-h{half}", "checkpoint", "background", "background", d,
                 lambda t, load, d=d, h=half, s=seed: t.full(t.base, d, h, s))
@@ -492,15 +492,14 @@ def plan(tuner_steps: int) -> list[Step]:
 
 def _build_order(step: Step) -> int:
     """Cheapest and most needed first, so a partial corpus (the build is resumable) is already usable:
-    listed models and full background tunes, re-saves and merges (seconds), background LoRAs,
-    sibling LoRAs, full siblings on the other data half, further training, similar-domain siblings."""
+    listed models and the background cohort (full tunes and LoRAs alternating, so a partial cohort
+    has both kinds), re-saves and merges (seconds), sibling LoRAs, full siblings on the other data
+    half, further training, similar-domain siblings."""
     m = step.model
-    if m.role in ("base", "listed") or (m.role == "background" and m.kind == "checkpoint"):
+    if m.role in ("base", "listed", "background"):
         return 0
     if m.role == "near-copy":
         return 5 if m.transform == "further-trained" else 1
-    if m.role == "background":
-        return 2
     if m.kind == "lora":
         return 3
     return 4 if "other data half" in m.transform else 6
