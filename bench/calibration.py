@@ -96,7 +96,7 @@ def _margin(pos: list[float], neg: list[float]) -> tuple[float, float]:
     return margin, margin / float(np.std(neg, ddof=1))
 
 
-def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_size: int, markdown: bool) -> None:
+def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort: Cohort, markdown: bool) -> None:
     by_name = {m.name: m for m in models}
     rows: dict[str, list[Pair]] = defaultdict(list)
     negatives: list[Pair] = []
@@ -141,7 +141,8 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
                       ("other domains", [p for p in negatives if p not in same_domain])):
         print(f"  {label}: " + "; ".join(f"r = {r:g}: {sum(p.rate <= r for p in ps)} of {len(ps)} (expected {r * len(ps):.1f})"
                                          for r in (0.1, 0.01, 0.001)))
-    print(f"\ncohort: {cohort_size} background models; policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
+    kinds = ", ".join(f"{sum(m.kind == k for m in cohort.members)} {k}s" for k in ("checkpoint", "lora"))
+    print(f"\ncohort: {len(cohort)} background models ({kinds}), {cohort.components} principal directions projected out; policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
           f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs; margins: weakest "
           "positive − strongest negative (all negatives), and that over the negatives' standard deviation")
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     members = [fps[m.name] for m in models if m.role == "background"]
     cohort = Cohort(BASE_NAME, members) if args.components is None else Cohort(BASE_NAME, members, args.components)
     policy = Policy()
-    report(models, score_all(models, fps, cohort), policy, len(cohort), args.markdown)
+    report(models, score_all(models, fps, cohort), policy, cohort, args.markdown)
     return 0
 
 
