@@ -14,7 +14,7 @@ other non-background model. Per transformation row it prints:
 Run (no network; corpus cached, so re-runs take about a minute)::
 
     nice -n 19 .venv/bin/python bench/realtune.py build
-    nice -n 19 .venv/bin/python bench/calibration.py [--out DIR] [--components 2] [--markdown]
+    nice -n 19 .venv/bin/python bench/calibration.py [--out DIR] [--components 2] [--sides query|both] [--markdown]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
+from modelsieve.fingerprint.calibration import DEFAULT_COMPONENTS, NORMALISE_SIDES, Cohort, Policy, calibrate
 from modelsieve.fingerprint.fuzzy import PUBLIC_KEY, BaseModel, Fingerprint, fingerprint_model
 from modelsieve.fingerprint.readers import open_model
 
@@ -142,7 +142,7 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort:
         print(f"  {label}: " + "; ".join(f"r = {r:g}: {sum(p.rate <= r for p in ps)} of {len(ps)} (expected {r * len(ps):.1f})"
                                          for r in (0.1, 0.01, 0.001)))
     kinds = ", ".join(f"{sum(m.kind == k for m in cohort.members)} {k}s" for k in ("checkpoint", "lora"))
-    print(f"\ncohort: {len(cohort)} background models ({kinds}), {cohort.components} principal directions projected out; policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
+    print(f"\ncohort: {len(cohort)} background models ({kinds}), {cohort.components} principal directions projected out, z-scored against {cohort.sides} side(s) (query | both); policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
           f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs; margins: weakest "
           "positive − strongest negative (all negatives), and that over the negatives' standard deviation")
 
@@ -152,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="example: nice -n 19 .venv/bin/python bench/calibration.py --markdown")
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="corpus directory (default %(default)s)")
     parser.add_argument("--components", type=int, default=None, help="principal directions projected out")
+    parser.add_argument("--sides", choices=NORMALISE_SIDES, default="query",
+                        help="z-score against the query's cohort scores, or both sides (s-norm); default %(default)s")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     models = load_manifest(args.out)
     fps = fingerprints(args.out, models)
     members = [fps[m.name] for m in models if m.role == "background"]
-    cohort = Cohort(BASE_NAME, members) if args.components is None else Cohort(BASE_NAME, members, args.components)
+    cohort = Cohort(BASE_NAME, members, DEFAULT_COMPONENTS if args.components is None else args.components, args.sides)
     policy = Policy()
     report(models, score_all(models, fps, cohort), policy, cohort, args.markdown)
     return 0
