@@ -82,7 +82,7 @@ class CalibratedScore:
     similarity: float  # raw weighted delta cosine (fuzzy.compare)
     calibrated: bool
     residual: float | None = None  # cosine after projecting out the cohort's benign directions
-    normalised: float | None = None  # s-norm of the residual against the cohort
+    normalised: float | None = None  # the residual z-scored against the cohort (fingerprint/calibration.py step 2)
     false_match_rate: float | None = None  # estimated P(a benign pair scores at least this)
     cohort_size: int = 0
 
