@@ -30,6 +30,7 @@ import numpy as np
 from modelsieve.fingerprint.calibration import DEFAULT_COMPONENTS, NORMALISE_SIDES, Cohort, Policy, calibrate
 from modelsieve.fingerprint.fuzzy import PUBLIC_KEY, BaseModel, Fingerprint, fingerprint_model
 from modelsieve.fingerprint.readers import open_model
+from modelsieve.fingerprint.scoring import pair_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realtune import DEFAULT_DIR, CorpusModel, load_manifest  # noqa: E402
@@ -147,6 +148,16 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort:
           "positive − strongest negative (all negatives), and that over the negatives' standard deviation")
 
 
+def thresholds(models: list[CorpusModel], fps: dict[str, Fingerprint], cohort: Cohort, policy: Policy) -> None:
+    """The normalised score each listed model's null puts at the action and review rates."""
+    parts = []
+    for m in (m for m in models if m.role == "listed"):
+        null = cohort.null(fps[m.name], pair_statistics(fps[m.name], fps[m.name]).names)
+        parts.append(f"{m.name} {null.threshold(policy.action_rate):.1f} / {null.threshold(policy.review_rate):.1f} "
+                     f"(df {null.degrees_of_freedom})")
+    print("normalised score needed for action / review: " + "; ".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="example: nice -n 19 .venv/bin/python bench/calibration.py --markdown")
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     cohort = Cohort(BASE_NAME, members, DEFAULT_COMPONENTS if args.components is None else args.components, args.sides)
     policy = Policy()
     report(models, score_all(models, fps, cohort), policy, cohort, args.markdown)
+    thresholds(models, fps, cohort, policy)
     return 0
 
 
