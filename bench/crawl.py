@@ -3,7 +3,8 @@ share of an SD-1.5-sized checkpoint read for a fuzzy verdict.
 
     python bench/crawl.py [--urls 5000] [--hosts 500]
 
-1. Header-only checks: a file host in its own process serves, under every URL, a safetensors
+1. Header-only checks: a minimal file host (asyncio, keep-alive, honest Range; not a web framework,
+   so it costs the shared cores little) in its own process serves, under every URL, a safetensors
    file whose tensors no fingerprint selects (an unknown architecture), so each verdict is one
    Range request for the length prefix and header, validated as strictly as a local file, and a
    digest and URL lookup in a real (empty) store. The URLs spread over `--hosts` host names (a
@@ -24,6 +25,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -32,7 +34,6 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from aiohttp import web
 
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.lookup import StoreLookup
@@ -85,44 +86,62 @@ class VirtualFile:
         return b"".join(parts)
 
 
-def ranged(request: web.Request, file: VirtualFile) -> web.Response:
-    value = request.headers.get("Range", "")
-    if not value.startswith("bytes="):
-        return web.Response(status=416, text="this benchmark host serves ranges only")
-    first_text, _, last_text = value[6:].partition("-")
-    first, last = int(first_text), min(int(last_text), file.size - 1)
-    return web.Response(
-        status=206,
-        body=file.read(first, last),
-        headers={"Content-Range": f"bytes {first}-{last}/{file.size}", "Accept-Ranges": "bytes"},
-    )
+_RANGE = re.compile(rb"^range:[ \t]*bytes=(\d+)-(\d*)[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def ranged(head: bytes, file: VirtualFile) -> bytes:
+    """The whole response to a GET with request head `head`: 206 with the asked bytes, or 416."""
+    match = _RANGE.search(head)
+    first = int(match.group(1)) if match else file.size
+    last = min(int(match.group(2)) if match and match.group(2) else file.size - 1, file.size - 1)
+    if first > last:
+        return response(416, b"", f"Content-Range: bytes */{file.size}\r\n")  # no Range, or none satisfiable
+    return response(206, file.read(first, last), f"Content-Range: bytes {first}-{last}/{file.size}\r\nAccept-Ranges: bytes\r\n")
+
+
+def response(status: int, body: bytes, headers: str = "") -> bytes:
+    reason = {206: "Partial Content", 404: "Not Found", 416: "Range Not Satisfiable"}[status]
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
+
+
+class FileHost(asyncio.Protocol):
+    """A minimal keep-alive HTTP/1.1 file host (GET only, no request bodies), so the benchmark
+    measures the crawler rather than a web framework on the shared cores. Honest about Range:
+    206 with exactly the asked bytes and their Content-Range, 416 when none can be served."""
+
+    def __init__(self, routes: dict[bytes, VirtualFile]) -> None:
+        self.routes = routes
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+            method, _, rest = head.partition(b" ")
+            path = rest.partition(b" ")[0]
+            file = self.routes.get(path.rpartition(b"/")[0] or path)
+            if method != b"GET" or file is None:
+                answer = response(404, b"")
+            else:
+                answer = ranged(head, file)
+            assert self.transport is not None
+            self.transport.write(answer)
 
 
 def serve(port_pipe: multiprocessing.connection.Connection) -> None:
-    """The benchmark host (run in its own process): small files under /m/, the SD-1.5 file at /sd15."""
+    """The benchmark host (run in its own process): small files under /m/, the SD-1.5 file at /sd15.safetensors."""
     small = VirtualFile(*header_file([(f"unknown.layer_{i}.weight", (64, 64)) for i in range(16)]))
     arch = Architecture(scale=1, text_layers=12, vocab=49408)
     sd15 = VirtualFile(*header_file([(spec.ldm, spec.shape) for spec in arch.specs]))
-
-    async def robots(request: web.Request) -> web.Response:
-        return web.Response(status=404)
-
-    async def small_file(request: web.Request) -> web.Response:
-        return ranged(request, small)
-
-    async def sd15_file(request: web.Request) -> web.Response:
-        return ranged(request, sd15)
+    routes = {b"/m": small, b"/sd15.safetensors": sd15}  # /robots.txt and anything else: 404
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/robots.txt", robots)
-        app.router.add_get("/m/{name}", small_file)
-        app.router.add_get("/sd15.safetensors", sd15_file)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port_pipe.send(runner.addresses[0][1])
+        server = await asyncio.get_running_loop().create_server(lambda: FileHost(routes), "127.0.0.1", 0, backlog=1024)
+        port_pipe.send(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
     asyncio.run(main())

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 from yarl import URL
 
-from modelsieve.crawler.fetch import FetchConfig, Fetcher, Transcript, utc_now
-from modelsieve.crawler.model import CrawlTarget, Evidence, Recommendation
+from modelsieve.crawler.fetch import FetchConfig, Fetcher, Transcript
+from modelsieve.crawler.model import CrawlTarget, Evidence, Recommendation, utc_now
 from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError, NameResolver, check_url, system_resolver
 from modelsieve.crawler.policy import PolicyConfig, decide
 from modelsieve.crawler.politeness import HostGate, PolitenessConfig
@@ -207,6 +207,7 @@ class Crawler:
                 {"status": final.status, "url": final.url, "headers": dict(final.headers)} if final is not None else {}
             ),
             requests=findings.transcript.to_json(),
+            robots=[verdict.to_json() for verdict in findings.transcript.robots],
             bytes_read=findings.transcript.bytes_read,
         )
         action, reason = decision.action, decision.reason

@@ -14,9 +14,8 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -24,8 +23,9 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from modelsieve.crawler.model import utc_now
 from modelsieve.crawler.netguard import AddressPolicy, GuardedResolver, NameResolver, check_url, system_resolver
-from modelsieve.crawler.politeness import HostGate, PolitenessConfig, RobotsRules
+from modelsieve.crawler.politeness import Admission, HostGate, PolitenessConfig, RobotsRules, RobotsVerdict
 from modelsieve.fingerprint.errors import ModelsieveError
 
 DEFAULT_USER_AGENT = (
@@ -104,9 +104,15 @@ class Exchange:
 
 @dataclass
 class Transcript:
-    """Every exchange made while checking one URL, in order."""
+    """Every exchange made while checking one URL, in order, and what robots.txt said of each URL requested."""
 
     exchanges: list[Exchange] = field(default_factory=list)
+    robots: list[RobotsVerdict] = field(default_factory=list)
+
+    def note_robots(self, verdict: RobotsVerdict) -> None:
+        """Keep a robots.txt verdict (once per URL: the Range requests of one file repeat it)."""
+        if not any(known.url == verdict.url for known in self.robots):
+            self.robots.append(verdict)
 
     @property
     def bytes_read(self) -> int:
@@ -114,11 +120,6 @@ class Transcript:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.exchanges]
-
-
-def utc_now() -> str:
-    """The current time as ISO-8601 UTC with a Z, as every timestamp in the evidence."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def relevant_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
@@ -184,19 +185,32 @@ class Response:
             async for chunk in self._raw.content.iter_chunked(size):
                 self.bytes_read += len(chunk)
                 yield chunk
-        except aiohttp.ClientPayloadError:
-            raise FetchError(f"{self.url}: truncated response: the body ended after {self.bytes_read} bytes") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FetchError(f"{self.url}: reading the body failed after {self.bytes_read} bytes: {_describe(exc)}") from None
+            raise self._body_failure(exc) from None
         declared = self.content_length
         if declared is not None and self.bytes_read != declared:
             raise FetchError(f"{self.url}: truncated response: {self.bytes_read} of {declared} bytes")
+
+    def _body_failure(self, exc: BaseException) -> FetchError:
+        if isinstance(exc, aiohttp.ClientPayloadError | asyncio.IncompleteReadError):
+            return FetchError(f"{self.url}: truncated response: the body ended after {self.bytes_read} bytes")
+        return FetchError(f"{self.url}: reading the body failed after {self.bytes_read} bytes: {_describe(exc)}")
 
     async def read(self, limit: int) -> bytes:
         """The whole body, refusing (FetchError) one that declares or delivers more than `limit` bytes."""
         declared = self.content_length
         if declared is not None and declared > limit:
             raise FetchError(f"{self.url}: response of {declared} bytes exceeds the cap of {limit}")
+        if declared is not None:  # the common case (ranges, API answers): one read of exactly that length
+            try:
+                body = await self._raw.content.readexactly(declared)
+            except asyncio.IncompleteReadError as exc:
+                self.bytes_read += len(exc.partial)
+                raise self._body_failure(exc) from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._body_failure(exc) from None
+            self.bytes_read += len(body)
+            return body
         parts: list[bytes] = []
         async for chunk in self.chunks():
             parts.append(chunk)
@@ -274,10 +288,13 @@ class Fetcher:
         current = URL(url) if isinstance(url, str) else url
         for _hop in range(self.config.max_redirects + 1):
             check_url(current, self.address_policy)
-            if check_robots and self._robots is not None and not await self._robots.allows(current):
-                raise RobotsDisallowedError(f"{current}: robots.txt disallows it for {ROBOTS_TOKEN}")
-            async with AsyncExitStack() as stack:
-                raw, started_at, started = await self._send_with_retries(stack, method, current, headers, transcript)
+            if check_robots and self._robots is not None:
+                verdict = await self._robots.verdict(current)
+                transcript.note_robots(verdict)
+                if not verdict.allowed:
+                    raise RobotsDisallowedError(f"{current}: robots.txt disallows it for {ROBOTS_TOKEN} ({verdict.rule})")
+            raw, admission, started_at, started = await self._send_with_retries(method, current, headers, transcript)
+            try:
                 if follow_redirects and raw.status in REDIRECT_STATUSES and "Location" in raw.headers:
                     transcript.exchanges.append(self._exchange(method, current, raw, headers, 0, started_at, started))
                     current = _redirect_target(current, raw.headers["Location"])
@@ -291,6 +308,9 @@ class Fetcher:
                         self._exchange(method, current, raw, headers, response.bytes_read, started_at, started)
                     )
                 return
+            finally:
+                raw.release()
+                admission.release()
         raise FetchError(f"{url}: more than {self.config.max_redirects} redirects")
 
     async def get_small(
@@ -306,40 +326,38 @@ class Fetcher:
 
     async def _send_with_retries(
         self,
-        stack: AsyncExitStack,
         method: str,
         url: URL,
         headers: Mapping[str, str] | None,
         transcript: Transcript,
-    ) -> tuple[aiohttp.ClientResponse, str, float]:
-        """Send one request, retrying 429/5xx and dropped connections; the last response stays open on `stack`."""
+    ) -> tuple[aiohttp.ClientResponse, Admission, str, float]:
+        """Send one request, retrying 429/5xx and dropped connections. The caller must release the
+        last response and then its admission (the host slot stays held while the body is read)."""
         assert self._session is not None, "use the Fetcher as an async context manager"
         host = url.raw_host or ""  # the politeness key: the host as connected to
         for attempt in range(self.config.max_retries + 1):
             last = attempt == self.config.max_retries
-            attempt_stack = AsyncExitStack()
+            admission = await self.gate.admit(host)
             try:
-                await attempt_stack.enter_async_context(self.gate.slot(host))
                 started_at, started = utc_now(), time.monotonic()  # the request starts once admitted
                 raw = await self._session.request(method, url, headers=headers, allow_redirects=False)
-                attempt_stack.callback(raw.release)
             except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL) as exc:
-                await attempt_stack.aclose()
+                admission.release()
                 raise FetchError(f"{url}: {_describe(exc)}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
-                await attempt_stack.aclose()
+                admission.release()
                 if last:
                     raise FetchError(f"{url}: {_describe(exc)} (after {attempt + 1} attempts)") from None
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             except BaseException:
-                await attempt_stack.aclose()
+                admission.release()
                 raise
             if raw.status not in RETRY_STATUSES or last:
-                stack.push_async_callback(attempt_stack.aclose)
-                return raw, started_at, started
+                return raw, admission, started_at, started
             transcript.exchanges.append(self._exchange(method, url, raw, headers, 0, started_at, started))
-            await attempt_stack.aclose()
+            raw.release()
+            admission.release()
             asked = retry_after_seconds(raw.headers.get("Retry-After"))
             if asked is not None and asked > self.gate.config.max_retry_after:
                 raise FetchError(f"{url}: status {raw.status}, the host asks to wait {asked:.0f} s (more than we wait)")

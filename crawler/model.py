@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from modelsieve.hashlists.model import Match
 
 Action = Literal["delist", "takedown", "review", "none", "error"]
 ACTIONS: tuple[Action, ...] = ("delist", "takedown", "review", "none", "error")
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with milliseconds and a Z, as every timestamp in the evidence."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class Evidence:
     file: Mapping[str, Any] = field(default_factory=dict)
     response: Mapping[str, Any] = field(default_factory=dict)
     requests: Sequence[Mapping[str, Any]] = ()
+    robots: Sequence[Mapping[str, Any]] = ()  # what robots.txt said of each URL requested (see politeness.RobotsVerdict)
     bytes_read: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -50,6 +57,7 @@ class Evidence:
             "file": dict(self.file),
             "response": dict(self.response),
             "requests": [dict(r) for r in self.requests],
+            "robots": [dict(r) for r in self.robots],
             "bytes_read": self.bytes_read,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

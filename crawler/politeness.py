@@ -3,20 +3,24 @@
 `HostGate` knows nothing about HTTP: it is the reusable piece a distributed crawl keeps per
 partition (one registrable domain per partition keeps its limits whole across a cluster).
 `RobotsRules` caches one parsed robots.txt per origin, fetched through whatever function it is
-given (the crawler passes its SSRF-guarded fetcher), following RFC 9309 for status codes.
+given (the crawler passes its SSRF-guarded fetcher), following RFC 9309 for status codes, and
+answers with a `RobotsVerdict` that goes into the evidence: which robots.txt, its status, and the
+rule that decided.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 import urllib.robotparser
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from yarl import URL
 
+from modelsieve.crawler.model import utc_now
 from modelsieve.crawler.netguard import BlockedAddressError
 from modelsieve.fingerprint.errors import ModelsieveError
 
@@ -50,6 +54,21 @@ class _Host:
         self.users = 0
 
 
+class Admission:
+    """One admitted request's slots; `release()` (idempotent) gives them back."""
+
+    __slots__ = ("_gate", "_state")
+
+    def __init__(self, gate: HostGate, state: _Host) -> None:
+        self._gate: HostGate | None = gate
+        self._state = state
+
+    def release(self) -> None:
+        if self._gate is not None:
+            gate, self._gate = self._gate, None
+            gate._release(self._state)
+
+
 class HostGate:
     """Admits requests so no host sees more than its concurrency, or requests closer than its delay."""
 
@@ -60,25 +79,41 @@ class HostGate:
         self._hosts: dict[str, _Host] = {}
         self._admitted = 0
 
-    @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        """Hold one request slot for `host` (and one global slot) for the duration of the block."""
+    async def admit(self, host: str) -> Admission:
+        """Wait for one request slot for `host` (and one global slot); release it when the request is done.
+
+        Explicit acquire/release rather than a context manager: it runs for every request, and a
+        response's slot is held until its body has been read.
+        """
         state = self._hosts.get(host)
         if state is None:
             state = self._hosts[host] = _Host(self.config.per_host_concurrency)
         state.users += 1
         try:
-            async with state.semaphore:
+            await state.semaphore.acquire()
+            try:
                 while (wait := state.next_start - self._clock()) > 0:  # a deferral may land while we sleep
                     await asyncio.sleep(wait)
                 state.next_start = self._clock() + self.config.per_host_delay
-                async with self._global:
-                    yield
-        finally:
-            state.users -= 1
-            self._admitted += 1
-            if self._admitted % _PRUNE_EVERY == 0:
-                self._prune()
+                await self._global.acquire()
+            except BaseException:
+                state.semaphore.release()
+                raise
+        except BaseException:
+            self._leave(state)
+            raise
+        return Admission(self, state)
+
+    def _release(self, state: _Host) -> None:
+        self._global.release()
+        state.semaphore.release()
+        self._leave(state)
+
+    def _leave(self, state: _Host) -> None:
+        state.users -= 1
+        self._admitted += 1
+        if self._admitted % _PRUNE_EVERY == 0:
+            self._prune()
 
     def defer(self, host: str, seconds: float) -> float:
         """Start no request to `host` for `seconds` (a Retry-After), capped; returns the wait applied."""
@@ -99,6 +134,62 @@ RobotsFetch = Callable[[URL], Awaitable[tuple[int, str]]]
 """Fetch an origin's /robots.txt: (status, text); raising OSError/ModelsieveError means unreachable."""
 
 
+@dataclass(frozen=True)
+class RobotsVerdict:
+    """What robots.txt said about one URL, as evidence: which file, its status, and why."""
+
+    robots_url: str
+    status: int | None  # None: robots.txt could not be fetched
+    fetched_at: str
+    url: str
+    allowed: bool
+    rule: str  # the deciding line ("Disallow: /private/"), or why there is none ("no robots.txt (status 404) ...")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "robots_url": self.robots_url,
+            "status": self.status,
+            "fetched_at": self.fetched_at,
+            "url": self.url,
+            "allowed": self.allowed,
+            "rule": self.rule,
+        }
+
+
+@dataclass(frozen=True)
+class _RobotsFile:
+    """One origin's robots.txt as fetched and parsed, with what the evidence says about it."""
+
+    url: str
+    status: int | None
+    fetched_at: str
+    parser: urllib.robotparser.RobotFileParser
+    summary: str | None  # the whole answer when the status decides alone (4xx, 5xx, unreachable)
+
+
+# Lines the standard parser reads but the crawler never uses, and on which it can crash: it takes
+# non-ASCII digits ("Crawl-delay: ¹") for numbers, then int() raises.
+_UNUSED_FIELDS = ("crawl-delay", "request-rate")
+
+
+def parse_robots(text: str) -> urllib.robotparser.RobotFileParser:
+    """A robots.txt body parsed for its rules (first ROBOTS_MAX_BYTES characters); never raises on hostile text."""
+    parser = urllib.robotparser.RobotFileParser()
+    lines = text[:ROBOTS_MAX_BYTES].splitlines()
+    parser.parse([line for line in lines if not line.strip().lower().startswith(_UNUSED_FIELDS)])
+    return parser
+
+
+def deciding_rule(parser: urllib.robotparser.RobotFileParser, agent: str, url: str) -> str | None:
+    """The robots.txt line that decides `url` for `agent`, found as `RobotFileParser.can_fetch` finds it."""
+    parsed = urllib.parse.urlparse(urllib.parse.unquote(url))
+    path = urllib.parse.quote(urllib.parse.urlunparse(("", "", parsed.path, parsed.params, parsed.query, parsed.fragment))) or "/"
+    group = next((entry for entry in parser.entries if entry.applies_to(agent)), parser.default_entry)
+    if group is None:
+        return None
+    return next((str(line) for line in group.rulelines if line.applies_to(path)), None)
+
+
 class RobotsRules:
     """robots.txt per origin, fetched once (concurrent askers wait for the one fetch) and cached.
 
@@ -108,39 +199,50 @@ class RobotsRules:
     def __init__(self, fetch: RobotsFetch, user_agent: str) -> None:
         self._fetch = fetch
         self._agent = user_agent
-        self._parsers: dict[str, asyncio.Task[urllib.robotparser.RobotFileParser]] = {}
+        self._files: dict[str, asyncio.Task[_RobotsFile]] = {}
 
-    async def allows(self, url: URL) -> bool:
-        """Whether robots.txt of the URL's origin lets this crawler request it."""
+    async def verdict(self, url: URL) -> RobotsVerdict:
+        """Whether robots.txt of the URL's origin lets this crawler request it, and why."""
         origin = str(url.origin())
-        task = self._parsers.get(origin)
+        task = self._files.get(origin)
         if task is None:
-            task = self._parsers[origin] = asyncio.ensure_future(self._load(url.origin()))
-            if len(self._parsers) > ROBOTS_CACHE_ORIGINS:
-                oldest = next(iter(self._parsers))
-                if self._parsers[oldest].done():
-                    del self._parsers[oldest]
-        parser = task.result() if task.done() else await asyncio.shield(task)
-        return parser.can_fetch(self._agent, str(url))
+            task = self._files[origin] = asyncio.ensure_future(self._load(url.origin()))
+            if len(self._files) > ROBOTS_CACHE_ORIGINS:
+                oldest = next(iter(self._files))
+                if self._files[oldest].done():
+                    del self._files[oldest]
+        robots = task.result() if task.done() else await asyncio.shield(task)
+        target = str(url)
+        allowed = robots.parser.can_fetch(self._agent, target)
+        rule = robots.summary or deciding_rule(robots.parser, self._agent, target) or "no rule matches: allowed"
+        return RobotsVerdict(robots.url, robots.status, robots.fetched_at, target, allowed, rule)
 
-    async def _load(self, origin: URL) -> urllib.robotparser.RobotFileParser:
-        parser = urllib.robotparser.RobotFileParser()
+    async def _load(self, origin: URL) -> _RobotsFile:
+        parser = urllib.robotparser.RobotFileParser()  # replaced by the parsed file when there is one
+        robots_url = origin.with_path("/robots.txt")
+        fetched_at = utc_now()
+        status: int | None
         try:
-            status, text = await self._fetch(origin.with_path("/robots.txt"))
+            status, text = await self._fetch(robots_url)
         except BlockedAddressError:
             raise  # not "unreachable": the host must not be contacted at all, and the reason must say so
-        except (OSError, TimeoutError, ModelsieveError):  # unreachable: RFC 9309 says assume disallowed
-            status, text = 503, ""
-        if 200 <= status < 300:
-            parser.parse(text[:ROBOTS_MAX_BYTES].splitlines())
+        except (OSError, TimeoutError, ModelsieveError) as exc:  # unreachable: RFC 9309 says assume disallowed
+            status, text, summary = None, "", f"robots.txt unreachable ({exc}): nothing allowed (RFC 9309)"
+        if status is None:
+            parser.disallow_all = True
+        elif 200 <= status < 300:
+            parser = parse_robots(text)
+            summary = None
         elif 400 <= status < 500:
             parser.allow_all = True
+            summary = f"no robots.txt (status {status}): everything allowed"
         else:
             parser.disallow_all = True
-        return parser
+            summary = f"robots.txt answered status {status}: nothing allowed (RFC 9309)"
+        return _RobotsFile(str(robots_url), status, fetched_at, parser, summary)
 
     async def close(self) -> None:
         """Cancel robots.txt fetches still under way."""
-        for task in self._parsers.values():
+        for task in self._files.values():
             task.cancel()
-        await asyncio.gather(*self._parsers.values(), return_exceptions=True)
+        await asyncio.gather(*self._files.values(), return_exceptions=True)

@@ -42,7 +42,7 @@ import numpy as np
 
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
 from modelsieve.fingerprint.fpformat import Fingerprint
-from modelsieve.fingerprint.scoring import NOISE_FLOOR, PairStatistics, pair_statistics
+from modelsieve.fingerprint.scoring import NOISE_FLOOR, Background, Comparison, PairStatistics, compare, pair_statistics
 
 DEFAULT_COMPONENTS = 2  # principal benign directions projected out
 NORMALISE_SIDES = ("query", "both")  # z-score against the query's cohort scores (default), or s-norm's both sides
@@ -228,6 +228,11 @@ class Cohort:
     def __len__(self) -> int:
         return len(self.members)
 
+    @functools.cached_property
+    def background(self) -> Background | None:
+        """The members' shared benign directions per tensor (unbiased merge coefficients); None when empty."""
+        return Background.from_cohort(self.members) if self.members else None
+
     def covering(self, names: Iterable[str]) -> int:
         """How many members touch at least one of the tensors `names`."""
         wanted = set(names)
@@ -297,3 +302,22 @@ def calibrate(
     if cohort is None:
         return CalibratedScore(similarity, calibrated=False)
     return cohort.score(query, listed, statistics.names, similarity)
+
+
+def assess(
+    query: Fingerprint,
+    listed: Fingerprint,
+    cohorts: Mapping[str, Cohort] = {},  # noqa: B006
+    *,
+    breakdown: bool = True,
+) -> tuple[Comparison, CalibratedScore]:
+    """`compare` and `calibrate` in one pass, using the base's cohort for both.
+
+    With a cohort, its benign directions are projected out before the merge coefficient's fit (a
+    merge partner sharing the family's direction otherwise inflates it) and the comparison's score
+    is the residual cosine; without one this is plain `compare` plus an uncalibrated score."""
+    statistics = pair_statistics(query, listed)
+    cohort = cohort_for(query, listed, cohorts)
+    background = cohort.background if cohort is not None else None
+    comparison = compare(query, listed, breakdown=breakdown, statistics=statistics, background=background)
+    return comparison, calibrate(query, listed, cohorts, statistics=statistics)

@@ -4,24 +4,35 @@ Plain LoRA modules are sketched straight from their factors, (α/r)·(RᵀB)(A C
 ΔW; since that equals Rᵀ(BA)C exactly, any factorisation of the same ΔW (rank-resized, kohya ↔
 PEFT converted) gives the same sketch. LoHa, LoKr and CP/Tucker LoCon modules are small, so
 their ΔW is formed per module and sketched densely.
-DoRA: the magnitude vector (`dora_scale`, `lora_magnitude_vector`) rescales W + ΔW by norms of
-the base weight, which an adapter file does not carry; fingerprints cover the directional ΔW
-only and ignore the magnitude (a known limit, stated in the README).
+PEFT files carry no alpha tensors: their scale lora_alpha / r (lora_alpha / √r with rsLoRA,
+per-module `alpha_pattern` overrides) comes from the `adapter_config.json` beside the weights
+(`read_peft_scaling`), validated strictly; without one the scale is 1, as diffusers assumes, and
+the fingerprint's source says so (similarity is unaffected, a strength estimate is off by
+lora_alpha / r).
+DoRA: the adapted weight is m·(W + ΔW)/‖W + ΔW‖ (norm per row or column), so its true change
+needs the base weight W, which an adapter file does not carry and a registered base holds only
+as a sketch. Fingerprints therefore sketch the directional part (scale)·BA exactly and leave out
+the magnitude rescaling; the magnitude vector is validated (finite, sized like one axis of ΔW)
+and the fingerprint's source counts the modules so approximated (a known limit, in the README).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from modelsieve.fingerprint.errors import FingerprintError
+from modelsieve.fingerprint.errors import FingerprintError, ModelFileError
 from modelsieve.fingerprint.keys import FingerprintKey
 from modelsieve.fingerprint.names import NAME_CACHE_SIZE, module_weight_name
+from modelsieve.fingerprint.readers.strict_json import load_json_object, read_json_object
 from modelsieve.fingerprint.sketch import rounding_error, sketch_product, sketch_tensors, view_shape
 
 _SUFFIX = re.compile(
@@ -31,7 +42,75 @@ _SUFFIX = re.compile(
     r"|^(?P<module2>.+?)\.(?P<part2>alpha|dora_scale|lora_magnitude_vector(?:\.default)?(?:\.weight)?)$"
     r"|^(?P<module3>.+?)[._]lora\.(?P<part3>down|up)\.weight$"
 )
-_IGNORED_PARTS = ("dora_scale", "lora_magnitude_vector")
+_MAGNITUDE_PARTS = ("dora_scale", "lora_magnitude_vector")
+PEFT_CONFIG = "adapter_config.json"
+MAX_CONFIG_BYTES = 1 << 20  # real adapter configs are a few KB
+MAX_LORA_ALPHA = 1e5  # real lora_alpha values are 1–1024; larger ones are refused, not trusted
+MAX_RANK = 1 << 16
+MAX_PATTERNS = 10_000
+
+
+@dataclass(frozen=True)
+class PeftScaling:
+    """How PEFT scales B@A: lora_alpha / r, or lora_alpha / √r with rsLoRA (`use_rslora`).
+
+    `alpha_pattern` maps module-name suffixes (PEFT's keys, matched literally, never as regular
+    expressions) to a lora_alpha for those modules."""
+
+    lora_alpha: float
+    use_rslora: bool = False
+    alpha_pattern: Mapping[str, float] = field(default_factory=dict)
+
+    def scale(self, module: str, rank: int) -> float:
+        """The factor B@A is multiplied by in the adapter module `module` of rank `rank`."""
+        alpha = next((a for suffix, a in self.alpha_pattern.items() if module == suffix or module.endswith("." + suffix)),
+                     self.lora_alpha)
+        return alpha / (math.sqrt(rank) if self.use_rslora else rank)
+
+
+def _config_number(where: str, name: str, value: object, upper: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= upper:
+        raise ModelFileError(f"{where}: {name} must be a number in (0, {upper:g}], not {str(value)[:40]!r}")
+    return float(value)
+
+
+def parse_peft_config(data: bytes, where: str) -> PeftScaling | None:
+    """The LoRA scaling the adapter_config.json bytes `data` describe (see `peft_scaling`)."""
+    return peft_scaling(load_json_object(data, where), where)
+
+
+def peft_scaling(config: Mapping[str, object], where: str) -> PeftScaling | None:
+    """The LoRA scaling a parsed adapter config describes; None for other PEFT types (LoHa, IA³, ...).
+
+    Strict: `lora_alpha` present and in (0, MAX_LORA_ALPHA], `r` (if given) a positive integer
+    ≤ MAX_RANK, `use_rslora` a boolean, `alpha_pattern` an object of numbers. Anything else raises
+    ModelFileError naming the file (`where`) and the field."""
+    peft_type = config.get("peft_type", "LORA")
+    if peft_type != "LORA":
+        return None
+    if "lora_alpha" not in config:
+        raise ModelFileError(f"{where}: a LORA adapter config without lora_alpha")
+    alpha = _config_number(where, "lora_alpha", config["lora_alpha"], MAX_LORA_ALPHA)
+    rank = config.get("r")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= MAX_RANK):
+        raise ModelFileError(f"{where}: r must be an integer in 1..{MAX_RANK}, not {str(rank)[:40]!r}")
+    rslora = config.get("use_rslora", False)
+    if not isinstance(rslora, bool):
+        raise ModelFileError(f"{where}: use_rslora must be true or false")
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict) or len(patterns) > MAX_PATTERNS:
+        raise ModelFileError(f"{where}: alpha_pattern must be an object of at most {MAX_PATTERNS} entries")
+    pattern = {k: _config_number(where, f"alpha_pattern[{k[:40]!r}]", v, MAX_LORA_ALPHA) for k, v in patterns.items()}
+    return PeftScaling(alpha, rslora, pattern)
+
+
+def read_peft_scaling(model_path: str | os.PathLike[str]) -> PeftScaling | None:
+    """The scaling in the adapter_config.json beside a weights file (or inside a folder); None if there is none."""
+    path = Path(model_path)
+    config = (path if path.is_dir() else path.parent) / PEFT_CONFIG
+    if not config.is_file():
+        return None
+    return peft_scaling(read_json_object(config, MAX_CONFIG_BYTES), str(config))
 
 
 @functools.lru_cache(maxsize=NAME_CACHE_SIZE)  # pure; asked for every tensor name of every file
@@ -75,9 +154,13 @@ def _alpha(parts: Mapping[str, np.ndarray], rank: int) -> float:
     return float(alpha.reshape(()))
 
 
-def _lora_factors(module: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
-    """(up, down, scale) of a plain LoRA module as 2-D matrices, checked to multiply."""
-    up_key, down_key = ("lora_up", "lora_down") if "lora_up" in parts or "lora_down" in parts else ("lora_B", "lora_A")
+def _lora_factors(module: str, parts: Mapping[str, np.ndarray], peft: PeftScaling | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(up, down, scale) of a plain LoRA module as 2-D matrices, checked to multiply.
+
+    The scale is alpha / r from the module's alpha tensor, else (PEFT lora_A/lora_B modules) from
+    the PEFT config when there is one, else 1 for PEFT modules and alpha = r for kohya ones."""
+    peft_names = "lora_up" not in parts and "lora_down" not in parts
+    up_key, down_key = ("lora_B", "lora_A") if peft_names else ("lora_up", "lora_down")
     _require(module, parts, up_key, down_key)
     up, down = parts[up_key], parts[down_key]
     if math.prod(up.shape[2:]) != 1:
@@ -87,7 +170,19 @@ def _lora_factors(module: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndar
         raise FingerprintError(
             f"adapter module {module!r}: factors do not multiply (up {tuple(up.shape)} × down {tuple(down.shape)})"
         )
+    if peft_names and "alpha" not in parts:
+        return _matrix(up), _matrix(down), peft.scale(module, rank) if peft is not None else 1.0
     return _matrix(up), _matrix(down), _alpha(parts, rank) / rank
+
+
+def _check_magnitude(module: str, magnitude: np.ndarray, shape: tuple[int, int]) -> None:
+    """A DoRA magnitude vector must be finite and hold one value per output row or per input column."""
+    if magnitude.size not in shape or magnitude.size != max(magnitude.shape, default=1):
+        raise FingerprintError(
+            f"adapter module {module!r}: DoRA magnitude of shape {tuple(magnitude.shape)} fits neither axis of ΔW {shape}"
+        )
+    if not np.isfinite(np.asarray(magnitude, dtype=np.float64)).all():
+        raise FingerprintError(f"adapter module {module!r}: DoRA magnitude holds NaN or infinite values")
 
 
 def _cp_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -133,12 +228,21 @@ def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.kron(w1, w2) * scale
 
 
-def adapter_sketches(
-    key: FingerprintKey, arrays: Mapping[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]], dict[str, float], int]:
+@dataclass(frozen=True)
+class AdapterSketches:
+    """An adapter's ΔW sketches by canonical weight name, with what a fingerprint records about them."""
+
+    sketches: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]  # view shapes
+    noise: dict[str, float]  # expected rounding-noise energies
+    skipped: int  # keys that are no adapter part
+    notes: dict[str, object]  # for the fingerprint's source: where PEFT scales came from, DoRA approximations
+
+
+def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft: PeftScaling | None = None) -> AdapterSketches:
     """ΔW sketches of every adapter module, keyed by the canonical name of the weight it patches.
 
-    Returns (sketches, view shapes, expected rounding-noise energies, number of non-adapter keys).
+    `peft`: the scaling from the adapter's adapter_config.json (`read_peft_scaling`), if any.
     """
     modules: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     ignored = 0
@@ -152,8 +256,10 @@ def adapter_sketches(
     shapes: dict[str, tuple[int, ...]] = {}
     rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
+    peft_modules = dora_modules = 0
     for module, parts in modules.items():
-        parts = {p: a for p, a in parts.items() if p not in _IGNORED_PARTS}
+        magnitude = next((parts[p] for p in _MAGNITUDE_PARTS if p in parts), None)
+        parts = {p: a for p, a in parts.items() if p not in _MAGNITUDE_PARTS}
         if set(parts) <= {"alpha"}:
             continue
         target = module_weight_name(module)
@@ -165,10 +271,19 @@ def adapter_sketches(
             delta = _dense_delta(module, parts)
             shapes[target] = view_shape(delta.shape) or ()
             dense.append((target, delta))
-            continue
-        up, down, scale = _lora_factors(module, parts)
-        sketches[target] = sketch_product(key, up, down, scale)
-        shapes[target] = (up.shape[0], down.shape[1])
+        else:
+            up, down, scale = _lora_factors(module, parts, peft)
+            peft_modules += "lora_B" in parts and "alpha" not in parts
+            sketches[target] = sketch_product(key, up, down, scale)
+            shapes[target] = (up.shape[0], down.shape[1])
+        if magnitude is not None:
+            _check_magnitude(module, magnitude, shapes[target])
+            dora_modules += 1
     sketches.update(sketch_tensors(key, dense))
     noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
-    return sketches, shapes, noise, ignored
+    notes: dict[str, object] = {}
+    if peft_modules:
+        notes["peft_scale"] = "adapter_config.json" if peft is not None else "assumed 1 (no adapter_config.json)"
+    if dora_modules:
+        notes["dora_magnitude_left_out"] = dora_modules
+    return AdapterSketches(sketches, shapes, noise, ignored, notes)

@@ -9,6 +9,12 @@ kohya (`lora_unet_*`, `lora_te_*`, `lora_te1_*`) and PEFT (`base_model.model.*`)
 The LDM ↔ diffusers correspondence follows diffusers' single-file conversion and kohya's
 `library/model_util.py` (per-block renames; the VAE's 1×1 attention convs and the diffusers
 linears share a 2-D view, so their sketches agree without reshaping).
+OpenCLIP text encoders in LDM files (SD 2.x `cond_stage_model.model.*`, SDXL
+`conditioner.embedders.1.model.*`, the SDXL refiner's `conditioner.embedders.0.model.*`) map to
+the transformers CLIP names diffusers converts them to; two of their tensors need more than a
+rename (done on the arrays by `fuzzy`): the fused `attn.in_proj_weight`/`_bias` stacks q, k and v
+(`split_fused` names the three parts) and `text_projection` is stored transposed
+(`stored_transposed`).
 A key with no known layout keeps its own name under `other.`; the base registry then resolves
 such tensors by shape and sketch.
 """
@@ -33,10 +39,23 @@ _PREFIXES = (  # checkpoint key prefix → component, in the order they are trie
     ("cond_stage_model.transformer.", "text_encoder"),
     ("conditioner.embedders.0.transformer.", "text_encoder"),
     ("conditioner.embedders.1.model.", "text_encoder_2"),
+    ("conditioner.embedders.0.model.", "text_encoder_2"),  # the SDXL refiner's only (OpenCLIP) encoder
     ("cond_stage_model.model.", "text_encoder"),
     ("first_stage_model.", "vae"),
     *((f"{c}.", c) for c in COMPONENTS),
 )
+_OPEN_CLIP_PREFIXES = ("conditioner.embedders.1.model.", "conditioner.embedders.0.model.", "cond_stage_model.model.")
+_OPEN_CLIP_NAMES = {  # whole-name renames (after the optional `transformer.` level)
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "text_projection": "text_projection.weight",
+}
+_OPEN_CLIP_BLOCK = (("resblocks.", "text_model.encoder.layers."), (".ln_1.", ".layer_norm1."), (".ln_2.", ".layer_norm2."),
+                    (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2."), (".attn.", ".self_attn."),
+                    (".in_proj_weight", ".in_proj.weight"), (".in_proj_bias", ".in_proj.bias"))
+_FUSED_QKV = ".self_attn.in_proj."
 _BARE_UNET = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in.", "conv_norm_out.", "conv_out.", "time_embedding.",
               "add_embedding.", "input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "out.", "label_emb.")
 _BARE_VAE = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -129,6 +148,32 @@ def _vae(path: str) -> str:
     return ".".join([coder, *rest]).replace("nin_shortcut", "conv_shortcut")
 
 
+def _open_clip(path: str) -> str | None:
+    """An OpenCLIP text-encoder key (after its LDM prefix) in transformers CLIP naming; None for logit_scale."""
+    path = path.removeprefix("transformer.")
+    if path in _OPEN_CLIP_NAMES:
+        return _OPEN_CLIP_NAMES[path]
+    if path == "logit_scale":
+        return None
+    if path.startswith("resblocks."):
+        for old, new in _OPEN_CLIP_BLOCK:
+            path = path.replace(old, new, 1)
+    return path
+
+
+def split_fused(name: str) -> tuple[str, str, str] | None:
+    """The canonical q, k, v names whose rows (in that order) a fused OpenCLIP `self_attn.in_proj` tensor stacks."""
+    if _FUSED_QKV not in name:
+        return None
+    head, tail = name.split(_FUSED_QKV, 1)
+    return tuple(f"{head}.self_attn.{p}.{tail}" for p in ("q_proj", "k_proj", "v_proj"))  # type: ignore[return-value]
+
+
+def stored_transposed(key: str) -> bool:
+    """True for keys whose matrix the canonical layout holds transposed (OpenCLIP's `text_projection`)."""
+    return key.endswith(".text_projection") and key.startswith(_OPEN_CLIP_PREFIXES)
+
+
 def _normalise(component: str, path: str) -> str:
     if component == "unet":
         return _ldm_unet(path)
@@ -150,7 +195,8 @@ def canonical_name(key: str) -> str | None:
         return None
     for prefix, component in _PREFIXES:
         if key.startswith(prefix):
-            return f"{component}.{_normalise(component, key[len(prefix):])}"
+            path = _open_clip(key[len(prefix):]) if prefix in _OPEN_CLIP_PREFIXES else _normalise(component, key[len(prefix):])
+            return None if path is None else f"{component}.{path}"
     if key.startswith(_BARE_UNET):
         return f"unet.{_ldm_unet(key)}"
     if key.startswith(_BARE_VAE):

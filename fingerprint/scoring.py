@@ -14,6 +14,13 @@ The pipeline has three explicit stages so a background cohort can slot in (issue
    and a noisier copy never scores above the clean one).
 3. `compare(...)`: the `Comparison` with its score. Without a cohort the score is the raw cosine
    clipped at 0 and `calibrated` is False.
+
+Merge coefficients need the benign background out of the way: fine-tunes of one base share
+directions (ρ ≈ 0.1–0.3), so the least-squares weight of listed's delta in α·L + (1−α)·M is
+over-estimated by ≈ (1−α)·ρ when M shares them. `Background.from_cohort(members)` takes the
+top principal directions of a cohort's sketches per tensor; `compare(..., background=...)`
+projects them out of both deltas before the least squares (and reports the cosine of what is
+left as `residual`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +38,13 @@ from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchE
 from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.fingerprint.names import block_of, component_of
 
+BACKGROUND_DIRECTIONS = 2  # per-tensor benign directions a Background keeps (calibration projects out 2 too)
+
 ENERGY_CAP = 16.0
 NOISE_FLOOR = 0.25
 CHANGED = 2.0  # a listed tensor counts when its delta energy exceeds CHANGED × its expected rounding noise
 DEFAULT_THRESHOLD = 0.35  # raw delta cosine; see README "Fuzzy fingerprints" for how it was chosen
+RESIDUAL_THRESHOLD = 0.2  # delta cosine with a cohort Background projected out (synthetic hard negatives ≤ 0.1)
 
 
 @dataclass(frozen=True)
@@ -116,8 +126,89 @@ def _check_comparable(query: Fingerprint, listed: Fingerprint) -> None:
         raise FingerprintMismatchError(f"the fingerprints were taken against different bases ({query.base!r} vs {listed.base!r})")
 
 
-def pair_statistics(query: Fingerprint, listed: Fingerprint) -> PairStatistics:
-    """Stage 2 for a query and a listed fingerprint, weighted by the listed one's tensor weights."""
+@dataclass(frozen=True, eq=False)
+class Background:
+    """Benign directions per tensor: orthonormal rows in each tensor's sketch space, from a cohort.
+
+    Built by `from_cohort` from delta fingerprints of benign models of one base (fine-tunes and
+    LoRAs); holds no weights, only k sketch-sized directions per tensor.
+    """
+
+    key_id: str
+    key_check: str
+    scheme: int
+    directions: Mapping[str, np.ndarray]  # canonical name → (k × sketch size), orthonormal rows
+
+    @classmethod
+    def from_cohort(cls, members: Sequence[Fingerprint], count: int = BACKGROUND_DIRECTIONS) -> Background:
+        """The top `count` uncentred principal directions of the members' sketches, tensor by tensor.
+
+        Each member's sketch is scaled to unit norm first (delta sizes span orders of magnitude;
+        the largest tune must not pass its own direction off as the family's). A tensor gets
+        directions only where more than `count` members changed it (fewer would mostly remove
+        the members' own deltas)."""
+        if not members:
+            raise FingerprintError("a background needs at least one cohort member")
+        for member in members:
+            member.check_compatible(members[0])
+            if not member.is_delta:
+                raise FingerprintError("a background member must be a delta fingerprint: fingerprint it against its base")
+        rows: dict[str, list[np.ndarray]] = defaultdict(list)
+        for member in members:
+            for name, sketch in member.sketches.items():
+                size = float(np.linalg.norm(sketch))
+                if size > 0:
+                    rows[name].append(sketch.ravel() / size)
+        directions = {}
+        for name, stack in rows.items():
+            if len(stack) <= count or len({r.size for r in stack}) != 1:
+                continue
+            _, values, vh = np.linalg.svd(np.stack(stack), full_matrices=False)
+            keep = min(count, int(np.sum(values > 1e-9 * values[0])))
+            if keep:
+                directions[name] = vh[:keep]
+        first = members[0]
+        return cls(first.key_id, first.key_check, first.scheme, directions)
+
+    def check_compatible(self, fp: Fingerprint) -> None:
+        """Raise FingerprintMismatchError unless `fp` was taken with this background's key and scheme."""
+        if (self.scheme, self.key_id, self.key_check) != (fp.scheme, fp.key_id, fp.key_check):
+            raise FingerprintMismatchError(
+                f"the background was taken with key {self.key_id}/{self.key_check} (scheme {self.scheme}), the fingerprint "
+                f"with {fp.key_id}/{fp.key_check} (scheme {fp.scheme})"
+            )
+
+
+_PROJECTED: weakref.WeakKeyDictionary[Background, weakref.WeakKeyDictionary[Fingerprint, _Prepared]] = weakref.WeakKeyDictionary()
+
+
+def _projected(fp: Fingerprint, background: Background) -> _Prepared:
+    """`_prepare(fp)` with the background's directions projected out of every tensor's sketch.
+
+    The expected rounding noise shrinks with the dimensions removed (rounding noise is isotropic)."""
+    cache = _PROJECTED.setdefault(background, weakref.WeakKeyDictionary())
+    prepared = cache.get(fp)
+    if prepared is None:
+        background.check_compatible(fp)
+        raw = _prepare(fp)
+        matrix, noise = raw.matrix.copy(), raw.noise.copy()
+        for name, row in raw.rows.items():
+            basis = background.directions.get(name)
+            if basis is None or basis.shape[1] != fp.sketches[name].size:
+                continue
+            size = basis.shape[1]
+            matrix[row, :size] -= (basis @ matrix[row, :size]) @ basis
+            noise[row] *= 1.0 - basis.shape[0] / size
+        prepared = _Prepared(raw.rows, matrix, np.einsum("ij,ij->i", matrix, matrix), noise, raw.weights)
+        cache[fp] = prepared
+    return prepared
+
+
+def pair_statistics(query: Fingerprint, listed: Fingerprint, background: Background | None = None) -> PairStatistics:
+    """Stage 2 for a query and a listed fingerprint, weighted by the listed one's tensor weights.
+
+    With a `background`, its directions are first projected out of both deltas (the tensors
+    compared and the coverage total stay those of the plain comparison)."""
     _check_comparable(query, listed)
     q, l = _prepare(query), _prepare(listed)
     changed = l.energy > CHANGED * l.noise
@@ -126,10 +217,12 @@ def pair_statistics(query: Fingerprint, listed: Fingerprint) -> PairStatistics:
     names = tuple(p[0] for p in pairs)
     qi = np.array([p[1] for p in pairs], dtype=np.intp)
     li = np.array([p[2] for p in pairs], dtype=np.intp)
+    total = float(np.sum((l.weights[changed] ** 2) * np.maximum(l.energy[changed] - l.noise[changed], 0.0)))
+    if background is not None:
+        q, l = _projected(query, background), _projected(listed, background)
     w2 = l.weights[li] ** 2
     width = min(q.matrix.shape[1], l.matrix.shape[1])
     dots = w2 * np.einsum("ij,ij->i", q.matrix[qi, :width], l.matrix[li, :width])
-    total = float(np.sum((l.weights[changed] ** 2) * np.maximum(l.energy[changed] - l.noise[changed], 0.0)))
     return PairStatistics(names, dots, w2 * q.energy[qi], w2 * q.noise[qi], w2 * l.energy[li], w2 * l.noise[li], total)
 
 
@@ -147,7 +240,7 @@ class Comparison:
     """How much of a listed model's delta a query carries, with the evidence to show for it."""
 
     similarity: float  # raw weighted delta cosine over shared tensors, −1..1
-    score: float  # the decision score (uncalibrated: similarity clipped at 0)
+    score: float  # the decision score: similarity (or, with a Background, residual) clipped at 0
     calibrated: bool  # False until a background cohort normalises scores
     coefficient: float  # least-squares weight of listed's delta in query's (merge α, LoRA strength, add-diff m)
     base: str | None
@@ -155,8 +248,12 @@ class Comparison:
     coverage: float  # share of listed's weighted delta energy on the tensors compared
     components: Mapping[str, GroupScore] = field(default_factory=dict)
     blocks: Mapping[str, GroupScore] = field(default_factory=dict)
+    residual: float | None = None  # delta cosine with a Background's directions projected out; None without one
 
-    def is_match(self, threshold: float = DEFAULT_THRESHOLD) -> bool:
+    def is_match(self, threshold: float | None = None) -> bool:
+        """score ≥ threshold (default: DEFAULT_THRESHOLD, or RESIDUAL_THRESHOLD for a background-removed score)."""
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLD if self.residual is None else RESIDUAL_THRESHOLD
         return self.tensors_compared > 0 and self.score >= threshold
 
     def to_json(self) -> dict[str, Any]:
@@ -164,7 +261,7 @@ class Comparison:
         return {
             "similarity": round(self.similarity, 4), "score": round(self.score, 4), "calibrated": self.calibrated,
             "coefficient": round(self.coefficient, 4), "base": self.base, "tensors_compared": self.tensors_compared,
-            "coverage": round(self.coverage, 4),
+            "coverage": round(self.coverage, 4), "residual": None if self.residual is None else round(self.residual, 4),
             "components": {k: group(v) for k, v in self.components.items()},
             "blocks": {k: group(v) for k, v in self.blocks.items()},
         }
@@ -185,7 +282,12 @@ def _groups(stats: PairStatistics, key: Callable[[str], str]) -> dict[str, Group
 
 
 def compare(
-    query: Fingerprint, listed: Fingerprint, *, breakdown: bool = True, statistics: PairStatistics | None = None
+    query: Fingerprint,
+    listed: Fingerprint,
+    *,
+    breakdown: bool = True,
+    statistics: PairStatistics | None = None,
+    background: Background | None = None,
 ) -> Comparison:
     """Compare a query's delta with a listed delta over the tensors both hold.
 
@@ -193,21 +295,25 @@ def compare(
     either side is not a delta. No shared tensors gives similarity 0 with tensors_compared 0.
     breakdown=False leaves `components` and `blocks` empty (cheaper, for callers that score many
     candidates and report no breakdown); `statistics`: this pair's `pair_statistics`, when the
-    caller already has them (e.g. for `calibration.calibrate`).
+    caller already has them (e.g. for `calibration.calibrate`). `background`: benign directions
+    of the base's cohort, projected out before the coefficient's least squares (removing the
+    bias shared directions give it) and for the `residual` cosine, which is then the score.
     """
     stats = statistics if statistics is not None else pair_statistics(query, listed)
-    similarity = stats.similarity()
+    fit = pair_statistics(query, listed, background) if background is not None else stats
     listed_energy = stats.listed_signal()
-    coefficient = float(stats.dots.sum()) / listed_energy if listed_energy > 0 else 0.0
-    coverage = min(1.0, listed_energy / stats.listed_total_energy) if stats.listed_total_energy > 0 else 0.0
+    fit_energy = fit.listed_signal()
+    similarity = stats.similarity()
+    residual = fit.similarity() if background is not None else None
     return Comparison(
         similarity=similarity,
-        score=max(0.0, similarity),
+        score=max(0.0, similarity if residual is None else residual),
         calibrated=False,
-        coefficient=coefficient,
+        coefficient=float(fit.dots.sum()) / fit_energy if fit_energy > 0 else 0.0,
         base=listed.base or query.base,
         tensors_compared=len(stats.names),
-        coverage=coverage,
+        coverage=min(1.0, listed_energy / stats.listed_total_energy) if stats.listed_total_energy > 0 else 0.0,
         components=_groups(stats, component_of) if breakdown else {},
         blocks=_groups(stats, block_of) if breakdown else {},
+        residual=residual,
     )

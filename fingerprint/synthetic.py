@@ -418,6 +418,32 @@ def peft_layout(lora: LoraFactors, dtype: str = "fp32", prefix: str = "") -> Ten
     return resave(out, dtype)
 
 
+def write_peft_adapter(folder: str | Path, lora: LoraFactors, dtype: str = "fp32", *, rslora: bool = False,
+                       dora: bool = False) -> Path:
+    """A PEFT adapter folder as `save_pretrained` writes it: unscaled lora_A/lora_B in
+    `adapter_model.safetensors` and lora_alpha / r in `adapter_config.json` (all modules share one
+    rank and alpha). rsLoRA scales by lora_alpha/√r, so lora_B is rescaled to keep ΔW; `dora` adds
+    `lora_magnitude_vector`s (the row norms of ΔW, standing in for the unknown base's)."""
+    ranks = {(down.shape[0], alpha) for _, down, alpha in lora.modules.values()}
+    if len(ranks) != 1:
+        raise ValueError("write_peft_adapter needs one rank and alpha for every module")
+    ((rank, alpha),) = ranks
+    out: Tensors = {}
+    for module, (up, down, _) in lora.modules.items():
+        stem = f"base_model.model.{module}"
+        out[f"{stem}.lora_A.weight"] = down
+        out[f"{stem}.lora_B.weight"] = (up * (np.sqrt(rank) / rank if rslora else 1.0)).astype(np.float32)
+        if dora:
+            out[f"{stem}.lora_magnitude_vector"] = np.linalg.norm(lora.delta(module), axis=1).astype(np.float32)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / "adapter_model.safetensors", resave(out, dtype))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": rslora, "use_dora": dora,
+              "target_modules": sorted({m.rsplit(".", 1)[-1] for m in lora.modules})}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder / "adapter_model.safetensors"
+
+
 def resize_lora(lora: LoraFactors, rank: int) -> LoraFactors:
     """kohya resize_lora: SVD of up@down, keep `rank` values, alpha' = (alpha/r)·rank."""
     modules = {}

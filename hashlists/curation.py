@@ -13,14 +13,18 @@ from modelsieve.hashlists.store import Store
 
 
 def retract(store: Store, entry_id: str, *, reason: str = "", actor: str = "") -> Entry:
-    """Retract one of this platform's own entries (a false positive): it never matches again."""
-    entry = store.get_entry(entry_id)
-    if entry.origin is not None:
-        raise InvalidEntryError(
-            f"entry {entry_id} was published by {entry.origin}; only they can retract it "
-            "(use `modelsieve list dispute` to flag it here and tell them)"
-        )
-    return store.set_status(entry_id, "retracted", actor=actor, reason=reason)
+    """Retract one of this platform's own entries (a false positive): it never matches again.
+    Retracting a retracted entry changes nothing (a retried request makes no second tombstone)."""
+    with store.transaction():
+        entry = store.get_entry(entry_id)
+        if entry.origin is not None:
+            raise InvalidEntryError(
+                f"entry {entry_id} was published by {entry.origin}; only they can retract it "
+                "(dispute it here instead and tell them)"
+            )
+        if entry.status == "retracted":
+            return entry
+        return store.set_status(entry_id, "retracted", actor=actor, reason=reason)
 
 
 def _record_opinion(store: Store, entry: Entry, opinion: str, reason: str, by: str) -> None:

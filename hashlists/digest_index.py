@@ -39,6 +39,15 @@ class DigestIndex:
         """Bytes held by the sorted arrays (the overlay is bounded by COMPACT_AFTER)."""
         return sum(a.nbytes for a in self._keys.values()) + sum(a.nbytes for a in self._seqs.values())
 
+    def copy(self) -> DigestIndex:
+        """An index with the same contents that can grow without changing this one (the sorted
+        arrays are shared: they are replaced, never written, when an index grows)."""
+        twin = DigestIndex()
+        twin._keys, twin._seqs = dict(self._keys), dict(self._seqs)
+        twin._overlay = {name: {key: list(seqs) for key, seqs in overlay.items()} for name, overlay in self._overlay.items()}
+        twin._overlay_size = self._overlay_size
+        return twin
+
     def add(self, seq: int, digests: Mapping[str, str]) -> None:
         for name, value in digests.items():
             self._overlay[name].setdefault(digest_key(name, value), []).append(seq)

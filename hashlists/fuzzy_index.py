@@ -13,6 +13,7 @@ the scan touches (see the README, "Hashlists").
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 
@@ -104,6 +105,14 @@ class FuzzyIndex:
     @property
     def nbytes(self) -> int:
         return sum(c.words.nbytes + c.seqs.nbytes for c in self._components.values())
+
+    def copy(self) -> FuzzyIndex:
+        """An index with the same contents that can grow without changing what this one finds: the
+        code tables are shared, and a component only ever writes rows past the size it had when it
+        was copied. Grow only the newest copy (one writer after another)."""
+        twin = FuzzyIndex()
+        twin._components = {name: copy.copy(component) for name, component in self._components.items()}
+        return twin
 
     def add_many(self, rows: Iterable[tuple[int, Mapping[str, bytes]]]) -> None:
         """Index (seq, codes) pairs; a row whose code has the wrong size is skipped."""

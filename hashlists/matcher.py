@@ -1,7 +1,9 @@
 """Matching subjects (digests, fingerprints, URLs, files) against every list in a store.
 
 `Matcher` keeps in-memory indexes loaded from the store and refreshes them from the event
-sequence (only entries changed since the last refresh are read). A hit in an index is a
+sequence (only entries changed since the last refresh are read). A refresh builds the next
+indexes beside the current ones and swaps them in at once, so lookups never wait for a refresh
+and never see a half-applied one. A hit in an index is a
 candidate: the entry is read back by its seq and confirmed, so an entry retracted, disputed or
 replaced since the index saw it is judged by its current state. Retracted and expired entries never
 match; disputed ones match with `status: "disputed"`.
@@ -13,11 +15,12 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
 
-from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
+from modelsieve.fingerprint.calibration import Cohort, Policy, assess
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.fuzzy import (
     DEFAULT_THRESHOLD,
@@ -25,16 +28,14 @@ from modelsieve.fingerprint.fuzzy import (
     BaseModel,
     Fingerprint,
     FingerprintKey,
-    compare,
     sign_codes,
 )
-from modelsieve.fingerprint.scoring import pair_statistics
 from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
 from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
 from modelsieve.hashlists.store import Store
-from modelsieve.hashlists.urls import normalise_url, registrable_domain, url_key, url_prefix_keys
+from modelsieve.hashlists.urls import normalise_url, normalised_registrable_domain, url_key, url_prefix_keys
 
 # Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
 DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
@@ -65,6 +66,17 @@ def digest_evidence(listed: Mapping[str, str], query: Mapping[str, str]) -> tupl
     bits = {n: DIGEST_BITS.get(n, 4 * min(len(listed[n]), len(query[n]))) for n in shared}
     names = sorted(shared, key=lambda n: -bits[n])
     return names, bits[names[0]]
+
+
+@dataclass(frozen=True)
+class _Indexes:
+    """The indexes as of store sequence number `seq`; never changed once a refresh published them."""
+
+    seq: int = 0
+    digests: DigestIndex = field(default_factory=DigestIndex)
+    fuzzy: FuzzyIndex = field(default_factory=FuzzyIndex)
+    url_keys: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    domains: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 class Matcher:
@@ -120,54 +132,61 @@ class Matcher:
         self._cohorts = dict(cohorts or {})
         self._policy = policy if policy is not None else Policy(uncalibrated_review=threshold)
         self._fuzzy_top, self._fuzzy_candidates = fuzzy_top, fuzzy_candidates
-        self._lock = threading.RLock()
-        self._digests = DigestIndex()
-        self._fuzzy = FuzzyIndex()
+        self._lock = threading.RLock()  # the LRU of parsed fingerprints
+        self._refreshing = threading.Lock()  # one refresh at a time
+        self._indexes = _Indexes()
         self._parsed: LRUCache[bytes, Fingerprint] = LRUCache(FINGERPRINT_CACHE_BYTES, getsizeof=_sketch_bytes)
-        self._url_keys: dict[str, list[int]] = {}
-        self._domains: dict[str, list[int]] = {}
         self._trust: dict[str, str] = {}
-        self._seq = 0
         self._checked = 0.0
         self.refresh()
 
     @property
     def seq(self) -> int:
         """The store sequence number the indexes reflect."""
-        return self._seq
+        return self._indexes.seq
 
     @property
     def index_bytes(self) -> int:
         """Memory held by the digest and fingerprint index arrays."""
-        return self._digests.nbytes + self._fuzzy.nbytes
+        indexes = self._indexes
+        return indexes.digests.nbytes + indexes.fuzzy.nbytes
 
     def refresh(self) -> int:
-        """Index every entry changed since the last refresh; returns the sequence number now reflected."""
-        with self._lock:
+        """Index every entry changed since the last refresh; returns the sequence number now reflected.
+
+        The next indexes grow from copies of the current ones (sharing their arrays) and replace
+        them in one assignment: lookups meanwhile use the current indexes, without waiting.
+        """
+        with self._refreshing:
             self._checked = time.monotonic()
             self._trust = {key.name: key.level for key in self._store.trusted_keys()}
+            current = self._indexes
             latest = self._store.last_seq()
-            if latest == self._seq:
+            if latest == current.seq:
                 return latest
+            digests, fuzzy = current.digests.copy(), current.fuzzy.copy()
+            url_keys, domains = dict(current.url_keys), dict(current.domains)
             fingerprints = []
-            for row in self._store.index_rows(changed_since=self._seq, until=latest):
+            for row in self._store.index_rows(changed_since=current.seq, until=latest):
                 if row.status == "retracted":
                     continue
                 if row.digests:
-                    self._digests.add(row.seq, row.digests)
+                    digests.add(row.seq, row.digests)
                 if row.url:
-                    self._url_keys.setdefault(url_key(row.url), []).append(row.seq)
+                    key = url_key(row.url)
+                    url_keys[key] = (*url_keys.get(key, ()), row.seq)
                 if row.domain:
-                    self._domains.setdefault(row.domain, []).append(row.seq)
+                    domains[row.domain] = (*domains.get(row.domain, ()), row.seq)
                 if row.codes:
                     fingerprints.append((row.seq, row.codes))
-            self._digests.compact()
-            self._fuzzy.add_many(fingerprints)
-            self._seq = latest
+            digests.compact()
+            fuzzy.add_many(fingerprints)
+            self._indexes = _Indexes(latest, digests, fuzzy, url_keys, domains)
             return latest
 
     def _maybe_refresh(self) -> None:
-        if time.monotonic() - self._checked >= self._refresh_interval:
+        """Refresh when the interval has passed, unless another thread is refreshing already."""
+        if time.monotonic() - self._checked >= self._refresh_interval and not self._refreshing.locked():
             self.refresh()
 
     def _confirmed(self, seqs: Iterable[int]) -> list[Entry]:
@@ -202,8 +221,8 @@ class Matcher:
         strongest evidence first. Raises InvalidEntryError for a malformed value."""
         query = normalise_digests(digests)
         self._maybe_refresh()
-        with self._lock:
-            seqs = [seq for name, value in query.items() for seq in self._digests.lookup(name, value)]
+        index = self._indexes.digests
+        seqs = [seq for name, value in query.items() for seq in index.lookup(name, value)]
         matches = []
         for entry in self._confirmed(seqs):
             agreement = digest_evidence(entry.digests, query)
@@ -216,11 +235,11 @@ class Matcher:
         """URL entries covering the URL (itself or a parent path) and domain entries of its
         registrable domain. Raises InvalidEntryError for something that is not an http(s) URL."""
         normalised = normalise_url(url)
-        domain = registrable_domain(normalised)
+        domain = normalised_registrable_domain(normalised)
         self._maybe_refresh()
-        with self._lock:
-            url_seqs = {seq for key in url_prefix_keys(normalised) for seq in self._url_keys.get(key, [])}
-            domain_seqs = set(self._domains.get(domain, []))
+        indexes = self._indexes
+        url_seqs = {seq for key in url_prefix_keys(normalised) for seq in indexes.url_keys.get(key, ())}
+        domain_seqs = set(indexes.domains.get(domain, ()))
         matches = []
         for entry in self._confirmed(url_seqs | domain_seqs):
             if entry.url and entry.seq in url_seqs:
@@ -245,7 +264,7 @@ class Matcher:
     def match_fingerprint(self, fingerprint: Fingerprint) -> list[Match]:
         """Listed fingerprints the query carries, strongest evidence first, at most fuzzy_top.
 
-        Candidates come from the sign-code index; each is then scored exactly with `compare` (no
+        Candidates come from the sign-code index; each is then scored exactly with `assess` (no
         per-component breakdown: matches do not carry one) and
         calibrated against its base's cohort (see the class docstring): every match carries its raw
         similarity, normalised score, estimated false-match rate and decision (review | action).
@@ -253,17 +272,14 @@ class Matcher:
         """
         codes = sign_codes(fingerprint)
         self._maybe_refresh()
-        with self._lock:
-            candidates = self._fuzzy.candidates(codes, limit=self._fuzzy_candidates)
+        candidates = self._indexes.fuzzy.candidates(codes, limit=self._fuzzy_candidates)
         matches = []
         for entry in self._confirmed(seq for seq, _ in candidates):
             if entry.fingerprint is None:
                 continue
             try:
                 listed = self._listed_fingerprint(entry.fingerprint)
-                statistics = pair_statistics(fingerprint, listed)
-                comparison = compare(fingerprint, listed, breakdown=False, statistics=statistics)
-                calibrated = calibrate(fingerprint, listed, self._cohorts, statistics=statistics)
+                comparison, calibrated = assess(fingerprint, listed, self._cohorts, breakdown=False)
             except FingerprintError:
                 continue
             decision = calibrated.decision(self._policy) if comparison.tensors_compared else None

@@ -44,6 +44,7 @@ def _parse(value: str) -> URL:
     return url
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure; a crawl asks again for every URL of a host (a failed IP parse is costly)
 def normalise_host(host: str) -> str:
     """A host lower-cased, IDNA (punycode) encoded, without a trailing dot; IP addresses canonical."""
     candidate = host.strip().lower().rstrip(".")
@@ -101,6 +102,13 @@ def registrable_domain(value: str) -> str:
     A host under no known public suffix (an intranet name) is returned whole.
     """
     return _registrable_host(normalise_host(_parse(value).raw_host or ""))
+
+
+def normalised_registrable_domain(normalised_url: str) -> str:
+    """`registrable_domain` of a URL already normalised by `normalise_url`, without parsing it again."""
+    host_port = url_key(normalised_url).split("/", 1)[0]
+    host = host_port[1 : host_port.index("]")] if host_port.startswith("[") else host_port.split(":", 1)[0]
+    return _registrable_host(host)
 
 
 @functools.lru_cache(maxsize=1 << 16)  # pure given the bundled list; a crawl asks again for every URL of a host

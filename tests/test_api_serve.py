@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,6 +62,24 @@ def wait_until_ready(base: str, server: subprocess.Popen[str], stderr: Path, wor
     raise AssertionError(f"server did not become ready in {READY_SECONDS} s: {stderr.read_text()}")
 
 
+@contextlib.contextmanager
+def serving(tmp_path: Path, *args: str, workers: int) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    """`modelsieve serve ARGS` on a free port until ready: its base URL, process and stderr file;
+    killed on exit unless the test stopped it."""
+    port = free_port()
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as stderr_file:
+        server = subprocess.Popen([*MODELSIEVE, "serve", "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=stderr_file, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base, server, stderr, workers=workers)
+        yield base, server, stderr
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Path]]:
     db = tmp_path / "store.db"
@@ -69,23 +88,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Pa
         store.add_entry("main", NewEntry(category="2c", digests={"sha256": LISTED}, note="a title naming someone"))
     admin = cli("keys", "api", "create", "--scope", "admin", "--name", "ops", "--db", str(db))
     assert admin.returncode == 0, admin.stderr
-    port = free_port()
-    stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as stderr_file:
-        server = subprocess.Popen(
-            [*MODELSIEVE, "serve", "--workers", "2", "--port", str(port), "--db", str(db), "--audit-log", str(tmp_path / "audit.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr_file,
-            text=True,
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(base, server, stderr, workers=2)
+    audit = ("--audit-log", str(tmp_path / "audit.log"))
+    with serving(tmp_path, "--workers", "2", "--db", str(db), *audit, workers=2) as (base, server, stderr):
         yield base, admin.stdout.strip(), server, stderr
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
 
 
 def test_keys_cli_prints_a_key_once_lists_without_secrets_and_revokes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,3 +138,20 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_cleanly_on_sigterm(
 def test_serve_refuses_port_zero_with_several_workers() -> None:
     refused = cli("serve", "--workers", "2", "--port", "0")
     assert refused.returncode == 2 and "--port 0" in refused.stderr
+
+
+def test_serve_keeps_crawl_jobs_in_the_folder_crawl_jobs_dir_names(tmp_path: Path) -> None:
+    assert "--crawl-jobs-dir DIR" in cli("serve", "--help").stdout
+    db, jobs = tmp_path / "store.db", tmp_path / "shared" / "jobs"
+    crawl = cli("keys", "api", "create", "--scope", "crawl", "--db", str(db))
+    assert crawl.returncode == 0, crawl.stderr
+    jobs_dir = ("--crawl-jobs-dir", str(jobs), "--crawl-jobs", "0")
+    with serving(tmp_path, "--db", str(db), *jobs_dir, workers=1) as (base, server, _):
+        body = json.dumps({"urls": ["https://models.example/a.safetensors"]}).encode()
+        headers = {**bearer(crawl.stdout.strip()), "Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/v1/crawl", body, headers), timeout=10) as response:
+            job = json.loads(response.read())["id"]
+        assert json.loads((jobs / job / "input.jsonl").read_text())["url"] == "https://models.example/a.safetensors"
+        assert not Path(f"{db}.crawl-jobs").exists()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0

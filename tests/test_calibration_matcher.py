@@ -32,3 +32,13 @@ def test_a_correlated_sibling_matches_uncalibrated_but_not_once_a_cohort_calibra
     record = uncalibrated.to_json()
     assert uncalibrated.decision == "review" and record["calibrated"] is False and record["false_match"] == "uncalibrated"
     assert Matcher(store, fingerprint_key=KEY, cohorts=cohorts()).match_fingerprint(sibling) == []
+
+
+def test_with_a_cohort_the_matcher_reports_an_unbiased_merge_weight(store: SQLiteStore) -> None:
+    listed_entry(store)
+    f = family()
+    merged = fp(syn.weighted_sum(f.fine_tune(1, SIZE), f.fine_tune(7, SIZE), 0.3))  # the partner shares the benign direction
+    [plain] = Matcher(store, fingerprint_key=KEY).match_fingerprint(merged)
+    [calibrated] = Matcher(store, fingerprint_key=KEY, cohorts=cohorts()).match_fingerprint(merged)
+    assert abs(calibrated.coefficient - 0.3) <= 0.1
+    assert abs(calibrated.coefficient - 0.3) < abs(plain.coefficient - 0.3)  # the shared direction inflated it

@@ -88,6 +88,9 @@ async def test_a_listed_file_on_a_plain_host_is_delisted_with_its_evidence(aioht
     assert evidence["digests"]["sha256"] == hashlib.sha256(LISTED).hexdigest()
     assert evidence["response"]["status"] == 200 and evidence["file"]["size"] == len(LISTED)
     assert evidence["bytes_read"] == len(LISTED) and evidence["requests"][0]["headers"]["content-length"] == str(len(LISTED))
+    assert [(r["url"], r["status"], r["allowed"], r["rule"]) for r in evidence["robots"]] == [
+        (f"http://files.test:{server.port}/norange/x", 404, True, "no robots.txt (status 404): everything allowed")
+    ]
     assert evidence["started_at"] <= evidence["finished_at"] == record["checked_at"]
 
 
@@ -137,6 +140,16 @@ async def test_failures_become_error_recommendations_with_the_reason(aiohttp_ser
     server = await aiohttp_server(file_host({"x": LISTED}, robots=(200, "User-agent: *\nDisallow: /files/\n")))
     robots = await check(lookup, f"http://files.test:{server.port}/files/x")
     assert robots.action == "error" and "robots.txt" in robots.reason
+    assert robots.to_json()["evidence"]["robots"] == [
+        {
+            "robots_url": f"http://files.test:{server.port}/robots.txt",
+            "status": 200,
+            "fetched_at": robots.evidence.robots[0]["fetched_at"],
+            "url": f"http://files.test:{server.port}/files/x",
+            "allowed": False,
+            "rule": "Disallow: /files/",
+        }
+    ]
     private = await check(lookup, f"http://private.test:{server.port}/files/x")
     assert private.action == "error" and "10.1.1.1" in private.reason
     loop = await check(lookup, f"http://files.test:{server.port}/loop")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+import urllib.robotparser
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
 from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
-from modelsieve.crawler.politeness import HostGate, PolitenessConfig
+from modelsieve.crawler.politeness import HostGate, PolitenessConfig, deciding_rule, parse_robots
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
@@ -73,10 +77,26 @@ ROBOTS = "User-agent: *\nDisallow: /files/secret\n\nUser-agent: modelsieve\nDisa
 
 async def test_robots_txt_is_honoured_and_fetched_once_per_origin(aiohttp_server) -> None:
     server = await aiohttp_server(file_host({"m": b"abc", "private": b"no"}, robots=(200, ROBOTS)))
+    allowed, refused = Transcript(), Transcript()
     async with fetcher(FetchConfig()) as client:
-        assert await get_all(client, [f"http://h0.test:{server.port}/files/m"] * 5) == [200] * 5
-        with pytest.raises(RobotsDisallowedError, match="robots.txt disallows"):
-            await client.get_small(f"http://h0.test:{server.port}/files/private", transcript=Transcript())
+        assert await get_all(client, [f"http://h0.test:{server.port}/files/m"] * 5, allowed) == [200] * 5
+        with pytest.raises(RobotsDisallowedError, match=r"robots.txt disallows .*\(Disallow: /files/private\)"):
+            await client.get_small(f"http://h0.test:{server.port}/files/private", transcript=refused)
+    robots_url = f"http://h0.test:{server.port}/robots.txt"
+    # The evidence says which robots.txt decided, with its status and the deciding rule (once per URL).
+    assert [(v.robots_url, v.status, v.url, v.allowed, v.rule) for v in allowed.robots] == [
+        (robots_url, 200, f"http://h0.test:{server.port}/files/m", True, "no rule matches: allowed")
+    ]
+    (verdict,) = refused.robots
+    assert verdict.to_json() == {
+        "robots_url": robots_url,
+        "status": 200,
+        "fetched_at": allowed.robots[0].fetched_at,  # one fetch per origin, shared by every verdict
+        "url": f"http://h0.test:{server.port}/files/private",
+        "allowed": False,
+        "rule": "Disallow: /files/private",  # the modelsieve group, not the * group
+    }
+    assert refused.exchanges == []  # nothing was requested
     log = server.app[LOG]
     assert log.hits["/robots.txt"] == 1
     assert log.hits["/files/private"] == 0
@@ -94,14 +114,27 @@ async def test_robots_rules_are_checked_again_after_a_redirect(aiohttp_server) -
 async def test_robots_status_codes_follow_rfc_9309(aiohttp_server, status: int, allowed: bool) -> None:
     server = await aiohttp_server(file_host({"m": b"abc"}, robots=(status, "User-agent: *\nAllow: /\n")))
     config = FetchConfig(backoff_base=0.01, max_retries=1)
+    transcript = Transcript()
     async with fetcher(config) as client:
         if allowed:
-            response, _ = await client.get_small(f"http://h2.test:{server.port}/files/m", transcript=Transcript())
+            response, _ = await client.get_small(f"http://h2.test:{server.port}/files/m", transcript=transcript)
             assert response.status == 200
         else:
-            with pytest.raises(RobotsDisallowedError):
-                await client.get_small(f"http://h2.test:{server.port}/files/m", transcript=Transcript())
+            with pytest.raises(RobotsDisallowedError, match=f"status {status}: nothing allowed"):
+                await client.get_small(f"http://h2.test:{server.port}/files/m", transcript=transcript)
             assert server.app[LOG].hits["/files/m"] == 0
+    (verdict,) = transcript.robots
+    assert (verdict.status, verdict.allowed) == (status, allowed)
+    assert verdict.rule.startswith(f"no robots.txt (status {status})" if allowed else f"robots.txt answered status {status}")
+
+
+async def test_an_unreachable_robots_txt_is_evidence_too(unused_tcp_port: int) -> None:
+    transcript = Transcript()
+    async with fetcher(FetchConfig(backoff_base=0.01, max_retries=0)) as client:
+        with pytest.raises(RobotsDisallowedError, match="unreachable"):
+            await client.get_small(f"http://h3.test:{unused_tcp_port}/files/m", transcript=transcript)
+    (verdict,) = transcript.robots
+    assert verdict.status is None and not verdict.allowed and verdict.rule.startswith("robots.txt unreachable (")
 
 
 async def test_robots_can_be_switched_off(aiohttp_server) -> None:
@@ -123,3 +156,54 @@ async def test_a_blocked_host_is_reported_as_blocked_not_as_robots_disallowed() 
     async with fetcher(FetchConfig()) as client:
         with pytest.raises(BlockedAddressError, match="10.0.0.1"):
             await client.get_small("http://private.test/files/m", transcript=Transcript())
+
+
+_ROBOTS_LINE = st.one_of(
+    st.tuples(st.sampled_from(["User-agent", "user-agent", "Allow", "Disallow", "Crawl-delay", "Sitemap", "junk"]),
+              st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)).map(lambda pair: f"{pair[0]}: {pair[1]}"),
+    st.sampled_from(["", "# comment", "User-agent: *", "User-agent: modelsieve", "Disallow: /", "Allow: /a"]),
+    st.text(max_size=30),
+)
+
+
+def test_non_ascii_digits_in_unused_fields_do_not_crash_the_parser() -> None:
+    with pytest.raises(ValueError):  # the standard parser alone crashes on this file
+        urllib.robotparser.RobotFileParser().parse(["User-agent: *", "Crawl-delay: \u00b9", "Disallow: /x"])
+    parser = parse_robots("User-agent: *\nCrawl-delay: \u00b9\nRequest-rate: \u00b9/\u00b2\nDisallow: /x\n")
+    assert not parser.can_fetch("modelsieve", "http://h.test/x/file")
+    assert parser.can_fetch("modelsieve", "http://h.test/y")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ROBOTS_LINE, max_size=20), st.text(max_size=30))
+def test_the_deciding_rule_agrees_with_the_parser_on_hostile_robots_txt(lines: list[str], path: str) -> None:
+    parser = parse_robots("\n".join(lines))  # never raises, whatever the lines
+    url = "http://h.test/" + path
+    try:
+        allowed = parser.can_fetch("modelsieve", url)
+    except ValueError:  # the standard parser refuses some hostile URLs itself; the crawler's are yarl-normalised
+        return
+    rule = deciding_rule(parser, "modelsieve", url)
+    if rule is None:
+        assert allowed
+    else:
+        assert rule.split(":", 1)[0] == ("Allow" if allowed else "Disallow")
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_gives_nothing_away() -> None:
+    gate = HostGate(PolitenessConfig(per_host_concurrency=1, global_concurrency=1))
+    first = await gate.admit("h0.test")
+    waiting = asyncio.ensure_future(gate.admit("h0.test"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the host's one slot is taken
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    first.release()
+    first.release()  # idempotent: a second release must not free a slot it does not hold
+    held = await asyncio.wait_for(gate.admit("h1.test"), 5)  # the global slot came back
+    blocked = asyncio.ensure_future(gate.admit("h0.test"))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # and only one: the global limit of 1 still holds
+    held.release()
+    (await asyncio.wait_for(blocked, 5)).release()

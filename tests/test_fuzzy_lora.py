@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelsieve.fingerprint.errors import FingerprintError
-from modelsieve.fingerprint.fuzzy import FingerprintKey, fingerprint_tensors
-from modelsieve.fingerprint.lora import split_adapter_key
+from modelsieve.fingerprint import synthetic as syn
+from modelsieve.fingerprint.errors import FingerprintError, ModelFileError
+from modelsieve.fingerprint.fuzzy import FingerprintKey, compare, fingerprint_model, fingerprint_tensors
+from modelsieve.fingerprint.lora import MAX_CONFIG_BYTES, parse_peft_config, read_peft_scaling, split_adapter_key
+from modelsieve.fingerprint.readers import open_model
 from modelsieve.fingerprint.sketch import sketch_tensors
 
 KEY = FingerprintKey("test", b"modelsieve test key 0001")
@@ -46,7 +50,7 @@ def test_conv_locon_loha_and_lokr_sketch_their_delta() -> None:
     np.testing.assert_allclose(lokr.sketches[TARGET], dense_sketch(np.kron(w1, w2a @ w2b)), rtol=1e-5, atol=1e-5)
 
 
-def test_dora_magnitudes_are_ignored_and_keys_are_recognised() -> None:
+def test_adapter_keys_are_recognised() -> None:
     assert split_adapter_key("base_model.model.x.to_q.lora_A.default.weight") == ("base_model.model.x.to_q", "lora_A")
     assert split_adapter_key("lora_unet_x.dora_scale") == ("lora_unet_x", "dora_scale")
     assert split_adapter_key("unet.x.to_q.lora.down.weight") == ("unet.x.to_q", "lora_down")
@@ -75,3 +79,106 @@ def test_nan_in_factors_is_refused() -> None:
     up[0, 0] = np.nan
     with pytest.raises(FingerprintError, match="NaN"):
         fingerprint_tensors({f"{MODULE}.lora_up.weight": up, f"{MODULE}.lora_down.weight": np.ones((2, 8))}, KEY)
+
+
+# --- PEFT adapter_config.json and DoRA -------------------------------------------------------------
+
+FAMILY = syn.Family(11, syn.Architecture(scale=40, text_layers=1, vocab=50))
+LORA = FAMILY.lora(1, rank=8, alpha=16.0)  # scale alpha / r = 2
+
+
+def kohya_fingerprint():
+    return fingerprint_tensors(syn.kohya_layout(LORA), KEY)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_scale_comes_from_the_adapter_config_beside_the_weights(tmp_path, rslora: bool) -> None:
+    path = syn.write_peft_adapter(tmp_path, LORA, rslora=rslora)
+    with open_model(path) as reader:
+        peft = fingerprint_model(reader, KEY)
+    with open_model(tmp_path) as reader:  # the folder form finds the config too
+        assert fingerprint_model(reader, KEY).to_bytes() == peft.to_bytes()
+    result = compare(peft, kohya_fingerprint())
+    assert result.similarity > 0.999 and result.coefficient == pytest.approx(1.0, abs=1e-3)
+    assert peft.source["peft_scale"] == "adapter_config.json"
+
+
+def test_without_an_adapter_config_the_scale_is_one_and_the_fingerprint_says_so(tmp_path) -> None:
+    path = syn.write_peft_adapter(tmp_path, LORA)
+    (tmp_path / "adapter_config.json").unlink()
+    with open_model(path) as reader:
+        peft = fingerprint_model(reader, KEY)
+    result = compare(peft, kohya_fingerprint())
+    assert result.similarity > 0.999 and result.coefficient == pytest.approx(0.5, abs=1e-3)  # 1 / (alpha / r)
+    assert peft.source["peft_scale"].startswith("assumed 1")
+
+
+def test_alpha_pattern_overrides_the_scale_of_matching_modules() -> None:
+    module = next(iter(LORA.modules))
+    scaling = parse_peft_config(json.dumps({"r": 8, "lora_alpha": 8, "alpha_pattern": {module.split(".", 1)[1]: 32}}).encode(), "c")
+    assert scaling is not None
+    assert scaling.scale(f"base_model.model.{module}", 8) == 4.0 and scaling.scale("base_model.model.unet.other.to_q", 8) == 1.0
+    assert parse_peft_config(b'{"peft_type": "LOHA", "alpha": 4}', "c") is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"r": 8}', "without lora_alpha"),
+        (b'{"lora_alpha": 1e300}', "lora_alpha must be a number"),
+        (b'{"lora_alpha": true}', "lora_alpha must be a number"),
+        (b'{"lora_alpha": -4}', "lora_alpha must be a number"),
+        (b'{"lora_alpha": 8, "r": "8"}', "r must be an integer"),
+        (b'{"lora_alpha": 8, "r": 99999999}', "r must be an integer"),
+        (b'{"lora_alpha": 8, "use_rslora": "yes"}', "use_rslora"),
+        (b'{"lora_alpha": 8, "alpha_pattern": {"x": NaN}}', "alpha_pattern"),
+        (b'{"lora_alpha": 8, "lora_alpha": 9}', "repeats the key"),
+    ],
+)
+def test_hostile_adapter_configs_are_refused_with_a_clear_error(tmp_path, config: bytes, message: str) -> None:
+    path = syn.write_peft_adapter(tmp_path, LORA)
+    (tmp_path / "adapter_config.json").write_bytes(config)
+    with open_model(path) as reader, pytest.raises(ModelFileError, match=message):
+        fingerprint_model(reader, KEY)
+
+
+def test_an_oversized_adapter_config_is_refused_unread(tmp_path) -> None:
+    path = syn.write_peft_adapter(tmp_path, LORA)
+    (tmp_path / "adapter_config.json").write_bytes(b" " * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ModelFileError, match="larger than"):
+        read_peft_scaling(path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.dictionaries(
+    st.sampled_from(["lora_alpha", "r", "use_rslora", "alpha_pattern", "peft_type"]),
+    st.one_of(st.none(), st.booleans(), st.integers(-10, 10**9), st.floats(allow_nan=True), st.text(max_size=5),
+              st.dictionaries(st.text(max_size=5), st.floats(allow_nan=True), max_size=3)), max_size=5,
+).map(lambda d: json.dumps(d).encode())))
+def test_any_adapter_config_parses_to_a_sane_scaling_or_a_clean_error(data: bytes) -> None:
+    try:
+        scaling = parse_peft_config(data, "adapter_config.json")
+    except ModelFileError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert scaling is None or (np.isfinite(scaling.scale("m", 4)) and scaling.scale("m", 4) > 0)
+
+
+def test_dora_sketches_the_directional_delta_and_records_the_approximation(tmp_path) -> None:
+    path = syn.write_peft_adapter(tmp_path, LORA, dora=True)
+    with open_model(path) as reader:
+        dora = fingerprint_model(reader, KEY)
+    assert compare(dora, kohya_fingerprint()).similarity > 0.999
+    assert dora.source["dora_magnitude_left_out"] == len(LORA.modules)
+    assert "dora_magnitude_left_out" not in kohya_fingerprint().source
+
+
+@pytest.mark.parametrize("bad", [np.ones(3), np.ones((4, 4)), np.full(16, np.nan)], ids=["wrong size", "matrix", "nan"])
+def test_bad_dora_magnitudes_are_refused(bad: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    arrays = {f"{MODULE}.lora_up.weight": rng.standard_normal((16, 2)), f"{MODULE}.lora_down.weight": rng.standard_normal((2, 8)),
+              f"{MODULE}.dora_scale": bad}
+    with pytest.raises(FingerprintError, match="DoRA magnitude"):
+        fingerprint_tensors(arrays, KEY)

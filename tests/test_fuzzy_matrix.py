@@ -11,6 +11,8 @@ from modelsieve.fingerprint import synthetic as syn
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
 from modelsieve.fingerprint.fuzzy import (
     DEFAULT_THRESHOLD,
+    RESIDUAL_THRESHOLD,
+    Background,
     BaseModel,
     Fingerprint,
     FingerprintKey,
@@ -80,6 +82,51 @@ def test_add_difference_estimates_m() -> None:
     query = syn.add_difference(tuned(3, False), f.fine_tune(1, SIZE), f.base, 0.6)
     result = compare(fp(query, False), listed(False))
     assert result.is_match() and result.coefficient == pytest.approx(0.6, abs=0.05)
+
+
+@functools.cache
+def background() -> Background:
+    """Benign directions from a cohort of fine-tunes and LoRAs that appear nowhere else in these tests."""
+    f = family()
+    cohort = [fp(syn.resave(f.fine_tune(300 + j), "fp16")) for j in range(16)]
+    cohort += [fingerprint_tensors(syn.kohya_layout(f.lora(400 + j)), KEY) for j in range(8)]
+    return Background.from_cohort(cohort)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.5, 0.7])
+def test_background_removes_the_shared_direction_bias_from_merge_weights(alpha: float) -> None:
+    merged = fp(syn.resave(syn.weighted_sum(family().fine_tune(1, SIZE), tuned(2), alpha), "fp16"))
+    plain, removed = compare(merged, listed()), compare(merged, listed(), background=background())
+    assert removed.coefficient == pytest.approx(alpha, abs=0.05)
+    assert abs(removed.coefficient - alpha) < abs(plain.coefficient - alpha)  # the partner's shared part biased it
+    assert removed.is_match() and removed.score == removed.residual
+
+
+def test_background_removed_add_difference_and_lora_strength() -> None:
+    f = family()
+    add = compare(fp(syn.add_difference(tuned(3), f.fine_tune(1, SIZE), f.base, 0.6)), listed(), background=background())
+    assert add.is_match() and add.coefficient == pytest.approx(0.6, abs=0.1)
+    into = compare(fp(syn.resave(f.merge_lora(tuned(4), lora(), 0.7), "fp16")), listed_lora(), background=background())
+    assert into.is_match() and into.coefficient == pytest.approx(0.7, abs=0.05)
+
+
+def test_background_removed_siblings_fall_far_below_the_residual_threshold() -> None:
+    residuals = [compare(fp(tuned(seed)), listed(), background=background()).residual for seed in range(10, 16)]
+    raw = [compare(fp(tuned(seed)), listed()).similarity for seed in range(10, 16)]
+    assert max(residuals) < RESIDUAL_THRESHOLD / 2 < min(raw)
+    other_lora = fingerprint_tensors(syn.kohya_layout(family().lora(2, rank=32)), KEY)
+    assert compare(other_lora, listed_lora(), background=background()).residual < RESIDUAL_THRESHOLD / 2
+
+
+def test_a_background_refuses_other_keys_and_raw_members() -> None:
+    other_key = FingerprintKey("test", b"another secret of 16+ bytes")
+    with pytest.raises(FingerprintMismatchError):
+        compare(fingerprint_tensors(syn.kohya_layout(lora()), other_key),
+                fingerprint_tensors(syn.kohya_layout(family().lora(2)), other_key), background=background())
+    with pytest.raises(FingerprintError, match="delta"):
+        Background.from_cohort([fingerprint_tensors(family().fine_tune(1, SIZE), KEY)])
+    with pytest.raises(FingerprintError, match="at least one"):
+        Background.from_cohort([])
 
 
 def test_hard_negatives_do_not_match() -> None:

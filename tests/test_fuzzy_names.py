@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelsieve.fingerprint.errors import FingerprintError
+from modelsieve.fingerprint.fuzzy import FingerprintKey, fingerprint_tensors, select_tensors
 from modelsieve.fingerprint.names import block_of, canonical_name, component_of, module_weight_name, role_of
+from modelsieve.fingerprint.readers import TensorInfo
 from modelsieve.fingerprint.synthetic import Architecture
+
+KEY = FingerprintKey("test", b"modelsieve test key 0001")
 
 # Pairs checked by hand against diffusers' single-file conversion tables for SD 1.5.
 LDM_TO_DIFFUSERS = {
@@ -107,3 +113,80 @@ def test_any_key_gets_a_name_or_is_left_out_without_raising(key: str) -> None:
     name = canonical_name(key)
     assert name is None or name.split(".", 1)[0] in ("unet", "text_encoder", "text_encoder_2", "vae", "other")
     assert module_weight_name(key or "x").endswith(".weight")
+
+
+# --- OpenCLIP text encoders (SD 2.x, SDXL) in LDM layout --------------------------------------------
+# Names checked against diffusers' `convert_open_clip_checkpoint` tables: resblocks → encoder.layers,
+# ln_1/ln_2 → layer_norm1/2, mlp.c_fc/c_proj → mlp.fc1/fc2, attn → self_attn, in_proj split in q/k/v,
+# text_projection stored transposed.
+OPEN_CLIP_KEYS = {
+    "cond_stage_model.model.transformer.resblocks.3.ln_1.weight": "text_encoder.text_model.encoder.layers.3.layer_norm1.weight",
+    "cond_stage_model.model.transformer.resblocks.3.mlp.c_proj.bias": "text_encoder.text_model.encoder.layers.3.mlp.fc2.bias",
+    "cond_stage_model.model.transformer.resblocks.0.attn.out_proj.weight":
+        "text_encoder.text_model.encoder.layers.0.self_attn.out_proj.weight",
+    "cond_stage_model.model.positional_embedding": "text_encoder.text_model.embeddings.position_embedding.weight",
+    "cond_stage_model.model.ln_final.bias": "text_encoder.text_model.final_layer_norm.bias",
+    "conditioner.embedders.1.model.transformer.resblocks.31.mlp.c_fc.weight": "text_encoder_2.text_model.encoder.layers.31.mlp.fc1.weight",
+    "conditioner.embedders.1.model.token_embedding.weight": "text_encoder_2.text_model.embeddings.token_embedding.weight",
+    "conditioner.embedders.1.model.text_projection": "text_encoder_2.text_projection.weight",
+    "conditioner.embedders.0.model.transformer.resblocks.2.ln_2.bias": "text_encoder_2.text_model.encoder.layers.2.layer_norm2.bias",
+}
+
+
+@pytest.mark.parametrize(("key", "expected"), OPEN_CLIP_KEYS.items())
+def test_open_clip_keys_map_to_transformers_clip_names(key: str, expected: str) -> None:
+    assert canonical_name(key) == expected
+    assert canonical_name("conditioner.embedders.1.model.logit_scale") is None
+
+
+def _open_clip_pair(prefix: str, component: str, width: int = 24, layers: int = 2) -> tuple[dict, dict]:
+    """The same random OpenCLIP text encoder as an LDM file's keys and as diffusers' (split and transposed by hand)."""
+    rng = np.random.default_rng(5)
+    ldm, diffusers = {}, {}
+    for layer in range(layers):
+        q, k, v = (rng.standard_normal((width, width)).astype(np.float32) for _ in range(3))
+        qb, kb, vb = (rng.standard_normal(width).astype(np.float32) for _ in range(3))
+        block, out = f"{prefix}transformer.resblocks.{layer}.", f"{component}.text_model.encoder.layers.{layer}."
+        ldm[block + "attn.in_proj_weight"], ldm[block + "attn.in_proj_bias"] = np.concatenate([q, k, v]), np.concatenate([qb, kb, vb])
+        for name, array in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
+            diffusers[f"{out}self_attn.{name}.weight"] = array
+        for name, array in (("q_proj", qb), ("k_proj", kb), ("v_proj", vb)):
+            diffusers[f"{out}self_attn.{name}.bias"] = array
+        fc = rng.standard_normal((4 * width, width)).astype(np.float32)
+        ldm[block + "mlp.c_fc.weight"], diffusers[out + "mlp.fc1.weight"] = fc, fc
+    projection = rng.standard_normal((width, width // 2)).astype(np.float32)  # OpenCLIP: (width, embed)
+    ldm[prefix + "text_projection"], diffusers[f"{component}.text_projection.weight"] = projection, projection.T.copy()
+    return ldm, diffusers
+
+
+@pytest.mark.parametrize(("prefix", "component"), [("cond_stage_model.model.", "text_encoder"),
+                                                   ("conditioner.embedders.1.model.", "text_encoder_2")])
+def test_open_clip_ldm_and_diffusers_layouts_fingerprint_identically(prefix: str, component: str) -> None:
+    ldm, diffusers = _open_clip_pair(prefix, component)
+    a, b = fingerprint_tensors(ldm, KEY), fingerprint_tensors(diffusers, KEY)
+    assert set(a.sketches) == set(b.sketches) and len(a.sketches) == len(diffusers)
+    for name in a.sketches:
+        np.testing.assert_allclose(a.sketches[name], b.sketches[name], rtol=1e-6, atol=1e-6, err_msg=name)
+        assert a.shapes[name] == b.shapes[name]
+
+
+def test_partial_reads_fetch_the_fused_open_clip_attention() -> None:
+    ldm, _ = _open_clip_pair("cond_stage_model.model.", "text_encoder")
+    chosen = {i.name for i in select_tensors([TensorInfo(n, "F32", a.shape) for n, a in ldm.items()], budget_fraction=0.0)}
+    assert chosen == {n for n in ldm if "in_proj" in n}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight",
+                        "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias",
+                        "conditioner.embedders.1.model.text_projection"]),
+       st.lists(st.integers(1, 7), min_size=1, max_size=3))
+def test_hostile_open_clip_shapes_fingerprint_or_fail_cleanly(key: str, shape: list[int]) -> None:
+    array = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    try:
+        fp = fingerprint_tensors({key: array}, KEY)
+    except FingerprintError:
+        return
+    assert fp.sketches and all(np.isfinite(s).all() for s in fp.sketches.values())
+    split = "in_proj" in key and shape[0] % 3 == 0
+    assert any("q_proj" in n for n in fp.sketches) == split

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from modelsieve.hashlists.errors import InvalidEntryError
-from modelsieve.hashlists.urls import normalise_url, registrable_domain, url_key, url_prefix_keys
+from modelsieve.hashlists.urls import normalise_url, normalised_registrable_domain, registrable_domain, url_key, url_prefix_keys
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,14 @@ def test_real_looking_urls_normalise_idempotently(url: str) -> None:
     normalised = normalise_url(url)
     assert normalise_url(normalised) == normalised
     assert normalised.startswith(("http://", "https://"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(urls(), st.sampled_from(["http://[::1]:8080/x", "https://a.b.example.co.uk:8443/p?q", "http://127.0.0.1/", "http://app.vercel.app"])))
+def test_the_domain_of_a_normalised_url_needs_no_second_parse(url: str) -> None:
+    """What the matcher uses on its already-normalised URL agrees with `registrable_domain` of the input."""
+    try:
+        normalised = normalise_url(url)
+    except InvalidEntryError:
+        return
+    assert normalised_registrable_domain(normalised) == registrable_domain(url)

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.fingerprint.readers import MODEL_SUFFIXES, walk_models
 
 T = TypeVar("T")
 
@@ -53,11 +52,16 @@ def _matched_paths(patterns: Iterable[str]) -> Iterator[Path]:
         yield from map(Path, matches)
 
 
-def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> Iterator[Path]:
-    """Files named by paths, directories (walked for model files, sorted) and glob patterns.
+def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """Files named by paths, directories (walked for files with `suffixes`, by default the model
+    files' suffixes; sorted) and glob patterns.
 
     A pattern that matches nothing raises ModelsieveError: a typo must not pass as "no match".
     """
+    if suffixes is None:
+        from modelsieve.fingerprint.readers import MODEL_SUFFIXES  # numpy: only for the commands that read models
+
+        suffixes = MODEL_SUFFIXES
     for path in _matched_paths(patterns):
         if path.is_dir():
             for root, dirs, files in os.walk(path):
@@ -71,6 +75,8 @@ def expand_models(patterns: Iterable[str]) -> Iterator[Path]:
     """Models named by paths and globs; directories yield each model below them (`walk_models`):
     a diffusers folder or a sharded index is one model, any other model file one model each.
     """
+    from modelsieve.fingerprint.readers import walk_models  # numpy: only for the commands that read models
+
     for path in _matched_paths(patterns):
         yield from walk_models(path) if path.is_dir() else [path]
 

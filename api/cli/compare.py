@@ -8,8 +8,8 @@ from typing import Any
 from modelsieve.api.cli.background import cohorts_for
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.api.cli.fuzzy_inputs import add_base_options, add_key_option, bases_for, fingerprint_key, load_fingerprint
-from modelsieve.fingerprint.calibration import CalibratedScore, Policy, calibrate
-from modelsieve.fingerprint.fuzzy import DEFAULT_THRESHOLD, Comparison, compare
+from modelsieve.fingerprint.calibration import CalibratedScore, Policy, assess
+from modelsieve.fingerprint.fuzzy import DEFAULT_THRESHOLD, Comparison
 
 EXAMPLES = """\
 examples:
@@ -70,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     key = fingerprint_key(args)
     bases = bases_for(args, key)
     query, listed = load_fingerprint(args.query, key, bases), load_fingerprint(args.listed, key, bases)
-    result = compare(query, listed)
-    calibration = calibrate(query, listed, cohorts_for(args, key))
+    result, calibration = assess(query, listed, cohorts_for(args, key))
     decision = calibration.decision(Policy(uncalibrated_review=args.threshold)) if result.tensors_compared else None
     if args.json:
         print_json_line({"a": args.query, "b": args.listed, "match": decision is not None, "decision": decision,

@@ -59,6 +59,15 @@ def register(subparsers: Any) -> None:
         help="crawl jobs each process runs at once (default %(default)s; 0: only accept jobs, other servers run them)",
     )
     parser.add_argument(
+        "--crawl-jobs-dir",
+        metavar="DIR",
+        default=None,
+        help="folder for API crawl jobs' input and output files (default: beside a SQLite store, "
+        "STORE.crawl-jobs/; with a PostgreSQL store ~/.local/share/modelsieve/crawl-jobs/). Replicas "
+        "sharing a PostgreSQL store must share this folder (e.g. a network mount), so any replica can "
+        "resume a job and page its recommendations",
+    )
+    parser.add_argument(
         "--crawl-allow-loopback",
         action="store_true",
         help="let crawl jobs fetch from 127.0.0.0/8 and ::1 (local test hosts and the demo only)",
@@ -68,11 +77,20 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = api_config(args)
+    if args.workers == 1:
+        serve_process(config, args.host, args.port, reuse_port=False)
+        return 0
+    return _supervise(config, args.host, args.port, args.workers)
+
+
+def api_config(args: argparse.Namespace) -> ApiConfig:
+    """The server settings `serve`'s options ask for (ModelsieveError for an impossible combination)."""
     if args.workers < 1 or args.crawl_jobs < 0:
         raise ModelsieveError("--workers must be at least 1 and --crawl-jobs at least 0")
     if args.workers > 1 and args.port == 0:
         raise ModelsieveError("--port 0 works with one worker only (each worker would pick its own port)")
-    config = ApiConfig(
+    return ApiConfig(
         db_path=args.db,
         publisher_key_path=args.publisher_key,
         fingerprint_key_path=args.fingerprint_key,
@@ -80,12 +98,9 @@ def run(args: argparse.Namespace) -> int:
         rate_burst=args.burst,
         crawl_allow_loopback=args.crawl_allow_loopback,
         crawl_jobs_per_process=args.crawl_jobs,
+        crawl_jobs_dir=args.crawl_jobs_dir,
         audit_log=args.audit_log,
     )
-    if args.workers == 1:
-        serve_process(config, args.host, args.port, reuse_port=False)
-        return 0
-    return _supervise(config, args.host, args.port, args.workers)
 
 
 def serve_process(config: ApiConfig, host: str, port: int, *, reuse_port: bool) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -16,6 +18,7 @@ from modelsieve.api.http.auth import CachedKeys, KeyStore
 from modelsieve.api.http.config import ApiConfig
 from modelsieve.api.http.errors import error_middleware
 from modelsieve.api.http.metrics import Metrics
+from modelsieve.api.http.offload import LoopThread, cpu_threads, off_loop
 from modelsieve.api.http.openapi import openapi_document
 from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
@@ -23,7 +26,9 @@ from modelsieve.api.http.routing import add_routes
 from modelsieve.api.http.state import (
     AUDIT,
     CONFIG,
+    CPU_POOL,
     CRAWL_JOBS,
+    CRAWL_LOOP,
     JOB_RUNNER,
     KEYS,
     LIMITER,
@@ -62,9 +67,19 @@ def create_app(config: ApiConfig | None = None) -> web.Application:
     app[OPENAPI] = openapi_document(ROUTES)
     app[UPLOAD_SLOTS] = asyncio.Semaphore(config.concurrent_uploads)
     app[MATCH_INDEX] = MatchIndex()
-    app.cleanup_ctx.extend([_audit, _store, _match_index, _crawl_jobs])
+    # cleaned up in reverse: jobs stopped, index loading stopped, CPU work finished, then the store closed
+    app.cleanup_ctx.extend([_audit, _store, _cpu_pool, _match_index, _crawl_jobs])
     add_routes(app, ROUTES)
     return app
+
+
+async def _cpu_pool(app: web.Application) -> AsyncIterator[None]:
+    """The bounded thread pool CPU-bound work runs on (`offload.off_loop`), for the process's lifetime."""
+    app[CPU_POOL] = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="modelsieve-cpu")
+    try:
+        yield
+    finally:
+        app[CPU_POOL].shutdown(wait=True, cancel_futures=True)
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
@@ -93,18 +108,28 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 async def _match_index(app: web.Application) -> AsyncIterator[None]:
     """Load the matcher's index in the background (a large store takes a while): until it is
-    loaded, readiness says "loading" and match routes answer 503 with Retry-After."""
+    loaded, readiness says "loading" and match routes answer 503 with Retry-After. Then follow
+    the store's changes every `index_refresh_seconds`, on the CPU pool: requests never refresh
+    the index themselves (after a big import that takes seconds) and keep using the current one
+    until the next is built."""
     index = app[MATCH_INDEX]
     app[READINESS_CHECKS]["index"] = lambda app: index.status
 
     async def load() -> None:
         try:
             key = load_key(app[CONFIG].fingerprint_key_path)
-            index.matcher = await asyncio.to_thread(Matcher.for_store, app[STORE], key)
+            index.matcher = await off_loop(app, Matcher.for_store, app[STORE], key, refresh_interval=math.inf)
             index.status = "ok"
         except Exception as exc:
             log.exception("cannot load the match index")
             index.status = f"failed: {exc}"
+            return
+        while True:
+            await asyncio.sleep(app[CONFIG].index_refresh_seconds)
+            try:
+                await off_loop(app, index.matcher.refresh)
+            except Exception:
+                log.exception("cannot refresh the match index (matching goes on with the one loaded)")
 
     loading = asyncio.create_task(load())
     try:
@@ -137,7 +162,8 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
     def crawl_config(mode: str) -> CrawlConfig:
         return CrawlConfig(policy=PolicyConfig(mode=mode), addresses=AddressPolicy(allow_loopback=config.crawl_allow_loopback))
 
-    runner = app[JOB_RUNNER] = JobRunner(jobs, crawl_config, app[METRICS], config.crawl_jobs_per_process)
+    crawl_loop = app[CRAWL_LOOP] = LoopThread("modelsieve-crawl-jobs", cpu_threads())
+    runner = app[JOB_RUNNER] = JobRunner(jobs, crawl_config, app[METRICS], crawl_loop, config.crawl_jobs_per_process)
 
     async def run() -> None:
         if config.crawl_jobs_per_process == 0:
@@ -153,3 +179,4 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+        await crawl_loop.close()  # jobs still winding down there give their leases back first

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.http.metrics import Metrics
+from modelsieve.api.http.offload import LoopThread
 from modelsieve.crawler.crawl import CrawlConfig, Crawler, Lookup
 from modelsieve.crawler.inputs import read_targets
 from modelsieve.crawler.job import CrawlJob
@@ -148,6 +149,8 @@ class JobRunner:
     """Runs leased jobs in this process, at most `slots` at once; `wake()` after a submission.
 
     `crawl_config(mode)` gives the crawler's configuration for a job's mode (search or host).
+    Jobs are claimed on the caller's loop and run on `crawl_loop` (a thread of their own), so the
+    crawler's work never holds up the requests the caller's loop serves.
     """
 
     def __init__(
@@ -155,9 +158,10 @@ class JobRunner:
         jobs: CrawlJobs,
         crawl_config: Callable[[str], CrawlConfig],
         metrics: Metrics,
+        crawl_loop: LoopThread,
         slots: int = 2,
     ) -> None:
-        self.jobs, self.crawl_config, self.metrics = jobs, crawl_config, metrics
+        self.jobs, self.crawl_config, self.metrics, self.crawl_loop = jobs, crawl_config, metrics, crawl_loop
         self._slots = asyncio.Semaphore(slots)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -188,7 +192,7 @@ class JobRunner:
     async def _run(self, record: LeasedCrawlJob, lookup: Lookup) -> None:
         self.metrics.crawl_jobs.inc()
         try:
-            await self.jobs.run(record, self.crawl_config(record.mode), lookup, self._count)
+            await self.crawl_loop.run(self.jobs.run(record, self.crawl_config(record.mode), lookup, self._count))
         finally:
             self.metrics.crawl_jobs.dec()
             self._slots.release()

@@ -17,7 +17,11 @@ from aiohttp import web
 from modelsieve.api.http import validation
 from modelsieve.api.http.auth import ApiKey, bearer_token
 from modelsieve.api.http.errors import api_error
+from modelsieve.api.http.offload import off_loop
 from modelsieve.api.http.state import CALLER, CONFIG, KEYS, LIMITER
+
+
+INLINE_BODY_BYTES = 64 * 1024  # larger JSON bodies (fingerprints: up to 16 MiB) are parsed on the CPU pool
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,13 @@ async def _body(request: web.Request, route: Route) -> Any:
         return None
     config = request.app[CONFIG]
     limit = route.body_limit(config) if route.body_limit else config.json_body_limit
-    body = await validation.json_body(request, limit)
+    raw = await validation.json_bytes(request, limit)
+    if len(raw) <= INLINE_BODY_BYTES:
+        return _checked_body(route, raw)
+    return await off_loop(request.app, _checked_body, route, raw)
+
+
+def _checked_body(route: Route, raw: bytes) -> Any:
+    body = validation.parse_json(raw)
     route.validators["body"].check(body, "body")
     return body

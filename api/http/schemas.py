@@ -173,6 +173,23 @@ OPINION_RESULT: Schema = {
     },
 }
 
+RETRACT_BODY: Schema = {
+    "type": "object",
+    "properties": {"reason": {"type": "string", "maxLength": 2000, "description": "kept in the store's event log; never logged"}},
+    "additionalProperties": False,
+}
+
+RETRACT_RESULT: Schema = {
+    "type": "object",
+    "required": ["entry_id", "list", "status", "seq"],
+    "properties": {
+        "entry_id": {"type": "string"},
+        "list": {"type": "string"},
+        "status": {"type": "string", "enum": ["retracted"]},
+        "seq": {"type": "integer", "description": "the store sequence number of the retraction (bundles carry it as a tombstone)"},
+    },
+}
+
 CRAWL_URL_LIMIT = 10_000
 CRAWL_BODY: Schema = {
     "type": "object",

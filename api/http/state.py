@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from modelsieve.api.http.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from modelsieve.api.http.audit import AuditLog
     from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
+    from modelsieve.api.http.offload import LoopThread
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from modelsieve.hashlists.matcher import Matcher
@@ -29,8 +31,10 @@ KEYS = web.AppKey("keys", CachedKeys)
 STORE: web.AppKey[Store] = web.AppKey("store")
 PUBLISHER_KEY: web.AppKey[Ed25519PrivateKey | None] = web.AppKey("publisher_key")
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
+CPU_POOL = web.AppKey("cpu_pool", ThreadPoolExecutor)  # bounded threads for CPU-bound work (offload.off_loop)
 CRAWL_JOBS: web.AppKey[CrawlJobs] = web.AppKey("crawl_jobs")
 JOB_RUNNER: web.AppKey[JobRunner] = web.AppKey("job_runner")
+CRAWL_LOOP: web.AppKey[LoopThread] = web.AppKey("crawl_loop")  # the thread crawl jobs run on
 AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
 OPENAPI = web.AppKey("openapi", dict)
 # name -> check(app) returning "ok" or why the part is not ready; /v1/readyz reports them all

@@ -10,32 +10,33 @@ after the response. Pickle-based files are never parsed: they get digests only.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
+from aiohttp import web
 from yarl import URL
 
 from modelsieve.api.http.errors import api_error
+from modelsieve.api.http.offload import off_loop
 from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, StreamCapture
 from modelsieve.fingerprint.digests import DIGEST_NAMES
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import fingerprint_tensors, select_tensors
 from modelsieve.hashlists.files import FileEvidence
 from modelsieve.hashlists.matcher import Matcher
+from modelsieve.hashlists.model import MatchResult
 
 HASH_BLOCK = 4 * 1024 * 1024  # bytes handed to a hashing thread at once: few hand-offs, bounded memory
 UPLOAD_SUBJECT = URL("upload:file")
 
 
-async def capture_upload(chunks: AsyncIterator[bytes], size_limit: int, memory_limit: int) -> RemoteContent:
+async def capture_upload(app: web.Application, chunks: AsyncIterator[bytes], size_limit: int, memory_limit: int) -> RemoteContent:
     """Digests, header and selected tensors of an upload stream; 413 once it passes `size_limit`.
 
-    Hashing runs on a worker thread (hashlib and blake3 release the GIL), one block at a time and
+    Hashing runs on the CPU pool (hashlib and blake3 release the GIL), one block at a time and
     in order, so the event loop keeps serving other requests while a large upload streams.
     """
     limits = RemoteReadConfig(max_selected_bytes=memory_limit, max_download_bytes=size_limit, digest_names=DIGEST_NAMES)
     capture = StreamCapture(select_tensors, limits)
-    loop = asyncio.get_running_loop()
     block = bytearray()
     received = 0
     async for chunk in chunks:
@@ -44,10 +45,10 @@ async def capture_upload(chunks: AsyncIterator[bytes], size_limit: int, memory_l
             raise api_error(413, f"upload exceeds the limit of {size_limit} bytes")
         block += chunk
         if len(block) >= HASH_BLOCK:
-            await loop.run_in_executor(None, capture.feed, bytes(block))
+            await off_loop(app, capture.feed, bytes(block))
             block.clear()
     if block:
-        await loop.run_in_executor(None, capture.feed, bytes(block))
+        await off_loop(app, capture.feed, bytes(block))
     if received == 0:
         raise api_error(400, "body: the upload is empty")
     return capture.result(UPLOAD_SUBJECT)
@@ -63,3 +64,9 @@ def upload_evidence(content: RemoteContent, matcher: Matcher) -> FileEvidence:
     except ModelsieveError as exc:
         return FileEvidence("upload", dict(content.digests), None, f"not fingerprinted: {exc}")
     return FileEvidence("upload", dict(content.digests), fingerprint)
+
+
+def match_upload(content: RemoteContent, matcher: Matcher) -> tuple[FileEvidence, MatchResult]:
+    """The upload's evidence (`upload_evidence`) and what it matches: CPU-bound, for the CPU pool."""
+    evidence = upload_evidence(content, matcher)
+    return evidence, matcher.match_evidence(evidence)

@@ -90,11 +90,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def json_body(request: web.Request, limit: int) -> Any:
-    """The request body parsed as JSON (415 for another media type, 400 for malformed JSON)."""
+async def json_bytes(request: web.Request, limit: int) -> bytes:
+    """The raw bytes of a JSON request body (415 for another media type, 413 past `limit`)."""
     if request.content_type not in ("application/json", "application/octet-stream") and request.body_exists:
         raise api_error(415, f"expected a JSON body (Content-Type: application/json), got {request.content_type}")
-    return parse_json(await read_body(request, limit))
+    return await read_body(request, limit)
 
 
 def parse_json(raw: bytes) -> Any:

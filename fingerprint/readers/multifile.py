@@ -26,7 +26,7 @@ import numpy as np
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
 from modelsieve.fingerprint.readers.fileformat import MODEL_SUFFIXES, open_model_file
-from modelsieve.fingerprint.readers.strict_json import load_json_object
+from modelsieve.fingerprint.readers.strict_json import read_json_object
 
 MAX_JSON_BYTES = 64 * 2**20
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
@@ -75,14 +75,7 @@ class CompositeReader(ModelReader):
 
 def _load_json_object(path: Path) -> dict[str, object]:
     """A bounded, strictly parsed JSON object file."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise ModelFileError(f"{path}: larger than the bound of {MAX_JSON_BYTES} bytes")
-    return load_json_object(data, str(path))
+    return read_json_object(path, MAX_JSON_BYTES)
 
 
 def _inside(folder: Path, relative: str, what: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 
@@ -59,3 +60,15 @@ def load_json_object(data: bytes, what: str) -> dict[str, object]:
     if not isinstance(document, dict):
         raise ModelFileError(f"{what} is not a JSON object")
     return document
+
+
+def read_json_object(path: str | os.PathLike[str], max_bytes: int) -> dict[str, object]:
+    """The JSON object in file `path` (see `load_json_object`), refused unread beyond `max_bytes`."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ModelFileError(f"{path}: larger than the bound of {max_bytes} bytes")
+    return load_json_object(data, str(path))

@@ -1,4 +1,5 @@
-"""List exchange: signed delta bundles out and in, and opinions (dispute / confirm) on entries.
+"""List exchange: signed delta bundles out and in, retractions of own entries, and opinions
+(dispute / confirm) on entries.
 
 Bundles are the store's own format (`hashlists.bundles`): signed JSON Lines, verified against the
 trust store on import and applied in one transaction. They hold hashes, fingerprints and evidence
@@ -19,11 +20,20 @@ from aiohttp import web
 from modelsieve.api.http.audit import audit
 from modelsieve.api.http.errors import api_error
 from modelsieve.api.http.routing import Call, Response, Route
-from modelsieve.api.http.schemas import BUNDLE_QUERY, ENTRY_PATH, IMPORT_REPORT, LIST_PATH, OPINION_BODY, OPINION_RESULT
+from modelsieve.api.http.schemas import (
+    BUNDLE_QUERY,
+    ENTRY_PATH,
+    IMPORT_REPORT,
+    LIST_PATH,
+    OPINION_BODY,
+    OPINION_RESULT,
+    RETRACT_BODY,
+    RETRACT_RESULT,
+)
 from modelsieve.api.http.state import CONFIG, PUBLISHER_KEY, STORE
 from modelsieve.api.http.validation import read_body
 from modelsieve.hashlists.bundles import MAX_HEADER_LINE, Manifest, export_list, import_bundle
-from modelsieve.hashlists.curation import confirm, dispute
+from modelsieve.hashlists.curation import confirm, dispute, retract
 from modelsieve.hashlists.errors import InvalidEntryError
 
 BUNDLE_MEDIA_TYPE = "application/x-ndjson"
@@ -75,10 +85,23 @@ async def import_bundle_route(call: Call) -> web.Response:
     return web.json_response(record)
 
 
+def _actor(call: Call) -> str:
+    """Who made a change, as the store's event log records it: the key's name, else its id."""
+    return call.key.name or call.key.key_id if call.key else "api"
+
+
+async def retract_entry(call: Call) -> web.Response:
+    """Retract an entry of this platform's own lists (a false positive): it stops matching at once."""
+    with refused_by_state():
+        entry = await asyncio.to_thread(retract, call.app[STORE], call.path["entry_id"], reason=call.body.get("reason", ""), actor=_actor(call))
+    audit(call, "retract", entry_id=entry.id, list=entry.list, seq=entry.seq)
+    return web.json_response({"entry_id": entry.id, "list": entry.list, "status": entry.status, "seq": entry.seq})
+
+
 async def record_opinion(call: Call) -> web.Response:
     """Dispute (suspected false positive: still matches, flagged) or confirm an entry."""
     judge = dispute if call.body["opinion"] == "dispute" else confirm
-    by = call.key.name or call.key.key_id if call.key else "api"
+    by = _actor(call)
     with refused_by_state():
         entry = await asyncio.to_thread(judge, call.app[STORE], call.path["entry_id"], reason=call.body.get("reason", ""), by=by)
     audit(call, "opinion", entry_id=entry.id, opinion=call.body["opinion"], status=entry.status)
@@ -113,6 +136,23 @@ ROUTES = (
         description="The body is the bundle file as exported (JSON Lines), sent as raw bytes. Refused with 422 and nothing applied when the bundle is unsigned, tampered with, from an "
         "unknown publisher, replayed or out of order.",
         operation_id="import_bundle",
+    ),
+    Route(
+        "POST",
+        "/v1/entries/{entry_id}/retract",
+        retract_entry,
+        "retract an entry of this platform's own lists (e.g. a false positive): it never matches again",
+        "lists:write",
+        "lists",
+        {
+            200: Response("the entry, retracted (retracting it again changes nothing)", RETRACT_RESULT),
+            404: Response("no such entry"),
+            409: Response("the entry was imported: only its publisher can retract it (dispute it instead)"),
+        },
+        path_params=ENTRY_PATH,
+        body=RETRACT_BODY,
+        description="Lookups and matches stop returning the entry as soon as this answers, on every server "
+        "sharing the store; the retraction travels to importers as a tombstone in the list's next bundle.",
     ),
     Route(
         "POST",

@@ -7,19 +7,20 @@ list matched, never that the file is harmless.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from modelsieve.api.http.audit import audit_matches
 from modelsieve.api.http.errors import api_error
+from modelsieve.api.http.offload import off_loop
 from modelsieve.api.http.routing import Call, Response, Route
 from modelsieve.api.http.schemas import FILE_MATCH_RESULT, FINGERPRINT_BODY, FINGERPRINT_MATCH_RESULT, LOOKUP_QUERY, LOOKUP_RESULT
 from modelsieve.api.http.state import CONFIG, UPLOAD_SLOTS, loaded_matcher
-from modelsieve.api.http.upload import capture_upload, upload_evidence
+from modelsieve.api.http.upload import capture_upload, match_upload
 from modelsieve.fingerprint.fuzzy import Fingerprint
-from modelsieve.hashlists.model import MatchResult
+from modelsieve.hashlists.matcher import Matcher
+from modelsieve.hashlists.model import Match, MatchResult
 
 
 def answer(call: Call, result: MatchResult, **computed: Any) -> web.Response:
@@ -36,11 +37,15 @@ async def lookup(call: Call) -> web.Response:
     return answer(call, MatchResult("lookup", tuple(matches)), digests=digests)
 
 
+def _parse_and_match(matcher: Matcher, fingerprint_json: dict[str, Any]) -> tuple[Fingerprint, list[Match]]:
+    fingerprint = Fingerprint.from_json(fingerprint_json)
+    return fingerprint, matcher.match_fingerprint(fingerprint)
+
+
 async def match_fingerprint(call: Call) -> web.Response:
-    """Listed models near a fingerprint the client computed (`Fingerprint.to_json()`)."""
-    matcher = loaded_matcher(call.app)
-    fingerprint = Fingerprint.from_json(call.body["fingerprint"])
-    matches = await asyncio.to_thread(matcher.match_fingerprint, fingerprint)
+    """Listed models near a fingerprint the client computed (`Fingerprint.to_json()`); decoded and
+    matched on the CPU pool (a fingerprint body may be 16 MiB)."""
+    fingerprint, matches = await off_loop(call.app, _parse_and_match, loaded_matcher(call.app), call.body["fingerprint"])
     summary = {"kind": fingerprint.kind, "base": fingerprint.base, "tensors": len(fingerprint.sketches)}
     return answer(call, MatchResult("fingerprint", tuple(matches)), fingerprint=summary)
 
@@ -55,9 +60,8 @@ async def match_file(call: Call) -> web.Response:
     if slots.locked():
         raise api_error(503, "too many uploads in progress; retry shortly", headers={"Retry-After": "5"})
     async with slots:
-        content = await capture_upload(call.request.content.iter_chunked(256 * 1024), config.upload_limit, config.upload_memory_limit)
-        evidence = await asyncio.to_thread(upload_evidence, content, matcher)
-        result = await asyncio.to_thread(matcher.match_evidence, evidence)
+        content = await capture_upload(call.app, call.request.content.iter_chunked(256 * 1024), config.upload_limit, config.upload_memory_limit)
+        evidence, result = await off_loop(call.app, match_upload, content, matcher)
     return answer(
         call,
         result,
