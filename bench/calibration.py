@@ -14,7 +14,7 @@ other non-background model. Per transformation row it prints:
 Run (no network; corpus cached, so re-runs take about a minute)::
 
     nice -n 19 .venv/bin/python bench/realtune.py build
-    nice -n 19 .venv/bin/python bench/calibration.py [--out DIR] [--components 2] [--markdown]
+    nice -n 19 .venv/bin/python bench/calibration.py [--out DIR] [--components 2] [--sides query|both] [--markdown]
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from modelsieve.fingerprint.calibration import Cohort, Policy, calibrate
+from modelsieve.fingerprint.calibration import DEFAULT_COMPONENTS, NORMALISE_SIDES, Cohort, Policy, calibrate
 from modelsieve.fingerprint.fuzzy import PUBLIC_KEY, BaseModel, Fingerprint, fingerprint_model
 from modelsieve.fingerprint.readers import open_model
+from modelsieve.fingerprint.scoring import pair_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realtune import DEFAULT_DIR, CorpusModel, load_manifest  # noqa: E402
@@ -96,7 +97,7 @@ def _margin(pos: list[float], neg: list[float]) -> tuple[float, float]:
     return margin, margin / float(np.std(neg, ddof=1))
 
 
-def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_size: int, markdown: bool) -> None:
+def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort: Cohort, markdown: bool) -> None:
     by_name = {m.name: m for m in models}
     rows: dict[str, list[Pair]] = defaultdict(list)
     negatives: list[Pair] = []
@@ -135,9 +136,26 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort_
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         for line in lines:
             print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-    print(f"\ncohort: {cohort_size} background models; policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
+    same_domain = [p for p in negatives if by_name[p.query].domain == by_name[p.listed].domain]
+    print("\ncalibration check: negative pairs (outside the cohort) with an estimated false-match rate ≤ r, observed vs expected")
+    for label, ps in (("same domain (siblings, the LoRA vs the full tune)", same_domain),
+                      ("other domains", [p for p in negatives if p not in same_domain])):
+        print(f"  {label}: " + "; ".join(f"r = {r:g}: {sum(p.rate <= r for p in ps)} of {len(ps)} (expected {r * len(ps):.1f})"
+                                         for r in (0.1, 0.01, 0.001)))
+    kinds = ", ".join(f"{sum(m.kind == k for m in cohort.members)} {k}s" for k in ("checkpoint", "lora"))
+    print(f"\ncohort: {len(cohort)} background models ({kinds}), {cohort.components} principal directions projected out, z-scored against {cohort.sides} side(s) (query | both); policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
           f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs; margins: weakest "
           "positive − strongest negative (all negatives), and that over the negatives' standard deviation")
+
+
+def thresholds(models: list[CorpusModel], fps: dict[str, Fingerprint], cohort: Cohort, policy: Policy) -> None:
+    """The normalised score each listed model's null puts at the action and review rates."""
+    parts = []
+    for m in (m for m in models if m.role == "listed"):
+        null = cohort.null(fps[m.name], pair_statistics(fps[m.name], fps[m.name]).names)
+        parts.append(f"{m.name} {null.threshold(policy.action_rate):.1f} / {null.threshold(policy.review_rate):.1f} "
+                     f"(df {null.degrees_of_freedom})")
+    print("normalised score needed for action / review: " + "; ".join(parts))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,14 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="example: nice -n 19 .venv/bin/python bench/calibration.py --markdown")
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="corpus directory (default %(default)s)")
     parser.add_argument("--components", type=int, default=None, help="principal directions projected out")
+    parser.add_argument("--sides", choices=NORMALISE_SIDES, default="query",
+                        help="z-score against the query's cohort scores, or both sides (s-norm); default %(default)s")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     models = load_manifest(args.out)
     fps = fingerprints(args.out, models)
     members = [fps[m.name] for m in models if m.role == "background"]
-    cohort = Cohort(BASE_NAME, members) if args.components is None else Cohort(BASE_NAME, members, args.components)
+    cohort = Cohort(BASE_NAME, members, DEFAULT_COMPONENTS if args.components is None else args.components, args.sides)
     policy = Policy()
-    report(models, score_all(models, fps, cohort), policy, len(cohort), args.markdown)
+    report(models, score_all(models, fps, cohort), policy, cohort, args.markdown)
+    thresholds(models, fps, cohort, policy)
     return 0
 
 

@@ -164,14 +164,51 @@ DOMAINS = {
             "set a fixed amount aside every month; keep costs and fees low; review it once a year; spread "
             "the risk across assets; avoid decisions driven by panic",
         ),
+        _domain(
+            "fitness",
+            "push up, squat, running plan, stretching routine, plank, rowing machine, kettlebell swing, "
+            "cycling session, yoga pose, warm up",
+            "practise, improve, schedule, measure, vary",
+            "start with a light version and build up over weeks; keep your back straight and breathe steadily; "
+            "rest a day between hard sessions; drink water before and after; stop if anything hurts sharply",
+        ),
+        _domain(
+            "photography",
+            "portrait, landscape shot, shutter speed, aperture, tripod, night sky photo, macro lens, "
+            "white balance, flash, composition",
+            "frame, adjust, expose, edit, shoot",
+            "shoot in the soft light of early morning; keep the horizon level; take several frames and pick "
+            "the best later; check the histogram rather than the screen; clean the lens before you start",
+        ),
+        _domain(
+            "carpentry",
+            "bookshelf, dovetail joint, workbench, cabinet door, wooden floor, chair leg, picture frame, "
+            "saw blade, wood glue, sanding block",
+            "cut, join, sand, finish, measure",
+            "measure twice and cut once; let the glue cure overnight; follow the grain of the wood; clamp the "
+            "pieces before drilling; wear eye protection and keep the blade sharp",
+        ),
+        _domain(
+            "pets",
+            "puppy, cat litter, aquarium, bird cage, dog lead, hamster wheel, pet food, flea treatment, "
+            "scratching post, vet visit",
+            "feed, train, groom, clean, settle",
+            "keep a regular daily routine; reward good behaviour straight away; ask the vet before changing "
+            "the diet; clean it once a week; give them a quiet place to rest",
+        ),
     )
 }
 
 LISTED_DOMAINS = ("cooking", "astronomy", "contracts")
 SIMILAR = {"cooking": "baking", "astronomy": "spaceflight", "contracts": "taxes"}
-BACKGROUND_DOMAINS = ("gardening", "medicine", "travel", "music", "programming", "finance")
-BACKGROUND_FULL_DOMAINS = BACKGROUND_DOMAINS[:4]  # full fine-tunes cost ~5x a LoRA on this machine
+BACKGROUND_DOMAINS = ("gardening", "medicine", "travel", "music", "programming", "finance",
+                      "fitness", "photography", "carpentry", "pets")
+BACKGROUND_FULL_DOMAINS = BACKGROUND_DOMAINS[:4]  # the first cohort (kept: its files are cached)
 BACKGROUND_LORA_DOMAINS = BACKGROUND_DOMAINS[:5]
+# A Student-t tail fitted to a cohort of n has only n − 3 degrees of freedom, so 6–9 members cannot
+# support rates near 1e-6: every background domain is also tuned on each half of its data with its
+# own seed, 24 full fine-tunes and 25 LoRAs in all.
+BACKGROUND_HALVES = (0, 1)
 
 ANCHORS = (
     "how should I {action} the {thing}?",
@@ -414,6 +451,13 @@ def plan(tuner_steps: int) -> list[Step]:
     for d in BACKGROUND_LORA_DOMAINS:
         seed = 20 + BACKGROUND_DOMAINS.index(d)
         add(f"bg-lora-{d}", "lora", "background", "background", d, lambda t, load, d=d, s=seed: t.lora(d, s % 2, s))
+    for half in BACKGROUND_HALVES:  # every domain once before any twice: a partial cohort is already varied
+        for i, d in enumerate(BACKGROUND_DOMAINS):
+            seed = 30 + 2 * i + half
+            add(f"bg-ft-{d}-h{half}", "checkpoint", "background", "background", d,
+                lambda t, load, d=d, h=half, s=seed: t.full(t.base, d, h, s))
+            add(f"bg-lora-{d}-h{half}", "lora", "background", "background", d,
+                lambda t, load, d=d, h=half, s=seed + 100: t.lora(d, h, s))
 
     torch = _require_torch()
     for i, d in enumerate(LISTED_DOMAINS):
@@ -448,15 +492,14 @@ def plan(tuner_steps: int) -> list[Step]:
 
 def _build_order(step: Step) -> int:
     """Cheapest and most needed first, so a partial corpus (the build is resumable) is already usable:
-    listed models and full background tunes, re-saves and merges (seconds), background LoRAs,
-    sibling LoRAs, full siblings on the other data half, further training, similar-domain siblings."""
+    listed models and the background cohort (full tunes and LoRAs alternating, so a partial cohort
+    has both kinds), re-saves and merges (seconds), sibling LoRAs, full siblings on the other data
+    half, further training, similar-domain siblings."""
     m = step.model
-    if m.role in ("base", "listed") or (m.role == "background" and m.kind == "checkpoint"):
+    if m.role in ("base", "listed", "background"):
         return 0
     if m.role == "near-copy":
         return 5 if m.transform == "further-trained" else 1
-    if m.role == "background":
-        return 2
     if m.kind == "lora":
         return 3
     return 4 if "other data half" in m.transform else 6

@@ -7,9 +7,12 @@ each comparison in three steps:
 
 1. **Project out** the cohort's top principal directions (uncentred, so the shared mean direction
    goes first) from both deltas and take the cosine of what is left (`residual`).
-2. **Normalise** (s-norm, as speaker verification does with impostor cohorts): z-score the
-   residual against the query's residuals with every cohort member, and against the listed
-   model's, and average the two (`normalised`).
+2. **Normalise** (as speaker verification does with impostor cohorts): z-score the residual
+   against the query's residuals with every cohort member (`normalised`). Whatever was done to
+   the query — an fp8 re-save, a DARE drop, a merge — adds noise or dilutes its delta and so
+   shrinks all its cosines by one common factor, which this z-score cancels; `sides="both"`
+   averages it with the listed model's z-score (symmetric s-norm), which on real fine-tunes
+   separates transformed copies from siblings less well (README "Calibration").
 3. **Estimate the false-match rate** at that score from a null distribution: the normalised
    scores of benign-vs-benign pairs inside the cohort, each computed by exactly the same
    procedure with the pair left out of the cohort; a Student-t tail fitted to them extrapolates
@@ -42,6 +45,7 @@ from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.fingerprint.scoring import NOISE_FLOOR, Background, Comparison, PairStatistics, compare, pair_statistics
 
 DEFAULT_COMPONENTS = 2  # principal benign directions projected out
+NORMALISE_SIDES = ("query", "both")  # z-score against the query's cohort scores (default), or s-norm's both sides
 MIN_COHORT = 6  # members touching the compared tensors needed before a score is called calibrated
 MAX_NULL_PAIRS = 300  # benign pairs scored for a null distribution (a deterministic sample beyond)
 SPREAD_FLOOR = 0.02  # lower bound on a cohort score spread, so near-zero spreads give finite z-scores
@@ -78,7 +82,7 @@ class CalibratedScore:
     similarity: float  # raw weighted delta cosine (fuzzy.compare)
     calibrated: bool
     residual: float | None = None  # cosine after projecting out the cohort's benign directions
-    normalised: float | None = None  # s-norm of the residual against the cohort
+    normalised: float | None = None  # the residual z-scored against the cohort (fingerprint/calibration.py step 2)
     false_match_rate: float | None = None  # estimated P(a benign pair scores at least this)
     cohort_size: int = 0
 
@@ -150,11 +154,12 @@ def _residual_cosine(gram: np.ndarray, cohort: Sequence[int], i: int, j: int, co
     return float((gram[i, j] - a_i @ a_j) / math.sqrt(energies)) if energies > 0 else 0.0
 
 
-def _normalised(gram: np.ndarray, cohort: Sequence[int], i: int, j: int, components: int) -> tuple[float, float]:
-    """(residual cosine of i and j, its s-norm against each side's residuals with every cohort member)."""
+def _normalised(gram: np.ndarray, cohort: Sequence[int], i: int, j: int, components: int, sides: str) -> tuple[float, float]:
+    """(residual cosine of query i and listed j, its z-score against the query's residuals with every
+    cohort member — averaged with the listed one's when `sides` is "both", as s-norm does)."""
     residual = _residual_cosine(gram, cohort, i, j, components)
     z = []
-    for side in (i, j):
+    for side in (i, j) if sides == "both" else (i,):
         scores = np.array([_residual_cosine(gram, [k for k in cohort if k != m], side, m, components) for m in cohort])
         z.append((residual - scores.mean()) / max(float(scores.std(ddof=1)), SPREAD_FLOOR))
     return residual, float(np.mean(z))
@@ -166,13 +171,21 @@ class NullDistribution:
 
     scores: np.ndarray
     cohort_size: int
+    components: int = DEFAULT_COMPONENTS
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        """n − 1 − components for a cohort of n: the pairs share members, so the centre and spread
+        carry the information of about n independent draws (a U-statistic's first-order term has
+        n − 1 degrees of freedom), and each principal direction fitted on the same cohort and
+        projected out takes one more — the predictive Student-t of a score from n draws."""
+        return max(1, self.cohort_size - 1 - self.components)
 
     @property
     def _fit(self) -> tuple[float, float, int]:
         centre = float(np.mean(self.scores))
         spread = max(float(np.std(self.scores, ddof=1)), 1e-6) if len(self.scores) > 1 else 1.0
-        # the pairs share members, so they are not independent: degrees of freedom from the cohort size
-        return centre, spread, max(1, self.cohort_size - 3)
+        return centre, spread, self.degrees_of_freedom
 
     def false_match_rate(self, normalised: float) -> float:
         """P(a benign pair's normalised score ≥ `normalised`); decreasing in `normalised`."""
@@ -196,7 +209,11 @@ class Cohort:
     one key and scheme. Null distributions are computed per set of compared tensors and cached.
     """
 
-    def __init__(self, base: str, members: Sequence[Fingerprint], components: int = DEFAULT_COMPONENTS) -> None:
+    def __init__(
+        self, base: str, members: Sequence[Fingerprint], components: int = DEFAULT_COMPONENTS, sides: str = "query"
+    ) -> None:
+        if sides not in NORMALISE_SIDES:
+            raise FingerprintError(f"normalise against {' or '.join(NORMALISE_SIDES)}, not {sides!r}")
         for member in members:
             member.check_compatible(members[0])
             if not member.is_delta:
@@ -206,6 +223,7 @@ class Cohort:
         self.base = base
         self.members = tuple(members)
         self.components = components
+        self.sides = sides
 
     def __len__(self) -> int:
         return len(self.members)
@@ -235,8 +253,8 @@ class Cohort:
         pairs = list(combinations(range(n), 2))
         if len(pairs) > MAX_NULL_PAIRS:
             pairs = [pairs[i] for i in sorted(np.random.default_rng(0).choice(len(pairs), MAX_NULL_PAIRS, replace=False))]
-        null = [_normalised(gram, [k for k in range(n) if k not in (i, j)], i, j, self.components)[1] for i, j in pairs]
-        return weights, rows, noise, NullDistribution(np.array(null), n)
+        null = [_normalised(gram, [k for k in range(n) if k not in (i, j)], i, j, self.components, self.sides)[1] for i, j in pairs]
+        return weights, rows, noise, NullDistribution(np.array(null), n, self.components)
 
     def null(self, listed: Fingerprint, names: Sequence[str]) -> NullDistribution:
         """The null distribution of normalised scores over the tensors `names` of `listed`."""
@@ -253,7 +271,7 @@ class Cohort:
         pair_rows, pair_noise = _vectors([query, listed], layout, weights)
         gram = _gram(np.vstack([rows, pair_rows]), np.concatenate([noise, pair_noise]))
         n = len(rows)
-        residual, normalised = _normalised(gram, list(range(n)), n, n + 1, self.components)
+        residual, normalised = _normalised(gram, list(range(n)), n, n + 1, self.components, self.sides)
         return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), n)
 
 

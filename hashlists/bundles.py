@@ -2,12 +2,12 @@
 
 A bundle is one UTF-8 JSON Lines file, streamable and canonical for signing:
 
-    line 1   manifest   {"format": "modelsieve-bundle", "version": 1, "type": "entries"|"opinions",
+    line 1   manifest   {"format": "modelsieve-bundle", "version": 1, "type": "entries"|"opinions"|"background",
                          "publisher", "key_id", "list", "from_seq", "to_seq", "counts",
                          "schemes", "notes_included", "created", "payload_bytes", "payload_sha256"}
     line 2   signature  {"signature": base64 Ed25519 over the exact bytes of line 1 (no newline)}
     line 3…  payload    one record a line: {"type": "entry", ...}, {"type": "tombstone", ...}
-                         or {"type": "opinion", ...}
+                         or {"type": "opinion", ...} or {"type": "background", ...}
 
 Every line is compact JSON with sorted keys. The manifest fixes the SHA-256 and length of the
 payload bytes (lines 3 to the end, newlines included), so the signature covers every byte: a
@@ -16,12 +16,16 @@ transaction, and rolls back if the hash, length or counts disagree. Sequence num
 publisher's: a bundle holds the changes in (from_seq, to_seq]; an importer applies a publisher's
 stream (one list, or its opinions) in order, refusing replays (to_seq already applied) and gaps
 (from_seq beyond what it has).
+
+A ``background`` bundle carries one base's calibration cohort (fingerprints of known-benign
+derived models, see fingerprint/calibration.py) from a publisher the importer trusts. Cohort
+members are keyed by their fingerprint's SHA-256, so applying one is idempotent and it has no
+sequence stream (from_seq = to_seq = 0): a re-import adds only members the store lacks.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -34,6 +38,8 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.model import OPINIONS, Entry, NewEntry, Opinion, check_choice, utc_now
 from modelsieve.hashlists.signing import key_id, parse_public_key, sign, verify
@@ -47,6 +53,8 @@ MAX_HEADER_LINE = 64 * 1024
 MAX_RECORD_LINE = 1 << 20
 PAUSE_ENV = "MODELSIEVE_TEST_IMPORT_PAUSE"  # tests only: pause inside the import transaction
 _APPLY_BATCH = 2_000
+_BACKGROUND_BATCH = 64  # cohort fingerprints held in memory at once while importing
+BUNDLE_TYPES = ("entries", "opinions", "background")
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
@@ -83,7 +91,7 @@ class Manifest:
             manifest = cls(**record)
         except (ValueError, TypeError, KeyError, AttributeError):
             raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)") from None
-        if manifest.type not in ("entries", "opinions") or not isinstance(manifest.publisher, str):
+        if manifest.type not in BUNDLE_TYPES or not isinstance(manifest.publisher, str):
             raise BundleError("bundle manifest: unknown type or publisher")
         if not all(isinstance(v, int) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):
             raise BundleError("bundle manifest: sequence numbers and sizes must be non-negative integers")
@@ -104,12 +112,19 @@ class ImportReport:
     entries: int
     tombstones: int
     opinions: int
+    background: int = 0  # cohort members the bundle carried (those already held are skipped)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 # -- export ------------------------------------------------------------------------------------
+def _empty_counts(bundle_type: str) -> dict[str, int]:
+    if bundle_type == "background":
+        return {"background": 0}
+    return {"entries": 0, "tombstones": 0, "opinions": 0}
+
+
 def _entry_record(entry: Entry, include_notes: bool) -> dict[str, Any]:
     if entry.status == "retracted":
         return {"type": "tombstone", "entry_id": entry.id, "seq": entry.seq}
@@ -139,8 +154,8 @@ def _write_bundle(
     out: Path, key: Ed25519PrivateKey, header: dict[str, Any], records: Iterator[dict[str, Any]]
 ) -> Manifest:
     """Write payload, manifest and signature to `out` atomically (temp files, then rename)."""
-    counts = {"entries": 0, "tombstones": 0, "opinions": 0}
-    plural = {"entry": "entries", "tombstone": "tombstones", "opinion": "opinions"}
+    counts = _empty_counts(header["type"])
+    plural = {"entry": "entries", "tombstone": "tombstones", "opinion": "opinions", "background": "background"}
     digest = hashlib.sha256()
     size = 0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +231,21 @@ def export_opinions(store: Store, publisher: str, key: Ed25519PrivateKey, out: P
         "notes_included": False,
         "schemes": {"opinion": 1},
     }
+    return _write_bundle(out, key, header, records)
+
+
+def export_background(store: Store, base: str, key: Ed25519PrivateKey, out: Path, *, as_name: str) -> Manifest:
+    """A bundle, signed as `as_name`, of base `base`'s background cohort (fingerprints only)."""
+    members = store.background_members(base)
+    if not members:
+        raise InvalidEntryError(f"base {base!r} has no background cohort to export")
+    records = (
+        {"type": "background", "base": info.base, "id": info.id, "source": info.source,
+         "fingerprint": base64.b64encode(fp.to_bytes()).decode()}
+        for info, fp in members
+    )
+    header = {"type": "background", "publisher": as_name, "list": None, "from_seq": 0, "to_seq": 0,
+              "notes_included": False, "schemes": {"background": 1}}
     return _write_bundle(out, key, header, records)
 
 
@@ -331,7 +361,7 @@ def _entry_from_record(record: dict[str, Any], entry_id: str, status: str) -> Ne
             note=record.get("note"),
             status=status,
         ).validated()
-    except (KeyError, TypeError, AttributeError, binascii.Error, InvalidEntryError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, InvalidEntryError) as exc:  # b64decode: binascii.Error, non-ASCII
         raise BundleError(f"bundle entry {entry_id}: invalid ({exc}): refused") from None
 
 
@@ -407,6 +437,11 @@ def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
         raise BundleError(f"cannot read bundle {path}: {exc.strerror}") from None
     with stream, store.transaction():
         manifest = read_manifest(stream, store)
+        if manifest.type == "background":
+            payload = _VerifiedPayload(stream, manifest)
+            counts = _apply_background(store, manifest, payload)
+            payload.finish(counts)
+            return ImportReport(manifest.publisher, manifest.type, None, 0, 0, 0, 0, 0, counts["background"])
         stream_name = OPINIONS_STREAM if manifest.type == "opinions" else str(manifest.list)
         position = _check_position(store, manifest, stream_name)
         payload = _VerifiedPayload(stream, manifest)
@@ -463,3 +498,34 @@ def _apply_opinions(store: Store, manifest: Manifest, payload: _VerifiedPayload,
             store.add_opinion(Opinion(entry_id, opinion, manifest.publisher, record["at"], str(record.get("reason", ""))[:1000]))
     return counts
 
+
+
+def _apply_background(store: Store, manifest: Manifest, payload: _VerifiedPayload) -> dict[str, int]:
+    """Add the bundle's cohort members (each base's in batches); sources name the publisher."""
+    pending: dict[str, list[tuple[Fingerprint, str]]] = {}
+
+    def flush(base: str) -> None:
+        fps, sources = zip(*pending.pop(base), strict=True)
+        try:
+            store.add_background(base, fps, sources=sources)
+        except ModelsieveError as exc:
+            raise BundleError(f"the bundle's background models for base {base!r} cannot be added ({exc}): refused") from None
+
+    count = 0
+    for record in payload:
+        if record.get("type") != "background":
+            raise BundleError(f"unexpected record type {record.get('type')!r} in a background bundle: refused")
+        base, blob, source = record.get("base"), record.get("fingerprint"), record.get("source", "")
+        if not isinstance(base, str) or not isinstance(blob, str) or not isinstance(source, str):
+            raise BundleError("a background record lacks base, fingerprint or source: refused")
+        try:
+            fingerprint = Fingerprint.from_bytes(base64.b64decode(blob, validate=True))
+        except (ValueError, ModelsieveError) as exc:  # binascii.Error and non-ASCII text are ValueErrors
+            raise BundleError(f"a background record's fingerprint is unreadable ({exc}): refused") from None
+        pending.setdefault(base, []).append((fingerprint, f"{manifest.publisher}: {source}"))
+        count += 1
+        if len(pending[base]) >= _BACKGROUND_BATCH:
+            flush(base)
+    for base in list(pending):
+        flush(base)
+    return {"background": count}

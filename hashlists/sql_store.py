@@ -307,6 +307,13 @@ def _background_info(row: Row) -> BackgroundInfo:
     return BackgroundInfo(*(row[c] for c in _BACKGROUND_COLUMNS.split(", ")))
 
 
+def _background_fingerprint(row: Row) -> Fingerprint:
+    try:
+        return Fingerprint.from_bytes(bytes(row["fingerprint"]))
+    except FingerprintError as exc:
+        raise SchemaError(f"background model {row['id'][:12]} of base {row['base']!r} is unreadable: {exc}") from None
+
+
 def _api_key(row: Row) -> StoredApiKey:
     return StoredApiKey(
         row["key_id"], row["secret_sha256"], row["name"] or "", tuple(row["scopes"].split()),
@@ -697,6 +704,11 @@ class SQLStore(Store):
         rows = self._query(f"SELECT {_BACKGROUND_COLUMNS} FROM fuzzy_background {where} ORDER BY base, added, id", params)
         return [_background_info(row) for row in rows]
 
+    def background_members(self, base: str) -> list[tuple[BackgroundInfo, Fingerprint]]:
+        rows = self._query(f"SELECT {_BACKGROUND_COLUMNS}, fingerprint FROM fuzzy_background WHERE base = ? ORDER BY added, id",
+                           (base,))
+        return [(_background_info(row), _background_fingerprint(row)) for row in rows]
+
     def remove_background(self, member_id: str) -> None:
         with self.transaction():
             ids = [
@@ -711,13 +723,12 @@ class SQLStore(Store):
     def cohorts(self, key: FingerprintKey) -> dict[str, Cohort]:
         members: dict[str, list[Fingerprint]] = {}
         for row in self._query(
-            "SELECT id, base, fingerprint FROM fuzzy_background WHERE key_id = ? AND key_check = ? ORDER BY base, added, id",
+            # ordered by id (the fingerprint's SHA-256), so every store holding the same members
+            # calibrates bit for bit alike, whenever and in whatever order they were added
+            "SELECT id, base, fingerprint FROM fuzzy_background WHERE key_id = ? AND key_check = ? ORDER BY base, id",
             (key.key_id, key.check),
         ):
-            try:
-                members.setdefault(row["base"], []).append(Fingerprint.from_bytes(bytes(row["fingerprint"])))
-            except FingerprintError as exc:
-                raise SchemaError(f"background model {row['id'][:12]} of base {row['base']!r} is unreadable: {exc}") from None
+            members.setdefault(row["base"], []).append(_background_fingerprint(row))
         return {base: Cohort(base, fps) for base, fps in members.items()}
 
     # -- API keys ----------------------------------------------------------------------------------

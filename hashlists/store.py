@@ -230,6 +230,10 @@ class Store(abc.ABC):
         """Cohort members (of one base, or all), by base then time added."""
 
     @abc.abstractmethod
+    def background_members(self, base: str) -> list[tuple[BackgroundInfo, Fingerprint]]:
+        """Base `base`'s cohort members with their fingerprints (for signed cohort bundles), by time added."""
+
+    @abc.abstractmethod
     def remove_background(self, member_id: str) -> None:
         """Drop one cohort member by id (or a unique id prefix of 8+ hex digits)."""
 

@@ -106,3 +106,16 @@ def test_threshold_inverts_the_false_match_rate() -> None:
 @pytest.mark.parametrize(("rate", "text"), [(3e-6, "≤ 1 in 10^5"), (0.5, "≈ 1 in 1"), (1e-12, "≤ 1 in 10^12")])
 def test_false_match_text_reads_as_a_bound(rate: float, text: str) -> None:
     assert CalibratedScore(0.5, True, 0.5, 5.0, rate, 10).false_match_text == text
+
+
+def test_query_side_normalisation_cancels_noise_that_shrinks_every_cosine_of_the_query() -> None:
+    noisy = fp(syn.add_noise(family().fine_tune(1, SIZE), family().delta(1, SIZE), 3.0, seed=3))
+    members = cohorts()["sd15"].members
+    query_side = calibrate(noisy, listed(), cohorts())
+    both_sides = calibrate(noisy, listed(), {"sd15": Cohort("sd15", members, sides="both")})
+    siblings = [calibrate(tuned(seed), listed(), cohorts()) for seed in range(10, 16)]
+    assert query_side.similarity < 0.5, "the noise is strong enough to hide the copy from a raw threshold"
+    assert query_side.normalised > both_sides.normalised
+    assert query_side.normalised > max(s.normalised for s in siblings)
+    with pytest.raises(FingerprintError, match="normalise"):
+        Cohort("sd15", members, sides="listed")

@@ -1,10 +1,11 @@
-"""`modelsieve bases add-background|list-background|remove-background`: each base's cohort of
+"""`modelsieve bases add-background|list-background|remove-background|export-background`: each base's cohort of
 known-benign derived models, which calibrates fuzzy scores (see README "Calibration")."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, expand_models, print_json_line, progress, report_failure
@@ -12,7 +13,9 @@ from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, loa
 from modelsieve.fingerprint.calibration import Cohort
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import FingerprintKey
+from modelsieve.hashlists.bundles import export_background
 from modelsieve.hashlists.db import DB_ENV, default_db_path
+from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
@@ -21,12 +24,17 @@ examples:
   modelsieve bases add-background community-loras/ --base sd15 --json
   modelsieve bases list-background --base sd15
   modelsieve bases remove-background 3f9a1c02e4b7
+  modelsieve bases export-background --base sd15 --key acme.key --as acme -o sd15-cohort.bundle
+  modelsieve list import sd15-cohort.bundle      # on a platform that trusts acme's key
 
 Background models are known-benign fine-tunes and LoRAs of a registered base (the more, and the
 more like the models you screen, the better; 20+ is a good start). Only their fingerprints are
 stored. With a cohort, fuzzy matches against that base report a normalised score and an
 estimated false-match rate; without one they are flagged "uncalibrated". Add only models you
 trust to be benign: a harmful model in the cohort would make its own copies look ordinary.
+That is why cohorts travel only in signed bundles, imported from publishers you trust
+(`modelsieve trust`); imported members name their publisher in their source. A re-import adds
+only the members the store lacks (so it also re-adds members you removed since).
 """
 
 
@@ -46,8 +54,17 @@ def register_actions(actions: Any) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Remove one background model by its id (or a unique prefix of 8+ hex digits).")
     remove.add_argument("id", metavar="ID")
-    for sub, handler in ((add, run_add), (listing, run_list), (remove, run_remove)):
-        add_key_option(sub)
+    export = actions.add_parser("export-background", help="write a signed bundle of a base's cohort", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Write a base's background cohort (fingerprints and sources, never weights) "
+                                "as a bundle signed with your key, for partners to import with `modelsieve list import`.")
+    export.add_argument("--base", required=True, metavar="NAME", help="the base whose cohort to export")
+    export.add_argument("--key", required=True, metavar="FILE", help="your private signing key (modelsieve keys generate)")
+    export.add_argument("--as", dest="as_name", required=True, metavar="NAME", help="your publisher name, as partners trust it")
+    export.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="the bundle to write")
+    for sub, handler in ((add, run_add), (listing, run_list), (remove, run_remove), (export, run_export)):
+        if sub is not export:  # an export copies the stored fingerprints as they are: no fingerprint key needed
+            add_key_option(sub)
         add_db_option(sub)
         add_json_flag(sub)
         sub.set_defaults(handler=handler)
@@ -97,6 +114,17 @@ def run_remove(args: argparse.Namespace) -> int:
         print_json_line({"removed": args.id})
     else:
         print(f"removed background model {args.id}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    key = load_private_key(args.key)
+    with open_store(args.db) as store:
+        manifest = export_background(store, args.base, key, args.out, as_name=args.as_name)
+    if args.json:
+        print_json_line({"file": str(args.out), **manifest.to_json()})
+    else:
+        print(f"{args.out}: base {args.base!r}'s cohort, {manifest.counts['background']} background models, signed as {manifest.publisher}")
     return 0
 
 

@@ -299,6 +299,8 @@ def _import_bundle(store: Store, path: str, *, json_output: bool) -> None:
     report = bundles.import_bundle(store, path)
     if json_output:
         print_json_line({"file": path, **report.to_json()})
+    elif report.type == "background":
+        print(f"{path}: {report.background} background cohort models from {report.publisher} (those already held skipped)")
     elif report.type == "opinions":
         print(f"{path}: {report.opinions} opinions from {report.publisher} (seq {report.from_seq}..{report.to_seq})")
     else:
