@@ -143,7 +143,7 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort:
         print(f"  {label}: " + "; ".join(f"r = {r:g}: {sum(p.rate <= r for p in ps)} of {len(ps)} (expected {r * len(ps):.1f})"
                                          for r in (0.1, 0.01, 0.001)))
     kinds = ", ".join(f"{sum(m.kind == k for m in cohort.members)} {k}s" for k in ("checkpoint", "lora"))
-    print(f"\ncohort: {len(cohort)} background models ({kinds}), {cohort.components} principal directions projected out, z-scored against {cohort.sides} side(s) (query | both); policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
+    print(f"\ncohort: {len(cohort)} background models ({kinds}), {cohort.components} principal directions projected out per tensor, z-scored against {cohort.sides} side(s) (query | both); policy: action ≤ {policy.action_rate:g}, review ≤ {policy.review_rate:g} "
           f"estimated false-match rate; {len(negatives)} negative pairs, {len(siblings)} sibling pairs; margins: weakest "
           "positive − strongest negative (all negatives), and that over the negatives' standard deviation")
 

@@ -44,10 +44,11 @@ from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchE
 from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.fingerprint.scoring import NOISE_FLOOR, Background, Comparison, PairStatistics, compare, pair_statistics
 
-DEFAULT_COMPONENTS = 2  # principal benign directions projected out
+DEFAULT_COMPONENTS = 3  # principal benign directions projected out of each tensor (README "Calibration": 3 beat 2 on real fine-tunes)
 NORMALISE_SIDES = ("query", "both")  # z-score against the query's cohort scores (default), or s-norm's both sides
 MIN_COHORT = 6  # members touching the compared tensors needed before a score is called calibrated
-MAX_NULL_PAIRS = 300  # benign pairs scored for a null distribution (a deterministic sample beyond)
+TAIL_FRACTION = 0.05  # the top share of the null the Student-t's scale must also fit (at least MIN_TAIL scores)
+MIN_TAIL = 5
 SPREAD_FLOOR = 0.02  # lower bound on a cohort score spread, so near-zero spreads give finite z-scores
 WEIGHT_CAP = 4.0  # no tensor's weight exceeds WEIGHT_CAP × the median tensor weight
 DEFAULT_REVIEW_RATE = 1e-3
@@ -115,54 +116,94 @@ class CalibratedScore:
 Layout = tuple[tuple[str, int], ...]  # (tensor name, sketch size) in comparison order
 
 
-def _vectors(fps: Sequence[Fingerprint], layout: Layout, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(weighted sketch rows over `layout`, zeros where a fingerprint lacks a tensor; their noise energies)."""
-    rows = np.zeros((len(fps), sum(size for _, size in layout)))
-    noise = np.zeros(len(fps))
-    for i, fp in enumerate(fps):
-        offset = 0
-        for (name, size), weight in zip(layout, weights, strict=True):
-            if name in fp.sketches:
-                rows[i, offset : offset + size] = weight * fp.sketches[name].ravel()
-                noise[i] += weight**2 * fp.noise[name]
-            offset += size
-    return rows, noise
-
-
 def _layout(listed: Fingerprint, names: Sequence[str]) -> Layout:
     return tuple((n, listed.sketches[n].size) for n in names)
 
 
-def _gram(rows: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Inner products with rounding noise taken off each self-energy (never below NOISE_FLOOR of it)."""
-    gram = rows @ rows.T
-    diagonal = np.diag(gram)
-    np.fill_diagonal(gram, np.maximum(diagonal - noise, NOISE_FLOOR * diagonal))
-    return gram
+@dataclass(frozen=True)
+class _Side:
+    """One vector's per-tensor view against the cohort: member dot products, energy, rounding noise."""
+
+    dots: np.ndarray  # (tensors × members): unit-normalised member sketch · this sketch
+    energy: np.ndarray  # (tensors,) ‖sketch‖²
+    noise: np.ndarray  # (tensors,) expected rounding-noise energy
 
 
-def _residual_cosine(gram: np.ndarray, cohort: Sequence[int], i: int, j: int, components: int) -> float:
-    """Cosine of vectors i and j after projecting out the top principal directions of `cohort`."""
-    a_i = a_j = np.zeros(0)
-    if components > 0 and cohort:
-        values, vectors = np.linalg.eigh(gram[np.ix_(cohort, cohort)])
-        top = np.argsort(values)[::-1][:components]
-        top = top[values[top] > 1e-12 * max(float(values.max()), 1e-300)]
-        basis = vectors[:, top] / np.sqrt(values[top])
-        a_i, a_j = basis.T @ gram[cohort, i], basis.T @ gram[cohort, j]
-    energies = (gram[i, i] - a_i @ a_i) * (gram[j, j] - a_j @ a_j)
-    return float((gram[i, j] - a_i @ a_j) / math.sqrt(energies)) if energies > 0 else 0.0
+@dataclass(frozen=True)
+class _TensorSpace:
+    """The cohort's members tensor by tensor, for removing per-tensor benign directions.
 
+    As `scoring.Background`: per tensor, the top uncentred principal directions of the members'
+    sketches scaled to unit norm; a tensor gets directions only where more members than
+    directions changed it. Everything runs on the members' Gram matrices, so leaving members out
+    costs a (tensors × n × n) batched eigendecomposition, never another pass over the sketches."""
 
-def _normalised(gram: np.ndarray, cohort: Sequence[int], i: int, j: int, components: int, sides: str) -> tuple[float, float]:
-    """(residual cosine of query i and listed j, its z-score against the query's residuals with every
-    cohort member — averaged with the listed one's when `sides` is "both", as s-norm does)."""
-    residual = _residual_cosine(gram, cohort, i, j, components)
-    z = []
-    for side in (i, j) if sides == "both" else (i,):
-        scores = np.array([_residual_cosine(gram, [k for k in cohort if k != m], side, m, components) for m in cohort])
-        z.append((residual - scores.mean()) / max(float(scores.std(ddof=1)), SPREAD_FLOOR))
-    return residual, float(np.mean(z))
+    units: tuple[np.ndarray, ...]  # per tensor (members × sketch size): unit-normalised sketches, zero rows where absent
+    grams: np.ndarray  # (tensors × members × members) of the unit sketches
+    norms: np.ndarray  # (tensors × members) sketch norms
+    noise: np.ndarray  # (tensors × members)
+    sizes: np.ndarray  # (tensors,) sketch sizes
+    weights2: np.ndarray  # (tensors,) squared tensor weights
+
+    @classmethod
+    def build(cls, members: Sequence[Fingerprint], layout: Layout, weights: np.ndarray) -> _TensorSpace:
+        units, norms, noise = [], np.zeros((len(layout), len(members))), np.zeros((len(layout), len(members)))
+        for t, (name, size) in enumerate(layout):
+            rows = np.zeros((len(members), size))
+            for m, member in enumerate(members):
+                if name in member.sketches and member.sketches[name].size == size:
+                    rows[m] = member.sketches[name].ravel()
+                    noise[t, m] = member.noise[name]
+            norms[t] = np.linalg.norm(rows, axis=1)
+            units.append(rows / np.maximum(norms[t], 1e-300)[:, None])
+        grams = np.stack([u @ u.T for u in units]) if units else np.zeros((0, len(members), len(members)))
+        return cls(tuple(units), grams, norms, noise, np.array([size for _, size in layout], float), weights**2)
+
+    def side(self, fp: Fingerprint, layout: Layout) -> _Side:
+        """`fp`'s view (zeros where it lacks a tensor)."""
+        dots, energy, noise = np.zeros(self.norms.shape), np.zeros(len(layout)), np.zeros(len(layout))
+        for t, (name, size) in enumerate(layout):
+            if name in fp.sketches and fp.sketches[name].size == size:
+                sketch = fp.sketches[name].ravel()
+                dots[t], energy[t], noise[t] = self.units[t] @ sketch, sketch @ sketch, fp.noise[name]
+        return _Side(dots, energy, noise)
+
+    def member(self, m: int) -> _Side:
+        return _Side(self.norms[:, m : m + 1] * self.grams[:, :, m], self.norms[:, m] ** 2, self.noise[:, m])
+
+    def member_dot(self, a: int, b: int) -> np.ndarray:
+        return self.norms[:, a] * self.norms[:, b] * self.grams[:, a, b]
+
+    def bases(self, keep: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
+        """(coefficients (tensors × members × components) mapping member dot products onto the top
+        directions of the kept members, directions kept per tensor)."""
+        index = np.flatnonzero(keep)
+        coefficients = np.zeros((len(self.sizes), len(keep), components))
+        if components == 0 or index.size == 0 or not len(self.sizes):
+            return coefficients, np.zeros(len(self.sizes))
+        values, vectors = np.linalg.eigh(self.grams[:, index][:, :, index])
+        count = min(components, index.size)
+        values, vectors = values[:, ::-1][:, :count], vectors[:, :, ::-1][:, :, :count]
+        present = np.sum(self.norms[:, index] > 0, axis=1)
+        valid = (values > 1e-12 * np.maximum(values[:, :1], 1e-300)) & (present[:, None] > components)
+        coefficients[:, index, :count] = np.where(valid[:, None, :], vectors / np.sqrt(np.maximum(values, 1e-300))[:, None, :], 0.0)
+        return coefficients, valid.sum(axis=1)
+
+    def residual(self, basis: tuple[np.ndarray, np.ndarray], x: _Side, y: _Side, cross: np.ndarray) -> float:
+        """The weighted cosine of x and y with each tensor's directions in `basis` projected out."""
+        coefficients, kept = basis
+        a_x, a_y = np.einsum("tmk,tm->tk", coefficients, x.dots), np.einsum("tmk,tm->tk", coefficients, y.dots)
+        shrink = self.weights2 * (1.0 - kept / self.sizes)
+        signals = []
+        for side, a in ((x, a_x), (y, a_y)):
+            energy = float(self.weights2 @ (side.energy - np.einsum("tk,tk->t", a, a)))
+            signals.append(max(energy - float(shrink @ side.noise), NOISE_FLOOR * energy))
+        dot = float(self.weights2 @ (cross - np.einsum("tk,tk->t", a_x, a_y)))
+        return dot / math.sqrt(signals[0] * signals[1]) if signals[0] > 0 and signals[1] > 0 else 0.0
+
+def _z(score: float, cohort_scores: np.ndarray) -> float:
+    """`score` z-scored against `cohort_scores` (spread floored at SPREAD_FLOOR)."""
+    return (score - float(cohort_scores.mean())) / max(float(cohort_scores.std(ddof=1)), SPREAD_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -181,11 +222,27 @@ class NullDistribution:
         projected out takes one more — the predictive Student-t of a score from n draws."""
         return max(1, self.cohort_size - 1 - self.components)
 
-    @property
+    @functools.cached_property
     def _fit(self) -> tuple[float, float, int]:
+        """(centre, scale, df): the scores' mean, and a scale no smaller than their spread nor than
+        the median scale their top TAIL_FRACTION implies (each of those scores read as the Student-t
+        quantile at its observed exceedance rate). The null is a mixture: mostly unrelated pairs, and
+        a few pairs of members trained on similar data, the same kind of pair as the hard negatives a
+        screened model meets (its siblings); a scale fitted to the mean and spread alone put those
+        far into a tail they are not in, which made the rates about ten times too good on real
+        fine-tunes (README "Calibration")."""
+        from scipy.special import stdtrit
+
+        df = self.degrees_of_freedom
+        if len(self.scores) < 2:
+            return float(np.mean(self.scores)) if len(self.scores) else 0.0, 1.0, df
         centre = float(np.mean(self.scores))
-        spread = max(float(np.std(self.scores, ddof=1)), 1e-6) if len(self.scores) > 1 else 1.0
-        return centre, spread, self.degrees_of_freedom
+        spread = max(float(np.std(self.scores, ddof=1)), 1e-6)
+        top = np.sort(self.scores)[::-1][: max(MIN_TAIL, math.ceil(TAIL_FRACTION * len(self.scores)))]
+        exceedance = np.arange(1, len(top) + 1) / (len(self.scores) + 1)
+        upper = exceedance < 0.5  # scores above the t's median imply a scale; the rest say nothing of the tail
+        implied = (top[upper] - centre) / -stdtrit(df, exceedance[upper])
+        return centre, max(spread, float(np.median(implied))) if upper.any() else spread, df
 
     def false_match_rate(self, normalised: float) -> float:
         """P(a benign pair's normalised score ≥ `normalised`); decreasing in `normalised`."""
@@ -210,7 +267,11 @@ class Cohort:
     """
 
     def __init__(
-        self, base: str, members: Sequence[Fingerprint], components: int = DEFAULT_COMPONENTS, sides: str = "query"
+        self,
+        base: str,
+        members: Sequence[Fingerprint],
+        components: int = DEFAULT_COMPONENTS,
+        sides: str = "query",
     ) -> None:
         if sides not in NORMALISE_SIDES:
             raise FingerprintError(f"normalise against {' or '.join(NORMALISE_SIDES)}, not {sides!r}")
@@ -238,27 +299,46 @@ class Cohort:
         wanted = set(names)
         return sum(bool(wanted & set(m.sketches)) for m in self.members)
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - a cohort lives as long as the matcher holding it
-    def _table(self, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray, NullDistribution]:
-        """(tensor weights, weighted member rows, member noise, null distribution) over `layout`."""
+    def _touching(self, layout: Layout) -> tuple[list[Fingerprint], np.ndarray]:
+        """(members touching a tensor of `layout`, tensor weights: 1/RMS of their change, capped)."""
         touching = [m for m in self.members if any(n in m.sketches for n, _ in layout)]
         energy = np.array([np.mean([max(float(np.sum(m.sketches[n] ** 2)) - m.noise[n], 0.0) if n in m.sketches else 0.0
                                     for m in touching]) for n, _ in layout])
         positive = energy[energy > 0]
         floor = float(np.median(positive)) / WEIGHT_CAP**2 if positive.size else 1.0
-        weights = 1.0 / np.sqrt(np.maximum(energy, floor))
-        rows, noise = _vectors(touching, layout, weights)
-        gram = _gram(rows, noise)
-        n = len(rows)
-        pairs = list(combinations(range(n), 2))
-        if len(pairs) > MAX_NULL_PAIRS:
-            pairs = [pairs[i] for i in sorted(np.random.default_rng(0).choice(len(pairs), MAX_NULL_PAIRS, replace=False))]
-        null = [_normalised(gram, [k for k in range(n) if k not in (i, j)], i, j, self.components, self.sides)[1] for i, j in pairs]
-        return weights, rows, noise, NullDistribution(np.array(null), n, self.components)
+        return touching, 1.0 / np.sqrt(np.maximum(energy, floor))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - a cohort lives as long as the matcher holding it
+    def _table(self, layout: Layout) -> tuple[_TensorSpace, list[tuple[np.ndarray, np.ndarray]], NullDistribution]:
+        """(the members' tensor space, per-tensor bases of the whole cohort and of each member left
+        out, null distribution) over `layout`. A null pair (i, j) is scored as a query i against a
+        listed j: the residual with neither in the background, z-scored against i's residuals with
+        every other member m, each with neither i nor m in the background."""
+        touching, weights = self._touching(layout)
+        space = _TensorSpace.build(touching, layout, weights)
+        n = len(touching)
+        everyone = np.ones(n, dtype=bool)
+        bases = [space.bases(everyone, self.components)]
+        for m in range(n):
+            keep = everyone.copy()
+            keep[m] = False
+            bases.append(space.bases(keep, self.components))
+        residuals = np.zeros((n, n))
+        for a, b in combinations(range(n), 2):
+            keep = everyone.copy()
+            keep[[a, b]] = False
+            residuals[a, b] = residuals[b, a] = space.residual(
+                space.bases(keep, self.components), space.member(a), space.member(b), space.member_dot(a, b))
+        null = []
+        for i, j in ((i, j) for i in range(n) for j in range(n) if i != j):
+            z = [_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
+                 for side in ((i, j) if self.sides == "both" else (i,))]
+            null.append(float(np.mean(z)))
+        return space, bases, NullDistribution(np.array(null), n, self.components)
 
     def null(self, listed: Fingerprint, names: Sequence[str]) -> NullDistribution:
         """The null distribution of normalised scores over the tensors `names` of `listed`."""
-        return self._table(_layout(listed, names))[3]
+        return self._table(_layout(listed, names))[2]
 
     def score(self, query: Fingerprint, listed: Fingerprint, names: Sequence[str], similarity: float) -> CalibratedScore:
         """Calibrate one comparison over the tensors `names` (those `fuzzy.compare` used)."""
@@ -267,12 +347,19 @@ class Cohort:
             return CalibratedScore(similarity, calibrated=False, cohort_size=usable)
         query.check_compatible(self.members[0])
         layout = _layout(listed, names)
-        weights, rows, noise, null = self._table(layout)
-        pair_rows, pair_noise = _vectors([query, listed], layout, weights)
-        gram = _gram(np.vstack([rows, pair_rows]), np.concatenate([noise, pair_noise]))
-        n = len(rows)
-        residual, normalised = _normalised(gram, list(range(n)), n, n + 1, self.components, self.sides)
-        return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), n)
+        space, bases, null = self._table(layout)
+        q, l = space.side(query, layout), space.side(listed, layout)
+        cross = np.array([float(query.sketches[n].ravel() @ listed.sketches[n].ravel())
+                          if n in query.sketches and n in listed.sketches and query.sketches[n].size == size else 0.0
+                          for n, size in layout])
+        residual = space.residual(bases[0], q, l, cross)
+        z = []
+        for side in (q, l) if self.sides == "both" else (q,):
+            scores = np.array([space.residual(bases[1 + m], side, space.member(m), space.norms[:, m] * side.dots[:, m])
+                               for m in range(len(bases) - 1)])
+            z.append(_z(residual, scores))
+        normalised = float(np.mean(z))
+        return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(bases) - 1)
 
 
 def cohort_for(query: Fingerprint, listed: Fingerprint, cohorts: Mapping[str, Cohort]) -> Cohort | None:

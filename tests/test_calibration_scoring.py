@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -119,3 +121,46 @@ def test_query_side_normalisation_cancels_noise_that_shrinks_every_cosine_of_the
     assert query_side.normalised > max(s.normalised for s in siblings)
     with pytest.raises(FingerprintError, match="normalise"):
         Cohort("sd15", members, sides="listed")
+
+
+def _tensorwise_family(count: int, seed: int) -> list[Fingerprint]:
+    """Deltas whose benign part lies in two directions per tensor, with their own mix in every
+    tensor: a subspace of 2 directions per tensor, but no few directions of the whole delta span it."""
+    template = listed()
+    names = [n for n, s in template.sketches.items() if s.ndim == 2][:8]
+    shared = np.random.default_rng(0).standard_normal((len(names), 2, 144))
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(count):
+        sketches = {n: (rng.uniform(0.5, 3.0, 2) @ shared[t] + rng.standard_normal(144)).reshape(12, 12)
+                    for t, n in enumerate(names)}
+        result.append(replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in names},
+                              noise=dict.fromkeys(names, 0.0)))
+    return result
+
+
+def test_benign_directions_are_projected_out_tensor_by_tensor() -> None:
+    members, (target, *siblings) = _tensorwise_family(12, 1), _tensorwise_family(7, 2)
+    tensorwise = {"sd15": Cohort("sd15", members)}
+    noise = np.random.default_rng(3)
+    copy = replace(target, sketches={n: s + 0.7 * noise.standard_normal(s.shape) for n, s in target.sketches.items()})
+    sibling_scores = [calibrate(s, target, tensorwise) for s in siblings]
+    copy_score = calibrate(copy, target, tensorwise)
+    assert min(s.similarity for s in sibling_scores) > 0.5  # the benign part dominates the raw cosine
+    assert max(abs(s.residual) for s in sibling_scores) < 0.25 < 0.5 < copy_score.residual
+    assert all(s.decision() is None for s in sibling_scores), sibling_scores
+    assert copy_score.decision() == "action", copy_score
+
+
+def test_the_false_match_tail_covers_the_nulls_own_extreme_pairs() -> None:
+    rng = np.random.default_rng(0)
+    light = rng.standard_normal(400)
+    heavy = np.concatenate([light, 5.0 + rng.standard_normal(12)])  # a few pairs of members trained on similar data
+    light_null, heavy_null = NullDistribution(light, 24), NullDistribution(heavy, 24)
+    assert light_null.threshold(1e-6) == pytest.approx(light.mean() + light.std(ddof=1) * 6.1, rel=0.1)  # tail ≈ spread
+    top = np.sort(heavy)[::-1][:20]
+    observed = np.arange(1, 21) / (len(heavy) + 1)
+    fitted = np.array([heavy_null.false_match_rate(s) for s in top])
+    assert np.mean(fitted >= observed) >= 0.5  # the fitted tail is not lighter than the null's own top
+    moments_only = NullDistribution(heavy, 24).scores.std(ddof=1)
+    assert heavy_null.threshold(1e-6) > heavy.mean() + moments_only * 6.1  # a moment fit would be optimistic
