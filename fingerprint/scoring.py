@@ -38,7 +38,7 @@ from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchE
 from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.fingerprint.names import block_of, component_of
 
-BACKGROUND_DIRECTIONS = 2  # per-tensor benign directions a Background keeps (calibration projects out 2 too)
+BACKGROUND_DIRECTIONS = 2  # per-tensor benign directions a Background keeps (calibration.DEFAULT_COMPONENTS for scores)
 
 ENERGY_CAP = 16.0
 NOISE_FLOOR = 0.25

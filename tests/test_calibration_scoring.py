@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelsieve.fingerprint import calibration
 from modelsieve.fingerprint import synthetic as syn
 from modelsieve.fingerprint.calibration import (
     MIN_COHORT,
@@ -164,3 +165,12 @@ def test_the_false_match_tail_covers_the_nulls_own_extreme_pairs() -> None:
     assert np.mean(fitted >= observed) >= 0.5  # the fitted tail is not lighter than the null's own top
     moments_only = NullDistribution(heavy, 24).scores.std(ddof=1)
     assert heavy_null.threshold(1e-6) > heavy.mean() + moments_only * 6.1  # a moment fit would be optimistic
+
+
+def test_leave_out_eigenproblems_solved_in_the_leading_span_match_full_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    members = _tensorwise_family(16, 4)
+    names = list(members[0].sketches)
+    approximate = Cohort("sd15", members).null(members[0], names).scores
+    monkeypatch.setattr(calibration, "RITZ_EXTRA", len(members))  # every leave-out eigenproblem solved in full
+    exact = Cohort("sd15", members).null(members[0], names).scores
+    assert np.max(np.abs(approximate - exact)) < 0.05 * np.std(exact)
