@@ -5,25 +5,29 @@ fine-tune the same way), so a raw delta cosine of 0.2–0.5 between two independ
 normal and proves nothing. A cohort of known-benign models derived from the same base calibrates
 each comparison in three steps:
 
-1. **Project out** the cohort's top principal directions (uncentred, so the shared mean direction
-   goes first) from both deltas and take the cosine of what is left (`residual`).
+1. **Project out**, tensor by tensor, the cohort's top principal directions there (uncentred,
+   of the members' sketches scaled to unit norm, as `scoring.Background` does; the query and
+   the listed model are never in it) from both deltas and take the weighted cosine of what is
+   left (`residual`). Benign directions differ from tensor to tensor; a few directions of the
+   whole delta cannot hold them all.
 2. **Normalise** (as speaker verification does with impostor cohorts): z-score the residual
-   against the query's residuals with every cohort member (`normalised`). Whatever was done to
-   the query — an fp8 re-save, a DARE drop, a merge — adds noise or dilutes its delta and so
-   shrinks all its cosines by one common factor, which this z-score cancels; `sides="both"`
-   averages it with the listed model's z-score (symmetric s-norm), which on real fine-tunes
-   separates transformed copies from siblings less well (README "Calibration").
+   against the query's residuals with every cohort member, each with that member left out of the
+   background so its own direction is not removed (`normalised`). Whatever was done to the query
+   — an fp8 re-save, a DARE drop, a merge — adds noise or dilutes its delta and so shrinks all its
+   cosines by one common factor, which this z-score cancels; `sides="both"` averages it with the
+   listed model's z-score (symmetric s-norm), which on real fine-tunes separates transformed
+   copies from siblings less well (README "Calibration").
 3. **Estimate the false-match rate** at that score from a null distribution: the normalised
    scores of benign-vs-benign pairs inside the cohort, each computed by exactly the same
-   procedure with the pair left out of the cohort; a Student-t tail fitted to them extrapolates
-   (conservatively) beyond the few hundred pairs a cohort gives.
+   procedure with the pair left out of the background (leave-two-out); a Student-t whose scale
+   also fits the null's own top scores (the cohort's pairs of similar training, which resemble
+   a listed model's siblings) extrapolates beyond the few hundred pairs a cohort gives.
 
-Everything runs on weighted per-tensor dot products: one Gram matrix of the cohort, the query
-and the listed model over the tensors the comparison uses, so every leave-out projection costs
-an n×n eigendecomposition, never another pass over the sketches. Tensors are weighted by
-1/RMS of the cohort's change there (each counts by how unusual its change is), capped so no
-tensor carries more than WEIGHT_CAP² × the median. Rounding noise (fp16/bf16/fp8 files) is taken
-off the energies as `fuzzy.compare` does.
+Everything runs on per-tensor Gram matrices of the members' unit sketches, so every leave-out
+projection is a batched n×n eigenproblem, never another pass over the sketches. Tensors are
+weighted by 1/RMS of the cohort's change there (each counts by how unusual its change is), capped
+so no tensor carries more than WEIGHT_CAP² × the median. Rounding noise (fp16/bf16/fp8 files) is
+taken off the energies as `fuzzy.compare` does.
 
 Without a cohort, or with fewer than MIN_COHORT members that touch the compared tensors, scores
 still come out, flagged `calibrated=False`, with no normalised score and no false-match estimate.
