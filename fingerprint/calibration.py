@@ -134,87 +134,154 @@ class _Side:
     noise: np.ndarray  # (tensors,) expected rounding-noise energy
 
 
+def _top_directions(
+    gram: np.ndarray, leading: np.ndarray, present: np.ndarray, keeps: np.ndarray, components: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of `keeps` (masks over the members, all keeping the same number), the top
+    `components` eigenvectors of the kept members' Gram matrix as (coefficients (masks × members ×
+    components) mapping member dot products onto those directions, directions kept per mask).
+    A direction is kept where more members than `components` changed the tensor (`present`)."""
+    index = np.array([np.flatnonzero(k) for k in keeps]).reshape(len(keeps), -1)
+    size = index.shape[1]
+    coefficients = np.zeros((*keeps.shape, components))
+    count = min(components, size)
+    if count == 0:
+        return coefficients, np.zeros(len(keeps))
+    sub = gram[index[:, :, None], index[:, None, :]]
+    if components + RITZ_EXTRA < size < gram.shape[0]:
+        # Rayleigh-Ritz in the span of the whole cohort's leading eigenvectors: leaving a member or two
+        # out moves the top directions only within it, at a fraction of a full eigh's cost
+        span, _ = np.linalg.qr(leading[index, : components + RITZ_EXTRA])
+        values, small = np.linalg.eigh(np.swapaxes(span, 1, 2) @ sub @ span)
+        values, vectors = values[:, ::-1][:, :count], span @ small[:, :, ::-1][:, :, :count]
+    else:
+        values, vectors = np.linalg.eigh(sub)
+        values, vectors = values[:, ::-1][:, :count], vectors[:, :, ::-1][:, :, :count]
+    enough = present[index].sum(axis=1) > components
+    valid = (values > 1e-12 * np.maximum(values[:, :1], 1e-300)) & enough[:, None]
+    scaled = np.where(valid[:, None, :], vectors / np.sqrt(np.maximum(values, 1e-300))[:, None, :], 0.0)
+    coefficients[np.arange(len(keeps))[:, None], index, :count] = scaled
+    return coefficients, valid.sum(axis=1)
+
+
 @dataclass(frozen=True)
-class _TensorSpace:
-    """The cohort's members tensor by tensor, for removing per-tensor benign directions.
+class _TensorView:
+    """One tensor of the cohort, with every background the calibration needs there.
 
-    As `scoring.Background`: per tensor, the top uncentred principal directions of the members'
-    sketches scaled to unit norm; a tensor gets directions only where more members than
-    directions changed it. Everything runs on the members' Gram matrices, so leaving members out
-    costs a (tensors × n × n) batched eigendecomposition, never another pass over the sketches."""
+    As `scoring.Background`: the top uncentred principal directions of the members' sketches
+    scaled to unit norm; computed on the members' Gram matrix, so leaving members out costs an
+    n×n eigenproblem, never another pass over the sketches. Independent of which other tensors a
+    comparison uses, so it is computed once per cohort and tensor."""
 
-    units: tuple[np.ndarray, ...]  # per tensor (members × sketch size): unit-normalised sketches, zero rows where absent
-    grams: np.ndarray  # (tensors × members × members) of the unit sketches
-    norms: np.ndarray  # (tensors × members) sketch norms
-    noise: np.ndarray  # (tensors × members)
-    sizes: np.ndarray  # (tensors,) sketch sizes
-    weights2: np.ndarray  # (tensors,) squared tensor weights
-    leading: np.ndarray  # (tensors × members × members) eigenvectors of `grams`, largest eigenvalue first
+    units: np.ndarray  # (members × sketch size): unit-normalised sketches, zero rows where absent
+    gram: np.ndarray  # (members × members) of the unit sketches
+    norms: np.ndarray  # (members,) sketch norms
+    noise: np.ndarray  # (members,)
+    size: int
+    bases: np.ndarray  # (1 + members) × members × components: the whole cohort's, then each member left out
+    kept: np.ndarray  # (1 + members,) directions those bases hold
+    pair_dot: np.ndarray  # (members × members) dot product of members a and b, both left out of the background
+    pair_energy: np.ndarray  # [a, b]: a's energy with a and b left out of the background
+    pair_kept: np.ndarray  # (members × members) directions that background holds
 
     @classmethod
-    def build(cls, members: Sequence[Fingerprint], layout: Layout, weights: np.ndarray) -> _TensorSpace:
-        units, norms, noise = [], np.zeros((len(layout), len(members))), np.zeros((len(layout), len(members)))
-        for t, (name, size) in enumerate(layout):
-            rows = np.zeros((len(members), size))
-            for m, member in enumerate(members):
-                if name in member.sketches and member.sketches[name].size == size:
-                    rows[m] = member.sketches[name].ravel()
-                    noise[t, m] = member.noise[name]
-            norms[t] = np.linalg.norm(rows, axis=1)
-            units.append(rows / np.maximum(norms[t], 1e-300)[:, None])
-        grams = np.stack([u @ u.T for u in units]) if units else np.zeros((0, len(members), len(members)))
-        leading = np.linalg.eigh(grams)[1][:, :, ::-1]
-        return cls(tuple(units), grams, norms, noise, np.array([size for _, size in layout], float), weights**2, leading)
+    def build(cls, members: Sequence[Fingerprint], name: str, size: int, components: int) -> _TensorView:
+        rows, noise = np.zeros((len(members), size)), np.zeros(len(members))
+        for m, member in enumerate(members):
+            if name in member.sketches and member.sketches[name].size == size:
+                rows[m], noise[m] = member.sketches[name].ravel(), member.noise[name]
+        norms = np.linalg.norm(rows, axis=1)
+        units = rows / np.maximum(norms, 1e-300)[:, None]
+        gram = units @ units.T
+        leading = np.linalg.eigh(gram)[1][:, ::-1]
+        present = norms > 0
+        n = len(members)
+        bases, kept = _top_directions(gram, leading, present, ~np.eye(n, dtype=bool), components)
+        whole, whole_kept = _top_directions(gram, leading, present, np.ones((1, n), dtype=bool), components)
+        a, b = np.triu_indices(n, 1)
+        pair_masks = np.ones((len(a), n), dtype=bool)
+        pair_masks[np.arange(len(a)), a] = pair_masks[np.arange(len(a)), b] = False
+        pair_bases, pair_kept = _top_directions(gram, leading, present, pair_masks, components)
+        member_dots = norms[:, None] * gram  # [a, m]: member a · unit sketch of m
+        alpha_a = np.einsum("pmk,pm->pk", pair_bases, member_dots[a])
+        alpha_b = np.einsum("pmk,pm->pk", pair_bases, member_dots[b])
+        dots, energy, kept_matrix = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+        dots[a, b] = dots[b, a] = norms[a] * norms[b] * gram[a, b] - np.einsum("pk,pk->p", alpha_a, alpha_b)
+        energy[a, b] = norms[a] ** 2 - np.einsum("pk,pk->p", alpha_a, alpha_a)
+        energy[b, a] = norms[b] ** 2 - np.einsum("pk,pk->p", alpha_b, alpha_b)
+        kept_matrix[a, b] = kept_matrix[b, a] = pair_kept
+        return cls(units, gram, norms, noise, size, np.concatenate([whole, bases]), np.concatenate([whole_kept, kept]),
+                   dots, energy, kept_matrix)
+
+
+@dataclass(frozen=True)
+class _TensorSpace:
+    """The cohort over one comparison's tensors: the tensor views stacked, with their weights."""
+
+    views: tuple[_TensorView, ...]
+    weights2: np.ndarray  # (tensors,) squared tensor weights
+    members: np.ndarray  # indices of the members touching these tensors
+
+    @functools.cached_property
+    def bases(self) -> np.ndarray:
+        return np.stack([v.bases for v in self.views], axis=1)  # (1 + members) × tensors × members × components
+
+    @functools.cached_property
+    def kept(self) -> np.ndarray:
+        return np.stack([v.kept for v in self.views], axis=1)  # (1 + members) × tensors
+
+    @functools.cached_property
+    def sizes(self) -> np.ndarray:
+        return np.array([v.size for v in self.views], dtype=float)
 
     def side(self, fp: Fingerprint, layout: Layout) -> _Side:
         """`fp`'s view (zeros where it lacks a tensor)."""
-        dots, energy, noise = np.zeros(self.norms.shape), np.zeros(len(layout)), np.zeros(len(layout))
-        for t, (name, size) in enumerate(layout):
+        dots = np.zeros((len(layout), len(self.views[0].norms) if self.views else 0))
+        energy, noise = np.zeros(len(layout)), np.zeros(len(layout))
+        for t, ((name, size), view) in enumerate(zip(layout, self.views, strict=True)):
             if name in fp.sketches and fp.sketches[name].size == size:
                 sketch = fp.sketches[name].ravel()
-                dots[t], energy[t], noise[t] = self.units[t] @ sketch, sketch @ sketch, fp.noise[name]
+                dots[t], energy[t], noise[t] = view.units @ sketch, sketch @ sketch, fp.noise[name]
         return _Side(dots, energy, noise)
 
     def member(self, m: int) -> _Side:
-        return _Side(self.norms[:, m : m + 1] * self.grams[:, :, m], self.norms[:, m] ** 2, self.noise[:, m])
+        return _Side(np.stack([v.norms[m] * v.gram[:, m] for v in self.views]), np.array([v.norms[m] ** 2 for v in self.views]),
+                     np.array([v.noise[m] for v in self.views]))
 
-    def member_dot(self, a: int, b: int) -> np.ndarray:
-        return self.norms[:, a] * self.norms[:, b] * self.grams[:, a, b]
+    def member_cross(self, side: _Side, m: int) -> np.ndarray:
+        """Per tensor, member m's sketch · the side's sketch."""
+        return np.array([v.norms[m] for v in self.views]) * side.dots[:, m]
 
-    def bases(self, keep: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
-        """(coefficients (tensors × members × components) mapping member dot products onto the top
-        directions of the kept members, directions kept per tensor)."""
-        index = np.flatnonzero(keep)
-        coefficients = np.zeros((len(self.sizes), len(keep), components))
-        if components == 0 or index.size == 0 or not len(self.sizes):
-            return coefficients, np.zeros(len(self.sizes))
-        gram = self.grams[:, index][:, :, index]
-        count = min(components, index.size)
-        if components + RITZ_EXTRA < index.size < len(keep):
-            # Rayleigh-Ritz in the span of the whole cohort's leading eigenvectors: leaving a member or
-            # two out moves the top directions only within it, at a fraction of a full eigh's cost
-            span, _ = np.linalg.qr(self.leading[:, index, : components + RITZ_EXTRA])
-            values, small = np.linalg.eigh(np.swapaxes(span, 1, 2) @ gram @ span)
-            values, vectors = values[:, ::-1][:, :count], span @ small[:, :, ::-1][:, :, :count]
-        else:
-            values, vectors = np.linalg.eigh(gram)
-            values, vectors = values[:, ::-1][:, :count], vectors[:, :, ::-1][:, :, :count]
-        present = np.sum(self.norms[:, index] > 0, axis=1)
-        valid = (values > 1e-12 * np.maximum(values[:, :1], 1e-300)) & (present[:, None] > components)
-        coefficients[:, index, :count] = np.where(valid[:, None, :], vectors / np.sqrt(np.maximum(values, 1e-300))[:, None, :], 0.0)
-        return coefficients, valid.sum(axis=1)
-
-    def residual(self, basis: tuple[np.ndarray, np.ndarray], x: _Side, y: _Side, cross: np.ndarray) -> float:
-        """The weighted cosine of x and y with each tensor's directions in `basis` projected out."""
-        coefficients, kept = basis
+    def residual(self, which: int, x: _Side, y: _Side, cross: np.ndarray) -> float:
+        """The weighted cosine of x and y with each tensor's background `which` (0: the whole
+        cohort's, 1 + m: member m's left out) projected out."""
+        coefficients, kept = self.bases[which], self.kept[which]
         a_x, a_y = np.einsum("tmk,tm->tk", coefficients, x.dots), np.einsum("tmk,tm->tk", coefficients, y.dots)
-        shrink = self.weights2 * (1.0 - kept / self.sizes)
+        return float(self._cosine(cross - np.einsum("tk,tk->t", a_x, a_y), x.energy - np.einsum("tk,tk->t", a_x, a_x),
+                            y.energy - np.einsum("tk,tk->t", a_y, a_y), x.noise, y.noise, kept))
+
+    def _cosine(self, dot: np.ndarray, energy_x: np.ndarray, energy_y: np.ndarray, noise_x: np.ndarray,
+                noise_y: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        """Weighted, noise-debiased cosine from per-tensor projected dot products and energies
+        (tensors on axis 0, further axes broadcast); rounding noise shrinks with the dimensions removed."""
+        expand = lambda v: v.reshape(v.shape + (1,) * (kept.ndim - 1))  # noqa: E731
+        shrink = expand(self.weights2) * (1.0 - kept / expand(self.sizes))
         signals = []
-        for side, a in ((x, a_x), (y, a_y)):
-            energy = float(self.weights2 @ (side.energy - np.einsum("tk,tk->t", a, a)))
-            signals.append(max(energy - float(shrink @ side.noise), NOISE_FLOOR * energy))
-        dot = float(self.weights2 @ (cross - np.einsum("tk,tk->t", a_x, a_y)))
-        return dot / math.sqrt(signals[0] * signals[1]) if signals[0] > 0 and signals[1] > 0 else 0.0
+        for energy, noise in ((energy_x, noise_x), (energy_y, noise_y)):
+            total = np.tensordot(self.weights2, energy, axes=1)
+            signals.append(np.maximum(total - np.sum(shrink * noise, axis=0), NOISE_FLOOR * total))
+        product = signals[0] * signals[1]
+        return np.where(product > 0, np.tensordot(self.weights2, dot, axes=1) / np.sqrt(np.where(product > 0, product, 1.0)), 0.0)
+
+    def member_residuals(self) -> np.ndarray:
+        """[a, b]: the residual cosine of touching members a and b, both left out of the background."""
+        grid = np.ix_(self.members, self.members)
+        pick = lambda attribute: np.stack([getattr(v, attribute)[grid] for v in self.views])  # noqa: E731
+        noise = np.stack([v.noise[self.members] for v in self.views])
+        energy = pick("pair_energy")
+        return self._cosine(pick("pair_dot"), energy, np.swapaxes(energy, 1, 2), noise[:, :, None], noise[:, None, :],
+                            pick("pair_kept"))
+
 
 def _z(score: float, cohort_scores: np.ndarray) -> float:
     """`score` z-scored against `cohort_scores` (spread floored at SPREAD_FLOOR)."""
@@ -323,37 +390,31 @@ class Cohort:
         floor = float(np.median(positive)) / WEIGHT_CAP**2 if positive.size else 1.0
         return touching, 1.0 / np.sqrt(np.maximum(energy, floor))
 
-    @functools.lru_cache(maxsize=32)  # noqa: B019 - a cohort lives as long as the matcher holding it
-    def _table(self, layout: Layout) -> tuple[_TensorSpace, list[tuple[np.ndarray, np.ndarray]], NullDistribution]:
-        """(the members' tensor space, per-tensor bases of the whole cohort and of each member left
-        out, null distribution) over `layout`. A null pair (i, j) is scored as a query i against a
-        listed j: the residual with neither in the background, z-scored against i's residuals with
-        every other member m, each with neither i nor m in the background."""
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - a cohort lives as long as the matcher holding it
+    def _view(self, name: str, size: int) -> _TensorView:
+        """One tensor's backgrounds: computed once per cohort, shared by every set of compared tensors."""
+        return _TensorView.build(self.members, name, size, self.components)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a cohort lives as long as the matcher holding it
+    def _table(self, layout: Layout) -> tuple[_TensorSpace, NullDistribution]:
+        """(the cohort over `layout`, null distribution). A null pair (i, j) is scored as a query i
+        against a listed j: the residual with neither in the background, z-scored against i's
+        residuals with every other member m, each with neither i nor m in the background."""
         touching, weights = self._touching(layout)
-        space = _TensorSpace.build(touching, layout, weights)
+        index = np.array([i for i, m in enumerate(self.members) if any(n in m.sketches for n, _ in layout)], dtype=np.intp)
+        space = _TensorSpace(tuple(self._view(name, size) for name, size in layout), weights**2, index)
+        residuals = space.member_residuals()
         n = len(touching)
-        everyone = np.ones(n, dtype=bool)
-        bases = [space.bases(everyone, self.components)]
-        for m in range(n):
-            keep = everyone.copy()
-            keep[m] = False
-            bases.append(space.bases(keep, self.components))
-        residuals = np.zeros((n, n))
-        for a, b in combinations(range(n), 2):
-            keep = everyone.copy()
-            keep[[a, b]] = False
-            residuals[a, b] = residuals[b, a] = space.residual(
-                space.bases(keep, self.components), space.member(a), space.member(b), space.member_dot(a, b))
         null = []
         for i, j in ((i, j) for i in range(n) for j in range(n) if i != j):
             z = [_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
                  for side in ((i, j) if self.sides == "both" else (i,))]
             null.append(float(np.mean(z)))
-        return space, bases, NullDistribution(np.array(null), n, self.components)
+        return space, NullDistribution(np.array(null), n, self.components)
 
     def null(self, listed: Fingerprint, names: Sequence[str]) -> NullDistribution:
         """The null distribution of normalised scores over the tensors `names` of `listed`."""
-        return self._table(_layout(listed, names))[2]
+        return self._table(_layout(listed, names))[1]
 
     def score(self, query: Fingerprint, listed: Fingerprint, names: Sequence[str], similarity: float) -> CalibratedScore:
         """Calibrate one comparison over the tensors `names` (those `fuzzy.compare` used)."""
@@ -362,19 +423,18 @@ class Cohort:
             return CalibratedScore(similarity, calibrated=False, cohort_size=usable)
         query.check_compatible(self.members[0])
         layout = _layout(listed, names)
-        space, bases, null = self._table(layout)
+        space, null = self._table(layout)
         q, l = space.side(query, layout), space.side(listed, layout)
         cross = np.array([float(query.sketches[n].ravel() @ listed.sketches[n].ravel())
                           if n in query.sketches and n in listed.sketches and query.sketches[n].size == size else 0.0
                           for n, size in layout])
-        residual = space.residual(bases[0], q, l, cross)
+        residual = space.residual(0, q, l, cross)
         z = []
         for side in (q, l) if self.sides == "both" else (q,):
-            scores = np.array([space.residual(bases[1 + m], side, space.member(m), space.norms[:, m] * side.dots[:, m])
-                               for m in range(len(bases) - 1)])
+            scores = np.array([space.residual(1 + m, side, space.member(m), space.member_cross(side, m)) for m in space.members])
             z.append(_z(residual, scores))
         normalised = float(np.mean(z))
-        return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(bases) - 1)
+        return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(space.members))
 
 
 def cohort_for(query: Fingerprint, listed: Fingerprint, cohorts: Mapping[str, Cohort]) -> Cohort | None:
