@@ -244,18 +244,29 @@ class _TensorSpace:
                 dots[t], energy[t], noise[t] = view.units @ sketch, sketch @ sketch, fp.noise[name]
         return _Side(dots, energy, noise)
 
-    def member(self, m: int) -> _Side:
-        return _Side(np.stack([v.norms[m] * v.gram[:, m] for v in self.views]), np.array([v.norms[m] ** 2 for v in self.views]),
-                     np.array([v.noise[m] for v in self.views]))
+    @functools.cached_property
+    def _member_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For the touching members, each with its own background (that member left out): those
+        bases (members × tensors × members × components), each member's coefficients on them
+        (members × tensors × components), projected energy, noise and norms (tensors × members)."""
+        bases = self.bases[1:] if len(self.members) == len(self.bases) - 1 else self.bases[1 + self.members]
+        dots = np.stack([v.norms[self.members, None] * v.gram[self.members] for v in self.views], axis=1)
+        alpha = np.einsum("mtnk,mtn->mtk", bases, dots)
+        norms = np.stack([v.norms[self.members] for v in self.views])
+        energy = norms**2 - np.einsum("mtk,mtk->tm", alpha, alpha)
+        return bases, alpha, energy, np.stack([v.noise[self.members] for v in self.views]), norms
 
-    def member_cross(self, side: _Side, m: int) -> np.ndarray:
-        """Per tensor, member m's sketch · the side's sketch."""
-        return np.array([v.norms[m] for v in self.views]) * side.dots[:, m]
+    def cohort_residuals(self, x: _Side) -> np.ndarray:
+        """x's residual cosine with every touching member, each with that member left out of the background."""
+        bases, alpha, energy, noise, norms = self._member_parts
+        a_x = np.einsum("mtnk,tn->mtk", bases, x.dots)
+        dot = norms * x.dots[:, self.members] - np.einsum("mtk,mtk->tm", a_x, alpha)
+        energy_x = x.energy[:, None] - np.einsum("mtk,mtk->tm", a_x, a_x)
+        return self._cosine(dot, energy_x, energy, x.noise[:, None], noise, self.kept[1 + self.members].T)
 
-    def residual(self, which: int, x: _Side, y: _Side, cross: np.ndarray) -> float:
-        """The weighted cosine of x and y with each tensor's background `which` (0: the whole
-        cohort's, 1 + m: member m's left out) projected out."""
-        coefficients, kept = self.bases[which], self.kept[which]
+    def residual(self, x: _Side, y: _Side, cross: np.ndarray) -> float:
+        """The weighted cosine of x and y with the whole cohort's directions projected out of each tensor."""
+        coefficients, kept = self.bases[0], self.kept[0]
         a_x, a_y = np.einsum("tmk,tm->tk", coefficients, x.dots), np.einsum("tmk,tm->tk", coefficients, y.dots)
         return float(self._cosine(cross - np.einsum("tk,tk->t", a_x, a_y), x.energy - np.einsum("tk,tk->t", a_x, a_x),
                             y.energy - np.einsum("tk,tk->t", a_y, a_y), x.noise, y.noise, kept))
@@ -428,11 +439,10 @@ class Cohort:
         cross = np.array([float(query.sketches[n].ravel() @ listed.sketches[n].ravel())
                           if n in query.sketches and n in listed.sketches and query.sketches[n].size == size else 0.0
                           for n, size in layout])
-        residual = space.residual(0, q, l, cross)
+        residual = space.residual(q, l, cross)
         z = []
         for side in (q, l) if self.sides == "both" else (q,):
-            scores = np.array([space.residual(1 + m, side, space.member(m), space.member_cross(side, m)) for m in space.members])
-            z.append(_z(residual, scores))
+            z.append(_z(residual, space.cohort_residuals(side)))
         normalised = float(np.mean(z))
         return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(space.members))
 
