@@ -174,3 +174,14 @@ def test_leave_out_eigenproblems_solved_in_the_leading_span_match_full_ones(monk
     monkeypatch.setattr(calibration, "RITZ_EXTRA", len(members))  # every leave-out eigenproblem solved in full
     exact = Cohort("sd15", members).null(members[0], names).scores
     assert np.max(np.abs(approximate - exact)) < 0.05 * np.std(exact)
+
+
+def test_tensor_sets_sharing_a_cohort_score_as_with_a_fresh_one() -> None:
+    members, (target, query) = _tensorwise_family(12, 6), _tensorwise_family(2, 7)
+    names = list(target.sketches)
+    partial = replace(query, sketches={n: query.sketches[n] for n in names[:3]})
+    shared = {"sd15": Cohort("sd15", members)}
+    first, second = calibrate(query, target, shared), calibrate(partial, target, shared)  # the second reuses tensor views
+    assert second == calibrate(partial, target, {"sd15": Cohort("sd15", members)})
+    assert first == calibrate(query, target, {"sd15": Cohort("sd15", members)})
+    assert first.similarity != second.similarity
