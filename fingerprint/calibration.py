@@ -39,7 +39,6 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -392,14 +391,15 @@ class Cohort:
         wanted = set(names)
         return sum(bool(wanted & set(m.sketches)) for m in self.members)
 
-    def _touching(self, layout: Layout) -> tuple[list[Fingerprint], np.ndarray]:
-        """(members touching a tensor of `layout`, tensor weights: 1/RMS of their change, capped)."""
-        touching = [m for m in self.members if any(n in m.sketches for n, _ in layout)]
+    def _touching(self, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+        """(indices of the members touching a tensor of `layout`, tensor weights: 1/RMS of their change, capped)."""
+        index = np.array([i for i, m in enumerate(self.members) if any(n in m.sketches for n, _ in layout)], dtype=np.intp)
+        touching = [self.members[i] for i in index]
         energy = np.array([np.mean([max(float(np.sum(m.sketches[n] ** 2)) - m.noise[n], 0.0) if n in m.sketches else 0.0
                                     for m in touching]) for n, _ in layout])
         positive = energy[energy > 0]
         floor = float(np.median(positive)) / WEIGHT_CAP**2 if positive.size else 1.0
-        return touching, 1.0 / np.sqrt(np.maximum(energy, floor))
+        return index, 1.0 / np.sqrt(np.maximum(energy, floor))
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 - a cohort lives as long as the matcher holding it
     def _view(self, name: str, size: int) -> _TensorView:
@@ -411,11 +411,10 @@ class Cohort:
         """(the cohort over `layout`, null distribution). A null pair (i, j) is scored as a query i
         against a listed j: the residual with neither in the background, z-scored against i's
         residuals with every other member m, each with neither i nor m in the background."""
-        touching, weights = self._touching(layout)
-        index = np.array([i for i, m in enumerate(self.members) if any(n in m.sketches for n, _ in layout)], dtype=np.intp)
+        index, weights = self._touching(layout)
         space = _TensorSpace(tuple(self._view(name, size) for name, size in layout), weights**2, index)
         residuals = space.member_residuals()
-        n = len(touching)
+        n = len(index)
         null = []
         for i, j in ((i, j) for i in range(n) for j in range(n) if i != j):
             z = [_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
