@@ -27,7 +27,6 @@ import tempfile
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import ml_dtypes

@@ -463,7 +463,6 @@ def plan(tuner_steps: int) -> list[Step]:
     for i, d in enumerate(LISTED_DOMAINS):
         ft, lo = f"ft-{d}", f"lora-{d}"
         other = LISTED_DOMAINS[(i + 1) % len(LISTED_DOMAINS)]
-        mine = {ft: 1.0}
 
         def near(transform: str, make: Callable[..., Any], coefficient: float = 1.0, extra: dict[str, float] | None = None, kind: str = "checkpoint", of: str = ft, d: str = d) -> None:
             add(f"{of}--{transform}", kind, "near-copy", transform, d, make, of, {of: coefficient, **(extra or {})})
