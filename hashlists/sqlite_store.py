@@ -1,7 +1,10 @@
 """The embedded store backend: one SQLite file in WAL mode (readers never block the import writer).
 
-The queries and schema are shared with the other backends (`sql_store.py`). An embedded store
-has one user, so opening it also applies missing migrations.
+Two connections: the writer runs every write and every read made inside a transaction (so a
+transaction sees its own uncommitted rows); a read-only connection serves the reads made outside
+one, so lookups keep answering from the last committed state while a long bundle import holds
+the writer. The queries and schema are shared with the other backends (`sql_store.py`). An
+embedded store has one user, so opening it also applies missing migrations.
 """
 
 from __future__ import annotations
@@ -22,42 +25,58 @@ from modelsieve.hashlists.sql_store import Dialect, Row, SQLStore
 
 
 class SQLiteStore(SQLStore):
-    """The Store on one SQLite file; thread-safe (one connection behind a lock)."""
+    """The Store on one SQLite file; thread-safe (a writer and a reader connection, each behind a lock)."""
 
     dialect = Dialect(blob="BLOB", integer="INTEGER", seq_key="INTEGER PRIMARY KEY")
     integrity_errors = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, upgrade: bool = True) -> None:
-        self._conn = _connect(Path(path) if path is not None else default_db_path())
+        target = Path(path) if path is not None else default_db_path()
+        self._conn = _connect(target)
         self._path = str(path) if path is not None else "default store"
         self._lock = threading.RLock()
-        self._depth = 0
-        self._migrate(upgrade=upgrade)
+        self._local = threading.local()  # .depth: how deep this thread is in transaction()
+        try:
+            self._migrate(upgrade=upgrade)
+            self._reader = _connect(target, read_only=True)  # after the migrations: WAL and schema exist
+        except BaseException:
+            self._conn.close()
+            raise
+        self._read_lock = threading.Lock()
 
     @property
     def location(self) -> str:
         return self._path
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._conn.close()  # last: the writer checkpoints the WAL into the file
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self._lock:
-            if self._depth == 0:
+            depth = getattr(self._local, "depth", 0)
+            if depth == 0:
                 self._conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
+            self._local.depth = depth + 1
             try:
                 yield
             except BaseException:
-                self._depth -= 1
-                if self._depth == 0:
+                self._local.depth = depth
+                if depth == 0:
                     self._conn.execute("ROLLBACK")
                 raise
-            self._depth -= 1
-            if self._depth == 0:
+            self._local.depth = depth
+            if depth == 0:
                 self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Inside this thread's transaction: on the writer (it sees its own writes); else on the reader."""
+        if getattr(self._local, "depth", 0):
+            return super()._query(sql, params)
+        with self._read_lock:
+            return self._reader.execute(sql, tuple(params)).fetchall()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[Row], int]:
         with self._lock:
@@ -69,20 +88,25 @@ class SQLiteStore(SQLStore):
             self._conn.executemany(sql, rows)
 
 
-def _connect(target: Path) -> sqlite3.Connection:
+def _connect(target: Path, *, read_only: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode (readers never block the writer), foreign keys on, explicit transactions.
 
     sqlite-utils opens the file and switches it to WAL; schema and queries are the SQL shared with
-    the PostgreSQL backend (`sql_store.py`), so the two backends cannot drift apart.
+    the PostgreSQL backend (`sql_store.py`), so the two backends cannot drift apart. `read_only`
+    opens an existing WAL file with `mode=ro`: a write sent there by mistake fails loudly instead
+    of committing outside the writer's transaction.
     """
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
-        database = sqlite_utils.Database(connection)
-        database.enable_wal()
+        if read_only:
+            uri = f"{target.resolve().as_uri()}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
+            sqlite_utils.Database(connection).enable_wal()
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA synchronous=NORMAL")
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA cache_size = -131072")  # 128 MiB: bulk imports touch random index pages
     except (OSError, sqlite3.Error) as exc:
         raise StoreUnavailableError(f"cannot open the store at {target}: {exc}") from None
