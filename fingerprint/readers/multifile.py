@@ -73,11 +73,6 @@ class CompositeReader(ModelReader):
             reader.close()
 
 
-def _load_json_object(path: Path) -> dict[str, object]:
-    """A bounded, strictly parsed JSON object file."""
-    return read_json_object(path, MAX_JSON_BYTES)
-
-
 def _inside(folder: Path, relative: str, what: str) -> Path:
     """`folder/relative`, refusing absolute paths, `..` and symlinks that lead out of `folder`."""
     candidate = Path(relative)
@@ -108,7 +103,7 @@ class ShardIndex:
 
 def read_shard_index(path: Path) -> ShardIndex:
     """Parse and validate a sharded checkpoint's index (shard files are not opened)."""
-    document = _load_json_object(path)
+    document = read_json_object(path, MAX_JSON_BYTES)
     weight_map, metadata = document.get("weight_map"), document.get("metadata", {})
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ModelFileError(f"{path}: weight_map must map tensor names to shard file names")
@@ -202,7 +197,7 @@ def _open_weights(path: Path, prefix: str) -> ModelReader:
 def open_diffusers(folder: Path) -> CompositeReader:
     """A diffusers pipeline folder as one model: every component with weights, names prefixed `component/`."""
     index_path = folder / DIFFUSERS_INDEX
-    index = _load_json_object(index_path)
+    index = read_json_object(index_path, MAX_JSON_BYTES)
     metadata = {k: v for k, v in index.items() if k.startswith("_") and isinstance(v, str)}
     problems: list[str] = []
     with ExitStack() as stack:
