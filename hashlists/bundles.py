@@ -499,7 +499,6 @@ def _apply_opinions(store: Store, manifest: Manifest, payload: _VerifiedPayload,
     return counts
 
 
-
 def _apply_background(store: Store, manifest: Manifest, payload: _VerifiedPayload) -> dict[str, int]:
     """Add the bundle's cohort members (each base's in batches); sources name the publisher."""
     pending: dict[str, list[tuple[Fingerprint, str]]] = {}
