@@ -25,9 +25,13 @@ each comparison in three steps:
 
 Everything runs on per-tensor Gram matrices of the members' unit sketches, so every leave-out
 projection is a batched n×n eigenproblem, never another pass over the sketches. Tensors are
-weighted by 1/RMS of the cohort's change there (each counts by how unusual its change is), capped
-so no tensor carries more than WEIGHT_CAP² × the median. Rounding noise (fp16/bf16/fp8 files) is
-taken off the energies as `fuzzy.compare` does.
+weighted by 1/RMS per sketch element of the cohort's change there: each tensor's change counts
+by how unusual it is, and every sketch dimension is one unit of evidence, so a 12-element bias
+sketch does not weigh as much as a 144-element matrix sketch. Weights are capped so no tensor
+carries more than WEIGHT_CAP² × the median. Rounding noise (fp16/bf16/fp8 files) is taken off
+the energies as `fuzzy.compare` does, and a comparison whose sides carry rounding noise weights
+each tensor down by the share of noise in it (`_TensorSpace.noise_weights2`): where an fp8 file's
+rounding noise swamps the change a fine-tune makes, that tensor says little.
 
 Without a cohort, or with fewer than MIN_COHORT members that touch the compared tensors, scores
 still come out, flagged `calibrated=False`, with no normalised score and no false-match estimate.
@@ -51,7 +55,7 @@ DEFAULT_COMPONENTS = 3  # principal benign directions projected out of each tens
 NORMALISE_SIDES = ("query", "both")  # z-score against the query's cohort scores (default), or s-norm's both sides
 RITZ_EXTRA = 6  # leading directions beyond `components` a leave-out eigenproblem is solved in (Cohort._table)
 MIN_COHORT = 6  # members touching the compared tensors needed before a score is called calibrated
-TAIL_FRACTION = 0.02  # the top share of the null the Student-t's scale must also fit (at least MIN_TAIL scores)
+TAIL_FRACTION = 0.005  # the top share of the null the Student-t's scale must also fit (at least MIN_TAIL scores)
 MIN_TAIL = 5
 SPREAD_FLOOR = 0.02  # lower bound on a cohort score spread, so near-zero spreads give finite z-scores
 WEIGHT_CAP = 4.0  # no tensor's weight exceeds WEIGHT_CAP × the median tensor weight
@@ -219,6 +223,7 @@ class _TensorSpace:
 
     views: tuple[_TensorView, ...]
     weights2: np.ndarray  # (tensors,) squared tensor weights
+    typical: np.ndarray  # (tensors,) the touching members' mean change energy (rounding noise removed)
     members: np.ndarray  # indices of the members touching these tensors
 
     @functools.cached_property
@@ -255,33 +260,41 @@ class _TensorSpace:
         energy = norms**2 - np.einsum("mtk,mtk->tm", alpha, alpha)
         return bases, alpha, energy, np.stack([v.noise[self.members] for v in self.views]), norms
 
-    def cohort_residuals(self, x: _Side) -> np.ndarray:
+    def noise_weights2(self, x: _Side, y: _Side) -> np.ndarray:
+        """The squared tensor weights for comparing x with y: each scaled by S / (S + N), S the
+        cohort's typical change energy there and N the rounding noise x and y carry (so 1 where
+        neither carries any). A Wiener-style down-weighting: a tensor whose noise swamps the change
+        a fine-tune makes (an fp8 re-save of a small fine-tune) says little about either."""
+        noise = x.noise + y.noise
+        return self.weights2 * np.where(noise > 0, self.typical / np.maximum(self.typical + noise, 1e-300), 1.0)
+
+    def cohort_residuals(self, x: _Side, weights2: np.ndarray) -> np.ndarray:
         """x's residual cosine with every touching member, each with that member left out of the background."""
         bases, alpha, energy, noise, norms = self._member_parts
         a_x = np.einsum("mtnk,tn->mtk", bases, x.dots)
         dot = norms * x.dots[:, self.members] - np.einsum("mtk,mtk->tm", a_x, alpha)
         energy_x = x.energy[:, None] - np.einsum("mtk,mtk->tm", a_x, a_x)
-        return self._cosine(dot, energy_x, energy, x.noise[:, None], noise, self.kept[1 + self.members].T)
+        return self._cosine(weights2, dot, energy_x, energy, x.noise[:, None], noise, self.kept[1 + self.members].T)
 
-    def residual(self, x: _Side, y: _Side, cross: np.ndarray) -> float:
+    def residual(self, x: _Side, y: _Side, cross: np.ndarray, weights2: np.ndarray) -> float:
         """The weighted cosine of x and y with the whole cohort's directions projected out of each tensor."""
         coefficients, kept = self.bases[0], self.kept[0]
         a_x, a_y = np.einsum("tmk,tm->tk", coefficients, x.dots), np.einsum("tmk,tm->tk", coefficients, y.dots)
-        return float(self._cosine(cross - np.einsum("tk,tk->t", a_x, a_y), x.energy - np.einsum("tk,tk->t", a_x, a_x),
-                            y.energy - np.einsum("tk,tk->t", a_y, a_y), x.noise, y.noise, kept))
+        return float(self._cosine(weights2, cross - np.einsum("tk,tk->t", a_x, a_y), x.energy - np.einsum("tk,tk->t", a_x, a_x),
+                                  y.energy - np.einsum("tk,tk->t", a_y, a_y), x.noise, y.noise, kept))
 
-    def _cosine(self, dot: np.ndarray, energy_x: np.ndarray, energy_y: np.ndarray, noise_x: np.ndarray,
-                noise_y: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    def _cosine(self, weights2: np.ndarray, dot: np.ndarray, energy_x: np.ndarray, energy_y: np.ndarray,
+                noise_x: np.ndarray, noise_y: np.ndarray, kept: np.ndarray) -> np.ndarray:
         """Weighted, noise-debiased cosine from per-tensor projected dot products and energies
         (tensors on axis 0, further axes broadcast); rounding noise shrinks with the dimensions removed."""
         expand = lambda v: v.reshape(v.shape + (1,) * (kept.ndim - 1))  # noqa: E731
-        shrink = expand(self.weights2) * (1.0 - kept / expand(self.sizes))
+        shrink = expand(weights2) * (1.0 - kept / expand(self.sizes))
         signals = []
         for energy, noise in ((energy_x, noise_x), (energy_y, noise_y)):
-            total = np.tensordot(self.weights2, energy, axes=1)
+            total = np.tensordot(weights2, energy, axes=1)
             signals.append(np.maximum(total - np.sum(shrink * noise, axis=0), NOISE_FLOOR * total))
         product = signals[0] * signals[1]
-        return np.where(product > 0, np.tensordot(self.weights2, dot, axes=1) / np.sqrt(np.where(product > 0, product, 1.0)), 0.0)
+        return np.where(product > 0, np.tensordot(weights2, dot, axes=1) / np.sqrt(np.where(product > 0, product, 1.0)), 0.0)
 
     def member_residuals(self) -> np.ndarray:
         """[a, b]: the residual cosine of touching members a and b, both left out of the background."""
@@ -289,8 +302,8 @@ class _TensorSpace:
         pick = lambda attribute: np.stack([getattr(v, attribute)[grid] for v in self.views])  # noqa: E731
         noise = np.stack([v.noise[self.members] for v in self.views])
         energy = pick("pair_energy")
-        return self._cosine(pick("pair_dot"), energy, np.swapaxes(energy, 1, 2), noise[:, :, None], noise[:, None, :],
-                            pick("pair_kept"))
+        return self._cosine(self.weights2, pick("pair_dot"), energy, np.swapaxes(energy, 1, 2), noise[:, :, None],
+                            noise[:, None, :], pick("pair_kept"))
 
 
 def _z(score: float, cohort_scores: np.ndarray) -> float:
@@ -391,15 +404,17 @@ class Cohort:
         wanted = set(names)
         return sum(bool(wanted & set(m.sketches)) for m in self.members)
 
-    def _touching(self, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-        """(indices of the members touching a tensor of `layout`, tensor weights: 1/RMS of their change, capped)."""
+    def _touching(self, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices of the members touching a tensor of `layout`, their mean change energy per tensor,
+        tensor weights: 1/RMS per sketch element of that change, capped at WEIGHT_CAP × the median)."""
         index = np.array([i for i, m in enumerate(self.members) if any(n in m.sketches for n, _ in layout)], dtype=np.intp)
         touching = [self.members[i] for i in index]
         energy = np.array([np.mean([max(float(np.sum(m.sketches[n] ** 2)) - m.noise[n], 0.0) if n in m.sketches else 0.0
                                     for m in touching]) for n, _ in layout])
-        positive = energy[energy > 0]
+        per_element = energy / np.array([size for _, size in layout], dtype=float)
+        positive = per_element[per_element > 0]
         floor = float(np.median(positive)) / WEIGHT_CAP**2 if positive.size else 1.0
-        return index, 1.0 / np.sqrt(np.maximum(energy, floor))
+        return index, energy, 1.0 / np.sqrt(np.maximum(per_element, floor))
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 - a cohort lives as long as the matcher holding it
     def _view(self, name: str, size: int) -> _TensorView:
@@ -411,8 +426,8 @@ class Cohort:
         """(the cohort over `layout`, null distribution). A null pair (i, j) is scored as a query i
         against a listed j: the residual with neither in the background, z-scored against i's
         residuals with every other member m, each with neither i nor m in the background."""
-        index, weights = self._touching(layout)
-        space = _TensorSpace(tuple(self._view(name, size) for name, size in layout), weights**2, index)
+        index, typical, weights = self._touching(layout)
+        space = _TensorSpace(tuple(self._view(name, size) for name, size in layout), weights**2, typical, index)
         residuals = space.member_residuals()
         n = len(index)
         null = []
@@ -438,10 +453,11 @@ class Cohort:
         cross = np.array([float(query.sketches[n].ravel() @ listed.sketches[n].ravel())
                           if n in query.sketches and n in listed.sketches and query.sketches[n].size == size else 0.0
                           for n, size in layout])
-        residual = space.residual(q, l, cross)
+        weights2 = space.noise_weights2(q, l)
+        residual = space.residual(q, l, cross, weights2)
         z = []
         for side in (q, l) if self.sides == "both" else (q,):
-            z.append(_z(residual, space.cohort_residuals(side)))
+            z.append(_z(residual, space.cohort_residuals(side, weights2)))
         normalised = float(np.mean(z))
         return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(space.members))
 

@@ -185,3 +185,38 @@ def test_tensor_sets_sharing_a_cohort_score_as_with_a_fresh_one() -> None:
     assert second == calibrate(partial, target, {"sd15": Cohort("sd15", members)})
     assert first == calibrate(query, target, {"sd15": Cohort("sd15", members)})
     assert first.similarity != second.similarity
+
+
+def test_tensors_swamped_by_the_copys_rounding_noise_are_weighed_down() -> None:
+    members, (target, *siblings) = _tensorwise_family(12, 1), _tensorwise_family(7, 2)
+    tensorwise = {"sd15": Cohort("sd15", members)}
+    rng = np.random.default_rng(5)
+    sketches, noise = dict(target.sketches), dict(target.noise)
+    for name in list(target.sketches)[::2]:  # as an fp8 file: rounding noise 16× the change, on half the tensors
+        error = rng.standard_normal(sketches[name].shape)
+        error *= 4 * np.linalg.norm(sketches[name]) / np.linalg.norm(error)
+        sketches[name], noise[name] = sketches[name] + error, float(np.sum(error**2))
+    copy_score = calibrate(replace(target, sketches=sketches, noise=noise), target, tensorwise)
+    # the clean half carries the evidence: equally weighted, the noisy half pulled the residual to ≈ 0.27
+    assert copy_score.residual > 0.6
+    assert copy_score.decision() is not None, copy_score
+    assert all(calibrate(s, target, tensorwise).decision() is None for s in siblings)
+
+
+def test_every_sketch_element_counts_once_whatever_tensor_it_belongs_to() -> None:
+    template = listed()
+    matrices = [n for n, s in template.sketches.items() if s.ndim == 2][:4]
+    vectors = [n for n, s in template.sketches.items() if s.ndim == 1 and s.size == 12][:4]
+    rng = np.random.default_rng(8)
+
+    def model(matrix_part: dict[str, np.ndarray] | None = None) -> Fingerprint:
+        sketches = {n: rng.standard_normal(template.sketches[n].shape) for n in matrices + vectors}
+        sketches.update(matrix_part or {})
+        return replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in sketches},
+                       noise=dict.fromkeys(sketches, 0.0))
+
+    members, target = [model() for _ in range(12)], model()
+    query = model({n: target.sketches[n] for n in matrices})  # same matrices, unrelated vectors
+    score = calibrate(query, target, {"sd15": Cohort("sd15", members)})
+    # 4 × 144 shared elements against 4 × 12 unrelated ones: ≈ 0.92 (weighing every tensor alike gave 0.66)
+    assert score.residual > 0.85, score
