@@ -3,7 +3,7 @@
 Each listed fingerprint contributes one 512-bit sign code per model component (the fuzzy facade's
 `sign_codes`: signs of a keyed projection of its delta on the index tensors). A query's codes are
 compared with every listed code of the same component in one pass of faiss's compiled Hamming
-kernel (`faiss.hammings`: 64 bytes per code, SIMD popcount, about twice as fast as numpy's
+kernel (`faiss.hammings`: 64 bytes per code, SIMD popcount, 1.5–2× as fast as numpy's
 per-element XOR / popcount / add passes); codes within CANDIDATE_MAX_HAMMING bits are candidates,
 the closest `limit` of them go on to exact scoring with `compare`. The codes are held row-major, one
 growable table per component (see `_Component`). Why an exact linear scan and not LSH, IVF, a
