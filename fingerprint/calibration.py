@@ -484,11 +484,14 @@ def calibrate(
     `statistics`: this pair's `pair_statistics`, when the caller has them already."""
     if statistics is None:
         statistics = pair_statistics(query, listed)
-    similarity = statistics.similarity()
-    cohort = cohort_for(query, listed, cohorts)
+    return _calibrated(query, listed, cohort_for(query, listed, cohorts), statistics.names, statistics.similarity())
+
+
+def _calibrated(query: Fingerprint, listed: Fingerprint, cohort: Cohort | None, names: Sequence[str], similarity: float) -> CalibratedScore:
+    """The comparison over `names` with raw `similarity`, calibrated against `cohort` when there is one."""
     if cohort is None:
         return CalibratedScore(similarity, calibrated=False)
-    return cohort.score(query, listed, statistics.names, similarity)
+    return cohort.score(query, listed, names, similarity)
 
 
 def assess(
@@ -502,9 +505,11 @@ def assess(
 
     With a cohort, its benign directions are projected out before the merge coefficient's fit (a
     merge partner sharing the family's direction otherwise inflates it) and the comparison's score
-    is the residual cosine; without one this is plain `compare` plus an uncalibrated score."""
+    is the residual cosine; without one this is plain `compare` plus an uncalibrated score. Equal
+    to `compare(..., background=...)` and `calibrate(...)`, with the pair's statistics, cohort and
+    raw similarity computed once (the matcher scores every candidate this way)."""
     statistics = pair_statistics(query, listed)
     cohort = cohort_for(query, listed, cohorts)
     background = cohort.background if cohort is not None else None
     comparison = compare(query, listed, breakdown=breakdown, statistics=statistics, background=background)
-    return comparison, calibrate(query, listed, cohorts, statistics=statistics)
+    return comparison, _calibrated(query, listed, cohort, statistics.names, comparison.similarity)

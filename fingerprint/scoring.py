@@ -302,7 +302,7 @@ def compare(
     stats = statistics if statistics is not None else pair_statistics(query, listed)
     fit = pair_statistics(query, listed, background) if background is not None else stats
     listed_energy = stats.listed_signal()
-    fit_energy = fit.listed_signal()
+    fit_energy = fit.listed_signal() if background is not None else listed_energy
     similarity = stats.similarity()
     residual = fit.similarity() if background is not None else None
     return Comparison(

@@ -1,28 +1,29 @@
-"""The blocked, column-major sign-code scan returns exactly what a plain per-row scan returns."""
+"""The sign-code index (faiss's Hamming kernel + selection) returns exactly what a brute-force scan returns."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelsieve.fingerprint.fuzzy import hamming_distances
-from modelsieve.hashlists import fuzzy_index
 from modelsieve.hashlists.fuzzy_index import CODE_BYTES, FuzzyIndex
 
+Rows = list[tuple[int, dict[str, bytes]]]
 
-def reference_candidates(
-    rows: list[tuple[int, dict[str, bytes]]], query: dict[str, bytes], limit: int, max_hamming: int
-) -> list[tuple[int, int]]:
-    """Per component: every row's distance by the facade's row-wise `hamming_distances`, the
-    `limit` closest within `max_hamming` by (distance, seq); then each seq's best over components."""
+
+def brute_candidates(rows: Rows, query: dict[str, bytes], limit: int, max_hamming: int) -> list[tuple[int, int]]:
+    """Per component: every well-sized row's distance, bit by bit (np.unpackbits), the `limit` closest
+    within `max_hamming` by (distance, seq); then each seq's best over the components, closest first."""
     best: dict[int, int] = {}
     for component, code in query.items():
-        listed = [(seq, codes[component]) for seq, codes in rows if component in codes]
-        if not listed:
+        listed = [(seq, codes[component]) for seq, codes in rows if len(codes.get(component, b"")) == CODE_BYTES]
+        if not listed or len(code) != CODE_BYTES:
             continue
-        table = np.frombuffer(b"".join(c for _, c in listed), np.uint8).reshape(len(listed), CODE_BYTES)
-        distances = hamming_distances(code, table).tolist()
+        table = np.unpackbits(np.frombuffer(b"".join(c for _, c in listed), np.uint8).reshape(len(listed), CODE_BYTES), axis=1)
+        distances = (table != np.unpackbits(np.frombuffer(code, np.uint8))).sum(axis=1).tolist()
         close = sorted((d, seq) for (seq, _), d in zip(listed, distances) if d <= max_hamming)[:limit]
         for distance, seq in close:
             best[seq] = min(distance, best.get(seq, distance))
@@ -35,41 +36,70 @@ def near(rng: np.random.Generator, code: bytes, flips: int) -> bytes:
     return np.packbits(bits).tobytes()
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    count=st.integers(1, 300),
-    limit=st.integers(1, 40),
-    max_hamming=st.integers(0, 512),
-    batches=st.integers(1, 4),
-)
-def test_blocked_scan_equals_the_reference_scan(seed: int, count: int, limit: int, max_hamming: int, batches: int) -> None:
-    rng = np.random.default_rng(seed)
-    query = {"unet": rng.bytes(CODE_BYTES), "text_encoder": rng.bytes(CODE_BYTES)}
+def listed_rows(rng: np.random.Generator, query: dict[str, bytes], count: int) -> Rows:
+    """Rows near the query at every distance, many at a few shared distances (ties at the cut), exact
+    duplicates, unrelated codes, a component the query lacks, wrong-size codes, and seqs out of row
+    order with repeats (ties must fall to the lower seq, not the earlier row)."""
+    tied = rng.integers(0, 260, 3)
+    seqs = rng.permutation(10 * count)[:count]
     rows = []
     for i in range(count):
         codes = {}
         for component, code in query.items():
-            if rng.random() < 0.8:  # near copies at every distance, some exact duplicates (ties)
-                codes[component] = near(rng, code, int(rng.integers(0, 300))) if rng.random() < 0.7 else rng.bytes(CODE_BYTES)
-        rows.append((int(rng.integers(0, 50)) if rng.random() < 0.1 else 1000 + i, codes))  # some seqs repeat
-    index = FuzzyIndex()
-    for part in np.array_split(np.arange(count), batches):  # growth across several add_many calls
+            draw = rng.random()
+            if draw < 0.35:
+                codes[component] = near(rng, code, int(rng.choice(tied)))
+            elif draw < 0.65:
+                codes[component] = near(rng, code, int(rng.integers(0, 300)))
+            elif draw < 0.85:
+                codes[component] = rng.bytes(CODE_BYTES)
+            elif draw < 0.88:
+                codes[component] = rng.bytes(int(rng.integers(0, 2 * CODE_BYTES)))  # skipped unless 64 bytes
+        if rng.random() < 0.2:
+            codes["vae"] = rng.bytes(CODE_BYTES)
+        rows.append((int(rng.integers(0, 20)) if rng.random() < 0.1 else int(seqs[i]), codes))
+    return rows
+
+
+def indexed(rows: Rows, batches: int, index: FuzzyIndex | None = None) -> FuzzyIndex:
+    index = index if index is not None else FuzzyIndex()
+    for part in np.array_split(np.arange(len(rows)), batches):  # growth across several add_many calls
         index.add_many(rows[i] for i in part)
-    assert len(index) == sum(len(codes) for _, codes in rows)
-    assert index.candidates(query, limit=limit, max_hamming=max_hamming) == reference_candidates(rows, query, limit, max_hamming)
+    return index
 
 
-def test_scan_crosses_block_boundaries(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(fuzzy_index, "SCAN_ROWS", 7)  # many blocks and a ragged last one
-    rng = np.random.default_rng(3)
-    query = {"unet": rng.bytes(CODE_BYTES)}
-    rows = [(i, {"unet": near(rng, query["unet"], int(rng.integers(0, 260)))}) for i in range(200)]
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    count=st.integers(1, 1500),
+    grown=st.integers(0, 1500),
+    limit=st.integers(1, 40),
+    max_hamming=st.integers(-1, 512),
+    batches=st.integers(1, 4),
+)
+def test_candidates_equal_a_brute_force_scan_before_and_after_a_copy_grows(
+    seed: int, count: int, grown: int, limit: int, max_hamming: int, batches: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    query = {"unet": rng.bytes(CODE_BYTES), "text_encoder": rng.bytes(CODE_BYTES)}
+    rows = listed_rows(rng, query, count + grown)
+    first, later = rows[:count], rows[count:]
+    original = indexed(first, batches)
+    twin = indexed(later, batches, original.copy())  # within the shared table's capacity or past it
+    well_sized = lambda part: sum(len(c) == CODE_BYTES for _, codes in part for c in codes.values())  # noqa: E731
+    assert (len(original), len(twin)) == (well_sized(first), well_sized(rows))
+    assert original.candidates(query, limit=limit, max_hamming=max_hamming) == brute_candidates(first, query, limit, max_hamming)
+    assert twin.candidates(query, limit=limit, max_hamming=max_hamming) == brute_candidates(rows, query, limit, max_hamming)
+    assert original.nbytes <= twin.nbytes and twin.nbytes >= len(twin) * (CODE_BYTES + 8)
+
+
+def test_ties_at_the_cut_go_to_the_lower_seq_whatever_the_row_order() -> None:
+    code = bytes(CODE_BYTES)
     index = FuzzyIndex()
-    index.add_many(rows)
-    found = index.candidates(query, limit=25, max_hamming=226)
-    assert found == reference_candidates(rows, query, 25, 226)
-    assert len(found) == 25 and found[0][1] < found[-1][1]
+    index.add_many([(seq, {"unet": code}) for seq in (50, 7, 30, 9, 41)])
+    index.add_many([(3, {"unet": near(np.random.default_rng(0), code, 1)})])
+    assert index.candidates({"unet": code}, limit=3) == [(7, 0), (9, 0), (30, 0)]
+    assert index.candidates({"unet": code}, limit=6) == [(7, 0), (9, 0), (30, 0), (41, 0), (50, 0), (3, 1)]
 
 
 def test_wrong_size_codes_and_unknown_components_are_ignored() -> None:
@@ -79,3 +109,17 @@ def test_wrong_size_codes_and_unknown_components_are_ignored() -> None:
     assert index.candidates({"unet": b"\x00" * CODE_BYTES, "vae": b"\x00" * CODE_BYTES}) == [(2, 0)]
     assert index.candidates({"unet": b"\x00" * 3}) == []
     assert index.candidates({"unet": b"\x00" * CODE_BYTES}, limit=0) == []
+
+
+def test_faiss_is_loaded_by_the_first_scan_not_by_importing_the_store_or_matcher() -> None:
+    script = (
+        "import sys\n"
+        "from modelsieve.hashlists.matcher import Matcher\n"
+        "from modelsieve.hashlists.fuzzy_index import FuzzyIndex\n"
+        "index = FuzzyIndex(); index.add_many([(1, {'unet': bytes(64)})])\n"
+        "print('faiss' in sys.modules)\n"
+        "index.candidates({'unet': bytes(64)})\n"
+        "print('faiss' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.split() == ["False", "True"]

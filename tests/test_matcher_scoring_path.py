@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from modelsieve.fingerprint import synthetic as syn
-from modelsieve.fingerprint.calibration import calibrate
+from modelsieve.fingerprint.calibration import assess, calibrate, cohort_for
 from modelsieve.fingerprint.fuzzy import Fingerprint, compare, fingerprint_tensors
 from modelsieve.fingerprint.scoring import pair_statistics
 from modelsieve.hashlists.matcher import Matcher
@@ -28,6 +28,20 @@ def test_shared_statistics_and_no_breakdown_change_no_score() -> None:
         assert dataclasses.replace(full, components={}, blocks={}) == cheap
         for background in ({}, cohorts()):
             assert calibrate(query, listed, background, statistics=statistics) == calibrate(query, listed, background)
+
+
+def test_assess_equals_compare_and_calibrate_called_apart() -> None:
+    """assess computes the statistics, cohort and raw similarity once; nothing it returns may differ."""
+    lora_query = fingerprint_tensors(merged_lora_arrays(lora_arrays(1), lora_arrays(2), 0.5, 0.5))
+    calibrated = ({}, cohorts())
+    pairs = [(fp(syn.resave(family().fine_tune(1, SIZE), "fp16")), tuned(1), calibrated), (tuned(12), tuned(1), calibrated),
+             (lora_query, lora_fingerprint(1), ({},))]  # the LoRA fixtures use another key than the cohort
+    for query, listed, options in pairs:
+        for background in options:
+            cohort = cohort_for(query, listed, background)
+            for breakdown in (True, False):
+                apart = compare(query, listed, breakdown=breakdown, background=cohort.background if cohort else None)
+                assert assess(query, listed, background, breakdown=breakdown) == (apart, calibrate(query, listed, background))
 
 
 def test_the_parsed_fingerprint_cache_never_serves_a_replaced_fingerprint(store: SQLiteStore) -> None:
