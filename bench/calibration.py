@@ -8,8 +8,10 @@ other non-background model. Per transformation row it prints:
 - TPR at the policy's action threshold (estimated false-match rate ≤ action rate);
 - sibling false matches at that threshold (must be 0) and at the review threshold;
 - the weakest positive and the strongest negative (all non-derived models, siblings included)
-  in raw cosine and in normalised units, and each margin divided by the negatives' spread in its
-  own units (the fair comparison: raw and normalised scores are on different scales).
+  in raw similarity and in normalised units, and each margin divided by the negatives' spread in
+  its own units (the fair comparison: raw and normalised scores are on different scales); the
+  margin of the plain delta cosine too (no rounding-noise debiasing: what the issue's research
+  table measured), beside `fuzzy.compare`'s noise-debiased raw similarity.
 
 Run (no network; corpus cached, so re-runs take about a minute)::
 
@@ -66,7 +68,8 @@ def fingerprints(out_dir: Path, models: list[CorpusModel]) -> dict[str, Fingerpr
 class Pair:
     listed: str
     query: str
-    raw: float
+    raw: float  # fuzzy.compare's similarity (rounding noise debiased)
+    plain: float  # the plain weighted delta cosine, noise energy left in
     normalised: float  # nan when uncalibrated
     rate: float  # 1.0 when uncalibrated
 
@@ -79,8 +82,10 @@ def score_all(models: list[CorpusModel], fps: dict[str, Fingerprint], cohort: Co
         for query in queries:
             if query.name == entry.name:
                 continue
-            score = calibrate(fps[query.name], fps[entry.name], {BASE_NAME: cohort})
-            pairs.append(Pair(entry.name, query.name, score.similarity, _or(score.normalised, float("nan")),
+            statistics = pair_statistics(fps[query.name], fps[entry.name])
+            score = calibrate(fps[query.name], fps[entry.name], {BASE_NAME: cohort}, statistics=statistics)
+            plain = float(statistics.dots.sum()) / np.sqrt(statistics.query_energy.sum() * statistics.listed_energy.sum())
+            pairs.append(Pair(entry.name, query.name, score.similarity, plain, _or(score.normalised, float("nan")),
                               _or(score.false_match_rate, 1.0)))
     return pairs
 
@@ -111,22 +116,25 @@ def report(models: list[CorpusModel], pairs: list[Pair], policy: Policy, cohort:
             if q.role == "sibling" and q.of == p.listed:
                 siblings.append(p)
     neg_raw, neg_norm = [p.raw for p in negatives], [p.normalised for p in negatives]
-    header = ("row", "n", "TPR@action", "TPR@review", "min raw", "min norm", "raw margin (/sd)", "norm margin (/sd)")
+    header = ("row", "n", "TPR@action", "TPR@review", "min raw", "min norm", "raw margin (/sd)", "plain cosine margin (/sd)",
+              "norm margin (/sd)")
     lines = [header]
     for row, ps in sorted(rows.items()):
         raw_m, raw_d = _margin([p.raw for p in ps], neg_raw)
+        plain_m, plain_d = _margin([p.plain for p in ps], [p.plain for p in negatives])
         norm_m, norm_d = _margin([p.normalised for p in ps], neg_norm)
         lines.append((row, str(len(ps)), f"{np.mean([p.rate <= policy.action_rate for p in ps]):.2f}",
                       f"{np.mean([p.rate <= policy.review_rate for p in ps]):.2f}",
                       f"{min(p.raw for p in ps):.3f}", f"{np.nanmin([p.normalised for p in ps]):.1f}",
-                      f"{raw_m:+.3f} ({raw_d:+.1f})", f"{norm_m:+.1f} ({norm_d:+.1f})"))
+                      f"{raw_m:+.3f} ({raw_d:+.1f})", f"{plain_m:+.3f} ({plain_d:+.1f})", f"{norm_m:+.1f} ({norm_d:+.1f})"))
     for label, ps in (("siblings (must not match)", siblings), ("all negatives", negatives)):
         if not ps:
             continue
         lines.append((label, str(len(ps)), f"FM {sum(p.rate <= policy.action_rate for p in ps)}",
                       f"FM {sum(p.rate <= policy.review_rate for p in ps)}",
                       f"max {max(p.raw for p in ps):.3f}", f"max {np.nanmax([p.normalised for p in ps]):.1f}",
-                      f"FM at raw ≥ {policy.uncalibrated_review}: {sum(p.raw >= policy.uncalibrated_review for p in ps)}", ""))
+                      f"FM at raw ≥ {policy.uncalibrated_review}: {sum(p.raw >= policy.uncalibrated_review for p in ps)}",
+                      f"max {max(p.plain for p in ps):.3f}", ""))
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
