@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import urllib.robotparser
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from yarl import URL
@@ -146,14 +146,7 @@ class RobotsVerdict:
     rule: str  # the deciding line ("Disallow: /private/"), or why there is none ("no robots.txt (status 404) ...")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "robots_url": self.robots_url,
-            "status": self.status,
-            "fetched_at": self.fetched_at,
-            "url": self.url,
-            "allowed": self.allowed,
-            "rule": self.rule,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
