@@ -220,3 +220,20 @@ def test_every_sketch_element_counts_once_whatever_tensor_it_belongs_to() -> Non
     score = calibrate(query, target, {"sd15": Cohort("sd15", members)})
     # 4 × 144 shared elements against 4 × 12 unrelated ones: ≈ 0.92 (weighing every tensor alike gave 0.66)
     assert score.residual > 0.85, score
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(1e-6, 1e3), st.floats(1e-6, 1e3), st.floats(0, 1e4), st.floats(0, 1e4)), min_size=1, max_size=8))
+def test_the_noise_factor_only_ever_weighs_a_tensor_down_and_more_so_the_noisier_it_is(
+    tensors: list[tuple[float, float, float, float]],
+) -> None:
+    weights2, typical, noise_x, noise_y = (np.array(column) for column in zip(*tensors, strict=True))
+    space = calibration._TensorSpace((), weights2, typical, np.arange(0))
+    side = lambda noise: calibration._Side(np.zeros((len(noise), 0)), np.ones(len(noise)), noise)  # noqa: E731
+    clean = np.zeros(len(tensors))
+    assert np.array_equal(space.noise_weights2(side(clean), side(clean)), weights2)  # noise-free: unchanged
+    one_side = space.noise_weights2(side(noise_x), side(clean))
+    both = space.noise_weights2(side(noise_x), side(noise_y))
+    assert np.all(one_side <= weights2) and np.all(both <= one_side * (1 + 1e-12))
+    assert np.array_equal(one_side[noise_x == 0], weights2[noise_x == 0])
+    assert np.all(one_side[noise_x > 1e-6 * typical] < weights2[noise_x > 1e-6 * typical])
