@@ -264,7 +264,9 @@ class _TensorSpace:
         """The squared tensor weights for comparing x with y: each scaled by S / (S + N), S the
         cohort's typical change energy there and N the rounding noise x and y carry (so 1 where
         neither carries any). A Wiener-style down-weighting: a tensor whose noise swamps the change
-        a fine-tune makes (an fp8 re-save of a small fine-tune) says little about either."""
+        a fine-tune makes (an fp8 re-save of a small fine-tune) says little about either. The null
+        keeps the cohort's own weights: members are the reference, their rounding noise (usually
+        small) is debiased but does not move their weights."""
         noise = x.noise + y.noise
         return self.weights2 * np.where(noise > 0, self.typical / np.maximum(self.typical + noise, 1e-300), 1.0)
 
