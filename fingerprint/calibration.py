@@ -18,10 +18,12 @@ each comparison in three steps:
    listed model's z-score (symmetric s-norm), which on real fine-tunes separates transformed
    copies from siblings less well (README "Calibration").
 3. **Estimate the false-match rate** at that score from a null distribution: the normalised
-   scores of benign-vs-benign pairs inside the cohort, each computed by exactly the same
-   procedure with the pair left out of the background (leave-two-out); a Student-t whose scale
-   also fits the null's own top scores (the cohort's pairs of similar training, which resemble
-   a listed model's siblings) extrapolates beyond the few hundred pairs a cohort gives.
+   scores of benign-vs-benign pairs inside the cohort — each member with its NULL_NEIGHBOURS
+   nearest members, the benign models most like it, as a listed model's siblings are like it —
+   each computed by exactly the same procedure with the pair left out of the background
+   (leave-two-out); a Student-t whose scale also fits the null's own top scores extrapolates
+   beyond the few hundred pairs a cohort gives. The rate is therefore that of a benign model
+   trained on similar data: conservative for unrelated models.
 
 Everything runs on per-tensor Gram matrices of the members' unit sketches, so every leave-out
 projection is a batched n×n eigenproblem, never another pass over the sketches. Tensors are
@@ -55,8 +57,9 @@ DEFAULT_COMPONENTS = 3  # principal benign directions projected out of each tens
 NORMALISE_SIDES = ("query", "both")  # z-score against the query's cohort scores (default), or s-norm's both sides
 RITZ_EXTRA = 6  # leading directions beyond `components` a leave-out eigenproblem is solved in (Cohort._table)
 MIN_COHORT = 6  # members touching the compared tensors needed before a score is called calibrated
-TAIL_FRACTION = 0.005  # the top share of the null the Student-t's scale must also fit (at least MIN_TAIL scores)
+TAIL_FRACTION = 0.025  # the top share of the null the Student-t's scale must also fit (at least MIN_TAIL scores)
 MIN_TAIL = 5
+NULL_NEIGHBOURS = 4  # null pairs per member: it and its nearest cohort members (README "Calibration", step 4)
 SPREAD_FLOOR = 0.02  # lower bound on a cohort score spread, so near-zero spreads give finite z-scores
 WEIGHT_CAP = 4.0  # no tensor's weight exceeds WEIGHT_CAP × the median tensor weight
 DEFAULT_REVIEW_RATE = 1e-3
@@ -427,13 +430,16 @@ class Cohort:
     def _table(self, layout: Layout) -> tuple[_TensorSpace, NullDistribution]:
         """(the cohort over `layout`, null distribution). A null pair (i, j) is scored as a query i
         against a listed j: the residual with neither in the background, z-scored against i's
-        residuals with every other member m, each with neither i nor m in the background."""
+        residuals with every other member m, each with neither i nor m in the background. The pairs
+        are each member with its NULL_NEIGHBOURS nearest others (by that residual): the benign
+        models most like a query, the kind of pair a listed model's siblings are."""
         index, typical, weights = self._touching(layout)
         space = _TensorSpace(tuple(self._view(name, size) for name, size in layout), weights**2, typical, index)
         residuals = space.member_residuals()
         n = len(index)
+        ranked = np.argsort(-np.where(np.eye(n, dtype=bool), -np.inf, residuals), axis=1, kind="stable")
         null = []
-        for i, j in ((i, j) for i in range(n) for j in range(n) if i != j):
+        for i, j in ((i, int(j)) for i in range(n) for j in ranked[i, : min(NULL_NEIGHBOURS, n - 1)]):
             z = [_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
                  for side in ((i, j) if self.sides == "both" else (i,))]
             null.append(float(np.mean(z)))

@@ -237,3 +237,35 @@ def test_the_noise_factor_only_ever_weighs_a_tensor_down_and_more_so_the_noisier
     assert np.all(one_side <= weights2) and np.all(both <= one_side * (1 + 1e-12))
     assert np.array_equal(one_side[noise_x == 0], weights2[noise_x == 0])
     assert np.all(one_side[noise_x > 1e-6 * typical] < weights2[noise_x > 1e-6 * typical])
+
+
+def _domain_models(domains: int, per_domain: int, seed: int) -> list[list[Fingerprint]]:
+    """Models trained on `domains` kinds of data, `per_domain` each: a shared benign part, a strong
+    part of their domain (what two models on the same data share) and their own part, per tensor."""
+    template = listed()
+    names = [n for n, s in template.sketches.items() if s.ndim == 2][:8]
+    rng = np.random.default_rng(seed)
+    shared = rng.standard_normal((len(names), 144))
+    result = []
+    for _ in range(domains):
+        domain = rng.standard_normal((len(names), 144))
+        models = []
+        for _ in range(per_domain):
+            own = rng.standard_normal((len(names), 144))
+            sketches = {n: (0.5 * shared[t] + 0.45 * domain[t] + own[t]).reshape(12, 12) for t, n in enumerate(names)}
+            models.append(replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in names},
+                                  noise=dict.fromkeys(names, 0.0)))
+        result.append(models)
+    return result
+
+
+def test_false_match_estimates_hold_for_models_trained_on_the_same_kind_of_data() -> None:
+    cohort = {"sd15": Cohort("sd15", [m for pair in _domain_models(12, 2, 11) for m in pair])}
+    (target, sibling), *others = _domain_models(4, 2, 12)  # a listed model and one trained on the same data
+    copy = replace(target, sketches={n: s + 0.3 * np.random.default_rng(1).standard_normal(s.shape) for n, s in target.sketches.items()})
+    sibling_score, copy_score = calibrate(sibling, target, cohort), calibrate(copy, target, cohort)
+    assert sibling_score.similarity > 0.3  # same data: a raw threshold tuned on unrelated models would flag it
+    # the null is each member with its nearest cohort members, so a same-data pair is ordinary there
+    assert sibling_score.false_match_rate > 1e-2, sibling_score
+    assert copy_score.decision() == "action", copy_score
+    assert all(calibrate(model, target, cohort).decision() is None for pair in others for model in pair)
