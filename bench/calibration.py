@@ -84,7 +84,8 @@ def score_all(models: list[CorpusModel], fps: dict[str, Fingerprint], cohort: Co
                 continue
             statistics = pair_statistics(fps[query.name], fps[entry.name])
             score = calibrate(fps[query.name], fps[entry.name], {BASE_NAME: cohort}, statistics=statistics)
-            plain = float(statistics.dots.sum()) / np.sqrt(statistics.query_energy.sum() * statistics.listed_energy.sum())
+            energies = float(statistics.query_energy.sum() * statistics.listed_energy.sum())
+            plain = float(statistics.dots.sum()) / np.sqrt(energies) if energies > 0 else 0.0
             pairs.append(Pair(entry.name, query.name, score.similarity, plain, _or(score.normalised, float("nan")),
                               _or(score.false_match_rate, 1.0)))
     return pairs

@@ -22,8 +22,10 @@ each comparison in three steps:
    nearest members, the benign models most like it, as a listed model's siblings are like it —
    each computed by exactly the same procedure with the pair left out of the background
    (leave-two-out); a Student-t whose scale also fits the null's own top scores extrapolates
-   beyond the few hundred pairs a cohort gives. The rate is therefore that of a benign model
-   trained on similar data: conservative for unrelated models.
+   beyond the 4n pairs a cohort of n gives. The rate is therefore that of a benign model trained
+   on similar data, conservative for unrelated models; it is never below the rate the same fit
+   gives over all n(n − 1) pairs (`CohortNull`), which a narrower nearest-pairs fit can be far
+   out in the tail of a cohort without close pairs.
 
 Everything runs on per-tensor Gram matrices of the members' unit sketches, so every leave-out
 projection is a batched n×n eigenproblem, never another pass over the sketches. Tensors are
@@ -226,7 +228,7 @@ class _TensorSpace:
 
     views: tuple[_TensorView, ...]
     weights2: np.ndarray  # (tensors,) squared tensor weights
-    typical: np.ndarray  # (tensors,) the touching members' mean change energy (rounding noise removed)
+    typical: np.ndarray  # (tensors,) the touching members' mean change energy (rounding noise removed), floored > 0
     members: np.ndarray  # indices of the members touching these tensors
 
     @functools.cached_property
@@ -336,11 +338,10 @@ class NullDistribution:
     def _fit(self) -> tuple[float, float, int]:
         """(centre, scale, df): the scores' mean, and a scale no smaller than their spread nor than
         the median scale their top TAIL_FRACTION implies (each of those scores read as the Student-t
-        quantile at its observed exceedance rate). The null is a mixture: mostly unrelated pairs, and
-        a few pairs of members trained on similar data, the same kind of pair as the hard negatives a
-        screened model meets (its siblings); a scale fitted to the mean and spread alone put those
-        far into a tail they are not in, which made the rates about ten times too good on real
-        fine-tunes (README "Calibration")."""
+        quantile at its observed exceedance rate). A null holds a few pairs of members trained on
+        similar data among others; a scale fitted to the mean and spread alone put those far into a
+        tail they are not in, which made the rates about ten times too good on real fine-tunes
+        (README "Calibration")."""
         from scipy.special import stdtrit
 
         df = self.degrees_of_freedom
@@ -367,6 +368,31 @@ class NullDistribution:
 
         centre, spread, df = self._fit
         return centre + spread * -float(stdtrit(df, rate))  # the Student-t inverse upper tail
+
+
+@dataclass(frozen=True)
+class CohortNull:
+    """A cohort's two nulls, read conservatively: every rate is the larger of the two fits'.
+
+    `nearest` (each member against its NULL_NEIGHBOURS nearest members) describes siblings, the
+    hard negatives; a fit to that selected sample is narrower, so far out in the tail it can fall
+    below the fit to `all_pairs` (a cohort without close pairs), and the larger rate keeps the
+    estimate no less conservative than either."""
+
+    all_pairs: NullDistribution
+    nearest: NullDistribution
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        return self.all_pairs.degrees_of_freedom
+
+    def false_match_rate(self, normalised: float) -> float:
+        """The larger of the two nulls' P(a benign pair's normalised score ≥ `normalised`)."""
+        return max(self.all_pairs.false_match_rate(normalised), self.nearest.false_match_rate(normalised))
+
+    def threshold(self, rate: float) -> float:
+        """The normalised score whose estimated false-match rate is `rate` (the larger of the two)."""
+        return max(self.all_pairs.threshold(rate), self.nearest.threshold(rate))
 
 
 class Cohort:
@@ -410,16 +436,21 @@ class Cohort:
         return sum(bool(wanted & set(m.sketches)) for m in self.members)
 
     def _touching(self, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices of the members touching a tensor of `layout`, their mean change energy per tensor,
-        tensor weights: 1/RMS per sketch element of that change, capped at WEIGHT_CAP × the median)."""
+        """(indices of the members touching a tensor of `layout`, their typical change energy per
+        tensor, tensor weights: 1/RMS per sketch element of that change). Both are floored at
+        1/WEIGHT_CAP² of the median energy per element, so no weight exceeds WEIGHT_CAP × the median
+        and a tensor the cohort leaves unchanged still has a typical energy (`noise_weights2`)."""
         index = np.array([i for i, m in enumerate(self.members) if any(n in m.sketches for n, _ in layout)], dtype=np.intp)
         touching = [self.members[i] for i in index]
-        energy = np.array([np.mean([max(float(np.sum(m.sketches[n] ** 2)) - m.noise[n], 0.0) if n in m.sketches else 0.0
-                                    for m in touching]) for n, _ in layout])
-        per_element = energy / np.array([size for _, size in layout], dtype=float)
+        sizes = np.array([size for _, size in layout], dtype=float)
+        energy = np.array([np.mean([max(float(np.sum(m.sketches[n] ** 2)) - m.noise[n], 0.0)
+                                    if n in m.sketches and m.sketches[n].size == size else 0.0 for m in touching])
+                           for n, size in layout])
+        per_element = energy / sizes
         positive = per_element[per_element > 0]
         floor = float(np.median(positive)) / WEIGHT_CAP**2 if positive.size else 1.0
-        return index, energy, 1.0 / np.sqrt(np.maximum(per_element, floor))
+        per_element = np.maximum(per_element, floor)
+        return index, per_element * sizes, 1.0 / np.sqrt(per_element)
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 - a cohort lives as long as the matcher holding it
     def _view(self, name: str, size: int) -> _TensorView:
@@ -427,26 +458,31 @@ class Cohort:
         return _TensorView.build(self.members, name, size, self.components)
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 - a cohort lives as long as the matcher holding it
-    def _table(self, layout: Layout) -> tuple[_TensorSpace, NullDistribution]:
-        """(the cohort over `layout`, null distribution). A null pair (i, j) is scored as a query i
-        against a listed j: the residual with neither in the background, z-scored against i's
-        residuals with every other member m, each with neither i nor m in the background. The pairs
-        are each member with its NULL_NEIGHBOURS nearest others (by that residual): the benign
-        models most like a query, the kind of pair a listed model's siblings are."""
+    def _table(self, layout: Layout) -> tuple[_TensorSpace, CohortNull]:
+        """(the cohort over `layout`, its null). A null pair (i, j) is scored as a query i against a
+        listed j: the residual with neither in the background, z-scored against i's residuals with
+        every other member m, each with neither i nor m in the background. Every ordered pair makes
+        the all-pairs null; each member with its NULL_NEIGHBOURS nearest others (by that residual,
+        each unordered pair once when both sides are normalised) makes the nearest-pairs null: the
+        benign models most like a query, the kind of pair a listed model's siblings are."""
         index, typical, weights = self._touching(layout)
         space = _TensorSpace(tuple(self._view(name, size) for name, size in layout), weights**2, typical, index)
         residuals = space.member_residuals()
         n = len(index)
-        ranked = np.argsort(-np.where(np.eye(n, dtype=bool), -np.inf, residuals), axis=1, kind="stable")
-        null = []
-        for i, j in ((i, int(j)) for i in range(n) for j in ranked[i, : min(NULL_NEIGHBOURS, n - 1)]):
-            z = [_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
-                 for side in ((i, j) if self.sides == "both" else (i,))]
-            null.append(float(np.mean(z)))
-        return space, NullDistribution(np.array(null), n, self.components)
+        z = np.zeros((n, n))
+        for i, j in ((i, j) for i in range(n) for j in range(n) if i != j):
+            z[i, j] = np.mean([_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
+                               for side in ((i, j) if self.sides == "both" else (i,))])
+        ranked = np.argsort(-np.where(np.eye(n, dtype=bool), -np.inf, np.nan_to_num(residuals, nan=-np.inf)), axis=1, kind="stable")
+        near = {(i, int(j)) for i in range(n) for j in ranked[i, : min(NULL_NEIGHBOURS, n - 1)]}
+        if self.sides == "both":  # z[i, j] == z[j, i]: a mutual neighbour pair counts once
+            near = {(min(i, j), max(i, j)) for i, j in near}
+        off_diagonal = ~np.eye(n, dtype=bool)
+        nearest = np.array([z[i, j] for i, j in sorted(near)])
+        return space, CohortNull(NullDistribution(z[off_diagonal], n, self.components), NullDistribution(nearest, n, self.components))
 
-    def null(self, listed: Fingerprint, names: Sequence[str]) -> NullDistribution:
-        """The null distribution of normalised scores over the tensors `names` of `listed`."""
+    def null(self, listed: Fingerprint, names: Sequence[str]) -> CohortNull:
+        """The null of normalised scores over the tensors `names` of `listed`."""
         return self._table(_layout(listed, names))[1]
 
     def score(self, query: Fingerprint, listed: Fingerprint, names: Sequence[str], similarity: float) -> CalibratedScore:

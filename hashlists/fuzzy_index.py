@@ -5,7 +5,7 @@ Each listed fingerprint contributes one 512-bit sign code per model component (t
 compared with every listed code of the same component in one pass of faiss's compiled Hamming
 kernel (`faiss.hammings`: 64 bytes per code, SIMD popcount, 1.5–2× as fast as numpy's
 per-element XOR / popcount / add passes); codes within CANDIDATE_MAX_HAMMING bits are candidates,
-the closest `limit` of them go on to exact scoring with `compare`. The codes are held row-major, one
+the closest `limit` of them go on to exact scoring (`calibration.assess`). The codes are held row-major, one
 growable table per component (see `_Component`). Why an exact linear scan and not LSH, IVF, a
 graph index (HNSW) or a shorter first pass: weak true matches (delta cosine 0.3–0.4) differ from
 the query in up to ~40 % of the bits against 50 % for unrelated ones; each sub-linear design
@@ -76,9 +76,10 @@ class _Component:
         """
         import faiss
 
+        size, codes = self.size, self.codes  # read once: faiss writes exactly `size` distances from this table
         query = np.frombuffer(code, np.uint8)
-        distances = np.empty(self.size, np.int32)
-        faiss.hammings(faiss.swig_ptr(query), faiss.swig_ptr(self.codes), 1, self.size, CODE_BYTES, faiss.swig_ptr(distances))
+        distances = np.empty(size, np.int32)
+        faiss.hammings(faiss.swig_ptr(query), faiss.swig_ptr(codes), 1, size, CODE_BYTES, faiss.swig_ptr(distances))
         rows = np.flatnonzero(distances <= max_hamming)
         return rows, distances[rows].astype(np.int64)
 

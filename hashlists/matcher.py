@@ -90,7 +90,7 @@ class Matcher:
     reaches `policy.review_rate`. Without one it is flagged uncalibrated and reported from raw
     similarity `threshold` (policy.uncalibrated_review). fuzzy_top: most fuzzy matches
     reported; fuzzy_candidates: how many of the closest index candidates are scored exactly (each
-    costs an `assess()`, ~0.1 ms for a LoRA pair: this bounds the latency, and with 10⁶ listed fingerprints decides
+    costs an `assess()`, ~0.08 ms for a LoRA pair: this bounds the latency, and with 10⁶ listed fingerprints decides
     how weak a true match can be and still be found; see the README).
     """
 
