@@ -473,13 +473,13 @@ class Cohort:
         for i, j in ((i, j) for i in range(n) for j in range(n) if i != j):
             z[i, j] = np.mean([_z(residuals[i, j], residuals[side, [m for m in range(n) if m not in (i, j)]])
                                for side in ((i, j) if self.sides == "both" else (i,))])
-        ranked = np.argsort(-np.where(np.eye(n, dtype=bool), -np.inf, np.nan_to_num(residuals, nan=-np.inf)), axis=1, kind="stable")
+        diagonal = np.eye(n, dtype=bool)
+        ranked = np.argsort(-np.where(diagonal, -np.inf, np.nan_to_num(residuals, nan=-np.inf)), axis=1, kind="stable")
         near = {(i, int(j)) for i in range(n) for j in ranked[i, : min(NULL_NEIGHBOURS, n - 1)]}
         if self.sides == "both":  # z[i, j] == z[j, i]: a mutual neighbour pair counts once
             near = {(min(i, j), max(i, j)) for i, j in near}
-        off_diagonal = ~np.eye(n, dtype=bool)
         nearest = np.array([z[i, j] for i, j in sorted(near)])
-        return space, CohortNull(NullDistribution(z[off_diagonal], n, self.components), NullDistribution(nearest, n, self.components))
+        return space, CohortNull(NullDistribution(z[~diagonal], n, self.components), NullDistribution(nearest, n, self.components))
 
     def null(self, listed: Fingerprint, names: Sequence[str]) -> CohortNull:
         """The null of normalised scores over the tensors `names` of `listed`."""

@@ -125,19 +125,28 @@ def test_query_side_normalisation_cancels_noise_that_shrinks_every_cosine_of_the
         Cohort("sd15", members, sides="listed")
 
 
+def _matrix_names(count: int) -> list[str]:
+    """The first `count` 2-D tensors of the listed model (sketches of 12 × 12)."""
+    return [n for n, s in listed().sketches.items() if s.ndim == 2][:count]
+
+
+def _sketch_model(sketches: dict[str, np.ndarray]) -> Fingerprint:
+    """A noise-free delta fingerprint holding `sketches`, on the listed model's tensor shapes."""
+    template = listed()
+    return replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in sketches}, noise=dict.fromkeys(sketches, 0.0))
+
+
 def _tensorwise_family(count: int, seed: int) -> list[Fingerprint]:
     """Deltas whose benign part lies in two directions per tensor, with their own mix in every
     tensor: a subspace of 2 directions per tensor, but no few directions of the whole delta span it."""
-    template = listed()
-    names = [n for n, s in template.sketches.items() if s.ndim == 2][:8]
+    names = _matrix_names(8)
     shared = np.random.default_rng(0).standard_normal((len(names), 2, 144))
     rng = np.random.default_rng(seed)
     result = []
     for _ in range(count):
         sketches = {n: (rng.uniform(0.5, 3.0, 2) @ shared[t] + rng.standard_normal(144)).reshape(12, 12)
                     for t, n in enumerate(names)}
-        result.append(replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in names},
-                              noise=dict.fromkeys(names, 0.0)))
+        result.append(_sketch_model(sketches))
     return result
 
 
@@ -206,15 +215,14 @@ def test_tensors_swamped_by_the_copys_rounding_noise_are_weighed_down() -> None:
 
 def test_every_sketch_element_counts_once_whatever_tensor_it_belongs_to() -> None:
     template = listed()
-    matrices = [n for n, s in template.sketches.items() if s.ndim == 2][:4]
+    matrices = _matrix_names(4)
     vectors = [n for n, s in template.sketches.items() if s.ndim == 1 and s.size == 12][:4]
     rng = np.random.default_rng(8)
 
     def model(matrix_part: dict[str, np.ndarray] | None = None) -> Fingerprint:
         sketches = {n: rng.standard_normal(template.sketches[n].shape) for n in matrices + vectors}
         sketches.update(matrix_part or {})
-        return replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in sketches},
-                       noise=dict.fromkeys(sketches, 0.0))
+        return _sketch_model(sketches)
 
     members, target = [model() for _ in range(12)], model()
     query = model({n: target.sketches[n] for n in matrices})  # same matrices, unrelated vectors
@@ -254,8 +262,7 @@ def test_a_tensor_the_cohort_leaves_unchanged_keeps_a_typical_change_and_a_cappe
 def _domain_models(domains: int, per_domain: int, seed: int) -> list[list[Fingerprint]]:
     """Models trained on `domains` kinds of data, `per_domain` each: a shared benign part, a strong
     part of their domain (what two models on the same data share) and their own part, per tensor."""
-    template = listed()
-    names = [n for n, s in template.sketches.items() if s.ndim == 2][:8]
+    names = _matrix_names(8)
     rng = np.random.default_rng(seed)
     shared = rng.standard_normal((len(names), 144))
     result = []
@@ -265,8 +272,7 @@ def _domain_models(domains: int, per_domain: int, seed: int) -> list[list[Finger
         for _ in range(per_domain):
             own = rng.standard_normal((len(names), 144))
             sketches = {n: (0.5 * shared[t] + 0.6 * domain[t] + own[t]).reshape(12, 12) for t, n in enumerate(names)}
-            models.append(replace(template, sketches=sketches, shapes={n: template.shapes[n] for n in names},
-                                  noise=dict.fromkeys(names, 0.0)))
+            models.append(_sketch_model(sketches))
         result.append(models)
     return result
 
