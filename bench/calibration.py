@@ -13,7 +13,7 @@ other non-background model. Per transformation row it prints:
   margin of the plain delta cosine too (no rounding-noise debiasing: what the issue's research
   table measured), beside `fuzzy.compare`'s noise-debiased raw similarity.
 
-Run (no network; corpus cached, so re-runs take about a minute)::
+Run (no network; corpus and fingerprints cached, so re-runs take seconds: 7 s measured at load 0.2)::
 
     nice -n 19 .venv/bin/python bench/realtune.py build
     nice -n 19 .venv/bin/python bench/calibration.py [--out DIR] [--components 2] [--sides query|both] [--markdown]
