@@ -50,7 +50,7 @@ FORMAT = "modelsieve-bundle"
 VERSION = 1
 OPINIONS_STREAM = "opinions"
 MAX_HEADER_LINE = 64 * 1024
-MAX_RECORD_LINE = 1 << 20
+MAX_RECORD_LINE = 32 << 20  # an entry with a large model's raw fingerprint (SDXL: ~2 MB of base64) fits
 PAUSE_ENV = "MODELSIEVE_TEST_IMPORT_PAUSE"  # tests only: pause inside the import transaction
 _APPLY_BATCH = 2_000
 _BACKGROUND_BATCH = 64  # cohort fingerprints held in memory at once while importing
@@ -59,6 +59,20 @@ BUNDLE_TYPES = ("entries", "opinions", "background")
 
 def canonical_json(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _json(line: bytes) -> Any:
+    """`json.loads`, with nesting too deep for the parser reported as the ValueError it is
+    (a hostile line of 64 KiB of `[` would otherwise escape as a RecursionError)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _is_int64(value: Any) -> bool:
+    """An integer a store's signed 64-bit column holds (not a bool, which JSON's true would give)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class Manifest:
     @classmethod
     def from_line(cls, line: bytes) -> Manifest:
         try:
-            record = json.loads(line)
+            record = _json(line)
             if record.get("format") != FORMAT:
                 raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)")
             if record.get("version") != VERSION:
@@ -93,8 +107,8 @@ class Manifest:
             raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)") from None
         if manifest.type not in BUNDLE_TYPES or not isinstance(manifest.publisher, str):
             raise BundleError("bundle manifest: unknown type or publisher")
-        if not all(isinstance(v, int) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):
-            raise BundleError("bundle manifest: sequence numbers and sizes must be non-negative integers")
+        if not all(_is_int64(v) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):
+            raise BundleError("bundle manifest: sequence numbers and sizes must be integers from 0 to 2**63 - 1")
         if manifest.to_seq < manifest.from_seq:
             raise BundleError("bundle manifest: to_seq before from_seq")
         return manifest
@@ -162,6 +176,8 @@ def _write_bundle(
     with tempfile.TemporaryFile(dir=out.parent) as payload:
         for record in records:
             line = canonical_json(record) + b"\n"
+            if len(line) > MAX_RECORD_LINE:  # an importer would refuse the whole bundle
+                raise InvalidEntryError(f"record {record.get('entry_id') or record.get('id')} is over {MAX_RECORD_LINE} bytes: not exportable")
             payload.write(line)
             digest.update(line)
             size += len(line)
@@ -266,7 +282,7 @@ def read_manifest(stream: IO[bytes], store: Store) -> Manifest:
     trusted = accepted_key(store, manifest.publisher, manifest.key_id)
     signature_line = _read_line(stream, MAX_HEADER_LINE, "signature")
     try:
-        signature = json.loads(signature_line)["signature"]
+        signature = _json(signature_line)["signature"]
     except (ValueError, TypeError, KeyError):
         raise BundleError(f"unsigned bundle from {manifest.publisher!r}: refused") from None
     canonical = isinstance(signature, str) and signature_line == canonical_json({"signature": signature}) + b"\n"
@@ -304,7 +320,7 @@ class _VerifiedPayload:
             if self._size > self._manifest.payload_bytes:
                 raise BundleError("the bundle is longer than its signed manifest says: altered, refused")
             try:
-                record = json.loads(line)
+                record = _json(line)
             except ValueError:
                 raise BundleError("a bundle record is not valid JSON: altered or damaged, refused") from None
             if not isinstance(record, dict):
@@ -336,7 +352,7 @@ def _check_position(store: Store, manifest: Manifest, stream_name: str) -> int:
 
 def _record_seq(record: dict[str, Any], manifest: Manifest) -> int:
     seq = record.get("seq")
-    if not isinstance(seq, int) or not manifest.from_seq < seq <= manifest.to_seq:
+    if not _is_int64(seq) or not manifest.from_seq < seq <= manifest.to_seq:
         raise BundleError(f"a bundle record's seq {seq!r} lies outside the manifest's range: refused")
     return seq
 
@@ -424,7 +440,7 @@ def is_bundle(path: str | os.PathLike[str]) -> bool:
     try:
         with open(path, "rb") as stream:
             first = stream.readline(MAX_HEADER_LINE)
-        return bool(json.loads(first).get("format") == FORMAT)
+        return bool(_json(first).get("format") == FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -70,14 +70,18 @@ def utc_now() -> str:
 
 
 def normalise_timestamp(value: str) -> str:
-    """An ISO 8601 date or date-time, returned in UTC as `YYYY-MM-DDTHH:MM:SSZ` (a date means 00:00)."""
+    """An ISO 8601 date or date-time, returned in UTC as `YYYY-MM-DDTHH:MM:SSZ` (a date means 00:00).
+
+    The year always has four digits, so stored times compare as strings in time order (expiry is
+    such a comparison); a time whose UTC form falls outside years 1-9999 is refused."""
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidEntryError(f"not an ISO 8601 date or time: {value[:40]!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        utc = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidEntryError(f"not an ISO 8601 date or time in years 1-9999 UTC: {value[:40]!r}") from None
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def normalise_digest(name: str, value: str) -> str:
