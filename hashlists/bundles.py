@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
-from modelsieve.hashlists.model import OPINIONS, Entry, NewEntry, Opinion, check_choice, utc_now
+from modelsieve.hashlists.model import OPINIONS, Entry, NewEntry, Opinion, check_choice, check_publisher_name, utc_now
 from modelsieve.hashlists.signing import key_id, parse_public_key, sign, verify
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.trust import accepted_key
@@ -168,6 +168,7 @@ def _write_bundle(
     out: Path, key: Ed25519PrivateKey, header: dict[str, Any], records: Iterator[dict[str, Any]]
 ) -> Manifest:
     """Write payload, manifest and signature to `out` atomically (temp files, then rename)."""
+    check_publisher_name(header["publisher"])  # no bundle an importer could not file under its publisher
     counts = _empty_counts(header["type"])
     plural = {"entry": "entries", "tombstone": "tombstones", "opinion": "opinions", "background": "background"}
     digest = hashlib.sha256()

@@ -21,7 +21,7 @@ from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fpformat import new_fingerprint
 from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
 from modelsieve.hashlists import bundles
-from modelsieve.hashlists.bundles import canonical_json, export_list, import_bundle
+from modelsieve.hashlists.bundles import canonical_json, export_list, export_opinions, import_bundle
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.signing import generate_key_files, key_id, load_private_key, sign
@@ -188,3 +188,19 @@ def test_any_signed_bundle_from_a_trusted_publisher_applies_or_is_refused_cleanl
     importer.set_sync_position("hotline", str(report.list), 0)  # the next example may reuse the range
 
 
+
+
+@pytest.mark.parametrize("name", ["Example Trust & Safety", "a/b", "", "-x", "x" * 65, "a\nb"])
+def test_a_publisher_name_no_importer_could_file_is_refused_up_front(tmp_path: Path, publisher: Publisher, name: str) -> None:
+    """An importer files a publisher's list as PUBLISHER/LIST. A list created with publisher
+    "Example Trust & Safety" exported fine and its partners could trust that name, but every
+    import then failed on the list name; now the name is refused where it is first given."""
+    with SQLiteStore(tmp_path / "s.db") as store:
+        with pytest.raises(InvalidEntryError, match="publisher names are"):
+            store.create_list("reports", publisher=name)
+        with pytest.raises(InvalidEntryError, match="publisher names are"):
+            trust_publisher(store, name, publisher.public, "full")
+        with pytest.raises(InvalidEntryError, match="publisher names are"):
+            export_opinions(store, "hotline", publisher.key, tmp_path / "opinions.jsonl", as_name=name)
+        assert store.lists() == [] and store.trusted_keys() == []
+    assert not (tmp_path / "opinions.jsonl").exists()
