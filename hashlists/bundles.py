@@ -41,7 +41,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
-from modelsieve.hashlists.model import OPINIONS, Entry, NewEntry, Opinion, check_choice, check_publisher_name, utc_now
+from modelsieve.hashlists.model import (
+    OPINIONS,
+    Entry,
+    NewEntry,
+    Opinion,
+    check_choice,
+    check_publisher_name,
+    check_text,
+    is_entry_id,
+    normalise_timestamp,
+    utc_now,
+)
 from modelsieve.hashlists.signing import key_id, parse_public_key, sign, verify
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.trust import accepted_key
@@ -395,7 +406,7 @@ class _EntryApplier:
 
     def add(self, record: dict[str, Any]) -> None:
         entry_id = record.get("entry_id")
-        if not isinstance(entry_id, str) or not entry_id or len(entry_id) > 64:
+        if not is_entry_id(entry_id):
             raise BundleError("a bundle record has no valid entry_id: refused")
         if _record_seq(record, self._manifest) > self._position:  # older records were applied before
             self._pending.append((record, entry_id))
@@ -507,12 +518,16 @@ def _apply_opinions(store: Store, manifest: Manifest, payload: _VerifiedPayload,
         counts["opinions"] += 1
         if _record_seq(record, manifest) <= position:
             continue
-        entry_id, opinion = record.get("entry_id"), record.get("opinion")
-        if not isinstance(entry_id, str) or opinion not in OPINIONS or not isinstance(record.get("at"), str):
-            raise BundleError("an opinion record lacks entry_id, opinion (dispute|confirm) or at: refused")
+        entry_id, opinion, at, reason = (record.get(k) for k in ("entry_id", "opinion", "at", "reason"))
+        if not is_entry_id(entry_id) or opinion not in OPINIONS or not isinstance(at, str) or not isinstance(reason, str | None):
+            raise BundleError("an opinion record lacks entry_id, opinion (dispute|confirm), at, or has a reason that is no text: refused")
+        try:
+            at, reason = normalise_timestamp(at), check_text("reason", reason or "")[:1000]
+        except InvalidEntryError as exc:
+            raise BundleError(f"the opinion on {entry_id}: {exc}: refused") from None
         found = store.entries_by_id([entry_id]).get(entry_id)
         if found is not None and found.origin is None:  # opinions only count on entries this platform published
-            store.add_opinion(Opinion(entry_id, opinion, manifest.publisher, record["at"], str(record.get("reason", ""))[:1000]))
+            store.add_opinion(Opinion(entry_id, opinion, manifest.publisher, at, reason))
     return counts
 
 

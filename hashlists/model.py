@@ -43,6 +43,7 @@ _HEX = re.compile(r"[0-9a-f]+")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _LIST_NAME = re.compile(rf"{_NAME}(/{_NAME})?")
 _PUBLISHER_NAME = re.compile(_NAME)
+_ENTRY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def entry_identity(entry: NewEntry) -> str:
@@ -107,6 +108,20 @@ def check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
     """`value` if it is one of `choices`, else an InvalidEntryError naming the field."""
     if value not in choices:
         raise InvalidEntryError(f"{field_name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def is_entry_id(value: Any) -> bool:
+    """Whether `value` can be an entry id: 1-64 letters, digits, '.', '_', '-' (ours are "e" + 24 hex;
+    a partner's arrive in bundles, and the HTTP API's paths take no other characters)."""
+    return isinstance(value, str) and _ENTRY_ID.fullmatch(value) is not None
+
+
+def check_text(field_name: str, value: str) -> str:
+    """Free text the store keeps: anything but NUL, which PostgreSQL text cannot hold (so the
+    same input is refused on every backend, with this one-line error, not a driver's)."""
+    if "\x00" in value:
+        raise InvalidEntryError(f"{field_name} contains a NUL character")
     return value
 
 
@@ -184,6 +199,10 @@ class NewEntry:
             raise InvalidEntryError("URL and domain entries have category nudify-service")
         if self.category == "nudify-service" and not (url or domain):
             raise InvalidEntryError("category nudify-service is for URL and domain entries")
+        if self.id is not None and not is_entry_id(self.id):
+            raise InvalidEntryError(f"an entry id is 1-64 letters, digits, '.', '_' or '-' (got {self.id[:80]!r})")
+        check_text("source", self.source)
+        check_text("note", self.note or "")
         return NewEntry(
             category=self.category,
             kind="service" if (url or domain) else self.kind,

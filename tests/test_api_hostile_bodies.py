@@ -55,3 +55,14 @@ async def test_hostile_bundle_bodies_are_4xx_with_a_json_error(api: Api) -> None
         response = await api.client.post("/v1/lists/main/bundle", data=body, headers=api.as_("lists:write"))
         assert response.status == status and response.content_type == "application/json"
         assert set(await response.json()) == {"error", "status"}
+
+
+async def test_a_reason_with_a_nul_character_is_400_and_changes_nothing(api: Api) -> None:
+    """PostgreSQL text cannot hold NUL: on that backend such a reason was a 500."""
+    with SQLiteStore(api.db_path) as store:
+        [entry] = store.entries()
+    for route, body in (("retract", {"reason": "a\u0000b"}), ("opinion", {"opinion": "dispute", "reason": "\u0000"})):
+        response = await api.client.post(f"/v1/entries/{entry.id}/{route}", json=body, headers=api.as_("lists:write"))
+        assert response.status == 400 and "body.reason" in (await response.json())["error"]
+    with SQLiteStore(api.db_path) as store:
+        assert store.get_entry(entry.id).status == "active"

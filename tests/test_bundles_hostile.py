@@ -22,11 +22,14 @@ from modelsieve.fingerprint.fpformat import new_fingerprint
 from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
 from modelsieve.hashlists import bundles
 from modelsieve.hashlists.bundles import canonical_json, export_list, export_opinions, import_bundle
+from modelsieve.hashlists.curation import confirm, dispute, retract
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.signing import generate_key_files, key_id, load_private_key, sign
 from modelsieve.hashlists.sqlite_store import SQLiteStore
+from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import trust_publisher
+from tests.store_backends import StoreLocations
 
 SHA_A = "a" * 64
 NESTED = b"[" * 30_000 + b"]" * 30_000  # far deeper than the JSON parser's recursion limit; a header line fits 64 KiB
@@ -204,3 +207,35 @@ def test_a_publisher_name_no_importer_could_file_is_refused_up_front(tmp_path: P
             export_opinions(store, "hotline", publisher.key, tmp_path / "opinions.jsonl", as_name=name)
         assert store.lists() == [] and store.trusted_keys() == []
     assert not (tmp_path / "opinions.jsonl").exists()
+
+
+def test_text_with_nul_and_odd_entry_ids_are_refused_on_every_backend(store_locations: StoreLocations) -> None:
+    """PostgreSQL text cannot hold NUL: a note, source or retraction reason with one failed there
+    with psycopg's DataError (a traceback; a 500 over HTTP) while SQLite kept it."""
+    with open_store(store_locations.new()) as store:
+        store.create_list("reports", publisher="acme")
+        for fields, message in (({"note": "a\x00b"}, "note contains a NUL"), ({"source": "\x00"}, "source contains a NUL"),
+                                ({"id": "a\nb"}, "an entry id is"), ({"id": "x" * 65}, "an entry id is")):
+            with pytest.raises(InvalidEntryError, match=message):
+                store.add_entry("reports", NewEntry(category="2c", digests={"sha256": SHA_A}, **fields))
+        entry = store.add_entry("reports", NewEntry(category="2c", digests={"sha256": SHA_A}))
+        assert entry is not None
+        for judge in (retract, dispute, confirm):
+            with pytest.raises(InvalidEntryError, match="reason contains a NUL"):
+                judge(store, entry.id, reason="\x00")
+        assert store.get_entry(entry.id).status == "active" and [e.id for e in store.entries()] == [entry.id]
+
+
+def test_bundle_ids_reasons_and_times_are_checked_like_local_input(importer: SQLiteStore, publisher: Publisher) -> None:
+    """Entry ids with any character but the API's [A-Za-z0-9._-] could be imported (and then never
+    retracted or disputed over HTTP); an opinion's reason and time were stored unchecked."""
+    refused_without_change(importer, publisher.bundle([entry_record(1, entry_id="a\nb")]), "no valid entry_id")
+    refused_without_change(importer, publisher.bundle([{"type": "tombstone", "entry_id": "a b", "seq": 1}]), "no valid entry_id")
+    refused_without_change(importer, publisher.bundle([entry_record(1, note="\x00")]), "note contains a NUL")
+    opinion = {"type": "opinion", "entry_id": "e" + "0" * 24, "opinion": "dispute", "at": "2026-11-23T00:00:00Z", "reason": "", "seq": 1}
+    for change, message in (({"reason": "\x00"}, "reason contains a NUL"), ({"at": "yesterday"}, "ISO 8601"), ({"reason": 5}, "no text")):
+        path = publisher.bundle([{**opinion, **change}], type="opinions", list=None)
+        before = importer.opinions()
+        with pytest.raises(BundleError, match=message):
+            import_bundle(importer, path)
+        assert importer.opinions() == before and importer.sync_position("hotline", "opinions") == 0

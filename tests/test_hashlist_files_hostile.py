@@ -120,3 +120,11 @@ def test_any_csv_yields_entries_or_numbered_one_line_errors(rows: list[list[str]
             assert str(result).startswith(f"line {number}:") and "\n" not in str(result)
         else:
             assert result.validated() == result
+
+
+def test_nul_characters_in_text_fields_are_line_errors() -> None:
+    """JSON can spell NUL as \\u0000; PostgreSQL text cannot hold it, so it is refused on every backend."""
+    lines = [{"sha256": SHA_A, "note": "a\u0000b"}, {"sha256": SHA_A, "source": "\u0000"}, {"sha256": SHA_B, "note": "fine"}]
+    parsed = parse("".join(json.dumps(line) + "\n" for line in lines), "jsonl")
+    assert [str(e) for _, e in parsed[:2]] == ["line 1: note contains a NUL character", "line 2: source contains a NUL character"]
+    assert parsed[2][1].note == "fine"
