@@ -394,11 +394,14 @@ def _entry_from_record(record: dict[str, Any], entry_id: str, status: str) -> Ne
 
 
 class _EntryApplier:
-    """Applies entry and tombstone records to the local copy of a publisher's list, in batches."""
+    """Applies entry and tombstone records to the local copy of a publisher's list, in batches.
+
+    A batch holds each entry id once, so records about the same entry apply in their order (a
+    batch applies its tombstones before its entries)."""
 
     def __init__(self, store: Store, manifest: Manifest, list_name: str, position: int) -> None:
         self._store, self._manifest, self._list, self._position = store, manifest, list_name, position
-        self._pending: list[tuple[dict[str, Any], str]] = []
+        self._pending: dict[str, dict[str, Any]] = {}
         disputes: dict[str, str] = {}
         for opinion in store.opinions(origin=manifest.publisher):
             disputes[opinion.entry_id] = opinion.opinion
@@ -408,20 +411,21 @@ class _EntryApplier:
         entry_id = record.get("entry_id")
         if not is_entry_id(entry_id):
             raise BundleError("a bundle record has no valid entry_id: refused")
-        if _record_seq(record, self._manifest) > self._position:  # older records were applied before
-            self._pending.append((record, entry_id))
-        if len(self._pending) >= _APPLY_BATCH:
+        if _record_seq(record, self._manifest) <= self._position:  # older records were applied before
+            return
+        if entry_id in self._pending or len(self._pending) >= _APPLY_BATCH:
             self.flush()
+        self._pending[entry_id] = record
 
     def flush(self) -> None:
         if not self._pending:
             return
-        existing = self._store.entries_by_id(entry_id for _, entry_id in self._pending)
+        existing = self._store.entries_by_id(self._pending)
         for entry in existing.values():
             if entry.origin != self._manifest.publisher or entry.list != self._list:
                 raise BundleError(f"bundle entry {entry.id} collides with an entry of list {entry.list}: refused")
         entries = []
-        for record, entry_id in self._pending:
+        for entry_id, record in self._pending.items():
             if record.get("type") == "tombstone":
                 if entry_id in existing and existing[entry_id].status != "retracted":
                     self._store.set_status(entry_id, "retracted", actor=self._manifest.publisher, reason="tombstone")
@@ -433,7 +437,7 @@ class _EntryApplier:
             self._store.add_entries(self._list, entries, actor=self._manifest.publisher, origin=self._manifest.publisher, replace=True)
         except InvalidEntryError as exc:
             raise BundleError(f"bundle entries cannot be applied ({exc}): refused") from None
-        self._pending = []
+        self._pending = {}
 
 
 def _pause_for_tests() -> None:

@@ -24,6 +24,7 @@ from modelsieve.hashlists import bundles
 from modelsieve.hashlists.bundles import canonical_json, export_list, export_opinions, import_bundle
 from modelsieve.hashlists.curation import confirm, dispute, retract
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
+from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.signing import generate_key_files, key_id, load_private_key, sign
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -239,3 +240,15 @@ def test_bundle_ids_reasons_and_times_are_checked_like_local_input(importer: SQL
         with pytest.raises(BundleError, match=message):
             import_bundle(importer, path)
         assert importer.opinions() == before and importer.sync_position("hotline", "opinions") == 0
+
+
+def test_records_about_one_entry_apply_in_their_order(importer: SQLiteStore, publisher: Publisher) -> None:
+    """A batch applied its tombstones before its entries: an entry and then its tombstone in one
+    bundle left the entry active (and matching), whatever the order said."""
+    first, second = entry_record(1), entry_record(2)
+    tombstone = {"type": "tombstone", "entry_id": first["entry_id"], "seq": 3}
+    again = {**second, "seq": 4, "category": "2b"}
+    import_bundle(importer, publisher.bundle([first, second, tombstone, again]))
+    statuses = {e.id: (e.status, e.category) for e in importer.entries()}
+    assert statuses == {first["entry_id"]: ("retracted", "2c"), second["entry_id"]: ("active", "2b")}
+    assert Matcher(importer).match_digests({"sha256": first["digests"]["sha256"]}) == []
