@@ -66,3 +66,4 @@ async def test_a_reason_with_a_nul_character_is_400_and_changes_nothing(api: Api
         assert response.status == 400 and "body.reason" in (await response.json())["error"]
     with SQLiteStore(api.db_path) as store:
         assert store.get_entry(entry.id).status == "active"
+
