@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -306,9 +306,10 @@ def read_manifest(stream: IO[bytes], store: Store) -> Manifest:
 class _VerifiedPayload:
     """Payload records in order, hashed as they are read; `finish()` checks the signed totals."""
 
-    def __init__(self, stream: IO[bytes], manifest: Manifest) -> None:
+    def __init__(self, stream: IO[bytes], manifest: Manifest, stopped: Callable[[], bool]) -> None:
         self._stream = stream
         self._manifest = manifest
+        self._stopped = stopped
         self._digest = hashlib.sha256()
         self._size = 0
         self._authenticate()
@@ -327,6 +328,7 @@ class _VerifiedPayload:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while line := _read_line(self._stream, MAX_RECORD_LINE, "record"):
+            _stop_if(self._stopped)
             self._digest.update(line)
             self._size += len(line)
             if self._size > self._manifest.payload_bytes:
@@ -461,8 +463,20 @@ def is_bundle(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
-    """Verify a bundle and apply it in one transaction; BundleError (and no change) when refused."""
+def _never() -> bool:
+    return False
+
+
+def _stop_if(stopped: Callable[[], bool]) -> None:
+    if stopped():
+        raise BundleError("the import was stopped before it committed (its request timed out): nothing applied")
+
+
+def import_bundle(store: Store, path: str | os.PathLike[str], *, stopped: Callable[[], bool] = _never) -> ImportReport:
+    """Verify a bundle and apply it in one transaction; BundleError (and no change) when refused.
+
+    `stopped` is asked between records and last before the commit: once it says True the import
+    rolls back (a server stops an import whose request timed out, so a 503 never hides a commit)."""
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed below, after the transaction
     except OSError as exc:
@@ -470,13 +484,14 @@ def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
     with stream, store.transaction():
         manifest = read_manifest(stream, store)
         if manifest.type == "background":
-            payload = _VerifiedPayload(stream, manifest)
+            payload = _VerifiedPayload(stream, manifest, stopped)
             counts = _apply_background(store, manifest, payload)
             payload.finish(counts)
+            _stop_if(stopped)
             return ImportReport(manifest.publisher, manifest.type, None, 0, 0, 0, 0, 0, counts["background"])
         stream_name = OPINIONS_STREAM if manifest.type == "opinions" else str(manifest.list)
         position = _check_position(store, manifest, stream_name)
-        payload = _VerifiedPayload(stream, manifest)
+        payload = _VerifiedPayload(stream, manifest, stopped)
         if manifest.type == "opinions":
             counts = _apply_opinions(store, manifest, payload, position)
         else:
@@ -484,6 +499,7 @@ def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
         payload.finish(counts)
         store.set_sync_position(manifest.publisher, stream_name, manifest.to_seq)
         _pause_for_tests()
+        _stop_if(stopped)
     return ImportReport(
         manifest.publisher,
         manifest.type,

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from modelsieve.api.http.state import STORE
+from modelsieve.hashlists.bundles import PAUSE_ENV, export_list
 from modelsieve.hashlists.model import NewEntry
+from modelsieve.hashlists.signing import generate_key_files, load_private_key
 from modelsieve.hashlists.sqlite_store import SQLiteStore
+from modelsieve.hashlists.trust import trust_publisher
 from tests.api_support import Api, ready, start_api
 
 LISTED = hashlib.sha256(b"a listed model file").hexdigest()
@@ -66,3 +69,32 @@ async def test_lookups_are_answered_while_a_write_holds_the_store_and_a_crawl_jo
         await hold.release()
     response = await submitted
     assert response.status == 202, await response.text()
+
+
+async def test_a_bundle_import_cut_off_by_the_request_timeout_applies_nothing(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import ran on a thread that the request timeout did not stop: the client got 503
+    "not finished" and the bundle was applied anyway a moment later (a retry then said replayed)."""
+    generate_key_files(tmp_path / "a.key", tmp_path / "a.pub")
+    with SQLiteStore(tmp_path / "a.db") as store:
+        store.create_list("main", publisher="platform-a")
+        store.add_entry("main", NewEntry(category="2c", digests={"sha256": "c" * 64}))
+        export_list(store, "main", load_private_key(tmp_path / "a.key"), tmp_path / "main.jsonl")
+    db_path = tmp_path / "b.db"
+    with SQLiteStore(db_path) as store:
+        trust_publisher(store, "platform-a", (tmp_path / "a.pub").read_text(), "full")
+    api = await ready(await start_api(aiohttp_client, db_path, request_timeout=0.5, upload_timeout=0.5))
+    marker = tmp_path / "pause"
+    monkeypatch.setenv(PAUSE_ENV, str(marker))  # the import stops inside its transaction until told to go on
+    response = await api.client.post("/v1/lists/main/bundle", data=(tmp_path / "main.jsonl").read_bytes(), headers=api.as_("lists:write"))
+    assert response.status == 503 and "not finished" in (await response.json())["error"]
+    assert Path(f"{marker}.paused").exists()
+    Path(f"{marker}.resume").touch()
+    with SQLiteStore(db_path, busy_timeout=60) as store:
+        with store.transaction():  # waits until the import's transaction has ended
+            pass
+        assert list(store.entries()) == [] and store.sync_position("platform-a", "main") == 0
+    monkeypatch.delenv(PAUSE_ENV)
+    response = await api.client.post("/v1/lists/main/bundle", data=(tmp_path / "main.jsonl").read_bytes(), headers=api.as_("lists:write"))
+    assert response.status == 200 and (await response.json())["entries"] == 1
