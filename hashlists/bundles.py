@@ -220,6 +220,13 @@ def _write_bundle(
     return manifest
 
 
+def _checked_range(since: int, to_seq: int) -> int:
+    """`to_seq`, once `since` is known to start a range an importer accepts: (since, to_seq]."""
+    if not 0 <= since <= to_seq:
+        raise InvalidEntryError(f"since {since} is outside this store's sequence numbers (0 to {to_seq}): no importer could apply that bundle")
+    return to_seq
+
+
 def export_list(
     store: Store, list_name: str, key: Ed25519PrivateKey, out: Path, *, since: int = 0, include_notes: bool = False
 ) -> Manifest:
@@ -228,7 +235,7 @@ def export_list(
     info = store.get_list(list_name)
     if info.imported:
         raise InvalidEntryError(f"list {list_name} was imported from {info.publisher}; only they publish it")
-    to_seq = store.last_seq()
+    to_seq = _checked_range(since, store.last_seq())
     entries = store.entries(list_name, changed_since=since, until=to_seq)
     header = {
         "type": "entries",
@@ -244,7 +251,7 @@ def export_list(
 
 def export_opinions(store: Store, publisher: str, key: Ed25519PrivateKey, out: Path, *, as_name: str, since: int = 0) -> Manifest:
     """A bundle, signed as `as_name`, of this platform's opinions on entries `publisher` published."""
-    to_seq = store.last_seq()
+    to_seq = _checked_range(since, store.last_seq())
     records = (
         {"type": "opinion", "entry_id": o.entry_id, "opinion": o.opinion, "at": o.at, "reason": o.reason, "seq": o.seq}
         for o in store.opinions(origin=publisher, since=since)

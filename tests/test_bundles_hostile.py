@@ -252,3 +252,17 @@ def test_records_about_one_entry_apply_in_their_order(importer: SQLiteStore, pub
     statuses = {e.id: (e.status, e.category) for e in importer.entries()}
     assert statuses == {first["entry_id"]: ("retracted", "2c"), second["entry_id"]: ("active", "2b")}
     assert Matcher(importer).match_digests({"sha256": first["digests"]["sha256"]}) == []
+
+
+@pytest.mark.parametrize("since", [-5, 1000])
+def test_export_refuses_a_since_no_importer_could_apply(tmp_path: Path, publisher: Publisher, since: int) -> None:
+    """`list export --since 1000` on a store at seq 2 wrote "seq 1000..2" (and --since -5 "seq -5..2")
+    with exit status 0; every importer refused the bundle."""
+    with SQLiteStore(tmp_path / "publisher.db") as store:
+        store.create_list("reports", publisher="hotline")
+        store.add_entry("reports", NewEntry(category="2c", digests={"sha256": SHA_A}))
+        for export in (lambda out: export_list(store, "reports", publisher.key, out, since=since),
+                       lambda out: export_opinions(store, "partner", publisher.key, out, as_name="hotline", since=since)):
+            with pytest.raises(InvalidEntryError, match=f"since {since} is outside this store's sequence numbers \\(0 to 2\\)"):
+                export(tmp_path / "out.jsonl")
+            assert not (tmp_path / "out.jsonl").exists()
