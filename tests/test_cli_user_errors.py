@@ -1,0 +1,51 @@
+"""What a new user gets wrong on the command line: each mistake is one line on stderr
+(`modelsieve: error: ...`, exit status 2), never a traceback, and leaves nothing half-written.
+
+Real subprocesses where the CLI frame or a server process matters; real files and stores.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MODELSIEVE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit status 2 and every line on stderr a `modelsieve: error:` line naming the needles; no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("modelsieve: error: ") for line in lines), result.stderr
+    assert all(needle in result.stderr for needle in needles), result.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port some other program listens on (without SO_REUSEPORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_taken_port_is_one_line_and_status_2(tmp_path: Path, taken_port: int, workers: str) -> None:
+    result = cli("serve", "--port", str(taken_port), "--workers", workers, "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"cannot serve on 127.0.0.1:{taken_port}", "address already in use")
+
+
+def test_serve_refuses_an_impossible_port_and_an_unopenable_audit_log(tmp_path: Path) -> None:
+    result = cli("serve", "--port", "70000", "--db", str(tmp_path / "store.db"))
+    assert result.returncode == 2 and "a port is 0-65535, not 70000" in result.stderr and "Traceback" not in result.stderr
+    result = cli("serve", "--port", "0", "--audit-log", str(tmp_path), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"cannot open the audit log {tmp_path}")
