@@ -49,3 +49,18 @@ def test_serve_refuses_an_impossible_port_and_an_unopenable_audit_log(tmp_path: 
     assert result.returncode == 2 and "a port is 0-65535, not 70000" in result.stderr and "Traceback" not in result.stderr
     result = cli("serve", "--port", "0", "--audit-log", str(tmp_path), "--db", str(tmp_path / "store.db"))
     assert_one_line_error(result, f"cannot open the audit log {tmp_path}")
+
+
+@pytest.mark.parametrize("command", [("match", "--url", "https://example.org/"), ("list", "show")])
+def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created_empty(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A typo in --db must not start a new, empty store (every lookup would answer "none")."""
+    typo = tmp_path / "no-such-folder" / "sub" / "lists.db"
+    result = cli(*command, "--db", str(typo))
+    assert_one_line_error(result, f"cannot open the store at {typo}: no folder {typo.parent}")
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_a_new_store_file_in_an_existing_folder_is_still_created(tmp_path: Path) -> None:
+    result = cli("list", "create", "reports", "--db", str(tmp_path / "new.db"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new.db").is_file()
