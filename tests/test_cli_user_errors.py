@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from modelsieve.api.cli import main
+from modelsieve.fingerprint import synthetic as syn
+
 MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
@@ -64,3 +67,44 @@ def test_a_new_store_file_in_an_existing_folder_is_still_created(tmp_path: Path)
     result = cli("list", "create", "reports", "--db", str(tmp_path / "new.db"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "new.db").is_file()
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "lora.safetensors"
+    family = syn.Family(7, syn.Architecture(scale=20, text_layers=2, vocab=300))
+    syn.write_safetensors(path, syn.kohya_layout(family.lora(1), "fp16"))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("output", ["missing-folder/lora.msfp", "a-file/lora.msfp"])
+def test_fingerprint_output_that_cannot_be_written_is_one_line_and_leaves_no_temp_file(
+    lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str
+) -> None:
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    destination = tmp_path / output
+    status, out, err = run(capsys, "fingerprint", str(lora), "-o", str(destination), "--db", str(tmp_path / "store.db"))
+    assert status == 2 and out == "" and err.startswith(f"modelsieve: error: cannot save the fingerprint to {destination}: ")
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "store.db"]
+
+
+def test_fingerprint_into_an_existing_folder_saves_inside_it(lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "prints"
+    folder.mkdir()
+    status, out, err = run(capsys, "fingerprint", str(lora), "-o", str(folder), "--db", str(tmp_path / "store.db"))
+    assert status == 0, err
+    assert [p.name for p in folder.iterdir()] == ["lora.msfp"] and f"saved to {folder / 'lora.msfp'}" in out
+
+
+@pytest.mark.parametrize("base", ["missing.safetensors", "empty-folder"])
+def test_a_base_option_naming_no_model_is_one_line(lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], base: str) -> None:
+    (tmp_path / "empty-folder").mkdir()
+    status, _, err = run(capsys, "fingerprint", str(lora), "--base", str(tmp_path / base), "--db", str(tmp_path / "store.db"))
+    assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / base}: ") and len(err.splitlines()) == 1
