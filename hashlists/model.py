@@ -40,7 +40,9 @@ STATUSES = ("active", "retracted", "disputed")
 OPINIONS = ("dispute", "confirm")
 
 _HEX = re.compile(r"[0-9a-f]+")
-_LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_LIST_NAME = re.compile(f"{_NAME}(/{_NAME})?")
+_PUBLISHER_NAME = re.compile(_NAME)
 
 
 def entry_identity(entry: NewEntry) -> str:
@@ -108,6 +110,13 @@ def check_list_name(name: str) -> str:
     """A list name: letters, digits, `.`, `_`, `-`; imported lists are named `publisher/list`."""
     if not _LIST_NAME.fullmatch(name):
         raise InvalidEntryError(f"list names are 1-64 letters, digits, '.', '_' or '-' (got {name[:80]!r})")
+    return name
+
+
+def check_publisher_name(name: str) -> str:
+    """A publisher name (it prefixes the names of lists imported from it): a list name without `/`."""
+    if not _PUBLISHER_NAME.fullmatch(name):
+        raise InvalidEntryError(f"publisher names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (got {name[:80]!r})")
     return name
 
 

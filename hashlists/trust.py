@@ -8,7 +8,7 @@ refused and their entries already imported stop matching (a key withdrawn or com
 from __future__ import annotations
 
 from modelsieve.hashlists.errors import BundleError
-from modelsieve.hashlists.model import TrustedKey, check_choice, utc_now
+from modelsieve.hashlists.model import TrustedKey, check_choice, check_publisher_name, utc_now
 from modelsieve.hashlists.signing import key_id, parse_public_key, public_key_text
 from modelsieve.hashlists.store import Store
 
@@ -18,6 +18,7 @@ TRUST_LEVELS = ("full", "review", "none")
 def trust_publisher(store: Store, name: str, public_key: str, level: str) -> TrustedKey:
     """Add or update a publisher's key and trust level."""
     check_choice("level", level, TRUST_LEVELS)
+    check_publisher_name(name)
     key = parse_public_key(public_key)
     trusted = TrustedKey(name=name, public_key=public_key_text(key), key_id=key_id(key), level=level, added=utc_now())
     store.put_trusted_key(trusted)

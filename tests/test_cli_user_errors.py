@@ -108,3 +108,35 @@ def test_a_base_option_naming_no_model_is_one_line(lora: Path, tmp_path: Path, c
     (tmp_path / "empty-folder").mkdir()
     status, _, err = run(capsys, "fingerprint", str(lora), "--base", str(tmp_path / base), "--db", str(tmp_path / "store.db"))
     assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / base}: ") and len(err.splitlines()) == 1
+
+
+def test_trust_add_given_a_private_key_never_prints_any_of_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))[0] == 0
+    private = (tmp_path / "acme.key").read_text()
+    secret_lines = [line for line in private.splitlines() if not line.startswith("-----")]
+    status, out, err = run(capsys, "trust", "add", "acme", str(tmp_path / "acme.key"), "--level", "full", "--db", str(tmp_path / "store.db"))
+    assert status == 2 and out == "" and len(err.splitlines()) == 1
+    assert "not a public key" in err and ".pub" in err
+    # PKCS#8 puts 16 fixed bytes (22 base64 characters) before the secret seed: none of what follows may show
+    assert all(line[22 + start : 30 + start] not in err for line in secret_lines for start in range(0, len(line) - 30)), err
+
+
+def test_trust_add_with_a_missing_key_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "trust", "add", "acme", str(tmp_path / "acme.pub"), "--level", "full", "--db", str(tmp_path / "store.db"))
+    assert status == 2 and err == f"modelsieve: error: {tmp_path / 'acme.pub'}: no such file (PUBKEY is a .pub file or 'ed25519:BASE64...')\n"
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../up", "with space"])
+def test_publisher_names_that_cannot_prefix_a_list_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    assert run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))[0] == 0
+    status, _, err = run(capsys, "trust", "add", name, str(tmp_path / "acme.pub"), "--level", "full", "--db", str(tmp_path / "store.db"))
+    assert status == 2 and "publisher names are" in err
+    status, _, err = run(capsys, "keys", "generate", name, "--dir", str(tmp_path / "keys"))
+    assert status == 2 and "publisher names are" in err
+    assert not (tmp_path / "keys").exists()
+
+
+def test_keys_generate_into_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_bytes(b"x")
+    status, _, err = run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path / "a-file"))
+    assert status == 2 and err.startswith(f"modelsieve: error: cannot create the folder {tmp_path / 'a-file'}: ")
