@@ -140,3 +140,22 @@ def test_keys_generate_into_a_file_is_one_line(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / "a-file").write_bytes(b"x")
     status, _, err = run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path / "a-file"))
     assert status == 2 and err.startswith(f"modelsieve: error: cannot create the folder {tmp_path / 'a-file'}: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("serve", "--rate", "nan"), "argument --rate: must be positive, not nan"),
+        (("serve", "--rate", "0"), "argument --rate: must be positive, not 0"),
+        (("serve", "--burst", "0"), "argument --burst: must be at least 1, not 0"),
+        (("serve", "--workers", "0"), "argument --workers: must be at least 1, not 0"),
+        (("keys", "api", "create", "--scope", "lookup", "--rate", "nan"), "argument --rate: must be positive, not nan"),
+        (("compare", "a", "b", "--threshold", "nan"), "a similarity threshold is above 0 and at most 1, not nan"),
+        (("compare", "a", "b", "--threshold", "2"), "a similarity threshold is above 0 and at most 1, not 2"),
+    ],
+)
+def test_numbers_that_make_no_sense_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str) -> None:
+    """A NaN rate admitted everything and a rate of 0 was a traceback; a NaN threshold made every pair "no match"."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

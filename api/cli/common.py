@@ -43,6 +43,22 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (NaN refused)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def _matched_paths(patterns: Iterable[str]) -> Iterator[Path]:
     """Paths and glob matches, sorted per pattern; a pattern that matches nothing raises ModelsieveError."""
     for pattern in patterns:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.cluster_options import add_cluster_options, on_cluster, run_crawl_on_cluster
-from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line, progress_bar
+from modelsieve.api.cli.common import (
+    add_db_option,
+    add_json_flag,
+    command_parser,
+    positive_int,
+    positive_number,
+    print_json_line,
+    progress_bar,
+)
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
 from modelsieve.crawler.inputs import BadLine, read_targets
@@ -78,17 +86,17 @@ def register(subparsers: Any) -> None:
     )
     add_db_option(parser)
     limits = parser.add_argument_group("politeness and limits")
-    limits.add_argument("--concurrency", metavar="N", type=_positive_int, default=256, help="URLs checked at once (default: 256)")
-    limits.add_argument("--global-limit", metavar="N", type=_positive_int, default=64, help="requests in flight over all hosts (default: 64)")
-    limits.add_argument("--per-host", metavar="N", type=_positive_int, default=2, help="requests in flight per host (default: 2)")
+    limits.add_argument("--concurrency", metavar="N", type=positive_int, default=256, help="URLs checked at once (default: 256)")
+    limits.add_argument("--global-limit", metavar="N", type=positive_int, default=64, help="requests in flight over all hosts (default: 64)")
+    limits.add_argument("--per-host", metavar="N", type=positive_int, default=2, help="requests in flight per host (default: 2)")
     limits.add_argument("--delay", metavar="SECONDS", type=_non_negative, default=0.0, help="seconds between request starts per host (default: 0)")
-    limits.add_argument("--timeout", metavar="SECONDS", type=_positive, default=900.0, help="seconds for one URL, all requests included (default: 900)")
-    limits.add_argument("--connect-timeout", metavar="SECONDS", type=_positive, default=10.0, help="seconds to connect (default: 10)")
-    limits.add_argument("--read-timeout", metavar="SECONDS", type=_positive, default=30.0, help="seconds of silence while reading (default: 30)")
+    limits.add_argument("--timeout", metavar="SECONDS", type=positive_number, default=900.0, help="seconds for one URL, all requests included (default: 900)")
+    limits.add_argument("--connect-timeout", metavar="SECONDS", type=positive_number, default=10.0, help="seconds to connect (default: 10)")
+    limits.add_argument("--read-timeout", metavar="SECONDS", type=positive_number, default=30.0, help="seconds of silence while reading (default: 30)")
     limits.add_argument("--retries", metavar="N", type=_non_negative_int, default=3, help="retries on 429/5xx and dropped connections (default: 3)")
     limits.add_argument(
         "--max-download",
-        type=_positive_int,
+        type=positive_int,
         default=RemoteReadConfig.max_download_bytes,
         metavar="BYTES",
         help="cap on a whole-file download when a host ignores Range (default: 16 GiB)",
@@ -104,24 +112,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
 
 

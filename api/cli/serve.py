@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modelsieve.api.cli.common import add_db_option, command_parser
+from modelsieve.api.cli.common import add_db_option, command_parser, positive_int, positive_number
 from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.api.http.metrics import MULTIPROCESS_ENV
 from modelsieve.fingerprint.errors import ModelsieveError
@@ -45,9 +45,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080; 0 picks a free one, one worker only)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port (default 1)")
-    parser.add_argument("--rate", type=float, default=ApiConfig.rate_per_second, metavar="PER_SECOND", help="default per-key request rate (default %(default)s)")
-    parser.add_argument("--burst", type=int, default=ApiConfig.rate_burst, help="requests a key may make at once before the rate applies (default %(default)s)")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N", help="server processes sharing the port (default 1)")
+    parser.add_argument("--rate", type=positive_number, default=ApiConfig.rate_per_second, metavar="PER_SECOND", help="default per-key request rate (default %(default)s)")
+    parser.add_argument("--burst", type=positive_int, default=ApiConfig.rate_burst, help="requests a key may make at once before the rate applies (default %(default)s)")
     parser.add_argument("--audit-log", metavar="FILE", default=None, help="append audit lines (JSON) to FILE instead of stderr")
     parser.add_argument("--publisher-key", metavar="FILE", default=None, help="Ed25519 private key (`modelsieve keys generate`) that signs exported bundles")
     parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
