@@ -159,3 +159,25 @@ def test_numbers_that_make_no_sense_are_usage_errors(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit) as exit_info:
         main(list(argv))
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_crawl_of_a_binary_file_is_refused_before_a_job_starts(lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model given where the URL list belongs was reported line by line, one junk line per ~100 bytes."""
+    out = tmp_path / "recs.jsonl"
+    status, _, err = run(capsys, "crawl", str(lora), "--out", str(out), "--db", str(tmp_path / "store.db"))
+    assert status == 2 and err == f"modelsieve: error: {lora}: not a text file of URLs (it holds NUL bytes: a model file?)\n"
+    assert not out.exists()
+
+
+def test_crawl_into_an_unwritable_output_is_one_line_and_leaves_no_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    urls = tmp_path / "links.txt"
+    urls.write_text("https://example.org/a.safetensors\n")
+    (tmp_path / "a-file").write_bytes(b"x")
+    db = str(tmp_path / "store.db")
+    out = tmp_path / "a-file" / "recs.jsonl"
+    status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), "--db", db)
+    assert status == 2 and err.startswith(f"modelsieve: error: cannot write {out}: ") and len(err.splitlines()) == 1
+    status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), "--db", db)
+    assert status == 2 and "cannot write" in err, "no half-made job may ask for --resume"
+    status, _, err = run(capsys, "crawl", str(tmp_path), "--out", str(tmp_path / "x.jsonl"), "--db", db)
+    assert status == 2 and err == f"modelsieve: error: {tmp_path}: a folder, not a file of URLs\n"

@@ -34,6 +34,8 @@ from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.store import open_store
 
+_SNIFF_BYTES = 64 * 1024  # how much of the URL file is checked for binary content before the job starts
+
 DESCRIPTION = """\
 Check hosted links (model files, model pages, services) against the lists in the store and
 write one recommendation per URL, with its evidence, to a JSON Lines file:
@@ -154,9 +156,24 @@ def _input_lines(path: Path) -> Any:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _check_url_file(path: Path) -> None:
+    """Refuse at once what cannot be a URL list: a folder, a missing file, a binary file (a model
+    given by mistake would otherwise be reported line by junk line)."""
+    if path.is_dir():
+        raise ModelsieveError(f"{path}: a folder, not a file of URLs")
+    if not path.is_file():
+        raise ModelsieveError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"\0" in head:
+        raise ModelsieveError(f"{path}: not a text file of URLs (it holds NUL bytes: a model file?)")
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.urls.is_file():
-        raise ModelsieveError(f"{args.urls}: no such file")
+    _check_url_file(args.urls)
     if on_cluster(args):
         return run_crawl_on_cluster(args, crawl_config(args), _input_lines(args.urls))
     problems = Counter[str]()
