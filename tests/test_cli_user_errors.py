@@ -6,6 +6,7 @@ Real subprocesses where the CLI frame or a server process matters; real files an
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -181,3 +182,17 @@ def test_crawl_into_an_unwritable_output_is_one_line_and_leaves_no_job(tmp_path:
     assert status == 2 and "cannot write" in err, "no half-made job may ask for --resume"
     status, _, err = run(capsys, "crawl", str(tmp_path), "--out", str(tmp_path / "x.jsonl"), "--db", db)
     assert status == 2 and err == f"modelsieve: error: {tmp_path}: a folder, not a file of URLs\n"
+
+
+@pytest.mark.parametrize("command", [("hash",), ("inspect",), ("match",), ("fingerprint",)])
+def test_a_folder_without_model_files_is_noted_not_silent(
+    lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    """`match downloads/` on a folder of .gguf files printed nothing at all, like a folder of models without a match."""
+    empty = tmp_path / "downloads"
+    empty.mkdir()
+    (empty / "model.gguf").write_bytes(b"GGUF")
+    db = ("--db", str(tmp_path / "store.db")) if command[0] in ("match", "fingerprint") else ()
+    status, out, err = run(capsys, *command, str(empty), str(lora), "--json", *db)
+    assert status == 0 and [json.loads(line)["path"] for line in out.splitlines()] == [str(lora)]
+    assert err == f"modelsieve: {empty}: no model files in this folder (looked for .safetensors .ckpt .pt .pth .bin)\n"
