@@ -196,3 +196,14 @@ def test_a_folder_without_model_files_is_noted_not_silent(
     status, out, err = run(capsys, *command, str(empty), str(lora), "--json", *db)
     assert status == 0 and [json.loads(line)["path"] for line in out.splitlines()] == [str(lora)]
     assert err == f"modelsieve: {empty}: no model files in this folder (looked for .safetensors .ckpt .pt .pth .bin)\n"
+
+
+def test_list_add_with_one_invalid_value_adds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It added the entries before the bad one and then exited 2, so a fixed re-run found them 'already listed'."""
+    db = str(tmp_path / "store.db")
+    assert run(capsys, "list", "create", "reports", "--db", db)[0] == 0
+    status, out, err = run(capsys, "list", "add", "reports", "--sha256", "ab" * 32, "--url", "ftp://nudify.example/app", "--db", db)
+    assert status == 2 and out == "" and err == "modelsieve: error: only http and https URLs can be listed: 'ftp://nudify.example/app'\n"
+    assert run(capsys, "list", "show", "reports", "--db", db)[1] == ""
+    status, out, _ = run(capsys, "list", "add", "reports", "--sha256", "ab" * 32, "--url", "https://nudify.example/app", "--db", db)
+    assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["added:", "added:"]

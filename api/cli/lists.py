@@ -186,9 +186,12 @@ def _shown(name: str, value: str) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    """Add every entry the options describe in one transaction: one invalid value adds none."""
     with open_store(args.db) as store:
-        for entry in _new_entries(args, store):
-            stored = store.add_entry(args.list, entry)
+        entries = _new_entries(args, store)
+        with store.transaction():
+            results = [(entry, store.add_entry(args.list, entry)) for entry in entries]
+        for entry, stored in results:
             if stored is None:
                 _print_existing(store, args.list, entry, json_output=args.json)
             else:
