@@ -207,3 +207,15 @@ def test_list_add_with_one_invalid_value_adds_nothing(tmp_path: Path, capsys: py
     assert run(capsys, "list", "show", "reports", "--db", db)[1] == ""
     status, out, _ = run(capsys, "list", "add", "reports", "--sha256", "ab" * 32, "--url", "https://nudify.example/app", "--db", db)
     assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["added:", "added:"]
+
+
+def test_a_domain_below_its_registrable_domain_says_what_it_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--domain nudify.example.org` (the README's own example) silently listed every host of example.org."""
+    db = str(tmp_path / "store.db")
+    assert run(capsys, "list", "create", "reports", "--db", db)[0] == 0
+    status, out, err = run(capsys, "list", "add", "reports", "--domain", "nudify.example.org", "--domain", "www.undress.co.uk", "--db", db)
+    assert status == 0 and [line.split()[-1] for line in out.splitlines()] == ["example.org", "undress.co.uk"]
+    assert err == (
+        "modelsieve: note: --domain nudify.example.org lists the whole registrable domain example.org (every host under it); "
+        "to list nudify.example.org alone, use --url https://nudify.example.org/\n"
+    )

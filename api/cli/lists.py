@@ -25,6 +25,7 @@ from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, 
 from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import Store, open_store
+from modelsieve.hashlists.urls import host_of, registrable_domain
 
 EXAMPLES = """\
 examples:
@@ -196,7 +197,20 @@ def run_add(args: argparse.Namespace) -> int:
                 _print_existing(store, args.list, entry, json_output=args.json)
             else:
                 _print_entry_line(stored, added=True, json_output=args.json)
+    for value in args.domain:
+        _note_widened_domain(value)
     return 0
+
+
+def _note_widened_domain(value: str) -> None:
+    """A domain entry lists a whole registrable domain: say so on stderr when the user named a host below it."""
+    host, domain = host_of(value), registrable_domain(value)
+    if host not in (domain, f"www.{domain}"):
+        print(
+            f"modelsieve: note: --domain {value} lists the whole registrable domain {domain} (every host under it); "
+            f"to list {host} alone, use --url https://{host}/",
+            file=sys.stderr,
+        )
 
 
 def _print_existing(store: Store, list_name: str, entry: NewEntry, *, json_output: bool) -> None:
