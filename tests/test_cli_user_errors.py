@@ -219,3 +219,19 @@ def test_a_domain_below_its_registrable_domain_says_what_it_lists(tmp_path: Path
         "modelsieve: note: --domain nudify.example.org lists the whole registrable domain example.org (every host under it); "
         "to list nudify.example.org alone, use --url https://nudify.example.org/\n"
     )
+
+
+def test_a_base_registered_again_under_another_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With one model registered as 'sd15' and as '0sd15', deltas were taken against '0sd15' (first by
+    name), and entries fingerprinted against 'sd15' no longer matched their own near-copies."""
+    family = syn.Family(9, syn.Architecture(scale=20, text_layers=2, vocab=300))
+    syn.write_safetensors(tmp_path / "base.safetensors", family.checkpoint(family.base))
+    syn.write_safetensors(tmp_path / "base-fp16.safetensors", syn.resave(family.checkpoint(family.base), "fp16"))
+    syn.write_safetensors(tmp_path / "tune.safetensors", family.fine_tune(1, 0.002))
+    db = ("--db", str(tmp_path / "store.db"))
+    assert run(capsys, "bases", "add", str(tmp_path / "base.safetensors"), "--name", "sd15", *db)[0] == 0
+    status, _, err = run(capsys, "bases", "add", str(tmp_path / "base-fp16.safetensors"), "--name", "0sd15", *db)
+    assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / 'base-fp16.safetensors'} is base 'sd15' again")
+    assert run(capsys, "bases", "add", str(tmp_path / "base-fp16.safetensors"), "--name", "sd15", "--replace", *db)[0] == 0
+    assert run(capsys, "bases", "add", str(tmp_path / "tune.safetensors"), "--name", "tune", *db)[0] == 0, "a fine-tune may be a base"
+    assert [line.split()[0] for line in run(capsys, "bases", "list", *db)[1].splitlines()] == ["sd15", "tune"]
