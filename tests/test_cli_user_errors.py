@@ -150,6 +150,8 @@ def test_keys_generate_into_a_file_is_one_line(tmp_path: Path, capsys: pytest.Ca
         (("serve", "--rate", "0"), "argument --rate: must be positive, not 0"),
         (("serve", "--burst", "0"), "argument --burst: must be at least 1, not 0"),
         (("serve", "--workers", "0"), "argument --workers: must be at least 1, not 0"),
+        (("serve", "--crawl-jobs", "-1"), "argument --crawl-jobs: must not be negative, not -1"),
+        (("list", "show", "reports", "--limit", "-1"), "argument --limit: must not be negative, not -1"),
         (("keys", "api", "create", "--scope", "lookup", "--rate", "nan"), "argument --rate: must be positive, not nan"),
         (("compare", "a", "b", "--threshold", "nan"), "a similarity threshold is above 0 and at most 1, not nan"),
         (("compare", "a", "b", "--threshold", "2"), "a similarity threshold is above 0 and at most 1, not 2"),

@@ -51,6 +51,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
 def positive_number(text: str) -> float:
     """An argparse type: a number above 0 (NaN refused)."""
     value = float(text)

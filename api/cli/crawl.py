@@ -14,6 +14,7 @@ from modelsieve.api.cli.common import (
     add_db_option,
     add_json_flag,
     command_parser,
+    non_negative_int,
     positive_int,
     positive_number,
     print_json_line,
@@ -95,7 +96,7 @@ def register(subparsers: Any) -> None:
     limits.add_argument("--timeout", metavar="SECONDS", type=positive_number, default=900.0, help="seconds for one URL, all requests included (default: 900)")
     limits.add_argument("--connect-timeout", metavar="SECONDS", type=positive_number, default=10.0, help="seconds to connect (default: 10)")
     limits.add_argument("--read-timeout", metavar="SECONDS", type=positive_number, default=30.0, help="seconds of silence while reading (default: 30)")
-    limits.add_argument("--retries", metavar="N", type=_non_negative_int, default=3, help="retries on 429/5xx and dropped connections (default: 3)")
+    limits.add_argument("--retries", metavar="N", type=non_negative_int, default=3, help="retries on 429/5xx and dropped connections (default: 3)")
     limits.add_argument(
         "--max-download",
         type=positive_int,
@@ -112,13 +113,6 @@ def register(subparsers: Any) -> None:
     add_cluster_options(parser, partitions=True)
     add_json_flag(parser)
     parser.set_defaults(handler=run)
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
 
 
 def _non_negative(text: str) -> float:

@@ -13,6 +13,7 @@ from modelsieve.api.cli.common import (
     add_json_flag,
     command_parser,
     expand_paths,
+    non_negative_int,
     print_json_line,
     progress,
     report_failure,
@@ -387,7 +388,7 @@ def _register_show(actions: Any) -> None:
     parser.add_argument("list", nargs="?", help="the list whose entries to show")
     parser.add_argument("--entry", metavar="ID", help="show one entry")
     parser.add_argument("--status", choices=("active", "retracted", "disputed"), help="only entries with this status")
-    parser.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100; 0: all)")
+    parser.add_argument("--limit", type=non_negative_int, default=100, help="at most this many entries (default 100; 0: all)")
     parser.add_argument("--notes", action="store_true", help="include the sensitive notes")
     _common(parser)
     parser.set_defaults(handler=run_show)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modelsieve.api.cli.common import add_db_option, command_parser, positive_int, positive_number
+from modelsieve.api.cli.common import add_db_option, command_parser, non_negative_int, positive_int, positive_number
 from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.api.http.metrics import MULTIPROCESS_ENV
 from modelsieve.fingerprint.errors import ModelsieveError
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
     parser.add_argument(
         "--crawl-jobs",
-        type=int,
+        type=non_negative_int,
         default=ApiConfig.crawl_jobs_per_process,
         metavar="N",
         help="crawl jobs each process runs at once (default %(default)s; 0: only accept jobs, other servers run them)",
