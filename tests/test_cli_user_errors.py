@@ -237,3 +237,21 @@ def test_a_base_registered_again_under_another_name_is_refused(tmp_path: Path, c
     assert run(capsys, "bases", "add", str(tmp_path / "base-fp16.safetensors"), "--name", "sd15", "--replace", *db)[0] == 0
     assert run(capsys, "bases", "add", str(tmp_path / "tune.safetensors"), "--name", "tune", *db)[0] == 0, "a fine-tune may be a base"
     assert [line.split()[0] for line in run(capsys, "bases", "list", *db)[1].splitlines()] == ["sd15", "tune"]
+
+
+def test_demo_never_replaces_what_an_earlier_demo_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`demo --output DIR` deleted DIR/zoo and DIR/modelsieve.db whatever they held (e.g. the real store's folder)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    assert run(capsys, "list", "create", "reports", "--db", str(real / "modelsieve.db"))[0] == 0
+    status, _, err = run(capsys, "demo", "--output", str(real))
+    assert status == 2 and err == f"modelsieve: error: {real / 'modelsieve.db'} holds lists the demo did not make (reports): choose another --output\n"
+    assert run(capsys, "list", "show", "--db", str(real / "modelsieve.db"))[1].startswith("reports")
+    (tmp_path / "work" / "zoo").mkdir(parents=True)
+    (tmp_path / "work" / "zoo" / "notes.txt").write_text("mine")
+    status, _, err = run(capsys, "demo", "--output", str(tmp_path / "work"))
+    assert status == 2 and "zoo holds files the demo did not make (notes.txt)" in err
+    assert (tmp_path / "work" / "zoo" / "notes.txt").read_text() == "mine"
+    (tmp_path / "a-file").write_bytes(b"x")
+    status, _, err = run(capsys, "demo", "--output", str(tmp_path / "a-file"))
+    assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / 'a-file'}: not a folder")
