@@ -7,6 +7,7 @@ Real subprocesses where the CLI frame or a server process matters; real files an
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -255,3 +256,13 @@ def test_demo_never_replaces_what_an_earlier_demo_did_not_make(tmp_path: Path, c
     (tmp_path / "a-file").write_bytes(b"x")
     status, _, err = run(capsys, "demo", "--output", str(tmp_path / "a-file"))
     assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / 'a-file'}: not a folder")
+
+
+@pytest.mark.parametrize("command", ["inspect", "fingerprint"])
+def test_a_fifo_given_as_a_model_is_refused_without_waiting_for_a_writer(tmp_path: Path, command: str) -> None:
+    """Opening a FIFO nobody writes to blocked forever; a pipe could not be re-read after the format sniff."""
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    store = ["--db", str(tmp_path / "store.db")] if command == "fingerprint" else []
+    result = subprocess.run([*MODELSIEVE, command, str(fifo), *store], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == f"modelsieve: {fifo}: not a regular file (a pipe or a device?): models are read from files\n"

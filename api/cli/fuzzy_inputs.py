@@ -73,7 +73,7 @@ def load_fingerprint(path: str | os.PathLike[str], key: FingerprintKey, bases: l
                      *, require_base: bool = False) -> Fingerprint:
     """A saved fingerprint as is, or a model file fingerprinted (as a delta against the nearest base)."""
     path = Path(path)
-    if not path.is_file() and not path.is_dir():
+    if not path.exists():
         raise ModelsieveError(f"{path}: no such file or directory")
     saved = read_saved(path) if path.is_file() else None
     if saved is not None:
