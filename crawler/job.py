@@ -93,8 +93,11 @@ class CrawlJob:
             return job
         if out_path.exists() and out_path.stat().st_size:
             raise JobError(f"{out_path} exists and no crawl into it is in the store: remove it or choose another --out")
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_bytes(b"")  # before the job exists: a job in the store always has its output
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_bytes(b"")  # before the job exists: a job in the store always has its output
+        except OSError as exc:
+            raise JobError(f"cannot write {out_path}: {exc.strerror}") from None
         with store.transaction():
             job_id = store.create_crawl_job(str(out_path), input_sha256)
             batch: list[CrawlTarget] = []

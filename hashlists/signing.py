@@ -32,10 +32,12 @@ def public_key_text(key: Ed25519PublicKey) -> str:
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
-    """A public key from its text form; a clear error for anything else."""
+    """A public key from its text form; a clear error for anything else, which never quotes the
+    text: it may be a private key given by mistake."""
     value = text.strip()
     if not value.startswith(KEY_PREFIX):
-        raise KeyFileError(f"a public key looks like 'ed25519:BASE64...', got {value[:60]!r}")
+        hint = " (this is a PEM file, e.g. a private key: give the publisher's .pub file)" if value.startswith("-----BEGIN") else ""
+        raise KeyFileError(f"not a public key: one looks like 'ed25519:BASE64...'{hint}")
     try:
         raw = base64.b64decode(value[len(KEY_PREFIX) :], validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)

@@ -34,7 +34,7 @@ class SQLiteStore(SQLStore):
         """`busy_timeout`: how long a write waits for another process's write transaction to end."""
         target = Path(path) if path is not None else default_db_path()
         self._busy_timeout = busy_timeout
-        self._conn = _connect(target, timeout=busy_timeout)
+        self._conn = _connect(target, timeout=busy_timeout, create_folder=path is None)
         self._path = str(path) if path is not None else "default store"
         self._lock = threading.RLock()
         self._local = threading.local()  # .depth: how deep this thread is in transaction()
@@ -99,8 +99,12 @@ class SQLiteStore(SQLStore):
             self._conn.executemany(sql, rows)
 
 
-def _connect(target: Path, *, read_only: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
+def _connect(target: Path, *, read_only: bool = False, timeout: float = 30.0, create_folder: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode (readers never block the writer), foreign keys on, explicit transactions.
+
+    A missing file becomes a new store, but only the default store's folder is created: a store
+    named in a folder that does not exist (a typo in `--db`) is refused rather than started empty,
+    where every lookup would quietly answer "none".
 
     sqlite-utils opens the file and switches it to WAL; schema and queries are the SQL shared with
     the PostgreSQL backend (`sql_store.py`), so the two backends cannot drift apart. `read_only`
@@ -112,7 +116,10 @@ def _connect(target: Path, *, read_only: bool = False, timeout: float = 30.0) ->
             uri = f"{target.resolve().as_uri()}?mode=ro"
             connection = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False, isolation_level=None)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if create_folder:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            elif not target.parent.is_dir():
+                raise StoreUnavailableError(f"cannot open the store at {target}: no folder {target.parent}")
             connection = sqlite3.connect(target, timeout=timeout, check_same_thread=False, isolation_level=None)
             sqlite_utils.Database(connection).enable_wal()
             connection.execute("PRAGMA foreign_keys=ON")

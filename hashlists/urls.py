@@ -96,12 +96,17 @@ def url_prefix_keys(normalised_url: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def host_of(value: str) -> str:
+    """The normalised host of a host name or URL."""
+    return normalise_host(_parse(value).raw_host or "")
+
+
 def registrable_domain(value: str) -> str:
     """The registrable domain (public suffix + one label) of a host or URL; an IP address as itself.
 
     A host under no known public suffix (an intranet name) is returned whole.
     """
-    return _registrable_host(normalise_host(_parse(value).raw_host or ""))
+    return _registrable_host(host_of(value))
 
 
 def normalised_registrable_domain(normalised_url: str) -> str:

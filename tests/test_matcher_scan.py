@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+from unittest.mock import patch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelsieve.hashlists import fuzzy_index
 from modelsieve.hashlists.fuzzy_index import CODE_BYTES, FuzzyIndex
 
 Rows = list[tuple[int, dict[str, bytes]]]
@@ -76,10 +79,17 @@ def indexed(rows: Rows, batches: int, index: FuzzyIndex | None = None) -> FuzzyI
     limit=st.integers(1, 40),
     max_hamming=st.integers(-1, 512),
     batches=st.integers(1, 4),
+    block_rows=st.sampled_from([1, 7, 64, 1000, fuzzy_index.SCAN_BLOCK_ROWS]),
 )
 def test_candidates_equal_a_brute_force_scan_before_and_after_a_copy_grows(
-    seed: int, count: int, grown: int, limit: int, max_hamming: int, batches: int
+    seed: int, count: int, grown: int, limit: int, max_hamming: int, batches: int, block_rows: int
 ) -> None:
+    """Whatever the scan's block size: one row a block, blocks that do and do not divide the table."""
+    with patch.object(fuzzy_index, "SCAN_BLOCK_ROWS", block_rows):
+        check_candidates(seed, count, grown, limit, max_hamming, batches)
+
+
+def check_candidates(seed: int, count: int, grown: int, limit: int, max_hamming: int, batches: int) -> None:
     rng = np.random.default_rng(seed)
     query = {"unet": rng.bytes(CODE_BYTES), "text_encoder": rng.bytes(CODE_BYTES)}
     rows = listed_rows(rng, query, count + grown)

@@ -7,7 +7,7 @@ import datetime
 import sys
 from typing import Any
 
-from modelsieve.api.cli.common import add_db_option, add_json_flag, command_group, command_parser, print_json_line
+from modelsieve.api.cli.common import add_db_option, add_json_flag, command_group, command_parser, positive_number, print_json_line
 from modelsieve.api.http.auth import SCOPE_HELP, SCOPES, ApiKey, KeyStore
 from modelsieve.hashlists.store import open_store
 
@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     create = command_parser(actions, "create", "make a key and print it once", "Make an API key with the given scopes.", EXAMPLES)
     create.add_argument("--scope", action="append", required=True, choices=SCOPES, help="a scope the key grants (repeatable)")
     create.add_argument("--name", default="", help="who or what the key is for (shown in `list` and audit logs)")
-    create.add_argument("--rate", type=float, default=None, metavar="PER_SECOND", help="this key's request rate limit (default: the server's)")
+    create.add_argument("--rate", type=positive_number, default=None, metavar="PER_SECOND", help="this key's request rate limit (default: the server's)")
     _common(create, run_create)
 
     show = command_parser(actions, "list", "list keys (never their secrets)", "List API keys: id, name, scopes, state.", EXAMPLES)

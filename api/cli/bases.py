@@ -10,6 +10,8 @@ from typing import Any
 from modelsieve.api.cli import background
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
+from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.fuzzy import nearest_base
 from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
@@ -43,9 +45,24 @@ def register(subparsers: Any) -> None:
     background.register_actions(actions)
 
 
+# A registered base at most this far (relative sketch distance) is the same weights again: an fp16
+# re-save measures ~2e-4, the smallest fine-tunes (0.1 % of the weights) ~1e-3.
+SAME_BASE_DISTANCE = 5e-4
+
+
 def run_add(args: argparse.Namespace) -> int:
-    fingerprint = load_fingerprint(args.path, fingerprint_key(args), [])
+    """Register a base, refusing one that is a registered base again under another name: a
+    checkpoint's delta would be taken against either, and entries fingerprinted against the
+    other name would stop matching its near-copies."""
+    key = fingerprint_key(args)
+    fingerprint = load_fingerprint(args.path, key, [])
     with open_store(args.db) as store:
+        same = nearest_base(fingerprint, [base for base in store.bases(key) if base.name != args.name])
+        if same is not None and same.distance <= SAME_BASE_DISTANCE:
+            raise ModelsieveError(
+                f"{args.path} is base {same.base.name!r} again (relative distance {same.distance:.1e}); one model registered "
+                f"under two names splits its fingerprints between them: keep {same.base.name!r} (or remove it first)"
+            )
         info = store.add_base(args.name, fingerprint, source=Path(args.path).name, replace=args.replace)
     if args.json:
         print_json_line(dataclasses.asdict(info))

@@ -11,7 +11,7 @@ from typing import Any
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.hashlists.model import MatchResult
 
-from modelsieve.api.cli.common import print_json_line, progress_bar, report_failure
+from modelsieve.api.cli.common import positive_int, print_json_line, progress_bar, report_failure
 from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.inputs import BadLine, read_targets
 
@@ -19,13 +19,13 @@ from modelsieve.crawler.inputs import BadLine, read_targets
 def add_cluster_options(parser: argparse.ArgumentParser, *, partitions: bool = False) -> None:
     group = parser.add_argument_group("on a Dask cluster (the `distributed` extra)")
     where = group.add_mutually_exclusive_group()
-    where.add_argument("--workers", metavar="N", type=_at_least_one, help="start a local cluster of N worker processes")
+    where.add_argument("--workers", metavar="N", type=positive_int, help="start a local cluster of N worker processes")
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use the running Dask cluster behind this scheduler")
     if partitions:
         group.add_argument(
             "--partitions",
             metavar="N",
-            type=_at_least_one,
+            type=positive_int,
             default=64,
             help="URLs are split by registrable domain into N partitions, one task each (default: 64)",
         )
@@ -33,13 +33,6 @@ def add_cluster_options(parser: argparse.ArgumentParser, *, partitions: bool = F
 
 def on_cluster(args: argparse.Namespace) -> bool:
     return bool(args.workers or args.scheduler)
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def run_crawl_on_cluster(args: argparse.Namespace, config: CrawlConfig, lines: Any) -> int:

@@ -43,6 +43,30 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (NaN refused)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def _matched_paths(patterns: Iterable[str]) -> Iterator[Path]:
     """Paths and glob matches, sorted per pattern; a pattern that matches nothing raises ModelsieveError."""
     for pattern in patterns:
@@ -56,7 +80,8 @@ def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] | None = Non
     """Files named by paths, directories (walked for files with `suffixes`, by default the model
     files' suffixes; sorted) and glob patterns.
 
-    A pattern that matches nothing raises ModelsieveError: a typo must not pass as "no match".
+    A pattern that matches nothing raises ModelsieveError: a typo must not pass as "no match";
+    a folder without model files is noted on stderr (the exit status stays as it is).
     """
     if suffixes is None:
         from modelsieve.fingerprint.readers import MODEL_SUFFIXES  # numpy: only for the commands that read models
@@ -64,21 +89,41 @@ def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] | None = Non
         suffixes = MODEL_SUFFIXES
     for path in _matched_paths(patterns):
         if path.is_dir():
+            found = False
             for root, dirs, files in os.walk(path):
                 dirs.sort()
-                yield from (Path(root) / f for f in sorted(files) if f.lower().endswith(suffixes))
+                for name in sorted(files):
+                    if name.lower().endswith(suffixes):
+                        found = True
+                        yield Path(root) / name
+            if not found:
+                _note_no_models(path, suffixes)
         else:
             yield path
 
 
+def _note_no_models(folder: Path, suffixes: tuple[str, ...]) -> None:
+    """Say on stderr that a folder held no model files, so an empty answer is not taken for "no match"."""
+    print(f"modelsieve: {folder}: no model files in this folder (looked for {' '.join(suffixes)})", file=sys.stderr)
+
+
 def expand_models(patterns: Iterable[str]) -> Iterator[Path]:
     """Models named by paths and globs; directories yield each model below them (`walk_models`):
-    a diffusers folder or a sharded index is one model, any other model file one model each.
+    a diffusers folder or a sharded index is one model, any other model file one model each; a
+    folder without any is noted on stderr.
     """
-    from modelsieve.fingerprint.readers import walk_models  # numpy: only for the commands that read models
+    from modelsieve.fingerprint.readers import MODEL_SUFFIXES, walk_models  # numpy: only for the commands that read models
 
     for path in _matched_paths(patterns):
-        yield from walk_models(path) if path.is_dir() else [path]
+        if not path.is_dir():
+            yield path
+            continue
+        found = False
+        for model in walk_models(path):
+            found = True
+            yield model
+        if not found:
+            _note_no_models(path, MODEL_SUFFIXES)
 
 
 def print_json_line(record: dict[str, Any]) -> None:

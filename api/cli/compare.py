@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("query", metavar="A", help="model file or saved fingerprint (the query)")
     parser.add_argument("listed", metavar="B", help="model file or saved fingerprint (e.g. the listed model)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
                         help=f"score from which the pair is reported as a near match (default {DEFAULT_THRESHOLD})")
     add_base_options(parser)
     add_key_option(parser)
@@ -64,6 +64,14 @@ def describe(a: str, b: str, result: Comparison, calibration: CalibratedScore, d
     top = sorted(result.blocks.items(), key=lambda item: -abs(item[1].share))[:5]
     lines += [f"  block {name:<26} similarity {g.similarity:6.3f}  share {g.share:6.1%}" for name, g in top]
     return "\n".join(lines)
+
+
+def _threshold(text: str) -> float:
+    """An argparse type: a similarity threshold in (0, 1] (NaN or 2 would make every pair "no match")."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a similarity threshold is above 0 and at most 1, not {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

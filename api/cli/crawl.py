@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.cluster_options import add_cluster_options, on_cluster, run_crawl_on_cluster
-from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line, progress_bar
+from modelsieve.api.cli.common import (
+    add_db_option,
+    add_json_flag,
+    command_parser,
+    non_negative_int,
+    positive_int,
+    positive_number,
+    print_json_line,
+    progress_bar,
+)
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
 from modelsieve.crawler.inputs import BadLine, read_targets
@@ -25,6 +34,8 @@ from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.store import open_store
+
+_SNIFF_BYTES = 64 * 1024  # how much of the URL file is checked for binary content before the job starts
 
 DESCRIPTION = """\
 Check hosted links (model files, model pages, services) against the lists in the store and
@@ -78,17 +89,17 @@ def register(subparsers: Any) -> None:
     )
     add_db_option(parser)
     limits = parser.add_argument_group("politeness and limits")
-    limits.add_argument("--concurrency", metavar="N", type=_positive_int, default=256, help="URLs checked at once (default: 256)")
-    limits.add_argument("--global-limit", metavar="N", type=_positive_int, default=64, help="requests in flight over all hosts (default: 64)")
-    limits.add_argument("--per-host", metavar="N", type=_positive_int, default=2, help="requests in flight per host (default: 2)")
+    limits.add_argument("--concurrency", metavar="N", type=positive_int, default=256, help="URLs checked at once (default: 256)")
+    limits.add_argument("--global-limit", metavar="N", type=positive_int, default=64, help="requests in flight over all hosts (default: 64)")
+    limits.add_argument("--per-host", metavar="N", type=positive_int, default=2, help="requests in flight per host (default: 2)")
     limits.add_argument("--delay", metavar="SECONDS", type=_non_negative, default=0.0, help="seconds between request starts per host (default: 0)")
-    limits.add_argument("--timeout", metavar="SECONDS", type=_positive, default=900.0, help="seconds for one URL, all requests included (default: 900)")
-    limits.add_argument("--connect-timeout", metavar="SECONDS", type=_positive, default=10.0, help="seconds to connect (default: 10)")
-    limits.add_argument("--read-timeout", metavar="SECONDS", type=_positive, default=30.0, help="seconds of silence while reading (default: 30)")
-    limits.add_argument("--retries", metavar="N", type=_non_negative_int, default=3, help="retries on 429/5xx and dropped connections (default: 3)")
+    limits.add_argument("--timeout", metavar="SECONDS", type=positive_number, default=900.0, help="seconds for one URL, all requests included (default: 900)")
+    limits.add_argument("--connect-timeout", metavar="SECONDS", type=positive_number, default=10.0, help="seconds to connect (default: 10)")
+    limits.add_argument("--read-timeout", metavar="SECONDS", type=positive_number, default=30.0, help="seconds of silence while reading (default: 30)")
+    limits.add_argument("--retries", metavar="N", type=non_negative_int, default=3, help="retries on 429/5xx and dropped connections (default: 3)")
     limits.add_argument(
         "--max-download",
-        type=_positive_int,
+        type=positive_int,
         default=RemoteReadConfig.max_download_bytes,
         metavar="BYTES",
         help="cap on a whole-file download when a host ignores Range (default: 16 GiB)",
@@ -102,27 +113,6 @@ def register(subparsers: Any) -> None:
     add_cluster_options(parser, partitions=True)
     add_json_flag(parser)
     parser.set_defaults(handler=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 def _non_negative(text: str) -> float:
@@ -160,9 +150,24 @@ def _input_lines(path: Path) -> Any:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _check_url_file(path: Path) -> None:
+    """Refuse at once what cannot be a URL list: a folder, a missing file, a binary file (a model
+    given by mistake would otherwise be reported line by junk line)."""
+    if path.is_dir():
+        raise ModelsieveError(f"{path}: a folder, not a file of URLs")
+    if not path.is_file():
+        raise ModelsieveError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"\0" in head:
+        raise ModelsieveError(f"{path}: not a text file of URLs (it holds NUL bytes: a model file?)")
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.urls.is_file():
-        raise ModelsieveError(f"{args.urls}: no such file")
+    _check_url_file(args.urls)
     if on_cluster(args):
         return run_crawl_on_cluster(args, crawl_config(args), _input_lines(args.urls))
     problems = Counter[str]()

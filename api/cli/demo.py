@@ -22,6 +22,7 @@ from modelsieve.api.cli.common import add_json_flag, command_parser, print_json_
 from modelsieve.api.demo.filehost import serve_folder
 from modelsieve.api.demo.zoo import ZooModel, build_zoo
 from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
 examples:
@@ -62,6 +63,10 @@ def register(subparsers: Any) -> None:
 
 
 def _fresh_folder(folder: Path) -> None:
+    """Empty the demo's files out of `folder`, refusing when they look like someone's own work."""
+    if folder.exists() and not folder.is_dir():
+        raise ModelsieveError(f"{folder}: not a folder (--output names the folder for the demo's files)")
+    _check_demo_made(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in DEMO_FILES:
         path = folder / name
@@ -70,6 +75,22 @@ def _fresh_folder(folder: Path) -> None:
         else:
             path.unlink(missing_ok=True)
     (folder / "zoo").mkdir()
+
+
+def _check_demo_made(folder: Path) -> None:
+    """An earlier demo run's zoo holds only .safetensors files and its store only the demo list;
+    anything else there (e.g. --output pointed at the real store's folder) is not replaced."""
+    zoo, db = folder / "zoo", folder / "modelsieve.db"
+    foreign = sorted(p.name for p in zoo.iterdir() if not (p.is_file() and p.suffix == ".safetensors")) if zoo.is_dir() else []
+    if zoo.exists() and not zoo.is_dir():
+        foreign = [zoo.name]
+    if foreign:
+        raise ModelsieveError(f"{zoo} holds files the demo did not make ({', '.join(foreign[:3])}): choose another --output")
+    if db.exists():
+        with open_store(db) as store:
+            lists = sorted(info.name for info in store.lists() if info.name != LIST_NAME)
+        if lists:
+            raise ModelsieveError(f"{db} holds lists the demo did not make ({', '.join(lists[:3])}): choose another --output")
 
 
 def _step(argv: list[str], *, quiet: bool) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="model files, folders or glob patterns")
     parser.add_argument("-o", "--output", metavar="FILE",
-                        help="save the fingerprint (binary .msfp); with several models, a folder for one .msfp each")
+                        help="save the fingerprint (binary .msfp); with several models, or when FILE is a folder, "
+                        "a folder for one .msfp each")
     add_base_options(parser)
     add_key_option(parser)
     add_db_option(parser)
@@ -56,19 +58,32 @@ def summary(path: Path, fp: Fingerprint) -> dict[str, Any]:
 
 
 def _destination(output: str | None, path: Path, several: bool) -> Path | None:
+    """Where `path`'s fingerprint goes: `output` itself, or inside it when it is (or, for several
+    models, becomes) a folder."""
     if output is None:
         return None
-    if not several:
-        return Path(output)
     folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not several and not folder.is_dir():
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelsieveError(f"cannot create the folder {folder}: {exc.strerror}") from None
     return folder / (path.stem + FINGERPRINT_SUFFIX)
 
 
 def _save(fp: Fingerprint, destination: Path) -> None:
+    """Temp file + rename: `destination` is whole or untouched, and no temp file stays behind."""
     temporary = destination.with_name(destination.name + ".tmp")
-    temporary.write_bytes(fp.to_bytes())
-    temporary.replace(destination)
+    try:
+        temporary.write_bytes(fp.to_bytes())
+        temporary.replace(destination)
+    except BaseException as exc:  # also Ctrl-C
+        with contextlib.suppress(OSError):  # e.g. it could not be created in the first place
+            temporary.unlink()
+        if isinstance(exc, OSError):
+            raise ModelsieveError(f"cannot save the fingerprint to {destination}: {exc.strerror}") from None
+        raise
 
 
 def run(args: argparse.Namespace) -> int:

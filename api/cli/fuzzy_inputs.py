@@ -62,11 +62,7 @@ def bases_for(args: argparse.Namespace, key: FingerprintKey) -> list[BaseModel]:
     """`--base` files plus the bases registered in the store (when the store exists or --db is given)."""
     bases = []
     for path in args.base:
-        fingerprint = read_saved(Path(path))
-        if fingerprint is None:
-            with open_model(path) as reader:
-                fingerprint = fingerprint_model(reader, key)
-        bases.append(BaseModel(Path(path).stem, fingerprint))
+        bases.append(BaseModel(Path(path).stem, load_fingerprint(path, key, [])))
     if args.db is not None or os.environ.get(DB_ENV) or default_db_path().exists():
         with open_store(args.db) as store:
             bases.extend(store.bases(key))
@@ -77,7 +73,7 @@ def load_fingerprint(path: str | os.PathLike[str], key: FingerprintKey, bases: l
                      *, require_base: bool = False) -> Fingerprint:
     """A saved fingerprint as is, or a model file fingerprinted (as a delta against the nearest base)."""
     path = Path(path)
-    if not path.is_file() and not path.is_dir():
+    if not path.exists():
         raise ModelsieveError(f"{path}: no such file or directory")
     saved = read_saved(path) if path.is_file() else None
     if saved is not None:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.common import add_json_flag, command_group, command_parser, print_json_line
-from modelsieve.hashlists.signing import generate_key_files, key_id, public_key_text
+from modelsieve.hashlists.model import check_publisher_name
+from modelsieve.hashlists.signing import KeyFileError, generate_key_files, key_id, public_key_text
 
 EXAMPLES = """\
 examples:
@@ -38,7 +39,11 @@ def register(subparsers: Any) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    args.dir.mkdir(parents=True, exist_ok=True)
+    check_publisher_name(args.name)
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create the folder {args.dir}: {exc.strerror}") from None
     private_path, public_path = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
     public = generate_key_files(private_path, public_path)
     record = {"name": args.name, "private_key_file": str(private_path), "public_key_file": str(public_path), "public_key": public_key_text(public), "key_id": key_id(public)}

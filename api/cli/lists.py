@@ -13,6 +13,7 @@ from modelsieve.api.cli.common import (
     add_json_flag,
     command_parser,
     expand_paths,
+    non_negative_int,
     print_json_line,
     progress,
     report_failure,
@@ -25,6 +26,7 @@ from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, 
 from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import Store, open_store
+from modelsieve.hashlists.urls import host_of, registrable_domain
 
 EXAMPLES = """\
 examples:
@@ -186,14 +188,30 @@ def _shown(name: str, value: str) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    """Add every entry the options describe in one transaction: one invalid value adds none."""
     with open_store(args.db) as store:
-        for entry in _new_entries(args, store):
-            stored = store.add_entry(args.list, entry)
+        entries = _new_entries(args, store)
+        with store.transaction():
+            results = [(entry, store.add_entry(args.list, entry)) for entry in entries]
+        for entry, stored in results:
             if stored is None:
                 _print_existing(store, args.list, entry, json_output=args.json)
             else:
                 _print_entry_line(stored, added=True, json_output=args.json)
+    for value in args.domain:
+        _note_widened_domain(value)
     return 0
+
+
+def _note_widened_domain(value: str) -> None:
+    """A domain entry lists a whole registrable domain: say so on stderr when the user named a host below it."""
+    host, domain = host_of(value), registrable_domain(value)
+    if host not in (domain, f"www.{domain}"):
+        print(
+            f"modelsieve: note: --domain {value} lists the whole registrable domain {domain} (every host under it); "
+            f"to list {host} alone, use --url https://{host}/",
+            file=sys.stderr,
+        )
 
 
 def _print_existing(store: Store, list_name: str, entry: NewEntry, *, json_output: bool) -> None:
@@ -370,7 +388,7 @@ def _register_show(actions: Any) -> None:
     parser.add_argument("list", nargs="?", help="the list whose entries to show")
     parser.add_argument("--entry", metavar="ID", help="show one entry")
     parser.add_argument("--status", choices=("active", "retracted", "disputed"), help="only entries with this status")
-    parser.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100; 0: all)")
+    parser.add_argument("--limit", type=non_negative_int, default=100, help="at most this many entries (default 100; 0: all)")
     parser.add_argument("--notes", action="store_true", help="include the sensitive notes")
     _common(parser)
     parser.set_defaults(handler=run_show)

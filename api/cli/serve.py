@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modelsieve.api.cli.common import add_db_option, command_parser
+from modelsieve.api.cli.common import add_db_option, command_parser, non_negative_int, positive_int, positive_number
 from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.api.http.metrics import MULTIPROCESS_ENV
 from modelsieve.fingerprint.errors import ModelsieveError
@@ -44,16 +44,16 @@ def register(subparsers: Any) -> None:
         EXAMPLES,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one, one worker only)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port (default 1)")
-    parser.add_argument("--rate", type=float, default=ApiConfig.rate_per_second, metavar="PER_SECOND", help="default per-key request rate (default %(default)s)")
-    parser.add_argument("--burst", type=int, default=ApiConfig.rate_burst, help="requests a key may make at once before the rate applies (default %(default)s)")
+    parser.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080; 0 picks a free one, one worker only)")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N", help="server processes sharing the port (default 1)")
+    parser.add_argument("--rate", type=positive_number, default=ApiConfig.rate_per_second, metavar="PER_SECOND", help="default per-key request rate (default %(default)s)")
+    parser.add_argument("--burst", type=positive_int, default=ApiConfig.rate_burst, help="requests a key may make at once before the rate applies (default %(default)s)")
     parser.add_argument("--audit-log", metavar="FILE", default=None, help="append audit lines (JSON) to FILE instead of stderr")
     parser.add_argument("--publisher-key", metavar="FILE", default=None, help="Ed25519 private key (`modelsieve keys generate`) that signs exported bundles")
     parser.add_argument("--fingerprint-key", metavar="FILE", default=None, help="fingerprint key file (default: $MODELSIEVE_FINGERPRINT_KEY or the public key)")
     parser.add_argument(
         "--crawl-jobs",
-        type=int,
+        type=non_negative_int,
         default=ApiConfig.crawl_jobs_per_process,
         metavar="N",
         help="crawl jobs each process runs at once (default %(default)s; 0: only accept jobs, other servers run them)",
@@ -74,6 +74,17 @@ def register(subparsers: Any) -> None:
     )
     add_db_option(parser)
     parser.set_defaults(handler=run)
+
+
+def _port(text: str) -> int:
+    """A TCP port number for argparse: 0-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {port}")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,44 +115,62 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
 
 
 def serve_process(config: ApiConfig, host: str, port: int, *, reuse_port: bool) -> None:
-    """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app)."""
+    """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app).
+
+    An address that cannot be bound (in use, unknown host) is a ModelsieveError naming it."""
     logging.basicConfig(level=logging.WARNING, format="modelsieve: %(message)s")
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        access_log=None,
-        shutdown_timeout=10,
-        print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
-    )
+    try:
+        web.run_app(
+            create_app(config),
+            host=host,
+            port=port,
+            reuse_port=reuse_port,
+            access_log=None,
+            shutdown_timeout=10,
+            print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
+        )
+    except OSError as exc:  # from binding: the store, key and log files fail with ModelsieveErrors of their own
+        raise ModelsieveError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _serve_worker(config: ApiConfig, host: str, port: int) -> None:
+    """One of `--workers N` processes: a ModelsieveError is one line on stderr and exit status 2."""
+    try:
+        serve_process(config, host, port, reuse_port=True)
+    except ModelsieveError as exc:
+        print(f"modelsieve: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _supervise(config: ApiConfig, host: str, port: int, workers: int) -> int:
-    """Start `workers` processes on one port; stop all when signalled or when any of them dies."""
+    """Start `workers` processes on one port; stop all when signalled or when any of them dies
+    (then the status is 2: the server could not go on, e.g. the port was taken)."""
     metrics_dir = tempfile.mkdtemp(prefix="modelsieve-metrics-")
     os.environ[MULTIPROCESS_ENV] = metrics_dir  # inherited by the spawned workers only
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=serve_process, args=(config, host, port), kwargs={"reuse_port": True}, name=f"worker-{n}")
+        context.Process(target=_serve_worker, args=(config, host, port), name=f"worker-{n}")
         for n in range(workers)
     ]
-    stopping = False
+    signalled = False
 
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_workers() -> None:
         for process in processes:
             if process.pid and process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal signalled
+        signalled = True
+        stop_workers()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for process in processes:
             process.start()
         multiprocessing.connection.wait([p.sentinel for p in processes])
-        if not stopping:
-            stop(signal.SIGTERM, None)
+        if not signalled:
+            stop_workers()
         for process in processes:
             process.join()
     finally:
@@ -149,4 +178,4 @@ def _supervise(config: ApiConfig, host: str, port: int, workers: int) -> int:
             signal.signal(sig, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.environ.pop(MULTIPROCESS_ENV, None)
-    return 0 if stopping else 1
+    return 0 if signalled else 2

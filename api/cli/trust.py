@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
+from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.hashlists.signing import KeyFileError
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import TRUST_LEVELS, trust_publisher
 
@@ -45,10 +47,15 @@ def register(subparsers: Any) -> None:
 
 def run_add(args: argparse.Namespace) -> int:
     text = args.public_key
-    if not text.startswith("ed25519:") and Path(text).is_file():
+    if not text.startswith("ed25519:"):
+        if not Path(text).is_file():
+            raise ModelsieveError(f"{text}: no such file (PUBKEY is a .pub file or 'ed25519:BASE64...')")
         text = Path(text).read_text(encoding="utf-8", errors="replace")[:200]
     with open_store(args.db) as store:
-        trusted = trust_publisher(store, args.name, text, args.level)
+        try:
+            trusted = trust_publisher(store, args.name, text, args.level)
+        except KeyFileError as exc:
+            raise KeyFileError(f"{args.public_key}: {exc}") from None
     if args.json:
         print_json_line(trusted.__dict__)
     else:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelsieve.api.http.routing import Call
+from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.api.http.state import AUDIT, METRICS
 
 FLUSH_SECONDS = 0.2
@@ -35,7 +36,10 @@ class AuditLog:
         if destination is None:
             self._fd, self._owned = sys.stderr.fileno(), False
         else:
-            self._fd, self._owned = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), True
+            try:
+                self._fd, self._owned = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), True
+            except OSError as exc:
+                raise ModelsieveError(f"cannot open the audit log {destination}: {exc.strerror}") from None
         self._lines: list[str] = []
         self._size = 0
         self._scheduled: asyncio.TimerHandle | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def open_model_file(path: str | os.PathLike[str]) -> ModelReader:
     """Open one model file with the reader its content calls for; errors name the file."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe cannot be re-read, and opening a FIFO could wait forever
+            raise ModelFileError("not a regular file (a pipe or a device?): models are read from files")
         with open(path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
         if not head:
