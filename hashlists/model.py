@@ -120,6 +120,8 @@ def is_entry_id(value: Any) -> bool:
 def check_text(field_name: str, value: str) -> str:
     """Free text the store keeps: anything but NUL, which PostgreSQL text cannot hold (so the
     same input is refused on every backend, with this one-line error, not a driver's)."""
+    if not isinstance(value, str):
+        raise InvalidEntryError(f"{field_name} must be text, got {type(value).__name__}")
     if "\x00" in value:
         raise InvalidEntryError(f"{field_name} contains a NUL character")
     return value
@@ -202,7 +204,8 @@ class NewEntry:
         if self.id is not None and not is_entry_id(self.id):
             raise InvalidEntryError(f"an entry id is 1-64 letters, digits, '.', '_' or '-' (got {self.id[:80]!r})")
         check_text("source", self.source)
-        check_text("note", self.note or "")
+        if self.note is not None:
+            check_text("note", self.note)
         return NewEntry(
             category=self.category,
             kind="service" if (url or domain) else self.kind,

@@ -395,6 +395,8 @@ class SQLStore(Store):
     ) -> ListInfo:
         check_list_name(name)
         check_publisher_name(publisher)
+        if origin_list is None and "/" in name:  # PUBLISHER/LIST is where an import files a partner's list
+            raise InvalidEntryError(f"'/' is kept for imported lists (PUBLISHER/LIST): name a list of your own without it (got {name!r})")
         with self.transaction():
             if self._query("SELECT 1 AS found FROM lists WHERE name = ?", (name,)):
                 raise InvalidEntryError(f"a list called {name!r} already exists")

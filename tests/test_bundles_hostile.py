@@ -233,6 +233,8 @@ def test_bundle_ids_reasons_and_times_are_checked_like_local_input(importer: SQL
     refused_without_change(importer, publisher.bundle([entry_record(1, entry_id="a\nb")]), "no valid entry_id")
     refused_without_change(importer, publisher.bundle([{"type": "tombstone", "entry_id": "a b", "seq": 1}]), "no valid entry_id")
     refused_without_change(importer, publisher.bundle([entry_record(1, note="\x00")]), "note contains a NUL")
+    # hypothesis found it: a note that is no text reached SQLite ("type 'list' is not supported")
+    refused_without_change(importer, publisher.bundle([entry_record(1, note=[1])]), "note must be text, got list")
     opinion = {"type": "opinion", "entry_id": "e" + "0" * 24, "opinion": "dispute", "at": "2026-11-23T00:00:00Z", "reason": "", "seq": 1}
     for change, message in (({"reason": "\x00"}, "reason contains a NUL"), ({"at": "yesterday"}, "ISO 8601"), ({"reason": 5}, "no text")):
         path = publisher.bundle([{**opinion, **change}], type="opinions", list=None)
@@ -266,3 +268,13 @@ def test_export_refuses_a_since_no_importer_could_apply(tmp_path: Path, publishe
             with pytest.raises(InvalidEntryError, match=f"since {since} is outside this store's sequence numbers \\(0 to 2\\)"):
                 export(tmp_path / "out.jsonl")
             assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_local_list_cannot_take_the_name_an_import_files_a_partners_list_under(importer: SQLiteStore, publisher: Publisher) -> None:
+    """`list create hotline/reports` was accepted (the help says names have no '/'), and from then
+    on every bundle of hotline's list "reports" was refused: "a list called 'hotline/reports'
+    already exists"."""
+    with pytest.raises(InvalidEntryError, match="'/' is kept for imported lists"):
+        importer.create_list("hotline/reports")
+    assert import_bundle(importer, publisher.bundle([entry_record(1)])).entries == 1
+    assert [(info.name, info.origin_list) for info in importer.lists()] == [("hotline/reports", "reports")]
