@@ -66,6 +66,7 @@ PAUSE_ENV = "MODELSIEVE_TEST_IMPORT_PAUSE"  # tests only: pause inside the impor
 _APPLY_BATCH = 2_000
 _BACKGROUND_BATCH = 64  # cohort fingerprints held in memory at once while importing
 BUNDLE_TYPES = ("entries", "opinions", "background")
+SCHEMES = {"entries": {"entry": 1}, "opinions": {"opinion": 1}, "background": {"background": 1}}  # record formats, by bundle type
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
@@ -122,6 +123,10 @@ class Manifest:
             raise BundleError("bundle manifest: sequence numbers and sizes must be integers from 0 to 2**63 - 1")
         if manifest.to_seq < manifest.from_seq:
             raise BundleError("bundle manifest: to_seq before from_seq")
+        if manifest.schemes != SCHEMES[manifest.type]:  # records of another format would be misread
+            raise BundleError(
+                f"bundle records of scheme {str(manifest.schemes)[:80]}: this modelsieve reads {SCHEMES[manifest.type]} in {manifest.type} bundles"
+            )
         return manifest
 
 
@@ -244,7 +249,7 @@ def export_list(
         "from_seq": since,
         "to_seq": to_seq,
         "notes_included": include_notes,
-        "schemes": {"entry": 1},
+        "schemes": SCHEMES["entries"],
     }
     return _write_bundle(out, key, header, (_entry_record(e, include_notes) for e in entries))
 
@@ -264,7 +269,7 @@ def export_opinions(store: Store, publisher: str, key: Ed25519PrivateKey, out: P
         "from_seq": since,
         "to_seq": to_seq,
         "notes_included": False,
-        "schemes": {"opinion": 1},
+        "schemes": SCHEMES["opinions"],
     }
     return _write_bundle(out, key, header, records)
 
@@ -280,7 +285,7 @@ def export_background(store: Store, base: str, key: Ed25519PrivateKey, out: Path
         for info, fp in members
     )
     header = {"type": "background", "publisher": as_name, "list": None, "from_seq": 0, "to_seq": 0,
-              "notes_included": False, "schemes": {"background": 1}}
+              "notes_included": False, "schemes": SCHEMES["background"]}
     return _write_bundle(out, key, header, records)
 
 

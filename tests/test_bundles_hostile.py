@@ -53,10 +53,12 @@ class Publisher:
         for record in records:
             if isinstance(record, dict) and isinstance(record.get("type"), str) and record["type"] in plural:
                 counts[plural[record["type"]]] += 1
+        kind = manifest.get("type", "entries")
+        schemes = bundles.SCHEMES[kind] if isinstance(kind, str) and kind in bundles.SCHEMES else {"entry": 1}
         header = {
             "format": "modelsieve-bundle", "version": 1, "type": "entries", "publisher": "hotline",
             "key_id": key_id(self.key.public_key()), "list": "reports", "from_seq": 0, "to_seq": 10,
-            "counts": counts, "schemes": {"entry": 1}, "notes_included": False, "created": "2026-11-23T00:00:00Z",
+            "counts": counts, "schemes": schemes, "notes_included": False, "created": "2026-11-23T00:00:00Z",
             "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(), **manifest,
         }
         line = canonical_json(header)
@@ -278,3 +280,11 @@ def test_a_local_list_cannot_take_the_name_an_import_files_a_partners_list_under
         importer.create_list("hotline/reports")
     assert import_bundle(importer, publisher.bundle([entry_record(1)])).entries == 1
     assert [(info.name, info.origin_list) for info in importer.lists()] == [("hotline/reports", "reports")]
+
+
+def test_records_of_a_scheme_this_version_does_not_read_are_refused(importer: SQLiteStore, publisher: Publisher) -> None:
+    """The manifest names its records' scheme versions so that an older importer can refuse what it
+    cannot read; the import ignored them and applied {"entry": 2} records as version 1."""
+    for schemes in ({"entry": 2}, {}, {"entry": 1, "fingerprint": 9}, "entry"):
+        refused_without_change(importer, publisher.bundle([entry_record(1)], schemes=schemes), "this modelsieve reads")
+    assert import_bundle(importer, publisher.bundle([entry_record(1)], schemes={"entry": 1})).entries == 1
