@@ -433,7 +433,12 @@ class SQLStore(Store):
     ) -> int:
         count = 0
         with self.transaction():
-            publisher = self.get_list(list_name).publisher
+            info = self.get_list(list_name)
+            if info.imported and origin != info.publisher:  # else its entries would claim the publisher as source
+                raise InvalidEntryError(
+                    f"list {list_name} is {info.publisher}'s, imported: only their bundles add to it; add entries to a list of your own"
+                )
+            publisher = info.publisher
             batch: list[NewEntry] = []
             for entry in entries:
                 batch.append(entry.validated())

@@ -288,3 +288,13 @@ def test_records_of_a_scheme_this_version_does_not_read_are_refused(importer: SQ
     for schemes in ({"entry": 2}, {}, {"entry": 1, "fingerprint": 9}, "entry"):
         refused_without_change(importer, publisher.bundle([entry_record(1)], schemes=schemes), "this modelsieve reads")
     assert import_bundle(importer, publisher.bundle([entry_record(1)], schemes={"entry": 1})).entries == 1
+
+
+def test_own_entries_cannot_go_into_a_partners_imported_list(importer: SQLiteStore, publisher: Publisher) -> None:
+    """`list add hotline/reports --sha256 ...` was accepted, and the new entry's source became the
+    list's publisher: matches named hotline as the source of an entry hotline never listed."""
+    import_bundle(importer, publisher.bundle([entry_record(1)]))
+    with pytest.raises(InvalidEntryError, match="is hotline's, imported: only their bundles add to it"):
+        importer.add_entry("hotline/reports", NewEntry(category="2c", digests={"sha256": SHA_A}))
+    assert Matcher(importer).match_digests({"sha256": SHA_A}) == []
+    assert [e.origin for e in importer.entries()] == ["hotline"]

@@ -132,8 +132,8 @@ def test_opinions_trust_and_sync_positions_persist(store_locations: StoreLocatio
     location = store_locations.new()
     with open_store(location) as store:
         store.create_list("pub/l", publisher="pub", origin_list="l")
-        entry = store.add_entry("pub/l", NewEntry(category="2c", digests={"md5": "a" * 32}))
-        assert entry is not None
+        store.add_entries("pub/l", [NewEntry(category="2c", digests={"md5": "a" * 32})], origin="pub")
+        [entry] = store.entries("pub/l")
         opinion = Opinion(entry.id, "dispute", "me", utc_now(), "benign", "pub")
         seq = store.add_opinion(opinion)
         assert store.add_opinion(opinion) == seq, "the same opinion twice is recorded once"
