@@ -43,6 +43,7 @@ from modelsieve.hashlists.model import (
     check_choice,
     check_list_name,
     check_publisher_name,
+    check_text,
     entry_identity,
     new_entry_ids,
     utc_now,
@@ -325,6 +326,7 @@ def _api_key(row: Row) -> StoredApiKey:
 def _check_base_name(name: str) -> None:
     if not name.strip() or len(name) > 256:
         raise InvalidEntryError("a base name must be 1-256 characters")
+    check_text("base name", name)
 
 
 def _list_info(row: Row) -> ListInfo:
@@ -690,6 +692,8 @@ class SQLStore(Store):
         if len(labels) != len(fps):
             raise InvalidEntryError("add_background: give one source per fingerprint, or none")
         _check_base_name(base)
+        for label in labels:
+            check_text("source", label)
         added = []
         with self.transaction():
             existing = self._query("SELECT fingerprint FROM fuzzy_background WHERE base = ? LIMIT 1", (base,))

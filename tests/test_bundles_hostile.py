@@ -7,6 +7,7 @@ refusal (a ModelsieveError) and leave the store as it was, never a traceback.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from modelsieve.hashlists.signing import generate_key_files, key_id, load_privat
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import trust_publisher
+from tests.calibration_fixtures import BASE, tuned
 from tests.store_backends import StoreLocations
 
 SHA_A = "a" * 64
@@ -298,3 +300,12 @@ def test_own_entries_cannot_go_into_a_partners_imported_list(importer: SQLiteSto
         importer.add_entry("hotline/reports", NewEntry(category="2c", digests={"sha256": SHA_A}))
     assert Matcher(importer).match_digests({"sha256": SHA_A}) == []
     assert [e.origin for e in importer.entries()] == ["hotline"]
+
+
+def test_a_cohort_members_source_with_nul_is_refused(importer: SQLiteStore, publisher: Publisher) -> None:
+    """Background bundles too: a source with NUL reached PostgreSQL text (DataError)."""
+    member = {"type": "background", "base": BASE, "source": "tune\x00", "fingerprint": base64.b64encode(tuned(1).to_bytes()).decode()}
+    path = publisher.bundle([member], type="background", list=None, to_seq=0, counts={"background": 1})
+    with pytest.raises(BundleError, match="source contains a NUL"):
+        import_bundle(importer, path)
+    assert importer.list_background() == []
