@@ -29,6 +29,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -66,6 +67,7 @@ PAUSE_ENV = "MODELSIEVE_TEST_IMPORT_PAUSE"  # tests only: pause inside the impor
 _APPLY_BATCH = 2_000
 _BACKGROUND_BATCH = 64  # cohort fingerprints held in memory at once while importing
 BUNDLE_TYPES = ("entries", "opinions", "background")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 SCHEMES = {"entries": {"entry": 1}, "opinions": {"opinion": 1}, "background": {"background": 1}}  # record formats, by bundle type
 
 
@@ -119,6 +121,8 @@ class Manifest:
             raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)") from None
         if manifest.type not in BUNDLE_TYPES or not isinstance(manifest.publisher, str):
             raise BundleError("bundle manifest: unknown type or publisher")
+        if not (isinstance(manifest.key_id, str) and _KEY_ID.fullmatch(manifest.key_id)):  # it is quoted in refusals
+            raise BundleError("bundle manifest: key_id is not a key id (16 hex characters)")
         if not all(_is_int64(v) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):
             raise BundleError("bundle manifest: sequence numbers and sizes must be integers from 0 to 2**63 - 1")
         if manifest.to_seq < manifest.from_seq:

@@ -309,3 +309,14 @@ def test_a_cohort_members_source_with_nul_is_refused(importer: SQLiteStore, publ
     with pytest.raises(BundleError, match="source contains a NUL"):
         import_bundle(importer, path)
     assert importer.list_background() == []
+
+
+@pytest.mark.parametrize("key", ["0123456789abcdef\nmodelsieve: imported 1000 entries", "k" * 60_000, 5])
+def test_an_unsigned_manifest_cannot_put_its_own_text_into_the_refusal(importer: SQLiteStore, publisher: Publisher, tmp_path: Path, key: Any) -> None:
+    """The key-mismatch refusal quoted the manifest's key_id as it stood, before any signature was
+    checked: anyone could make `list import` print lines of their choosing (or 60 KB)."""
+    path = tmp_path / "forged.jsonl"
+    path.write_bytes(publisher.bundle([entry_record(1)], key_id=key).read_bytes())
+    with pytest.raises(BundleError) as refused:
+        import_bundle(importer, path)
+    assert str(refused.value) == "bundle manifest: key_id is not a key id (16 hex characters)"
