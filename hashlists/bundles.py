@@ -114,13 +114,17 @@ class Manifest:
             if record.get("format") != FORMAT:
                 raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)")
             if record.get("version") != VERSION:
-                raise BundleError(f"bundle version {record.get('version')!r} is not supported (this modelsieve reads {VERSION})")
+                raise BundleError(f"bundle version {str(record.get('version'))[:20]!r} is not supported (this modelsieve reads {VERSION})")
             del record["format"], record["version"]
             manifest = cls(**record)
         except (ValueError, TypeError, KeyError, AttributeError):
             raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)") from None
         if manifest.type not in BUNDLE_TYPES or not isinstance(manifest.publisher, str):
             raise BundleError("bundle manifest: unknown type or publisher")
+        try:
+            check_publisher_name(manifest.publisher)  # no other name can be trusted; refusals quote it
+        except InvalidEntryError as exc:
+            raise BundleError(f"bundle manifest: {exc}") from None
         if not (isinstance(manifest.key_id, str) and _KEY_ID.fullmatch(manifest.key_id)):  # it is quoted in refusals
             raise BundleError("bundle manifest: key_id is not a key id (16 hex characters)")
         if not all(_is_int64(v) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):

@@ -320,3 +320,13 @@ def test_an_unsigned_manifest_cannot_put_its_own_text_into_the_refusal(importer:
     with pytest.raises(BundleError) as refused:
         import_bundle(importer, path)
     assert str(refused.value) == "bundle manifest: key_id is not a key id (16 hex characters)"
+
+
+def test_an_unsigned_manifests_publisher_and_version_are_quoted_only_when_short(importer: SQLiteStore, publisher: Publisher) -> None:
+    """Refusals quoted the manifest's publisher and version whole (before any signature check)."""
+    for manifest, message in (({"publisher": "p" * 60_000}, "publisher names are"), ({"publisher": "a\nb"}, "publisher names are"),
+                              ({"version": "v" * 60_000}, "bundle version 'vvvvvvvvvvvvvvvvvvvv' is not supported")):
+        path = publisher.bundle([entry_record(1)], **manifest)
+        with pytest.raises(BundleError, match=message) as refused:
+            import_bundle(importer, path)
+        assert len(str(refused.value)) < 200 and "\n" not in str(refused.value)
