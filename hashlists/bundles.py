@@ -193,6 +193,13 @@ def _write_bundle(
 ) -> Manifest:
     """Write payload, manifest and signature to `out` atomically (temp files, then rename)."""
     check_publisher_name(header["publisher"])  # no bundle an importer could not file under its publisher
+    try:
+        return _write_signed(out, key, header, records)
+    except OSError as exc:  # e.g. `-o` names a folder, or one that cannot be created or written
+        raise BundleError(f"cannot write the bundle to {out}: {exc.strerror or exc}") from None
+
+
+def _write_signed(out: Path, key: Ed25519PrivateKey, header: dict[str, Any], records: Iterator[dict[str, Any]]) -> Manifest:
     counts = _empty_counts(header["type"])
     plural = {"entry": "entries", "tombstone": "tombstones", "opinion": "opinions", "background": "background"}
     digest = hashlib.sha256()

@@ -330,3 +330,15 @@ def test_an_unsigned_manifests_publisher_and_version_are_quoted_only_when_short(
         with pytest.raises(BundleError, match=message) as refused:
             import_bundle(importer, path)
         assert len(str(refused.value)) < 200 and "\n" not in str(refused.value)
+
+
+def test_export_to_a_path_that_cannot_be_written_is_one_line(tmp_path: Path, publisher: Publisher) -> None:
+    """`list export -o FOLDER` ended in IsADirectoryError from os.replace: a traceback."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    with SQLiteStore(tmp_path / "publisher.db") as store:
+        store.create_list("reports", publisher="hotline")
+        for out in (tmp_path / "folder", tmp_path / "file" / "x.jsonl"):
+            with pytest.raises(BundleError, match=f"^cannot write the bundle to {out}: [A-Z][a-z ]+$"):
+                export_list(store, "reports", publisher.key, out)
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == [], "no temporary file is left behind"
