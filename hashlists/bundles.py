@@ -48,6 +48,7 @@ from modelsieve.hashlists.model import (
     NewEntry,
     Opinion,
     check_choice,
+    check_list_name,
     check_publisher_name,
     check_text,
     is_entry_id,
@@ -82,6 +83,14 @@ def _json(line: bytes) -> Any:
         return json.loads(line)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _is_own_list_name(value: Any) -> bool:
+    """Whether `value` names a list of the publisher's own (a list name without '/')."""
+    try:
+        return isinstance(value, str) and "/" not in value and bool(check_list_name(value))
+    except InvalidEntryError:
+        return False
 
 
 def _is_int64(value: Any) -> bool:
@@ -125,6 +134,8 @@ class Manifest:
             check_publisher_name(manifest.publisher)  # no other name can be trusted; refusals quote it
         except InvalidEntryError as exc:
             raise BundleError(f"bundle manifest: {exc}") from None
+        if manifest.list is not None and not _is_own_list_name(manifest.list):  # filed as PUBLISHER/LIST
+            raise BundleError("bundle manifest: list is not a list name (1-64 letters, digits, '.', '_' or '-')")
         if not (isinstance(manifest.key_id, str) and _KEY_ID.fullmatch(manifest.key_id)):  # it is quoted in refusals
             raise BundleError("bundle manifest: key_id is not a key id (16 hex characters)")
         if not all(_is_int64(v) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):

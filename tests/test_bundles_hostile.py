@@ -342,3 +342,9 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(tmp_path: Path, pub
             with pytest.raises(BundleError, match=f"^cannot write the bundle to {out}: [A-Z][a-z ]+$"):
                 export_list(store, "reports", publisher.key, out)
     assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == [], "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("name", ["l" * 60_000, "a/b", "a\nb", 5])
+def test_a_manifest_list_that_is_no_list_name_is_refused_first(importer: SQLiteStore, publisher: Publisher, name: Any) -> None:
+    """It was quoted whole in refusals (the HTTP import's "the bundle is for list ...", 60 KB)."""
+    refused_without_change(importer, publisher.bundle([entry_record(1)], list=name), "list is not a list name")
