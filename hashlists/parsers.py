@@ -159,8 +159,8 @@ def _csv_records(stream: TextIO) -> Iterator[tuple[int, dict[str, Any] | str]]:
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:
-            yield reader.line_num, str(exc)
+        except csv.Error as exc:  # DictReader.line_num is still the last good row's: ask its csv reader
+            yield reader.reader.line_num, str(exc)
             continue
         if None in row or any(value is not None and "\x00" in value for value in row.values()):
             yield reader.line_num, "more fields than the header, a NUL byte or an overlong line"

@@ -128,3 +128,9 @@ def test_nul_characters_in_text_fields_are_line_errors() -> None:
     parsed = parse("".join(json.dumps(line) + "\n" for line in lines), "jsonl")
     assert [str(e) for _, e in parsed[:2]] == ["line 1: note contains a NUL character", "line 2: source contains a NUL character"]
     assert parsed[2][1].note == "fine"
+
+
+def test_a_csv_error_names_the_line_it_is_on() -> None:
+    """A field over the csv module's limit on line 3 was reported as line 2, the good row before it."""
+    text = f"sha256,note\n{SHA_A},ok\n{SHA_B},{'x' * 200_000}\n{'c' * 64},fine\n"
+    assert [(n, isinstance(e, InvalidEntryError)) for n, e in parse(text, "csv")] == [(2, False), (3, True), (4, False)]
