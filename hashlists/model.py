@@ -201,6 +201,8 @@ class NewEntry:
             raise InvalidEntryError("URL and domain entries have category nudify-service")
         if self.category == "nudify-service" and not (url or domain):
             raise InvalidEntryError("category nudify-service is for URL and domain entries")
+        if self.kind == "service" and not (url or domain):
+            raise InvalidEntryError("kind service is for URL and domain entries; a model is a checkpoint, lora or other")
         if self.id is not None and not is_entry_id(self.id):
             raise InvalidEntryError(f"an entry id is 1-64 letters, digits, '.', '_' or '-' (got {self.id[:80]!r})")
         check_text("source", self.source)

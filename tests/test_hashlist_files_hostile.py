@@ -134,3 +134,10 @@ def test_a_csv_error_names_the_line_it_is_on() -> None:
     """A field over the csv module's limit on line 3 was reported as line 2, the good row before it."""
     text = f"sha256,note\n{SHA_A},ok\n{SHA_B},{'x' * 200_000}\n{'c' * 64},fine\n"
     assert [(n, isinstance(e, InvalidEntryError)) for n, e in parse(text, "csv")] == [(2, False), (3, True), (4, False)]
+
+
+def test_a_model_entry_cannot_claim_to_be_a_service() -> None:
+    """kind "service" with a digest was stored as a model entry of kind service (a CSV `kind`
+    column or a bundle could say so; `list add` offers no such choice)."""
+    [(number, error)] = parse(f"sha256,kind\n{SHA_A},service\n", "csv")
+    assert (number, str(error)) == (2, "line 2: kind service is for URL and domain entries; a model is a checkpoint, lora or other")
