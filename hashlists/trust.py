@@ -7,7 +7,7 @@ refused and their entries already imported stop matching (a key withdrawn or com
 
 from __future__ import annotations
 
-from modelsieve.hashlists.errors import BundleError
+from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.model import TrustedKey, check_choice, check_publisher_name, utc_now
 from modelsieve.hashlists.signing import key_id, parse_public_key, public_key_text
 from modelsieve.hashlists.store import Store
@@ -21,6 +21,9 @@ def trust_publisher(store: Store, name: str, public_key: str, level: str) -> Tru
     check_publisher_name(name)
     key = parse_public_key(public_key)
     trusted = TrustedKey(name=name, public_key=public_key_text(key), key_id=key_id(key), level=level, added=utc_now())
+    for other in store.trusted_keys():  # else that publisher could sign bundles in this one's name
+        if other.key_id == trusted.key_id and other.name != name:
+            raise InvalidEntryError(f"key {trusted.key_id} is trusted as {other.name!r} already: one key speaks for one publisher")
     store.put_trusted_key(trusted)
     return trusted
 

@@ -348,3 +348,13 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(tmp_path: Path, pub
 def test_a_manifest_list_that_is_no_list_name_is_refused_first(importer: SQLiteStore, publisher: Publisher, name: Any) -> None:
     """It was quoted whole in refusals (the HTTP import's "the bundle is for list ...", 60 KB)."""
     refused_without_change(importer, publisher.bundle([entry_record(1)], list=name), "list is not a list name")
+
+
+def test_one_key_cannot_be_trusted_as_two_publishers(importer: SQLiteStore, publisher: Publisher) -> None:
+    """`trust add partner hotline.pub` (a copied file name) was accepted: hotline could then sign
+    bundles as "partner", filed as partner's list, with partner as origin and source."""
+    with pytest.raises(InvalidEntryError, match="is trusted as 'hotline' already: one key speaks for one publisher"):
+        trust_publisher(importer, "partner", publisher.public, "full")
+    trust_publisher(importer, "hotline", publisher.public, "review")  # the same name may change its level
+    assert [(k.name, k.level) for k in importer.trusted_keys()] == [("hotline", "review")]
+    refused_without_change(importer, publisher.bundle([entry_record(1)], publisher="partner"), "unknown publisher 'partner'")
