@@ -51,8 +51,11 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 
 def generate_key_files(private_path: Path, public_path: Path) -> Ed25519PublicKey:
-    """A new key pair: the private key as PKCS#8 PEM created with mode 0600 (never overwritten),
-    the public key as its text form. Returns the public key."""
+    """A new key pair: the private key as PKCS#8 PEM created with mode 0600, the public key as its
+    text form; neither file is ever overwritten (a partner's NAME.pub kept here stays theirs).
+    Returns the public key."""
+    if public_path.exists():
+        raise KeyFileError(f"{public_path} exists already (a partner's public key?); a key file is never overwritten")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
@@ -63,7 +66,12 @@ def generate_key_files(private_path: Path, public_path: Path) -> Ed25519PublicKe
         raise KeyFileError(f"cannot create {private_path}: {exc.strerror}") from None
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(pem)
-    public_path.write_text(public_key_text(key.public_key()) + "\n")
+    try:
+        with open(public_path, "x", encoding="utf-8") as public:
+            public.write(public_key_text(key.public_key()) + "\n")
+    except OSError as exc:  # no private key without its public half
+        Path(private_path).unlink()
+        raise KeyFileError(f"cannot create {public_path}: {exc.strerror}") from None
     return key.public_key()
 
 

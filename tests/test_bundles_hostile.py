@@ -27,7 +27,7 @@ from modelsieve.hashlists.curation import confirm, dispute, retract
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
-from modelsieve.hashlists.signing import generate_key_files, key_id, load_private_key, sign
+from modelsieve.hashlists.signing import KeyFileError, generate_key_files, key_id, load_private_key, sign
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import trust_publisher
@@ -358,3 +358,14 @@ def test_one_key_cannot_be_trusted_as_two_publishers(importer: SQLiteStore, publ
     trust_publisher(importer, "hotline", publisher.public, "review")  # the same name may change its level
     assert [(k.name, k.level) for k in importer.trusted_keys()] == [("hotline", "review")]
     refused_without_change(importer, publisher.bundle([entry_record(1)], publisher="partner"), "unknown publisher 'partner'")
+
+
+def test_a_new_key_never_overwrites_a_public_key_file(tmp_path: Path, publisher: Publisher) -> None:
+    """`keys generate hotline` beside the hotline.pub a partner sent replaced that file with the new
+    key's public half; `trust add hotline hotline.pub` would then trust one's own key as hotline."""
+    partner = tmp_path / "partner"
+    partner.mkdir()
+    (partner / "hotline.pub").write_text(publisher.public)
+    with pytest.raises(KeyFileError, match="hotline.pub exists already"):
+        generate_key_files(partner / "hotline.key", partner / "hotline.pub")
+    assert (partner / "hotline.pub").read_text() == publisher.public and not (partner / "hotline.key").exists()
