@@ -266,3 +266,31 @@ def test_a_fifo_given_as_a_model_is_refused_without_waiting_for_a_writer(tmp_pat
     store = ["--db", str(tmp_path / "store.db")] if command == "fingerprint" else []
     result = subprocess.run([*MODELSIEVE, command, str(fifo), *store], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr == f"modelsieve: {fifo}: not a regular file (a pipe or a device?): models are read from files\n"
+
+
+def test_background_members_that_are_no_change_to_the_base_are_refused_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The base itself (zero change) was accepted as a cohort member and made the estimates more
+    confident (review → action on the demo zoo); a member of another base refused the whole batch."""
+    arch = syn.Architecture(scale=20, text_layers=2, vocab=300)
+    family, other = syn.Family(11, arch), syn.Family(12, arch)
+    files = {
+        "base.safetensors": family.checkpoint(family.base),
+        "base-fp16.safetensors": syn.resave(family.checkpoint(family.base), "fp16"),
+        "tune.safetensors": family.fine_tune(1, 0.002),
+        "other-base.safetensors": other.checkpoint(other.base),
+        "other-tune.safetensors": other.fine_tune(1, 0.01),
+    }
+    for name, tensors in files.items():
+        syn.write_safetensors(tmp_path / name, tensors)
+    db = ("--db", str(tmp_path / "store.db"))
+    for base in ("base", "other-base"):
+        assert run(capsys, "bases", "add", str(tmp_path / f"{base}.safetensors"), "--name", base, *db)[0] == 0
+    members = [str(tmp_path / n) for n in ("base.safetensors", "base-fp16.safetensors", "tune.safetensors", "other-tune.safetensors")]
+    status, out, err = run(capsys, "bases", "add-background", *members, "--base", "base", *db)
+    assert status == 1 and out.startswith("added 1 background models to base 'base'")
+    lines = err.splitlines()
+    assert len(lines) == 3
+    assert lines[0] == f"modelsieve: {members[0]}: it is base 'base' itself (relative change 0.0e+00), not a fine-tune of it"
+    assert lines[1].startswith(f"modelsieve: {members[1]}: it is base 'base' itself (relative change ") and lines[1].endswith("not a fine-tune of it")
+    assert lines[2] == f"modelsieve: {members[3]}: it is a change to base 'other-base', not 'base'"
+    assert [line.split()[-2] for line in run(capsys, "bases", "list-background", "--base", "base", *db)[1].splitlines()] == ["tune.safetensors"]
