@@ -294,3 +294,9 @@ def test_background_members_that_are_no_change_to_the_base_are_refused_one_by_on
     assert lines[1].startswith(f"modelsieve: {members[1]}: it is base 'base' itself (relative change ") and lines[1].endswith("not a fine-tune of it")
     assert lines[2] == f"modelsieve: {members[3]}: it is a change to base 'other-base', not 'base'"
     assert [line.split()[-2] for line in run(capsys, "bases", "list-background", "--base", "base", *db)[1].splitlines()] == ["tune.safetensors"]
+
+
+def test_serve_with_an_unreadable_fingerprint_key_stops_at_start(tmp_path: Path) -> None:
+    """It started anyway, logged a traceback and answered 503 "not ready" for ever."""
+    result = cli("serve", "--port", "0", "--fingerprint-key", str(tmp_path / "team.fpkey"), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"cannot read the fingerprint key file {tmp_path / 'team.fpkey'}")

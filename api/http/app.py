@@ -115,9 +115,10 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
     index = app[MATCH_INDEX]
     app[READINESS_CHECKS]["index"] = lambda app: index.status
 
+    key = load_key(app[CONFIG].fingerprint_key_path)  # a wrong key file stops the start-up with one line
+
     async def load() -> None:
         try:
-            key = load_key(app[CONFIG].fingerprint_key_path)
             index.matcher = await off_loop(app, Matcher.for_store, app[STORE], key, refresh_interval=math.inf)
             index.status = "ok"
         except Exception as exc:
