@@ -74,6 +74,8 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read the private key {path}: {exc.strerror}") from None
+    if data.lstrip().startswith(KEY_PREFIX.encode()):
+        raise KeyFileError(f"{path} is a public key: signing needs the private NAME.key file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"the private key {path} is readable by others; chmod 600 it")
     try:

@@ -300,3 +300,10 @@ def test_serve_with_an_unreadable_fingerprint_key_stops_at_start(tmp_path: Path)
     """It started anyway, logged a traceback and answered 503 "not ready" for ever."""
     result = cli("serve", "--port", "0", "--fingerprint-key", str(tmp_path / "team.fpkey"), "--db", str(tmp_path / "store.db"))
     assert_one_line_error(result, f"cannot read the fingerprint key file {tmp_path / 'team.fpkey'}")
+
+
+def test_a_public_key_given_for_signing_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The .pub file (mode 0644) was refused as 'readable by others; chmod 600 it', which invites making it 0600."""
+    assert run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))[0] == 0
+    result = cli("serve", "--port", "0", "--publisher-key", str(tmp_path / "acme.pub"), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"{tmp_path / 'acme.pub'} is a public key: signing needs the private NAME.key file")
