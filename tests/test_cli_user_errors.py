@@ -307,3 +307,11 @@ def test_a_public_key_given_for_signing_is_named_as_such(tmp_path: Path, capsys:
     assert run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))[0] == 0
     result = cli("serve", "--port", "0", "--publisher-key", str(tmp_path / "acme.pub"), "--db", str(tmp_path / "store.db"))
     assert_one_line_error(result, f"{tmp_path / 'acme.pub'} is a public key: signing needs the private NAME.key file")
+
+
+def test_serve_with_an_unusable_crawl_jobs_folder_stops_at_start(tmp_path: Path) -> None:
+    """It started, and every crawl job submitted then failed with a 500."""
+    (tmp_path / "a-file").write_bytes(b"x")
+    folder = tmp_path / "a-file" / "jobs"
+    result = cli("serve", "--port", "0", "--crawl-jobs-dir", str(folder), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"cannot use the crawl jobs folder {folder}: Not a directory")
