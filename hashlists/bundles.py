@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -41,7 +41,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fpformat import Fingerprint
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
-from modelsieve.hashlists.model import OPINIONS, Entry, NewEntry, Opinion, check_choice, utc_now
+from modelsieve.hashlists.model import (
+    OPINIONS,
+    Entry,
+    NewEntry,
+    Opinion,
+    check_choice,
+    check_publisher_name,
+    check_text,
+    is_entry_id,
+    normalise_timestamp,
+    utc_now,
+)
 from modelsieve.hashlists.signing import key_id, parse_public_key, sign, verify
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.trust import accepted_key
@@ -50,7 +61,7 @@ FORMAT = "modelsieve-bundle"
 VERSION = 1
 OPINIONS_STREAM = "opinions"
 MAX_HEADER_LINE = 64 * 1024
-MAX_RECORD_LINE = 1 << 20
+MAX_RECORD_LINE = 32 << 20  # an entry with a large model's raw fingerprint (SDXL: ~2 MB of base64) fits
 PAUSE_ENV = "MODELSIEVE_TEST_IMPORT_PAUSE"  # tests only: pause inside the import transaction
 _APPLY_BATCH = 2_000
 _BACKGROUND_BATCH = 64  # cohort fingerprints held in memory at once while importing
@@ -59,6 +70,20 @@ BUNDLE_TYPES = ("entries", "opinions", "background")
 
 def canonical_json(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _json(line: bytes) -> Any:
+    """`json.loads`, with nesting too deep for the parser reported as the ValueError it is
+    (a hostile line of 64 KiB of `[` would otherwise escape as a RecursionError)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _is_int64(value: Any) -> bool:
+    """An integer a store's signed 64-bit column holds (not a bool, which JSON's true would give)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
 
 
 @dataclass(frozen=True)
@@ -82,7 +107,7 @@ class Manifest:
     @classmethod
     def from_line(cls, line: bytes) -> Manifest:
         try:
-            record = json.loads(line)
+            record = _json(line)
             if record.get("format") != FORMAT:
                 raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)")
             if record.get("version") != VERSION:
@@ -93,8 +118,8 @@ class Manifest:
             raise BundleError("not a modelsieve bundle (its first line is no bundle manifest)") from None
         if manifest.type not in BUNDLE_TYPES or not isinstance(manifest.publisher, str):
             raise BundleError("bundle manifest: unknown type or publisher")
-        if not all(isinstance(v, int) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):
-            raise BundleError("bundle manifest: sequence numbers and sizes must be non-negative integers")
+        if not all(_is_int64(v) and v >= 0 for v in (manifest.from_seq, manifest.to_seq, manifest.payload_bytes)):
+            raise BundleError("bundle manifest: sequence numbers and sizes must be integers from 0 to 2**63 - 1")
         if manifest.to_seq < manifest.from_seq:
             raise BundleError("bundle manifest: to_seq before from_seq")
         return manifest
@@ -154,6 +179,7 @@ def _write_bundle(
     out: Path, key: Ed25519PrivateKey, header: dict[str, Any], records: Iterator[dict[str, Any]]
 ) -> Manifest:
     """Write payload, manifest and signature to `out` atomically (temp files, then rename)."""
+    check_publisher_name(header["publisher"])  # no bundle an importer could not file under its publisher
     counts = _empty_counts(header["type"])
     plural = {"entry": "entries", "tombstone": "tombstones", "opinion": "opinions", "background": "background"}
     digest = hashlib.sha256()
@@ -162,6 +188,8 @@ def _write_bundle(
     with tempfile.TemporaryFile(dir=out.parent) as payload:
         for record in records:
             line = canonical_json(record) + b"\n"
+            if len(line) > MAX_RECORD_LINE:  # an importer would refuse the whole bundle
+                raise InvalidEntryError(f"record {record.get('entry_id') or record.get('id')} is over {MAX_RECORD_LINE} bytes: not exportable")
             payload.write(line)
             digest.update(line)
             size += len(line)
@@ -266,7 +294,7 @@ def read_manifest(stream: IO[bytes], store: Store) -> Manifest:
     trusted = accepted_key(store, manifest.publisher, manifest.key_id)
     signature_line = _read_line(stream, MAX_HEADER_LINE, "signature")
     try:
-        signature = json.loads(signature_line)["signature"]
+        signature = _json(signature_line)["signature"]
     except (ValueError, TypeError, KeyError):
         raise BundleError(f"unsigned bundle from {manifest.publisher!r}: refused") from None
     canonical = isinstance(signature, str) and signature_line == canonical_json({"signature": signature}) + b"\n"
@@ -278,9 +306,10 @@ def read_manifest(stream: IO[bytes], store: Store) -> Manifest:
 class _VerifiedPayload:
     """Payload records in order, hashed as they are read; `finish()` checks the signed totals."""
 
-    def __init__(self, stream: IO[bytes], manifest: Manifest) -> None:
+    def __init__(self, stream: IO[bytes], manifest: Manifest, stopped: Callable[[], bool]) -> None:
         self._stream = stream
         self._manifest = manifest
+        self._stopped = stopped
         self._digest = hashlib.sha256()
         self._size = 0
         self._authenticate()
@@ -299,12 +328,13 @@ class _VerifiedPayload:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while line := _read_line(self._stream, MAX_RECORD_LINE, "record"):
+            _stop_if(self._stopped)
             self._digest.update(line)
             self._size += len(line)
             if self._size > self._manifest.payload_bytes:
                 raise BundleError("the bundle is longer than its signed manifest says: altered, refused")
             try:
-                record = json.loads(line)
+                record = _json(line)
             except ValueError:
                 raise BundleError("a bundle record is not valid JSON: altered or damaged, refused") from None
             if not isinstance(record, dict):
@@ -336,7 +366,7 @@ def _check_position(store: Store, manifest: Manifest, stream_name: str) -> int:
 
 def _record_seq(record: dict[str, Any], manifest: Manifest) -> int:
     seq = record.get("seq")
-    if not isinstance(seq, int) or not manifest.from_seq < seq <= manifest.to_seq:
+    if not _is_int64(seq) or not manifest.from_seq < seq <= manifest.to_seq:
         raise BundleError(f"a bundle record's seq {seq!r} lies outside the manifest's range: refused")
     return seq
 
@@ -366,11 +396,14 @@ def _entry_from_record(record: dict[str, Any], entry_id: str, status: str) -> Ne
 
 
 class _EntryApplier:
-    """Applies entry and tombstone records to the local copy of a publisher's list, in batches."""
+    """Applies entry and tombstone records to the local copy of a publisher's list, in batches.
+
+    A batch holds each entry id once, so records about the same entry apply in their order (a
+    batch applies its tombstones before its entries)."""
 
     def __init__(self, store: Store, manifest: Manifest, list_name: str, position: int) -> None:
         self._store, self._manifest, self._list, self._position = store, manifest, list_name, position
-        self._pending: list[tuple[dict[str, Any], str]] = []
+        self._pending: dict[str, dict[str, Any]] = {}
         disputes: dict[str, str] = {}
         for opinion in store.opinions(origin=manifest.publisher):
             disputes[opinion.entry_id] = opinion.opinion
@@ -378,22 +411,23 @@ class _EntryApplier:
 
     def add(self, record: dict[str, Any]) -> None:
         entry_id = record.get("entry_id")
-        if not isinstance(entry_id, str) or not entry_id or len(entry_id) > 64:
+        if not is_entry_id(entry_id):
             raise BundleError("a bundle record has no valid entry_id: refused")
-        if _record_seq(record, self._manifest) > self._position:  # older records were applied before
-            self._pending.append((record, entry_id))
-        if len(self._pending) >= _APPLY_BATCH:
+        if _record_seq(record, self._manifest) <= self._position:  # older records were applied before
+            return
+        if entry_id in self._pending or len(self._pending) >= _APPLY_BATCH:
             self.flush()
+        self._pending[entry_id] = record
 
     def flush(self) -> None:
         if not self._pending:
             return
-        existing = self._store.entries_by_id(entry_id for _, entry_id in self._pending)
+        existing = self._store.entries_by_id(self._pending)
         for entry in existing.values():
             if entry.origin != self._manifest.publisher or entry.list != self._list:
                 raise BundleError(f"bundle entry {entry.id} collides with an entry of list {entry.list}: refused")
         entries = []
-        for record, entry_id in self._pending:
+        for entry_id, record in self._pending.items():
             if record.get("type") == "tombstone":
                 if entry_id in existing and existing[entry_id].status != "retracted":
                     self._store.set_status(entry_id, "retracted", actor=self._manifest.publisher, reason="tombstone")
@@ -405,7 +439,7 @@ class _EntryApplier:
             self._store.add_entries(self._list, entries, actor=self._manifest.publisher, origin=self._manifest.publisher, replace=True)
         except InvalidEntryError as exc:
             raise BundleError(f"bundle entries cannot be applied ({exc}): refused") from None
-        self._pending = []
+        self._pending = {}
 
 
 def _pause_for_tests() -> None:
@@ -424,13 +458,25 @@ def is_bundle(path: str | os.PathLike[str]) -> bool:
     try:
         with open(path, "rb") as stream:
             first = stream.readline(MAX_HEADER_LINE)
-        return bool(json.loads(first).get("format") == FORMAT)
+        return bool(_json(first).get("format") == FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
-    """Verify a bundle and apply it in one transaction; BundleError (and no change) when refused."""
+def _never() -> bool:
+    return False
+
+
+def _stop_if(stopped: Callable[[], bool]) -> None:
+    if stopped():
+        raise BundleError("the import was stopped before it committed (its request timed out): nothing applied")
+
+
+def import_bundle(store: Store, path: str | os.PathLike[str], *, stopped: Callable[[], bool] = _never) -> ImportReport:
+    """Verify a bundle and apply it in one transaction; BundleError (and no change) when refused.
+
+    `stopped` is asked between records and last before the commit: once it says True the import
+    rolls back (a server stops an import whose request timed out, so a 503 never hides a commit)."""
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed below, after the transaction
     except OSError as exc:
@@ -438,13 +484,14 @@ def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
     with stream, store.transaction():
         manifest = read_manifest(stream, store)
         if manifest.type == "background":
-            payload = _VerifiedPayload(stream, manifest)
+            payload = _VerifiedPayload(stream, manifest, stopped)
             counts = _apply_background(store, manifest, payload)
             payload.finish(counts)
+            _stop_if(stopped)
             return ImportReport(manifest.publisher, manifest.type, None, 0, 0, 0, 0, 0, counts["background"])
         stream_name = OPINIONS_STREAM if manifest.type == "opinions" else str(manifest.list)
         position = _check_position(store, manifest, stream_name)
-        payload = _VerifiedPayload(stream, manifest)
+        payload = _VerifiedPayload(stream, manifest, stopped)
         if manifest.type == "opinions":
             counts = _apply_opinions(store, manifest, payload, position)
         else:
@@ -452,6 +499,7 @@ def import_bundle(store: Store, path: str | os.PathLike[str]) -> ImportReport:
         payload.finish(counts)
         store.set_sync_position(manifest.publisher, stream_name, manifest.to_seq)
         _pause_for_tests()
+        _stop_if(stopped)
     return ImportReport(
         manifest.publisher,
         manifest.type,
@@ -490,12 +538,16 @@ def _apply_opinions(store: Store, manifest: Manifest, payload: _VerifiedPayload,
         counts["opinions"] += 1
         if _record_seq(record, manifest) <= position:
             continue
-        entry_id, opinion = record.get("entry_id"), record.get("opinion")
-        if not isinstance(entry_id, str) or opinion not in OPINIONS or not isinstance(record.get("at"), str):
-            raise BundleError("an opinion record lacks entry_id, opinion (dispute|confirm) or at: refused")
+        entry_id, opinion, at, reason = (record.get(k) for k in ("entry_id", "opinion", "at", "reason"))
+        if not is_entry_id(entry_id) or opinion not in OPINIONS or not isinstance(at, str) or not isinstance(reason, str | None):
+            raise BundleError("an opinion record lacks entry_id, opinion (dispute|confirm), at, or has a reason that is no text: refused")
+        try:
+            at, reason = normalise_timestamp(at), check_text("reason", reason or "")[:1000]
+        except InvalidEntryError as exc:
+            raise BundleError(f"the opinion on {entry_id}: {exc}: refused") from None
         found = store.entries_by_id([entry_id]).get(entry_id)
         if found is not None and found.origin is None:  # opinions only count on entries this platform published
-            store.add_opinion(Opinion(entry_id, opinion, manifest.publisher, record["at"], str(record.get("reason", ""))[:1000]))
+            store.add_opinion(Opinion(entry_id, opinion, manifest.publisher, at, reason))
     return counts
 
 

@@ -8,13 +8,14 @@ match on every importer. A dispute of an imported entry is local (the entry keep
 from __future__ import annotations
 
 from modelsieve.hashlists.errors import InvalidEntryError
-from modelsieve.hashlists.model import Entry, Opinion, utc_now
+from modelsieve.hashlists.model import Entry, Opinion, check_text, utc_now
 from modelsieve.hashlists.store import Store
 
 
 def retract(store: Store, entry_id: str, *, reason: str = "", actor: str = "") -> Entry:
     """Retract one of this platform's own entries (a false positive): it never matches again.
     Retracting a retracted entry changes nothing (a retried request makes no second tombstone)."""
+    check_text("reason", reason)
     with store.transaction():
         entry = store.get_entry(entry_id)
         if entry.origin is not None:
@@ -34,6 +35,7 @@ def _record_opinion(store: Store, entry: Entry, opinion: str, reason: str, by: s
 
 def dispute(store: Store, entry_id: str, *, reason: str = "", by: str = "local") -> Entry:
     """Flag an entry as a suspected false positive: it still matches, with status "disputed"."""
+    check_text("reason", reason)
     with store.transaction():
         entry = store.get_entry(entry_id)
         if entry.status == "retracted":
@@ -44,6 +46,7 @@ def dispute(store: Store, entry_id: str, *, reason: str = "", by: str = "local")
 
 def confirm(store: Store, entry_id: str, *, reason: str = "", by: str = "local") -> Entry:
     """Confirm an entry (lifting this platform's dispute of it)."""
+    check_text("reason", reason)
     with store.transaction():
         entry = store.get_entry(entry_id)
         if entry.status == "retracted":

@@ -41,8 +41,9 @@ OPINIONS = ("dispute", "confirm")
 
 _HEX = re.compile(r"[0-9a-f]+")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-_LIST_NAME = re.compile(f"{_NAME}(/{_NAME})?")
+_LIST_NAME = re.compile(rf"{_NAME}(/{_NAME})?")
 _PUBLISHER_NAME = re.compile(_NAME)
+_ENTRY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def entry_identity(entry: NewEntry) -> str:
@@ -72,14 +73,18 @@ def utc_now() -> str:
 
 
 def normalise_timestamp(value: str) -> str:
-    """An ISO 8601 date or date-time, returned in UTC as `YYYY-MM-DDTHH:MM:SSZ` (a date means 00:00)."""
+    """An ISO 8601 date or date-time, returned in UTC as `YYYY-MM-DDTHH:MM:SSZ` (a date means 00:00).
+
+    The year always has four digits, so stored times compare as strings in time order (expiry is
+    such a comparison); a time whose UTC form falls outside years 1-9999 is refused."""
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidEntryError(f"not an ISO 8601 date or time: {value[:40]!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        utc = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidEntryError(f"not an ISO 8601 date or time in years 1-9999 UTC: {value[:40]!r}") from None
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def normalise_digest(name: str, value: str) -> str:
@@ -106,6 +111,20 @@ def check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def is_entry_id(value: Any) -> bool:
+    """Whether `value` can be an entry id: 1-64 letters, digits, '.', '_', '-' (ours are "e" + 24 hex;
+    a partner's arrive in bundles, and the HTTP API's paths take no other characters)."""
+    return isinstance(value, str) and _ENTRY_ID.fullmatch(value) is not None
+
+
+def check_text(field_name: str, value: str) -> str:
+    """Free text the store keeps: anything but NUL, which PostgreSQL text cannot hold (so the
+    same input is refused on every backend, with this one-line error, not a driver's)."""
+    if "\x00" in value:
+        raise InvalidEntryError(f"{field_name} contains a NUL character")
+    return value
+
+
 def check_list_name(name: str) -> str:
     """A list name: letters, digits, `.`, `_`, `-`; imported lists are named `publisher/list`."""
     if not _LIST_NAME.fullmatch(name):
@@ -114,9 +133,12 @@ def check_list_name(name: str) -> str:
 
 
 def check_publisher_name(name: str) -> str:
-    """A publisher name (it prefixes the names of lists imported from it): a list name without `/`."""
+    """A publisher name: what a list name may be, without `/`, since an importer files the
+    publisher's lists as `publisher/list` (a name that could not be imported is refused up front)."""
     if not _PUBLISHER_NAME.fullmatch(name):
-        raise InvalidEntryError(f"publisher names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (got {name[:80]!r})")
+        raise InvalidEntryError(
+            f"publisher names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (got {name[:80]!r})"
+        )
     return name
 
 
@@ -177,6 +199,10 @@ class NewEntry:
             raise InvalidEntryError("URL and domain entries have category nudify-service")
         if self.category == "nudify-service" and not (url or domain):
             raise InvalidEntryError("category nudify-service is for URL and domain entries")
+        if self.id is not None and not is_entry_id(self.id):
+            raise InvalidEntryError(f"an entry id is 1-64 letters, digits, '.', '_' or '-' (got {self.id[:80]!r})")
+        check_text("source", self.source)
+        check_text("note", self.note or "")
         return NewEntry(
             category=self.category,
             kind="service" if (url or domain) else self.kind,

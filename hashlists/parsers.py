@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
@@ -55,6 +55,8 @@ def _read_lines(stream: TextIO) -> Iterator[tuple[int, str | None]]:
         if not line:
             return
         number += 1
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # the byte-order mark Excel's "CSV UTF-8" starts with
         if len(line) >= MAX_LINE and not line.endswith("\n"):
             while (rest := stream.readline(MAX_LINE)) and not rest.endswith("\n"):
                 pass
@@ -63,14 +65,37 @@ def _read_lines(stream: TextIO) -> Iterator[tuple[int, str | None]]:
             yield number, line
 
 
+def _lowered(pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """Key-value pairs as a dict with keys stripped and lower-cased. A key given twice (in any case)
+    with two different values is an error, never silently the last one; empty values give way."""
+    lowered: dict[str, Any] = {}
+    for key, value in pairs:
+        name = str(key).strip().lower()
+        if name in lowered and not _empty(value) and not _empty(lowered[name]) and not _same(lowered[name], value):
+            raise InvalidEntryError(f"{name!r} is given twice with different values")
+        if name not in lowered or not _empty(value):
+            lowered[name] = value
+    return lowered
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, ignoring the case and surrounding spaces of text (digests are case-insensitive)."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip().lower() == b.strip().lower()
+    return bool(a == b)
+
+
 def _entry_from_record(record: Mapping[str, Any], defaults: Defaults) -> NewEntry:
     """A validated entry from a CSV row or JSON object (keys compared case-insensitively)."""
-    lowered = {str(k).strip().lower(): v for k, v in record.items()}
-    digests = lowered.get("digests") or {}
-    if not isinstance(digests, Mapping):
+    lowered = _lowered(record.items())
+    nested = lowered.get("digests") or {}
+    if not isinstance(nested, Mapping):
         raise InvalidEntryError("'digests' must be an object of digest name → hex value")
-    digests = {str(k).lower(): v for k, v in digests.items()}
-    digests.update((name, lowered[name]) for name in DIGEST_LENGTHS if lowered.get(name))
+    digests = _lowered([*nested.items(), *((name, lowered[name]) for name in DIGEST_LENGTHS if lowered.get(name))])
     fields = {name: lowered[name] for name in _FIELDS if lowered.get(name) not in (None, "")}
     for name, value in [*digests.items(), *fields.items()]:
         if not isinstance(value, str):
@@ -124,6 +149,10 @@ def _csv_records(stream: TextIO) -> Iterator[tuple[int, dict[str, Any] | str]]:
         return
     if not set(header) & {*DIGEST_LENGTHS, "url", "domain"}:
         yield 1, f"the CSV header names no digest, url or domain column: {header[:10]}"
+        return
+    repeated = sorted({name for name in header if header.count(name) > 1} & {*DIGEST_LENGTHS, *_FIELDS, "digests"})
+    if repeated:
+        yield 1, f"the CSV header names {', '.join(repeated)} more than once (case and spaces aside): which one counts?"
         return
     while True:
         try:

@@ -42,6 +42,7 @@ from modelsieve.hashlists.model import (
     TrustedKey,
     check_choice,
     check_list_name,
+    check_publisher_name,
     entry_identity,
     new_entry_ids,
     utc_now,
@@ -393,6 +394,7 @@ class SQLStore(Store):
         self, name: str, *, publisher: str = "local", description: str = "", origin_list: str | None = None
     ) -> ListInfo:
         check_list_name(name)
+        check_publisher_name(publisher)
         with self.transaction():
             if self._query("SELECT 1 AS found FROM lists WHERE name = ?", (name,)):
                 raise InvalidEntryError(f"a list called {name!r} already exists")

@@ -30,15 +30,17 @@ class SQLiteStore(SQLStore):
     dialect = Dialect(blob="BLOB", integer="INTEGER", seq_key="INTEGER PRIMARY KEY")
     integrity_errors = (sqlite3.IntegrityError,)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, upgrade: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, upgrade: bool = True, busy_timeout: float = 30.0) -> None:
+        """`busy_timeout`: how long a write waits for another process's write transaction to end."""
         target = Path(path) if path is not None else default_db_path()
-        self._conn = _connect(target, create_folder=path is None)
+        self._busy_timeout = busy_timeout
+        self._conn = _connect(target, timeout=busy_timeout, create_folder=path is None)
         self._path = str(path) if path is not None else "default store"
         self._lock = threading.RLock()
         self._local = threading.local()  # .depth: how deep this thread is in transaction()
         try:
             self._migrate(upgrade=upgrade)
-            self._reader = _connect(target, read_only=True)  # after the migrations: WAL and schema exist
+            self._reader = _connect(target, read_only=True, timeout=busy_timeout)  # after the migrations: WAL and schema exist
         except BaseException:
             self._conn.close()
             raise
@@ -58,7 +60,7 @@ class SQLiteStore(SQLStore):
         with self._lock:
             depth = getattr(self._local, "depth", 0)
             if depth == 0:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin()
             self._local.depth = depth + 1
             try:
                 yield
@@ -70,6 +72,15 @@ class SQLiteStore(SQLStore):
             self._local.depth = depth
             if depth == 0:
                 self._conn.execute("COMMIT")
+
+    def _begin(self) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # "database is locked": another process writes
+            raise StoreUnavailableError(
+                f"the store at {self._path} is busy: another process held its write lock for over "
+                f"{self._busy_timeout:g} s ({exc}); try again when that import or change has finished"
+            ) from None
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Inside this thread's transaction: on the writer (it sees its own writes); else on the reader."""
@@ -88,7 +99,7 @@ class SQLiteStore(SQLStore):
             self._conn.executemany(sql, rows)
 
 
-def _connect(target: Path, *, read_only: bool = False, create_folder: bool = False) -> sqlite3.Connection:
+def _connect(target: Path, *, read_only: bool = False, timeout: float = 30.0, create_folder: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode (readers never block the writer), foreign keys on, explicit transactions.
 
     A missing file becomes a new store, but only the default store's folder is created: a store
@@ -103,13 +114,13 @@ def _connect(target: Path, *, read_only: bool = False, create_folder: bool = Fal
     try:
         if read_only:
             uri = f"{target.resolve().as_uri()}?mode=ro"
-            connection = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+            connection = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False, isolation_level=None)
         else:
             if create_folder:
                 target.parent.mkdir(parents=True, exist_ok=True)
             elif not target.parent.is_dir():
                 raise StoreUnavailableError(f"cannot open the store at {target}: no folder {target.parent}")
-            connection = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
+            connection = sqlite3.connect(target, timeout=timeout, check_same_thread=False, isolation_level=None)
             sqlite_utils.Database(connection).enable_wal()
             connection.execute("PRAGMA foreign_keys=ON")
             connection.execute("PRAGMA synchronous=NORMAL")

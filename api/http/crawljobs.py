@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modelsieve.api.http.errors import log
 from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.offload import LoopThread
 from modelsieve.crawler.crawl import CrawlConfig, Crawler, Lookup
 from modelsieve.crawler.inputs import read_targets
 from modelsieve.crawler.job import CrawlJob
 from modelsieve.crawler.model import Recommendation
+from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.hashlists.model import LeasedCrawlJob
 from modelsieve.hashlists.store import Store
 
@@ -173,7 +175,7 @@ class JobRunner:
         try:
             while True:
                 await self._slots.acquire()
-                record = self.jobs.claim()
+                record = await self._claim()
                 if record is None:
                     self._slots.release()
                     with contextlib.suppress(TimeoutError):
@@ -187,6 +189,15 @@ class JobRunner:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _claim(self) -> LeasedCrawlJob | None:
+        """A job to run, or None. The claim is a store write, so it waits (on a thread, never on
+        the loop that answers requests) while another write such as a bundle import holds the store."""
+        try:
+            return await asyncio.to_thread(self.jobs.claim)
+        except StoreUnavailableError as exc:
+            log.warning("crawl jobs: none claimed this time: %s", exc)
+            return None
 
     async def _run(self, record: LeasedCrawlJob, lookup: Lookup) -> None:
         self.metrics.crawl_jobs.inc()

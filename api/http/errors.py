@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.hashlists.errors import NotFoundError
+from modelsieve.hashlists.errors import NotFoundError, StoreUnavailableError
 
 log = logging.getLogger("modelsieve.api")
 
@@ -31,7 +31,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn aiohttp's plain-text errors, ModelsieveErrors and crashes into JSON error bodies.
 
     A ModelsieveError is the client's bad input (422 with its one-line message; 404 for something
-    named that does not exist); anything else
+    named that does not exist) or, a StoreUnavailableError, a store down or busy (503); anything else
     unexpected is logged with its traceback and answered with a bare 500 that leaks nothing.
     """
     try:
@@ -43,6 +43,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(
             status=exc.status, text=error_body(exc.status, message), content_type="application/json", headers=_kept_headers(exc)
         )
+    except StoreUnavailableError as exc:  # the store down or busy with another process's write: retry
+        return web.Response(status=503, text=error_body(503, str(exc)), content_type="application/json", headers={"Retry-After": "5"})
     except ModelsieveError as exc:
         status = 404 if isinstance(exc, NotFoundError) else 422
         return web.Response(status=status, text=error_body(status, str(exc)), content_type="application/json")

@@ -142,6 +142,8 @@ def _checked(route: Route, where: str, values: dict[str, Any]) -> dict[str, Any]
 
 
 async def _body(request: web.Request, route: Route) -> Any:
+    if route.stream_body is not None:
+        validation.check_raw_body(request, route.stream_body)
     if route.body is None:
         return None
     config = request.app[CONFIG]

@@ -153,12 +153,14 @@ IMPORT_REPORT: Schema = {
     },
 }
 
+REASON: Schema = {"type": "string", "maxLength": 2000, "pattern": "^[^\\x00]*$"}  # free text without NUL (PostgreSQL text holds none)
+
 OPINION_BODY: Schema = {
     "type": "object",
     "required": ["opinion"],
     "properties": {
         "opinion": {"type": "string", "enum": ["dispute", "confirm"], "description": "dispute: suspected false positive"},
-        "reason": {"type": "string", "maxLength": 2000, "description": "kept in the store; never logged"},
+        "reason": {**REASON, "description": "kept in the store; never logged"},
     },
     "additionalProperties": False,
 }
@@ -175,7 +177,7 @@ OPINION_RESULT: Schema = {
 
 RETRACT_BODY: Schema = {
     "type": "object",
-    "properties": {"reason": {"type": "string", "maxLength": 2000, "description": "kept in the store's event log; never logged"}},
+    "properties": {"reason": {**REASON, "description": "kept in the store's event log; never logged"}},
     "additionalProperties": False,
 }
 

@@ -97,6 +97,17 @@ async def json_bytes(request: web.Request, limit: int) -> bytes:
     return await read_body(request, limit)
 
 
+def check_raw_body(request: web.Request, media_type: str) -> None:
+    """415 for a form upload where the raw bytes belong: hashing a multipart envelope would give
+    the digests of the envelope and a `none` verdict that says nothing about the file."""
+    if request.content_type.startswith("multipart/"):
+        raise api_error(
+            415,
+            f"expected the raw bytes as the body (Content-Type: {media_type}), got a {request.content_type} form: "
+            "with curl, --data-binary @FILE rather than -F",
+        )
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON (no NaN / Infinity), or a 400 saying where it is malformed."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -25,7 +26,8 @@ async def submit_crawl(call: Call) -> web.Response:
             raise api_error(400, f"body.urls[{index}]: {exc}") from None
         targets.append(target)
     assert call.key is not None
-    record = call.app[CRAWL_JOBS].submit(call.key.key_id, targets, call.body.get("mode", "search"))
+    # a store write (and the job's files): on a thread, so waiting for the store (a bundle import) never stalls the loop
+    record = await asyncio.to_thread(call.app[CRAWL_JOBS].submit, call.key.key_id, targets, call.body.get("mode", "search"))
     call.app[JOB_RUNNER].wake()
     audit(call, "crawl", job=record.id, urls=len(targets), mode=record.mode)
     return web.json_response(

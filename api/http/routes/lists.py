@@ -13,6 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 import tempfile
+import threading
 from pathlib import Path
 
 from aiohttp import web
@@ -74,10 +75,14 @@ async def import_bundle_route(call: Call) -> web.Response:
     if manifest.list != call.path["list"]:
         raise api_error(400, f"body: the bundle is for list {manifest.list!r}, not {call.path['list']!r}")
     descriptor, name = tempfile.mkstemp(prefix="modelsieve-bundle-", suffix=".jsonl")
+    stop = threading.Event()  # set when this request is cancelled (timed out): the import then rolls back
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(body)
-        report = await asyncio.to_thread(import_bundle, call.app[STORE], name)
+        report = await asyncio.to_thread(import_bundle, call.app[STORE], name, stopped=stop.is_set)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
     finally:
         os.unlink(name)
     record = report.to_json()
@@ -133,6 +138,7 @@ ROUTES = (
         path_params=LIST_PATH,
         stream_body="application/octet-stream",
         body_limit=lambda config: config.bundle_body_limit,
+        timeout=lambda config: config.upload_timeout,  # up to 64 MiB applied in one transaction: upload time
         description="The body is the bundle file as exported (JSON Lines), sent as raw bytes. Refused with 422 and nothing applied when the bundle is unsigned, tampered with, from an "
         "unknown publisher, replayed or out of order.",
         operation_id="import_bundle",
