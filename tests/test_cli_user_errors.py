@@ -22,8 +22,8 @@ from modelsieve.fingerprint import synthetic as syn
 MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MODELSIEVE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MODELSIEVE, *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
