@@ -56,13 +56,29 @@ def test_serve_refuses_an_impossible_port_and_an_unopenable_audit_log(tmp_path: 
     assert_one_line_error(result, f"cannot open the audit log {tmp_path}")
 
 
-@pytest.mark.parametrize("command", [("match", "--url", "https://example.org/"), ("list", "show")])
+@pytest.mark.parametrize("command", [("list", "create", "reports"), ("trust", "list")])
 def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created_empty(tmp_path: Path, command: tuple[str, ...]) -> None:
     """A typo in --db must not start a new, empty store (every lookup would answer "none")."""
     typo = tmp_path / "no-such-folder" / "sub" / "lists.db"
     result = cli(*command, "--db", str(typo))
     assert_one_line_error(result, f"cannot open the store at {typo}: no folder {typo.parent}")
     assert not (tmp_path / "no-such-folder").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("match", "--url", "https://example.org/"), ("list", "show"), ("list", "stats"), ("crawl", "links.txt", "--out", "recs.jsonl")],
+)
+def test_commands_that_look_things_up_never_start_an_empty_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """`match --db lists.bd` (a typo) made a new, empty store and answered "none" for everything."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "links.txt").write_text("https://example.org/a.safetensors\n")
+    typo = tmp_path / "lists.bd"
+    status, out, err = run(capsys, *command, "--db", str(typo))
+    assert status == 2 and out == "" and err == f"modelsieve: error: no store at {typo}: check --db, or make one with `modelsieve list create`\n"
+    assert not typo.exists() and not (tmp_path / "recs.jsonl").exists()
 
 
 def test_a_new_store_file_in_an_existing_folder_is_still_created(tmp_path: Path) -> None:
@@ -178,6 +194,7 @@ def test_crawl_into_an_unwritable_output_is_one_line_and_leaves_no_job(tmp_path:
     urls.write_text("https://example.org/a.safetensors\n")
     (tmp_path / "a-file").write_bytes(b"x")
     db = str(tmp_path / "store.db")
+    assert run(capsys, "list", "create", "reports", "--db", db)[0] == 0
     out = tmp_path / "a-file" / "recs.jsonl"
     status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), "--db", db)
     assert status == 2 and err.startswith(f"modelsieve: error: cannot write {out}: ") and len(err.splitlines()) == 1
@@ -196,6 +213,8 @@ def test_a_folder_without_model_files_is_noted_not_silent(
     empty.mkdir()
     (empty / "model.gguf").write_bytes(b"GGUF")
     db = ("--db", str(tmp_path / "store.db")) if command[0] in ("match", "fingerprint") else ()
+    if db:
+        assert run(capsys, "list", "create", "reports", *db)[0] == 0
     status, out, err = run(capsys, *command, str(empty), str(lora), "--json", *db)
     assert status == 0 and [json.loads(line)["path"] for line in out.splitlines()] == [str(lora)]
     assert err == f"modelsieve: {empty}: no model files in this folder (looked for .safetensors .ckpt .pt .pth .bin)\n"
