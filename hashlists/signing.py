@@ -51,10 +51,12 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 
 def generate_key_files(private_path: Path, public_path: Path) -> Ed25519PublicKey:
-    """A new key pair: the private key as PKCS#8 PEM created with mode 0600 (never overwritten),
-    the public key as its text form. Returns the public key."""
+    """A new key pair: the private key as PKCS#8 PEM created with mode 0600, the public key as its
+    text form; neither file is ever overwritten. Returns the public key."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    if public_path.exists():  # e.g. a partner's key of that name: a pair is made whole or not at all
+        raise KeyFileError(f"{public_path} exists already; a key is never overwritten")
     try:
         descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

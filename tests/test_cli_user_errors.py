@@ -334,3 +334,12 @@ def test_serve_with_an_unusable_crawl_jobs_folder_stops_at_start(tmp_path: Path)
     folder = tmp_path / "a-file" / "jobs"
     result = cli("serve", "--port", "0", "--crawl-jobs-dir", str(folder), "--db", str(tmp_path / "store.db"))
     assert_one_line_error(result, f"cannot use the crawl jobs folder {folder}: Not a directory")
+
+
+def test_keys_generate_never_overwrites_a_public_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A partner's acme.pub in the folder was replaced by the new key's (only the .key was protected)."""
+    partner = "ed25519:" + "A" * 43 + "=\n"
+    (tmp_path / "acme.pub").write_text(partner)
+    status, _, err = run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))
+    assert status == 2 and err == f"modelsieve: error: {tmp_path / 'acme.pub'} exists already; a key is never overwritten\n"
+    assert (tmp_path / "acme.pub").read_text() == partner and not (tmp_path / "acme.key").exists()
