@@ -343,3 +343,16 @@ def test_keys_generate_never_overwrites_a_public_key_file(tmp_path: Path, capsys
     status, _, err = run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))
     assert status == 2 and err == f"modelsieve: error: {tmp_path / 'acme.pub'} exists already; a key is never overwritten\n"
     assert (tmp_path / "acme.pub").read_text() == partner and not (tmp_path / "acme.key").exists()
+
+
+def test_trust_add_never_swaps_a_publishers_key_unasked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `trust add NAME` with another key silently replaced the key bundles are verified with."""
+    db = ("--db", str(tmp_path / "store.db"))
+    old, new = (json.loads(run(capsys, "keys", "generate", name, "--dir", str(tmp_path), "--json")[1]) for name in ("acme", "acme-2027"))
+    assert run(capsys, "trust", "add", "acme", old["public_key_file"], "--level", "full", *db)[0] == 0
+    status, _, err = run(capsys, "trust", "add", "acme", new["public_key_file"], "--level", "full", *db)
+    assert status == 2 and f"acme is trusted with key {old['key_id']}, not {new['key_id']}: add --replace" in err
+    assert run(capsys, "trust", "add", "acme", old["public_key_file"], "--level", "review", *db)[0] == 0, "the same key: a level change"
+    assert run(capsys, "trust", "add", "acme", new["public_key_file"], "--level", "full", "--replace", *db)[0] == 0
+    [trusted] = [json.loads(line) for line in run(capsys, "trust", "list", "--json", *db)[1].splitlines()]
+    assert (trusted["key_id"], trusted["level"]) == (new["key_id"], "full")
