@@ -356,3 +356,17 @@ def test_trust_add_never_swaps_a_publishers_key_unasked(tmp_path: Path, capsys: 
     assert run(capsys, "trust", "add", "acme", new["public_key_file"], "--level", "full", "--replace", *db)[0] == 0
     [trusted] = [json.loads(line) for line in run(capsys, "trust", "list", "--json", *db)[1].splitlines()]
     assert (trusted["key_id"], trusted["level"]) == (new["key_id"], "full")
+
+
+def test_a_crawl_whose_output_was_deleted_points_to_the_way_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Deleting recs.jsonl to start again met 'add --resume' and then 'cannot be resumed', and nothing else."""
+    db = ("--db", str(tmp_path / "store.db"))
+    assert run(capsys, "list", "create", "reports", *db)[0] == 0
+    urls = tmp_path / "links.txt"
+    urls.write_text("# nothing to fetch yet\n")
+    out = tmp_path / "recs.jsonl"
+    assert run(capsys, "crawl", str(urls), "--out", str(out), *db)[0] == 0
+    out.unlink()
+    for resume in ((), ("--resume",)):
+        status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), *resume, *db)
+        assert status == 2 and err.rstrip().endswith("choose another --out") and "add --resume" not in err
