@@ -370,3 +370,14 @@ def test_a_crawl_whose_output_was_deleted_points_to_the_way_on(tmp_path: Path, c
     for resume in ((), ("--resume",)):
         status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), *resume, *db)
         assert status == 2 and err.rstrip().endswith("choose another --out") and "add --resume" not in err
+
+
+def test_a_walk_skips_a_fifo_instead_of_waiting_on_it(lora: Path, tmp_path: Path) -> None:
+    """`hash downloads/` with a FIFO named *.safetensors among the models blocked for ever."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    os.mkfifo(folder / "a.safetensors")
+    (folder / "b.safetensors").write_bytes(lora.read_bytes())
+    result = subprocess.run([*MODELSIEVE, "hash", "--json", str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(folder / "b.safetensors")]
+    assert result.stderr == f"modelsieve: {folder / 'a.safetensors'}: not a regular file, skipped\n"
