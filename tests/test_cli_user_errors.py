@@ -381,3 +381,11 @@ def test_a_walk_skips_a_fifo_instead_of_waiting_on_it(lora: Path, tmp_path: Path
     result = subprocess.run([*MODELSIEVE, "hash", "--json", str(folder)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(folder / "b.safetensors")]
     assert result.stderr == f"modelsieve: {folder / 'a.safetensors'}: not a regular file, skipped\n"
+
+
+def test_a_broken_saved_fingerprint_is_named_in_the_error(lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """'not a modelsieve fingerprint (bad magic)' did not say which of compare's two inputs it was."""
+    broken = tmp_path / "listed.msfp"
+    broken.write_bytes(b"MSFP-not-really")
+    status, _, err = run(capsys, "compare", str(lora), str(broken), "--db", str(tmp_path / "store.db"))
+    assert status == 2 and err.startswith(f"modelsieve: error: {broken}: ") and len(err.splitlines()) == 1

@@ -52,14 +52,17 @@ def read_saved(path: Path) -> Fingerprint | None:
         data = handle.read(_MAX_SAVED_FINGERPRINT + 1)
     if len(data) > _MAX_SAVED_FINGERPRINT:
         return None
-    if head == b"MSFP":
-        return Fingerprint.from_bytes(data)
-    if head[:1] == b"{":
-        try:
-            record = json.loads(data.splitlines()[0])
-        except (ValueError, UnicodeDecodeError):
-            raise FingerprintError(f"{path}: neither a model nor a fingerprint in JSON form") from None
-        return Fingerprint.from_json(record)
+    try:
+        if head == b"MSFP":
+            return Fingerprint.from_bytes(data)
+        if head[:1] == b"{":
+            try:
+                record = json.loads(data.splitlines()[0])
+            except (ValueError, UnicodeDecodeError):
+                raise FingerprintError("neither a model nor a fingerprint in JSON form") from None
+            return Fingerprint.from_json(record)
+    except FingerprintError as exc:  # say which of the inputs it is
+        raise type(exc)(f"{path}: {exc}") from None
     return None
 
 
