@@ -94,7 +94,7 @@ class ListSnapshot(WorkerPlugin):  # type: ignore[misc,valid-type]
 
 def snapshot_on_cluster(client: Any, location: str, fingerprint_key: str | None = None) -> str:
     """Register the store's current lists with every worker (present and future); returns the plugin name."""
-    with open_store(location) as store:
+    with open_store(location, existing=True) as store:  # a missing store has no lists: never answer "none" from one
         seq = store.last_seq()
     plugin = ListSnapshot(location, seq, fingerprint_key)
     client.register_plugin(plugin, name=plugin.name)

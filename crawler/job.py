@@ -85,6 +85,8 @@ class CrawlJob:
         existing = store.find_crawl_job(str(out_path))
         if existing is not None:
             if not resume:
+                if not out_path.exists():  # --resume cannot help either: say the one way on
+                    raise JobError(f"a crawl into {out_path} is in the store, but its output is gone: choose another --out")
                 raise JobError(f"a crawl into {out_path} is already in the store: add --resume to finish it, or choose another --out")
             if existing.input_sha256 != input_sha256:
                 raise JobError(f"{input_path} is not the input the crawl into {out_path} started with")
@@ -168,7 +170,7 @@ class CrawlJob:
         """Cut a torn last line and mark the URLs written after the last commit as done."""
         recorded = self.store.crawl_job(self.job_id).out_offset
         if not self.out_path.exists():
-            raise JobError(f"{self.out_path} is gone: the crawl into it cannot be resumed")
+            raise JobError(f"{self.out_path} is gone: the crawl into it cannot be resumed; choose another --out")
         with open(self.out_path, "r+b") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size < recorded:

@@ -52,12 +52,11 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 def generate_key_files(private_path: Path, public_path: Path) -> Ed25519PublicKey:
     """A new key pair: the private key as PKCS#8 PEM created with mode 0600, the public key as its
-    text form; neither file is ever overwritten (a partner's NAME.pub kept here stays theirs).
-    Returns the public key."""
-    if public_path.exists():
-        raise KeyFileError(f"{public_path} exists already (a partner's public key?); a key file is never overwritten")
+    text form; neither file is ever overwritten. Returns the public key."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    if public_path.exists():  # e.g. a partner's key of that name: a pair is made whole or not at all
+        raise KeyFileError(f"{public_path} exists already; a key is never overwritten")
     try:
         descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -82,6 +81,8 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read the private key {path}: {exc.strerror}") from None
+    if data.lstrip().startswith(KEY_PREFIX.encode()):
+        raise KeyFileError(f"{path} is a public key: signing needs the private NAME.key file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"the private key {path} is readable by others; chmod 600 it")
     try:

@@ -30,9 +30,14 @@ class SQLiteStore(SQLStore):
     dialect = Dialect(blob="BLOB", integer="INTEGER", seq_key="INTEGER PRIMARY KEY")
     integrity_errors = (sqlite3.IntegrityError,)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, upgrade: bool = True, busy_timeout: float = 30.0) -> None:
-        """`busy_timeout`: how long a write waits for another process's write transaction to end."""
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, upgrade: bool = True, busy_timeout: float = 30.0, existing: bool = False
+    ) -> None:
+        """`busy_timeout`: how long a write waits for another process's write transaction to end;
+        `existing`: refuse to start a new store where there is none."""
         target = Path(path) if path is not None else default_db_path()
+        if existing and not target.is_file():
+            raise StoreUnavailableError(f"no store at {target}: check --db, or make one with `modelsieve list create`")
         self._busy_timeout = busy_timeout
         self._conn = _connect(target, timeout=busy_timeout, create_folder=path is None)
         self._path = str(path) if path is not None else "default store"

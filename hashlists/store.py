@@ -319,12 +319,14 @@ def is_postgres_location(location: str | os.PathLike[str]) -> bool:
     return os.fspath(location).startswith(("postgresql://", "postgres://"))
 
 
-def open_store(location: str | os.PathLike[str] | None = None, *, upgrade: bool = False) -> Store:
+def open_store(location: str | os.PathLike[str] | None = None, *, upgrade: bool = False, existing: bool = False) -> Store:
     """The store at `location` (default `$MODELSIEVE_DB`, else the user data folder's SQLite file).
 
     A `postgresql://` connection URI opens the PostgreSQL backend (the `postgres` extra), anything
     else a SQLite file. `upgrade` applies missing schema migrations where the backend waits to be
-    told (PostgreSQL; the embedded SQLite store always upgrades itself).
+    told (PostgreSQL; the embedded SQLite store always upgrades itself). `existing` refuses to
+    start a new SQLite store: commands that only look things up must not answer "none" from an
+    empty store made by a typo in `--db`.
     """
     # Backends import this module, so they are imported here, when asked for.
     from modelsieve.hashlists.db import DB_ENV
@@ -340,4 +342,4 @@ def open_store(location: str | os.PathLike[str] | None = None, *, upgrade: bool 
         return PostgresStore(target, upgrade=upgrade)
     from modelsieve.hashlists.sqlite_store import SQLiteStore
 
-    return SQLiteStore(target)
+    return SQLiteStore(target, existing=existing)

@@ -360,12 +360,9 @@ def test_one_key_cannot_be_trusted_as_two_publishers(importer: SQLiteStore, publ
     refused_without_change(importer, publisher.bundle([entry_record(1)], publisher="partner"), "unknown publisher 'partner'")
 
 
-def test_a_new_key_never_overwrites_a_public_key_file(tmp_path: Path, publisher: Publisher) -> None:
-    """`keys generate hotline` beside the hotline.pub a partner sent replaced that file with the new
-    key's public half; `trust add hotline hotline.pub` would then trust one's own key as hotline."""
-    partner = tmp_path / "partner"
-    partner.mkdir()
-    (partner / "hotline.pub").write_text(publisher.public)
-    with pytest.raises(KeyFileError, match="hotline.pub exists already"):
-        generate_key_files(partner / "hotline.key", partner / "hotline.pub")
-    assert (partner / "hotline.pub").read_text() == publisher.public and not (partner / "hotline.key").exists()
+def test_a_key_pair_is_made_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A public key file that could not be written was a traceback (FileNotFoundError) that left
+    the new private key behind without its public half."""
+    with pytest.raises(KeyFileError, match="cannot create .*missing/acme.pub: No such file or directory"):
+        generate_key_files(tmp_path / "acme.key", tmp_path / "missing" / "acme.pub")
+    assert not (tmp_path / "acme.key").exists()

@@ -22,8 +22,8 @@ from modelsieve.fingerprint import synthetic as syn
 MODELSIEVE = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MODELSIEVE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MODELSIEVE, *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -56,13 +56,29 @@ def test_serve_refuses_an_impossible_port_and_an_unopenable_audit_log(tmp_path: 
     assert_one_line_error(result, f"cannot open the audit log {tmp_path}")
 
 
-@pytest.mark.parametrize("command", [("match", "--url", "https://example.org/"), ("list", "show")])
+@pytest.mark.parametrize("command", [("list", "create", "reports"), ("trust", "list")])
 def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created_empty(tmp_path: Path, command: tuple[str, ...]) -> None:
     """A typo in --db must not start a new, empty store (every lookup would answer "none")."""
     typo = tmp_path / "no-such-folder" / "sub" / "lists.db"
     result = cli(*command, "--db", str(typo))
     assert_one_line_error(result, f"cannot open the store at {typo}: no folder {typo.parent}")
     assert not (tmp_path / "no-such-folder").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("match", "--url", "https://example.org/"), ("list", "show"), ("list", "stats"), ("crawl", "links.txt", "--out", "recs.jsonl")],
+)
+def test_commands_that_look_things_up_never_start_an_empty_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """`match --db lists.bd` (a typo) made a new, empty store and answered "none" for everything."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "links.txt").write_text("https://example.org/a.safetensors\n")
+    typo = tmp_path / "lists.bd"
+    status, out, err = run(capsys, *command, "--db", str(typo))
+    assert status == 2 and out == "" and err == f"modelsieve: error: no store at {typo}: check --db, or make one with `modelsieve list create`\n"
+    assert not typo.exists() and not (tmp_path / "recs.jsonl").exists()
 
 
 def test_a_new_store_file_in_an_existing_folder_is_still_created(tmp_path: Path) -> None:
@@ -178,6 +194,7 @@ def test_crawl_into_an_unwritable_output_is_one_line_and_leaves_no_job(tmp_path:
     urls.write_text("https://example.org/a.safetensors\n")
     (tmp_path / "a-file").write_bytes(b"x")
     db = str(tmp_path / "store.db")
+    assert run(capsys, "list", "create", "reports", "--db", db)[0] == 0
     out = tmp_path / "a-file" / "recs.jsonl"
     status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), "--db", db)
     assert status == 2 and err.startswith(f"modelsieve: error: cannot write {out}: ") and len(err.splitlines()) == 1
@@ -196,6 +213,8 @@ def test_a_folder_without_model_files_is_noted_not_silent(
     empty.mkdir()
     (empty / "model.gguf").write_bytes(b"GGUF")
     db = ("--db", str(tmp_path / "store.db")) if command[0] in ("match", "fingerprint") else ()
+    if db:
+        assert run(capsys, "list", "create", "reports", *db)[0] == 0
     status, out, err = run(capsys, *command, str(empty), str(lora), "--json", *db)
     assert status == 0 and [json.loads(line)["path"] for line in out.splitlines()] == [str(lora)]
     assert err == f"modelsieve: {empty}: no model files in this folder (looked for .safetensors .ckpt .pt .pth .bin)\n"
@@ -266,3 +285,107 @@ def test_a_fifo_given_as_a_model_is_refused_without_waiting_for_a_writer(tmp_pat
     store = ["--db", str(tmp_path / "store.db")] if command == "fingerprint" else []
     result = subprocess.run([*MODELSIEVE, command, str(fifo), *store], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr == f"modelsieve: {fifo}: not a regular file (a pipe or a device?): models are read from files\n"
+
+
+def test_background_members_that_are_no_change_to_the_base_are_refused_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The base itself (zero change) was accepted as a cohort member and made the estimates more
+    confident (review → action on the demo zoo); a member of another base refused the whole batch."""
+    arch = syn.Architecture(scale=20, text_layers=2, vocab=300)
+    family, other = syn.Family(11, arch), syn.Family(12, arch)
+    files = {
+        "base.safetensors": family.checkpoint(family.base),
+        "base-fp16.safetensors": syn.resave(family.checkpoint(family.base), "fp16"),
+        "tune.safetensors": family.fine_tune(1, 0.002),
+        "other-base.safetensors": other.checkpoint(other.base),
+        "other-tune.safetensors": other.fine_tune(1, 0.01),
+    }
+    for name, tensors in files.items():
+        syn.write_safetensors(tmp_path / name, tensors)
+    db = ("--db", str(tmp_path / "store.db"))
+    for base in ("base", "other-base"):
+        assert run(capsys, "bases", "add", str(tmp_path / f"{base}.safetensors"), "--name", base, *db)[0] == 0
+    members = [str(tmp_path / n) for n in ("base.safetensors", "base-fp16.safetensors", "tune.safetensors", "other-tune.safetensors")]
+    status, out, err = run(capsys, "bases", "add-background", *members, "--base", "base", *db)
+    assert status == 1 and out.startswith("added 1 background models to base 'base'")
+    lines = err.splitlines()
+    assert len(lines) == 3
+    assert lines[0] == f"modelsieve: {members[0]}: it is base 'base' itself (relative change 0.0e+00), not a fine-tune of it"
+    assert lines[1].startswith(f"modelsieve: {members[1]}: it is base 'base' itself (relative change ") and lines[1].endswith("not a fine-tune of it")
+    assert lines[2] == f"modelsieve: {members[3]}: it is a change to base 'other-base', not 'base'"
+    assert [line.split()[-2] for line in run(capsys, "bases", "list-background", "--base", "base", *db)[1].splitlines()] == ["tune.safetensors"]
+
+
+def test_serve_with_an_unreadable_fingerprint_key_stops_at_start(tmp_path: Path) -> None:
+    """It started anyway, logged a traceback and answered 503 "not ready" for ever."""
+    result = cli("serve", "--port", "0", "--fingerprint-key", str(tmp_path / "team.fpkey"), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"cannot read the fingerprint key file {tmp_path / 'team.fpkey'}")
+
+
+def test_a_public_key_given_for_signing_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The .pub file (mode 0644) was refused as 'readable by others; chmod 600 it', which invites making it 0600."""
+    assert run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))[0] == 0
+    result = cli("serve", "--port", "0", "--publisher-key", str(tmp_path / "acme.pub"), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"{tmp_path / 'acme.pub'} is a public key: signing needs the private NAME.key file")
+
+
+def test_serve_with_an_unusable_crawl_jobs_folder_stops_at_start(tmp_path: Path) -> None:
+    """It started, and every crawl job submitted then failed with a 500."""
+    (tmp_path / "a-file").write_bytes(b"x")
+    folder = tmp_path / "a-file" / "jobs"
+    result = cli("serve", "--port", "0", "--crawl-jobs-dir", str(folder), "--db", str(tmp_path / "store.db"))
+    assert_one_line_error(result, f"cannot use the crawl jobs folder {folder}: Not a directory")
+
+
+def test_keys_generate_never_overwrites_a_public_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A partner's acme.pub in the folder was replaced by the new key's (only the .key was protected)."""
+    partner = "ed25519:" + "A" * 43 + "=\n"
+    (tmp_path / "acme.pub").write_text(partner)
+    status, _, err = run(capsys, "keys", "generate", "acme", "--dir", str(tmp_path))
+    assert status == 2 and err == f"modelsieve: error: {tmp_path / 'acme.pub'} exists already; a key is never overwritten\n"
+    assert (tmp_path / "acme.pub").read_text() == partner and not (tmp_path / "acme.key").exists()
+
+
+def test_trust_add_never_swaps_a_publishers_key_unasked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `trust add NAME` with another key silently replaced the key bundles are verified with."""
+    db = ("--db", str(tmp_path / "store.db"))
+    old, new = (json.loads(run(capsys, "keys", "generate", name, "--dir", str(tmp_path), "--json")[1]) for name in ("acme", "acme-2027"))
+    assert run(capsys, "trust", "add", "acme", old["public_key_file"], "--level", "full", *db)[0] == 0
+    status, _, err = run(capsys, "trust", "add", "acme", new["public_key_file"], "--level", "full", *db)
+    assert status == 2 and f"acme is trusted with key {old['key_id']}, not {new['key_id']}: add --replace" in err
+    assert run(capsys, "trust", "add", "acme", old["public_key_file"], "--level", "review", *db)[0] == 0, "the same key: a level change"
+    assert run(capsys, "trust", "add", "acme", new["public_key_file"], "--level", "full", "--replace", *db)[0] == 0
+    [trusted] = [json.loads(line) for line in run(capsys, "trust", "list", "--json", *db)[1].splitlines()]
+    assert (trusted["key_id"], trusted["level"]) == (new["key_id"], "full")
+
+
+def test_a_crawl_whose_output_was_deleted_points_to_the_way_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Deleting recs.jsonl to start again met 'add --resume' and then 'cannot be resumed', and nothing else."""
+    db = ("--db", str(tmp_path / "store.db"))
+    assert run(capsys, "list", "create", "reports", *db)[0] == 0
+    urls = tmp_path / "links.txt"
+    urls.write_text("# nothing to fetch yet\n")
+    out = tmp_path / "recs.jsonl"
+    assert run(capsys, "crawl", str(urls), "--out", str(out), *db)[0] == 0
+    out.unlink()
+    for resume in ((), ("--resume",)):
+        status, _, err = run(capsys, "crawl", str(urls), "--out", str(out), *resume, *db)
+        assert status == 2 and err.rstrip().endswith("choose another --out") and "add --resume" not in err
+
+
+def test_a_walk_skips_a_fifo_instead_of_waiting_on_it(lora: Path, tmp_path: Path) -> None:
+    """`hash downloads/` with a FIFO named *.safetensors among the models blocked for ever."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    os.mkfifo(folder / "a.safetensors")
+    (folder / "b.safetensors").write_bytes(lora.read_bytes())
+    result = subprocess.run([*MODELSIEVE, "hash", "--json", str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(folder / "b.safetensors")]
+    assert result.stderr == f"modelsieve: {folder / 'a.safetensors'}: not a regular file, skipped\n"
+
+
+def test_a_broken_saved_fingerprint_is_named_in_the_error(lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """'not a modelsieve fingerprint (bad magic)' did not say which of compare's two inputs it was."""
+    broken = tmp_path / "listed.msfp"
+    broken.write_bytes(b"MSFP-not-really")
+    status, _, err = run(capsys, "compare", str(lora), str(broken), "--db", str(tmp_path / "store.db"))
+    assert status == 2 and err.startswith(f"modelsieve: error: {broken}: ") and len(err.splitlines()) == 1

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, expand_models, print_json_line, progress, report_failure
-from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
+from modelsieve.api.cli.fuzzy_inputs import SAME_BASE_DISTANCE, add_key_option, change_from_base, fingerprint_key, load_fingerprint
 from modelsieve.fingerprint.calibration import Cohort
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.fingerprint.fuzzy import FingerprintKey
+from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey
 from modelsieve.hashlists.bundles import export_background
 from modelsieve.hashlists.db import DB_ENV, default_db_path
 from modelsieve.hashlists.signing import load_private_key
@@ -80,7 +80,7 @@ def run_add(args: argparse.Namespace) -> int:
         fingerprints, sources, status = [], [], 0
         for path in progress(paths, total=len(paths), unit=" models", enabled=not args.json):
             try:
-                fingerprints.append(load_fingerprint(path, key, bases, require_base=True))
+                fingerprints.append(_member(path, key, bases, args.base))
                 sources.append(path.name)
             except ModelsieveError as exc:
                 report_failure(path, exc)
@@ -94,6 +94,21 @@ def run_add(args: argparse.Namespace) -> int:
         print(f"added {len(added)} background models to base {args.base!r} ({len(fingerprints) - len(added)} already there); "
               f"its cohort now has {total}")
     return status
+
+
+def _member(path: Path, key: FingerprintKey, bases: list[BaseModel], base: str) -> Fingerprint:
+    """A background member's delta fingerprint; refused when it is not a change to `base`: taken
+    against another base, or the base itself (a zero change would narrow the cohort's null and
+    make every estimate more confident than the cohort supports)."""
+    fingerprint = load_fingerprint(path, key, bases, require_base=True)
+    if fingerprint.kind == "lora":
+        return fingerprint
+    if fingerprint.base != base:
+        raise ModelsieveError(f"it is a change to base {fingerprint.base!r}, not {base!r}")
+    change = change_from_base(fingerprint, next(b for b in bases if b.name == base))
+    if change <= SAME_BASE_DISTANCE:
+        raise ModelsieveError(f"it is base {base!r} itself (relative change {change:.1e}), not a fine-tune of it")
+    return fingerprint
 
 
 def run_list(args: argparse.Namespace) -> int:

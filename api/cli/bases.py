@@ -9,7 +9,7 @@ from typing import Any
 
 from modelsieve.api.cli import background
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
-from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
+from modelsieve.api.cli.fuzzy_inputs import SAME_BASE_DISTANCE, add_key_option, fingerprint_key, load_fingerprint
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import nearest_base
 from modelsieve.hashlists.store import open_store
@@ -43,11 +43,6 @@ def register(subparsers: Any) -> None:
         add_json_flag(sub)
         sub.set_defaults(handler=handler)
     background.register_actions(actions)
-
-
-# A registered base at most this far (relative sketch distance) is the same weights again: an fp16
-# re-save measures ~2e-4, the smallest fine-tunes (0.1 % of the weights) ~1e-3.
-SAME_BASE_DISTANCE = 5e-4
 
 
 def run_add(args: argparse.Namespace) -> int:

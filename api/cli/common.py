@@ -81,7 +81,8 @@ def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] | None = Non
     files' suffixes; sorted) and glob patterns.
 
     A pattern that matches nothing raises ModelsieveError: a typo must not pass as "no match";
-    a folder without model files is noted on stderr (the exit status stays as it is).
+    a folder without model files, and what a walk skips (FIFOs, sockets), are noted on stderr
+    (the exit status stays as it is).
     """
     if suffixes is None:
         from modelsieve.fingerprint.readers import MODEL_SUFFIXES  # numpy: only for the commands that read models
@@ -93,9 +94,14 @@ def expand_paths(patterns: Iterable[str], suffixes: tuple[str, ...] | None = Non
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 for name in sorted(files):
-                    if name.lower().endswith(suffixes):
-                        found = True
-                        yield Path(root) / name
+                    if not name.lower().endswith(suffixes):
+                        continue
+                    found = True
+                    file = Path(root) / name
+                    if file.exists() and not file.is_file():  # a FIFO (reading it would wait for ever) or socket
+                        print(f"modelsieve: {file}: not a regular file, skipped", file=sys.stderr)
+                    else:  # a dangling link too: reading it fails, reported by the command
+                        yield file
             if not found:
                 _note_no_models(path, suffixes)
         else:

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     def duplicate(target: CrawlTarget) -> None:
         problems["duplicate"] += 1
 
-    with open_store(args.db) as store:
+    with open_store(args.db, existing=True) as store:
         job = CrawlJob.open(
             store,
             args.out,

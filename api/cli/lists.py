@@ -403,7 +403,7 @@ def _describe(entry: Entry, *, notes: bool) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with open_store(args.db) as store:
+    with open_store(args.db, existing=True) as store:
         if args.entry:
             entries: Iterable[Entry] = [store.get_entry(args.entry)]
         elif args.list:
@@ -481,7 +481,7 @@ def _register_stats(actions: Any) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    with open_store(args.db) as store:
+    with open_store(args.db, existing=True) as store:
         if args.list:
             store.get_list(args.list)
         counts = store.counts(args.list)

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     paths = list(expand_paths(args.paths))
     status = 0
     key = load_key(args.fingerprint_key)
-    with open_store(args.db) as store:
+    with open_store(args.db, existing=True) as store:
         matcher = Matcher.for_store(store, key)
         for subject, lookup in [(u, matcher.match_url_result) for u in args.url] + [
             (str(p), matcher.match_path) for p in progress(paths, total=len(paths), unit=" files", enabled=not args.json)

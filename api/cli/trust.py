@@ -8,7 +8,7 @@ from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.hashlists.signing import KeyFileError
+from modelsieve.hashlists.signing import KeyFileError, key_id, parse_public_key
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import TRUST_LEVELS, trust_publisher
 
@@ -17,6 +17,7 @@ examples:
   modelsieve trust add hotline-x ed25519:3q2+7w... --level full
   modelsieve trust add partner-hub partner-hub.pub --level review
   modelsieve trust add old-partner old-partner.pub --level none     # refuse its bundles from now on
+  modelsieve trust add partner-hub partner-hub-2027.pub --level review --replace   # a new key
   modelsieve trust list --json
 """
 
@@ -36,6 +37,9 @@ def register(subparsers: Any) -> None:
     add.add_argument("name", help="the publisher's name, as its bundles state it")
     add.add_argument("public_key", metavar="PUBKEY", help="'ed25519:BASE64' or a .pub file holding it")
     add.add_argument("--level", choices=TRUST_LEVELS, required=True)
+    add.add_argument("--replace", action="store_true",
+                     help="trust this key instead of the publisher's current one (a key rotation: bundles signed "
+                     "with the old key are refused from then on)")
     add_db_option(add)
     add_json_flag(add)
     add.set_defaults(handler=run_add)
@@ -51,11 +55,18 @@ def run_add(args: argparse.Namespace) -> int:
         if not Path(text).is_file():
             raise ModelsieveError(f"{text}: no such file (PUBKEY is a .pub file or 'ed25519:BASE64...')")
         text = Path(text).read_text(encoding="utf-8", errors="replace")[:200]
+    try:
+        key = key_id(parse_public_key(text))
+    except KeyFileError as exc:
+        raise KeyFileError(f"{args.public_key}: {exc}") from None
     with open_store(args.db) as store:
-        try:
-            trusted = trust_publisher(store, args.name, text, args.level)
-        except KeyFileError as exc:
-            raise KeyFileError(f"{args.public_key}: {exc}") from None
+        current = store.trusted_key(args.name)
+        if current is not None and current.key_id != key and not args.replace:
+            raise ModelsieveError(
+                f"{args.name} is trusted with key {current.key_id}, not {key}: add --replace to trust the new key "
+                "instead (only after checking it with the publisher)"
+            )
+        trusted = trust_publisher(store, args.name, text, args.level)
     if args.json:
         print_json_line(trusted.__dict__)
     else:

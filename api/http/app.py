@@ -46,6 +46,7 @@ from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.policy import PolicyConfig
+from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists.db import DB_ENV, default_db_path, user_data_dir
 from modelsieve.hashlists.matcher import Matcher
@@ -115,9 +116,10 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
     index = app[MATCH_INDEX]
     app[READINESS_CHECKS]["index"] = lambda app: index.status
 
+    key = load_key(app[CONFIG].fingerprint_key_path)  # a wrong key file stops the start-up with one line
+
     async def load() -> None:
         try:
-            key = load_key(app[CONFIG].fingerprint_key_path)
             index.matcher = await off_loop(app, Matcher.for_store, app[STORE], key, refresh_interval=math.inf)
             index.status = "ok"
         except Exception as exc:
@@ -155,7 +157,13 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
     """Take crawl jobs from the store and run them in this process once the match index is loaded;
     on shutdown, running jobs are stopped and their leases given back (they resume elsewhere)."""
     config = app[CONFIG]
-    jobs = CrawlJobs(app[STORE], crawl_jobs_dir(config))
+    folder = crawl_jobs_dir(config)
+    if config.crawl_jobs_dir:  # a folder the operator named: a wrong one stops the start-up, not each job submitted
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelsieveError(f"cannot use the crawl jobs folder {folder}: {exc.strerror}") from None
+    jobs = CrawlJobs(app[STORE], folder)
     app[CRAWL_JOBS] = jobs
     index = app[MATCH_INDEX]
 
