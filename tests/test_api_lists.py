@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from modelsieve.hashlists.curation import retract
+from modelsieve.hashlists.bundles import export_opinions
+from modelsieve.hashlists.curation import dispute, retract
 from modelsieve.hashlists.model import NewEntry
-from modelsieve.hashlists.signing import generate_key_files
+from modelsieve.hashlists.signing import generate_key_files, load_private_key
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.trust import trust_publisher
 from tests.api_support import Api, ready, start_api
@@ -151,3 +152,20 @@ async def test_a_retracted_entry_cannot_be_disputed(platforms: tuple[Api, Api, d
         retract(store, ids["other"])
     response = await a.client.post(f"/v1/entries/{ids['other']}/opinion", json={"opinion": "dispute"}, headers=a.as_("lists:write"))
     assert response.status == 409 and "retracted" in (await response.json())["error"]
+
+
+async def test_an_opinions_bundle_sent_to_a_lists_route_is_refused_with_the_command_that_takes_it(
+    platforms: tuple[Api, Api, dict[str, str]], tmp_path: Path
+) -> None:
+    """An opinions bundle belongs to no list (its manifest's list is null): the route used to answer
+    "the bundle is for list None", which sends the sender looking for a list."""
+    a, b, ids = platforms
+    await import_into(b, await export(a))
+    generate_key_files(tmp_path / "b.key", tmp_path / "b.pub")
+    with SQLiteStore(tmp_path / "b.db") as store:
+        dispute(store, ids["listed"], reason="our own model, a false positive", by="platform-b")
+        export_opinions(store, "platform-a", load_private_key(tmp_path / "b.key"), tmp_path / "opinions.jsonl", as_name="platform-b")
+    response = await a.client.post("/v1/lists/main/bundle", data=(tmp_path / "opinions.jsonl").read_bytes(), headers=a.as_("lists:write"))
+    error = (await response.json())["error"]
+    assert response.status == 400 and "bundle of opinions" in error and "modelsieve list import" in error
+    assert (await lookup(a, LISTED))["matches"][0]["status"] == "active", "nothing applied"

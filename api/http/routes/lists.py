@@ -72,6 +72,8 @@ async def import_bundle_route(call: Call) -> web.Response:
     """Verify a signed bundle of this list and apply it in one transaction."""
     body = await read_body(call.request, call.app[CONFIG].bundle_body_limit)
     manifest = Manifest.from_line(body.split(b"\n", 1)[0][:MAX_HEADER_LINE])
+    if manifest.type != "entries":  # opinions and background cohorts belong to no list: `modelsieve list import` takes them
+        raise api_error(400, f"body: this route takes a list's entries bundle, not a bundle of {manifest.type} (import that with `modelsieve list import`)")
     if manifest.list != call.path["list"]:
         raise api_error(400, f"body: the bundle is for list {manifest.list!r}, not {call.path['list']!r}")
     descriptor, name = tempfile.mkstemp(prefix="modelsieve-bundle-", suffix=".jsonl")
