@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from modelsieve.fingerprint.errors import ModelsieveError
 
 KEY_PREFIX = "ed25519:"
+MAX_KEY_FILE = 64 * 1024  # an Ed25519 PEM private key is 119 bytes, a public key line 53
 
 
 class KeyFileError(ModelsieveError):
@@ -74,13 +75,25 @@ def generate_key_files(private_path: Path, public_path: Path) -> Ed25519PublicKe
     return key.public_key()
 
 
+def read_key_file(path: str | os.PathLike[str], what: str) -> tuple[bytes, int]:
+    """A key file's bytes and mode: a regular file (a FIFO would be waited on for ever) of at most
+    MAX_KEY_FILE bytes (a large file named by mistake is not read whole)."""
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise KeyFileError(f"{path}: not a regular file, so not a {what}")
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{path} is over {MAX_KEY_FILE // 1024} KiB, far too large for a {what}")
+    return data, status.st_mode
+
+
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """A private key file; refused when others may read it (as ssh does)."""
-    try:
-        mode = os.stat(path).st_mode
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read the private key {path}: {exc.strerror}") from None
+    data, mode = read_key_file(path, "private key")
     if data.lstrip().startswith(KEY_PREFIX.encode()):
         raise KeyFileError(f"{path} is a public key: signing needs the private NAME.key file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -389,3 +389,23 @@ def test_a_broken_saved_fingerprint_is_named_in_the_error(lora: Path, tmp_path: 
     broken.write_bytes(b"MSFP-not-really")
     status, _, err = run(capsys, "compare", str(lora), str(broken), "--db", str(tmp_path / "store.db"))
     assert status == 2 and err.startswith(f"modelsieve: error: {broken}: ") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["trust-add", "list-export"])
+def test_key_files_that_are_fifos_or_huge_are_refused_without_reading_them(tmp_path: Path, command: str) -> None:
+    """A FIFO given as a key blocked for ever (nobody writes to it); any file was read whole."""
+    store = ["--db", str(tmp_path / "store.db")]
+    assert cli("list", "create", "main", *store).returncode == 0
+
+    def given_as_key(path: Path) -> subprocess.CompletedProcess[str]:
+        if command == "trust-add":
+            return cli("trust", "add", "acme", str(path), "--level", "full", *store)
+        return cli("list", "export", "main", "--key", str(path), "-o", str(tmp_path / "out.jsonl"), *store)
+
+    fifo, huge = tmp_path / "key.fifo", tmp_path / "huge.key"
+    os.mkfifo(fifo)
+    with open(huge, "wb") as handle:  # sparse: 2 GiB that a whole read would pull into memory
+        handle.truncate(2**31)
+    huge.chmod(0o600)
+    assert_one_line_error(given_as_key(fifo), f"{fifo}: not a regular file")
+    assert_one_line_error(given_as_key(huge), f"{huge} is over 64 KiB")

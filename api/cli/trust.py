@@ -8,7 +8,7 @@ from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.hashlists.signing import KeyFileError, key_id, parse_public_key
+from modelsieve.hashlists.signing import KeyFileError, key_id, parse_public_key, read_key_file
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import TRUST_LEVELS, trust_publisher
 
@@ -52,9 +52,9 @@ def register(subparsers: Any) -> None:
 def run_add(args: argparse.Namespace) -> int:
     text = args.public_key
     if not text.startswith("ed25519:"):
-        if not Path(text).is_file():
+        if not Path(text).exists():
             raise ModelsieveError(f"{text}: no such file (PUBKEY is a .pub file or 'ed25519:BASE64...')")
-        text = Path(text).read_text(encoding="utf-8", errors="replace")[:200]
+        text = read_key_file(text, "public key")[0].decode("utf-8", errors="replace")
     try:
         key = key_id(parse_public_key(text))
     except KeyFileError as exc:
