@@ -15,12 +15,20 @@ from modelsieve.hashlists.store import Store
 TRUST_LEVELS = ("full", "review", "none")
 
 
-def trust_publisher(store: Store, name: str, public_key: str, level: str) -> TrustedKey:
-    """Add or update a publisher's key and trust level."""
+def trust_publisher(store: Store, name: str, public_key: str, level: str, *, replace: bool = False) -> TrustedKey:
+    """Add a publisher's key, or change the trust level of the key it has. Another key for a
+    publisher already trusted is a key rotation and needs `replace`: from then on, bundles signed
+    with the old key are refused."""
     check_choice("level", level, TRUST_LEVELS)
     check_publisher_name(name)
     key = parse_public_key(public_key)
     trusted = TrustedKey(name=name, public_key=public_key_text(key), key_id=key_id(key), level=level, added=utc_now())
+    current = store.trusted_key(name)
+    if current is not None and current.key_id != trusted.key_id and not replace:
+        raise InvalidEntryError(
+            f"{name} is trusted with key {current.key_id}, not {trusted.key_id}: add --replace to trust the new key "
+            "instead (only after checking it with the publisher)"
+        )
     for other in store.trusted_keys():  # else that publisher could sign bundles in this one's name
         if other.key_id == trusted.key_id and other.name != name:
             raise InvalidEntryError(f"key {trusted.key_id} is trusted as {other.name!r} already: one key speaks for one publisher")

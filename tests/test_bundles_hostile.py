@@ -360,6 +360,20 @@ def test_one_key_cannot_be_trusted_as_two_publishers(importer: SQLiteStore, publ
     refused_without_change(importer, publisher.bundle([entry_record(1)], publisher="partner"), "unknown publisher 'partner'")
 
 
+def test_another_key_for_a_trusted_publisher_needs_replace_and_then_the_old_key_is_refused(
+    importer: SQLiteStore, publisher: Publisher, tmp_path: Path
+) -> None:
+    """The check lives in `trust_publisher`, so every caller (not only `trust add`) has it: a
+    second call with another key used to swap the key bundles are verified with, unasked."""
+    generate_key_files(tmp_path / "rotated.key", tmp_path / "rotated.pub")
+    rotated = (tmp_path / "rotated.pub").read_text()
+    with pytest.raises(InvalidEntryError, match="hotline is trusted with key .*: add --replace"):
+        trust_publisher(importer, "hotline", rotated, "full")
+    assert [k.public_key for k in importer.trusted_keys()] == [publisher.public.strip()]
+    trust_publisher(importer, "hotline", rotated, "full", replace=True)
+    refused_without_change(importer, publisher.bundle([entry_record(1)]), "signed with key")
+
+
 def test_a_key_pair_is_made_whole_or_not_at_all(tmp_path: Path) -> None:
     """A public key file that could not be written was a traceback (FileNotFoundError) that left
     the new private key behind without its public half."""

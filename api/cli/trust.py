@@ -8,7 +8,7 @@ from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.hashlists.signing import KeyFileError, key_id, parse_public_key, read_key_file
+from modelsieve.hashlists.signing import KeyFileError, parse_public_key, read_key_file
 from modelsieve.hashlists.store import open_store
 from modelsieve.hashlists.trust import TRUST_LEVELS, trust_publisher
 
@@ -56,17 +56,11 @@ def run_add(args: argparse.Namespace) -> int:
             raise ModelsieveError(f"{text}: no such file (PUBKEY is a .pub file or 'ed25519:BASE64...')")
         text = read_key_file(text, "public key")[0].decode("utf-8", errors="replace")
     try:
-        key = key_id(parse_public_key(text))
+        parse_public_key(text)
     except KeyFileError as exc:
         raise KeyFileError(f"{args.public_key}: {exc}") from None
     with open_store(args.db) as store:
-        current = store.trusted_key(args.name)
-        if current is not None and current.key_id != key and not args.replace:
-            raise ModelsieveError(
-                f"{args.name} is trusted with key {current.key_id}, not {key}: add --replace to trust the new key "
-                "instead (only after checking it with the publisher)"
-            )
-        trusted = trust_publisher(store, args.name, text, args.level)
+        trusted = trust_publisher(store, args.name, text, args.level, replace=args.replace)
     if args.json:
         print_json_line(trusted.__dict__)
     else:
