@@ -8,7 +8,7 @@ nearest sketch (a weight moves far less in fine-tuning than it differs from any 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,9 @@ from modelsieve.fingerprint.fpformat import Fingerprint
 
 MAX_BASE_DISTANCE = 0.5  # ‖S(model) − S(base)‖ / ‖S(base)‖ on shared tensors; fine-tunes sit near 0.001–0.1
 MIN_BASE_COVERAGE = 0.5  # share of the model's tensors the base must hold
+# At most this far from a base (the same relative distance) a checkpoint is that base again: an fp16
+# re-save measures ~2e-4, the smallest fine-tunes (0.1 % of the weights) ~1e-3.
+SAME_BASE_DISTANCE = 5e-4
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +102,15 @@ def explain_no_base(raw: Fingerprint, bases: Sequence[BaseModel]) -> str:
             f"tensors ({best.coverage:.0%} of the model); the limits are {MAX_BASE_DISTANCE} and {MIN_BASE_COVERAGE:.0%}")
 
 
+def change_from_base(delta_sketches: Mapping[str, np.ndarray], base: BaseModel) -> float:
+    """How far a delta moved from its base: ‖Δ‖ / ‖S(base)‖ over the tensors both hold (the relative
+    distance `nearest_base` fits bases by, and SAME_BASE_DISTANCE bounds)."""
+    names = [n for n in delta_sketches if n in base.fingerprint.sketches]
+    change = sum(float(np.sum(np.square(delta_sketches[n]))) for n in names)
+    size = sum(float(np.sum(np.square(base.fingerprint.sketches[n]))) for n in names)
+    return (change / max(size, 1e-300)) ** 0.5
+
+
 def delta(raw: Fingerprint, base: BaseModel) -> Fingerprint:
     """The delta fingerprint S(model) − S(base) over the tensors both hold."""
     raw.check_compatible(base.fingerprint)
@@ -109,9 +121,7 @@ def delta(raw: Fingerprint, base: BaseModel) -> Fingerprint:
     if not shared:
         raise FingerprintError(f"the model shares no tensors with base {base.name!r}")
     sketches = {n: resolved.sketches[n] - base.fingerprint.sketches[n] for n in shared}
-    difference = sum(float(np.sum(s * s)) for s in sketches.values())
-    size = sum(float(np.sum(base.fingerprint.sketches[n] ** 2)) for n in shared)
-    source = {**resolved.source, "base_distance": round((difference / max(size, 1e-300)) ** 0.5, 6),
+    source = {**resolved.source, "base_distance": round(change_from_base(sketches, base), 6),
               "tensors_not_in_base": len(resolved.sketches) - len(shared)}
     # a tensor identical to the base's carries no rounding noise in its delta
     noise = {n: resolved.noise[n] if np.any(sketches[n]) else 0.0 for n in shared}

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from modelsieve.fingerprint.deltas import BaseFit, BaseModel, delta, explain_no_base, nearest_base
+from modelsieve.fingerprint.deltas import SAME_BASE_DISTANCE, BaseFit, BaseModel, change_from_base, delta, explain_no_base, nearest_base
 from modelsieve.fingerprint.dtypes import DTYPES
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
 from modelsieve.fingerprint.fpformat import SCHEME_VERSION, Fingerprint, new_fingerprint
@@ -51,8 +51,8 @@ from modelsieve.fingerprint.scoring import (
 from modelsieve.fingerprint.sketch import DEFAULT_THREADS, rounding_error, sketch_tensors, view_shape
 
 __all__ = [
-    "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "RESIDUAL_THRESHOLD", "SCHEME_VERSION",
-    "Background", "BaseFit", "BaseModel",
+    "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "RESIDUAL_THRESHOLD", "SAME_BASE_DISTANCE", "SCHEME_VERSION",
+    "Background", "BaseFit", "BaseModel", "change_from_base",
     "Comparison", "Fingerprint", "FingerprintError", "FingerprintKey", "FingerprintMismatchError", "GroupScore", "background_directions",
     "compare", "fingerprint_model", "fingerprint_tensors", "hamming_distances", "index_vectors", "load_key",
     "lsh_keys", "nearest_base", "parse_key", "select_tensors", "sign_code", "sign_codes", "tensor_weights",

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, expand_models, print_json_line, progress, report_failure
-from modelsieve.api.cli.fuzzy_inputs import SAME_BASE_DISTANCE, add_key_option, change_from_base, fingerprint_key, load_fingerprint
+from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
 from modelsieve.fingerprint.calibration import Cohort
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey
+from modelsieve.fingerprint.fuzzy import SAME_BASE_DISTANCE, BaseModel, Fingerprint, FingerprintKey, change_from_base
 from modelsieve.hashlists.bundles import export_background
 from modelsieve.hashlists.db import DB_ENV, default_db_path
 from modelsieve.hashlists.signing import load_private_key
@@ -105,7 +105,7 @@ def _member(path: Path, key: FingerprintKey, bases: list[BaseModel], base: str) 
         return fingerprint
     if fingerprint.base != base:
         raise ModelsieveError(f"it is a change to base {fingerprint.base!r}, not {base!r}")
-    change = change_from_base(fingerprint, next(b for b in bases if b.name == base))
+    change = change_from_base(fingerprint.sketches, next(b for b in bases if b.name == base))
     if change <= SAME_BASE_DISTANCE:
         raise ModelsieveError(f"it is base {base!r} itself (relative change {change:.1e}), not a fine-tune of it")
     return fingerprint

@@ -9,9 +9,9 @@ from typing import Any
 
 from modelsieve.api.cli import background
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
-from modelsieve.api.cli.fuzzy_inputs import SAME_BASE_DISTANCE, add_key_option, fingerprint_key, load_fingerprint
+from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
 from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.fingerprint.fuzzy import nearest_base
+from modelsieve.fingerprint.fuzzy import SAME_BASE_DISTANCE, nearest_base
 from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\

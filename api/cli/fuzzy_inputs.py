@@ -8,8 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from modelsieve.fingerprint.errors import FingerprintError, ModelsieveError
 from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey, fingerprint_model, load_key
 from modelsieve.fingerprint.readers import open_model
@@ -17,9 +15,6 @@ from modelsieve.hashlists.db import DB_ENV, default_db_path
 from modelsieve.hashlists.store import open_store
 
 FINGERPRINT_SUFFIX = ".msfp"
-# A checkpoint at most this far from a base (relative sketch distance, ‖Δ‖ / ‖S(base)‖) is that base
-# again: an fp16 re-save measures ~2e-4, the smallest fine-tunes (0.1 % of the weights) ~1e-3.
-SAME_BASE_DISTANCE = 5e-4
 _MAX_SAVED_FINGERPRINT = 64 << 20
 
 
@@ -90,10 +85,3 @@ def load_fingerprint(path: str | os.PathLike[str], key: FingerprintKey, bases: l
         return fingerprint_model(reader, key, bases, require_base=require_base)
 
 
-def change_from_base(delta: Fingerprint, base: BaseModel) -> float:
-    """How far a checkpoint's delta fingerprint moved from its base, relative to the base's own
-    sketches on the same tensors (the distance `bases add` and the base fit use)."""
-    names = [n for n in delta.sketches if n in base.fingerprint.sketches]
-    change = sum(float(np.sum(np.square(delta.sketches[n]))) for n in names)
-    size = sum(float(np.sum(np.square(base.fingerprint.sketches[n]))) for n in names)
-    return (change / max(size, 1e-300)) ** 0.5
