@@ -53,7 +53,7 @@ import numpy as np
 
 from modelsieve.fingerprint.errors import FingerprintError, FingerprintMismatchError
 from modelsieve.fingerprint.fpformat import Fingerprint
-from modelsieve.fingerprint.scoring import NOISE_FLOOR, Background, Comparison, PairStatistics, compare, pair_statistics
+from modelsieve.fingerprint.scoring import CHANGED, NOISE_FLOOR, Background, Comparison, PairStatistics, compare, pair_statistics
 
 DEFAULT_COMPONENTS = 3  # principal benign directions projected out of each tensor (README "Calibration": 3 beat 2 on real fine-tunes)
 NORMALISE_SIDES = ("query", "both")  # z-score against the query's cohort scores (default), or s-norm's both sides
@@ -393,6 +393,17 @@ class CohortNull:
     def threshold(self, rate: float) -> float:
         """The normalised score whose estimated false-match rate is `rate` (the larger of the two)."""
         return max(self.all_pairs.threshold(rate), self.nearest.threshold(rate))
+
+
+def check_background_member(member: Fingerprint) -> None:
+    """Refuse, for a cohort, a delta whose energy is no more than CHANGED × its expected rounding
+    noise: the base itself or a re-save of it (an fp16 re-save measures ≈ 1×; the lightest synthetic
+    fine-tune far above). Such a member narrows the cohort's null, which makes every estimate more
+    confident than the cohort supports. Checked when members are added (by the CLI or from a
+    partner's bundle), not when a stored cohort is loaded."""
+    energy = sum(float(np.sum(np.square(sketch))) for sketch in member.sketches.values())
+    if not energy > CHANGED * sum(member.noise.values()):
+        raise FingerprintError("a background model must change its base: this one changes nothing beyond rounding noise (the base itself, or a re-save of it)")
 
 
 class Cohort:

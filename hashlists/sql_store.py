@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelsieve.fingerprint.calibration import Cohort
+from modelsieve.fingerprint.calibration import Cohort, check_background_member
 from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
@@ -699,6 +699,8 @@ class SQLStore(Store):
             existing = self._query("SELECT fingerprint FROM fuzzy_background WHERE base = ? LIMIT 1", (base,))
             known = [Fingerprint.from_bytes(bytes(existing[0]["fingerprint"]))] if existing else []
             Cohort(base, [*known, *fps])  # validates deltas, base and one key for every member
+            for fp in fps:
+                check_background_member(fp)
             for fp, source in zip(fps, labels, strict=True):
                 blob = fp.to_bytes()
                 info = BackgroundInfo(hashlib.sha256(blob).hexdigest(), base, fp.kind, fp.key_id, len(fp.sketches),

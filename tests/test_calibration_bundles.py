@@ -19,7 +19,7 @@ from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.signing import generate_key_files, load_private_key
 from modelsieve.hashlists.store import Store, open_store
 from modelsieve.hashlists.trust import trust_publisher
-from tests.calibration_fixtures import BASE, COHORT_SEEDS, KEY, base, tuned
+from tests.calibration_fixtures import BASE, COHORT_SEEDS, KEY, base, family, fp, tuned
 from tests.store_backends import StoreLocations
 
 
@@ -84,6 +84,15 @@ def _signed(exchange: Exchange, records: list[dict[str, object]]) -> Path:
               "notes_included": False, "schemes": {"background": 1}}
     _write_bundle(exchange.bundle, load_private_key(exchange.key_file), header, iter(records))
     return exchange.bundle
+
+
+def test_a_signed_cohort_holding_the_base_itself_is_refused_as_a_whole(exchange: Exchange) -> None:
+    """A partner's cohort with the base as a zero-change member would narrow this store's null."""
+    good = {"type": "background", "base": BASE, "source": "ok", "fingerprint": base64.b64encode(tuned(100).to_bytes()).decode()}
+    itself = {**good, "source": "the base", "fingerprint": base64.b64encode(fp(family().checkpoint(family().base)).to_bytes()).decode()}
+    with pytest.raises(BundleError, match="changes nothing beyond rounding noise"):
+        import_bundle(exchange.importer, _signed(exchange, [good, itself]))
+    assert exchange.importer.list_background() == []
 
 
 def test_a_signed_cohort_of_a_raw_fingerprint_is_refused_as_a_whole(exchange: Exchange) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from modelsieve.fingerprint.calibration import calibrate
@@ -9,7 +10,7 @@ from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import BaseModel, FingerprintKey, fingerprint_tensors
 from modelsieve.hashlists.store import Store, open_store
 from tests.store_backends import StoreLocations
-from tests.calibration_fixtures import BASE, COHORT_SEEDS, KEY, SIZE, base, cohorts, family, tuned
+from tests.calibration_fixtures import BASE, COHORT_SEEDS, KEY, SIZE, base, cohorts, family, fp, tuned
 
 
 def test_a_stored_cohort_calibrates_exactly_like_the_in_memory_one(store_locations: StoreLocations) -> None:
@@ -53,3 +54,16 @@ def test_raw_fingerprints_other_bases_and_other_keys_are_refused(store: Store) -
     with pytest.raises(ModelsieveError, match="key"):
         store.add_background(BASE, [stranger])
     assert len(store.list_background()) == 1
+
+
+def test_members_that_change_nothing_are_refused_whoever_adds_them(store: Store) -> None:
+    """The base itself, or its fp16 re-save, as a "fine-tune": no tensor of its delta exceeds rounding
+    noise. The CLI refused it by its distance to the base; the store now refuses it for every caller
+    (a partner's background bundle too), and the other members of the call are not added either."""
+    tensors = family().checkpoint(family().base)
+    itself, resaved = fp(tensors), fp({name: array.astype(np.float16) for name, array in tensors.items()})
+    for member in (itself, resaved):
+        with pytest.raises(ModelsieveError, match="changes nothing beyond rounding noise"):
+            store.add_background(BASE, [tuned(100), member])
+    assert store.list_background() == []
+    store.add_background(BASE, [tuned(100)])  # the lightest synthetic fine-tune is a change
