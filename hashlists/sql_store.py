@@ -20,7 +20,7 @@ from typing import Any
 
 from modelsieve.fingerprint.calibration import Cohort, check_background_member
 from modelsieve.fingerprint.errors import FingerprintError
-from modelsieve.fingerprint.fuzzy import BaseModel, Fingerprint, FingerprintKey
+from modelsieve.fingerprint.fuzzy import SAME_BASE_DISTANCE, BaseModel, Fingerprint, FingerprintKey, nearest_base
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError, SchemaError
 from modelsieve.hashlists.fuzzy_index import decode_codes, stored_codes
 from modelsieve.hashlists.model import (
@@ -664,6 +664,13 @@ class SQLStore(Store):
                 if not replace:
                     raise InvalidEntryError(f"a base named {name!r} is already registered (use --replace to overwrite it)")
                 self._execute("DELETE FROM fuzzy_bases WHERE name = ?", (name,))
+            others = [base for base in self._bases(fingerprint.key_id, fingerprint.key_check) if base.name != name]
+            same = nearest_base(fingerprint, others)
+            if same is not None and same.distance <= SAME_BASE_DISTANCE:
+                raise InvalidEntryError(
+                    f"it is base {same.base.name!r} again (relative distance {same.distance:.1e}); one model registered under "
+                    f"two names splits its fingerprints between them: keep {same.base.name!r} (or remove it first)"
+                )
             self._execute(
                 f"INSERT INTO fuzzy_bases ({_BASE_COLUMNS}, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (*dataclasses.astuple(info), fingerprint.to_bytes()),
@@ -679,9 +686,10 @@ class SQLStore(Store):
                 raise NotFoundError(f"no base named {name!r} is registered")
 
     def bases(self, key: FingerprintKey) -> list[BaseModel]:
-        rows = self._query(
-            "SELECT name, fingerprint FROM fuzzy_bases WHERE key_id = ? AND key_check = ? ORDER BY name", (key.key_id, key.check)
-        )
+        return self._bases(key.key_id, key.check)
+
+    def _bases(self, key_id: str, key_check: str) -> list[BaseModel]:
+        rows = self._query("SELECT name, fingerprint FROM fuzzy_bases WHERE key_id = ? AND key_check = ? ORDER BY name", (key_id, key_check))
         return [BaseModel(row["name"], Fingerprint.from_bytes(bytes(row["fingerprint"]))) for row in rows]
 
     def add_background(

@@ -199,8 +199,9 @@ class Store(abc.ABC):
     # -- reference models: registered bases and their benign background cohorts ---------------
     @abc.abstractmethod
     def add_base(self, name: str, fingerprint: Fingerprint, *, source: str = "", replace: bool = False) -> BaseInfo:
-        """Register a raw checkpoint fingerprint as base `name` (refuses deltas, LoRAs and, without
-        `replace`, a name already taken)."""
+        """Register a raw checkpoint fingerprint as base `name`. Refuses deltas, LoRAs, the weights
+        of another registered base again (within SAME_BASE_DISTANCE: one model under two names
+        splits its fingerprints between them) and, without `replace`, a name already taken."""
 
     @abc.abstractmethod
     def list_bases(self) -> list[BaseInfo]:

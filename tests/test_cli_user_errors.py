@@ -253,7 +253,7 @@ def test_a_base_registered_again_under_another_name_is_refused(tmp_path: Path, c
     db = ("--db", str(tmp_path / "store.db"))
     assert run(capsys, "bases", "add", str(tmp_path / "base.safetensors"), "--name", "sd15", *db)[0] == 0
     status, _, err = run(capsys, "bases", "add", str(tmp_path / "base-fp16.safetensors"), "--name", "0sd15", *db)
-    assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / 'base-fp16.safetensors'} is base 'sd15' again")
+    assert status == 2 and err.startswith(f"modelsieve: error: {tmp_path / 'base-fp16.safetensors'}: it is base 'sd15' again")
     assert run(capsys, "bases", "add", str(tmp_path / "base-fp16.safetensors"), "--name", "sd15", "--replace", *db)[0] == 0
     assert run(capsys, "bases", "add", str(tmp_path / "tune.safetensors"), "--name", "tune", *db)[0] == 0, "a fine-tune may be a base"
     assert [line.split()[0] for line in run(capsys, "bases", "list", *db)[1].splitlines()] == ["sd15", "tune"]

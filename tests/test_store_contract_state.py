@@ -31,6 +31,8 @@ def test_bases_are_added_listed_loaded_per_key_and_removed(store_locations: Stor
         with pytest.raises(ModelsieveError, match="1-256"):
             store.add_base(" ", fingerprint)
         assert store.add_base(BASE, fingerprint, source="again", replace=True).source == "again"
+        with pytest.raises(ModelsieveError, match=f"it is base '{BASE}' again"):  # one model under two names
+            store.add_base("sd15-copy", fingerprint)
     with open_store(location) as store:  # persisted, read back by another connection
         assert [b.name for b in store.list_bases()] == [BASE]
         (loaded,) = store.bases(KEY)

@@ -10,8 +10,7 @@ from typing import Any
 from modelsieve.api.cli import background
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
 from modelsieve.api.cli.fuzzy_inputs import add_key_option, fingerprint_key, load_fingerprint
-from modelsieve.fingerprint.errors import ModelsieveError
-from modelsieve.fingerprint.fuzzy import SAME_BASE_DISTANCE, nearest_base
+from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
@@ -46,19 +45,12 @@ def register(subparsers: Any) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    """Register a base, refusing one that is a registered base again under another name: a
-    checkpoint's delta would be taken against either, and entries fingerprinted against the
-    other name would stop matching its near-copies."""
-    key = fingerprint_key(args)
-    fingerprint = load_fingerprint(args.path, key, [])
+    fingerprint = load_fingerprint(args.path, fingerprint_key(args), [])
     with open_store(args.db) as store:
-        same = nearest_base(fingerprint, [base for base in store.bases(key) if base.name != args.name])
-        if same is not None and same.distance <= SAME_BASE_DISTANCE:
-            raise ModelsieveError(
-                f"{args.path} is base {same.base.name!r} again (relative distance {same.distance:.1e}); one model registered "
-                f"under two names splits its fingerprints between them: keep {same.base.name!r} (or remove it first)"
-            )
-        info = store.add_base(args.name, fingerprint, source=Path(args.path).name, replace=args.replace)
+        try:
+            info = store.add_base(args.name, fingerprint, source=Path(args.path).name, replace=args.replace)
+        except InvalidEntryError as exc:
+            raise InvalidEntryError(f"{args.path}: {exc}") from None
     if args.json:
         print_json_line(dataclasses.asdict(info))
     else:
