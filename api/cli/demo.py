@@ -81,9 +81,10 @@ def _check_demo_made(folder: Path) -> None:
     """An earlier demo run's zoo holds only .safetensors files and its store only the demo list;
     anything else there (e.g. --output pointed at the real store's folder) is not replaced."""
     zoo, db = folder / "zoo", folder / "modelsieve.db"
-    foreign = sorted(p.name for p in zoo.iterdir() if not (p.is_file() and p.suffix == ".safetensors")) if zoo.is_dir() else []
-    if zoo.exists() and not zoo.is_dir():
-        foreign = [zoo.name]
+    if zoo.is_dir():
+        foreign = sorted(p.name for p in zoo.iterdir() if not (p.is_file() and p.suffix == ".safetensors"))
+    else:
+        foreign = [zoo.name] if zoo.exists() else []
     if foreign:
         raise ModelsieveError(f"{zoo} holds files the demo did not make ({', '.join(foreign[:3])}): choose another --output")
     if db.exists():
