@@ -2,7 +2,8 @@
 
 Each command lives in its own module here and exposes `register(subparsers)`, which adds its
 parser and sets `handler` to a function `(args) -> int` returning the exit status.
-Exit statuses: 0 done; 1 done, but some inputs failed (each reported on stderr); 2 error.
+Exit statuses: 0 done; 1 done, but some inputs failed (each reported on stderr); 2 error;
+130 interrupted (Ctrl-C); 143 stopped by SIGTERM, which unwinds as Ctrl-C does.
 
 Only the chosen command's modules are imported (numpy, aiohttp and the rest cost most of a
 second): the top-level parser knows every command from `COMMANDS` alone.
@@ -11,9 +12,12 @@ second): the top-level parser knows every command from `COMMANDS` alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Collection, Sequence
+import threading
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from modelsieve.fingerprint.errors import ModelsieveError
@@ -64,7 +68,8 @@ match. Model files are hostile input: nothing in them is ever executed.
 """
 
 EPILOG = """\
-exit status: 0 done; 1 done, but some inputs failed (reported on stderr); 2 error.
+exit status: 0 done; 1 done, but some inputs failed (reported on stderr); 2 error;
+130 interrupted (Ctrl-C); 143 stopped by SIGTERM (cleaned up as after Ctrl-C).
 Run `modelsieve COMMAND --help` for each command's options and examples.
 """
 
@@ -113,23 +118,50 @@ def requested_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it unwinds exactly as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM (a scheduler or `kill` stopping the job) unwinds it like
+    Ctrl-C: temp files removed, transactions rolled back, a crawl's finished lines kept. Without
+    it, SIGTERM ended the process on the spot. The previous handler is restored afterwards (the
+    command may run inside a longer-lived process); `serve` installs its own while it runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; expected failures become a one-line `modelsieve: error: ...` and status 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = requested_command(argv)
     args = build_parser(() if command is None else (command,)).parse_args(argv)
     try:
-        return int(args.handler(args))
+        with _sigterm_unwinds():
+            return int(args.handler(args))
     except ModelsieveError as exc:
         print(f"modelsieve: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("modelsieve: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("modelsieve: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         sys.stderr.close()  # a closed pipe (e.g. `| head`) is not an error worth a traceback
         return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
