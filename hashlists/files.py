@@ -31,6 +31,6 @@ def examine_file(
     try:
         with open_model(path) as reader:
             fingerprint = fingerprint_model(reader, key, bases)
-    except ModelsieveError as exc:
-        return FileEvidence(str(path), digests, None, f"not fingerprinted: {exc}")
+    except ModelsieveError as exc:  # the reason, without the path the reader's message starts with
+        return FileEvidence(str(path), digests, None, f"not fingerprinted: {str(exc).removeprefix(f'{path}: ')}")
     return FileEvidence(str(path), digests, fingerprint)

@@ -46,6 +46,17 @@ def test_add_hash_only_entries_urls_and_domains(db: str, capsys: pytest.CaptureF
     ]
 
 
+def test_a_file_that_cannot_be_fingerprinted_is_listed_by_its_digests_with_one_plain_note(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"junk\n")
+    status, out, err = run(capsys, "list", "add", "reports", str(path), "--db", db, "--json")
+    [entry] = json_lines(out)
+    assert status == 0 and entry["result"] == "added" and entry["fingerprint_bytes"] == 0 and entry["digests"]["sha256"]
+    assert err == f"modelsieve: {path}: added by its digests only, not fingerprinted: truncated safetensors file: 5 bytes, need at least 8\n"
+
+
 def test_notes_are_shown_only_when_asked(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "list", "add", "reports", "--sha256", SHA, "--note", "victim name", "--db", db)
     _, out, _ = run(capsys, "list", "show", "reports", "--db", db)

@@ -147,8 +147,8 @@ def _new_entries(args: argparse.Namespace, store: Store) -> list[NewEntry]:
     bases = store.bases(key)
     for path in expand_paths(args.paths):
         evidence = examine_file(path, key, bases)
-        if evidence.problem:
-            report_failure(path, InvalidEntryError(evidence.problem))
+        if evidence.problem:  # still listed, by its digests: say so, it is not a failure
+            print(f"modelsieve: {path}: added by its digests only, {evidence.problem}", file=sys.stderr)
         kind = evidence.fingerprint.kind if evidence.fingerprint else args.kind
         fingerprint = evidence.fingerprint.to_bytes() if evidence.fingerprint else None
         entries.append(
