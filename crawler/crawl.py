@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +71,10 @@ class CrawlConfig:
     tensor_concurrency: int = 8  # checks reading and fingerprinting tensors at once (each holds ≤ 5 % of a file)
 
 
+class _Decided(Exception):
+    """A URL the check was about to request is listed strongly enough to act on: nothing more is read."""
+
+
 @dataclass
 class _Findings:
     """What one check has learnt so far (mutable while the check runs)."""
@@ -105,6 +109,8 @@ class Crawler:
         try:
             async with asyncio.timeout(self.config.check_timeout):
                 await self._examine(target, findings)
+        except _Decided:
+            pass
         except ModelsieveError as exc:
             return self._recommend(target, findings, started_at, error=str(exc))
         except TimeoutError:
@@ -150,6 +156,7 @@ class Crawler:
         findings.matches += self.lookup.match_url(target.url)
         if self._settled(findings, "url"):
             return
+        findings.transcript.before_request = self._url_vetter(target, findings)
         provider = provider_for(url, self.config.providers)
         findings.published = await provider.published(url, self.fetcher, findings.transcript)
         if findings.published.digests:
@@ -180,6 +187,24 @@ class Crawler:
             found += await asyncio.to_thread(self.lookup.match_tensors, content.header, content.arrays)
         findings.matches += found
         findings.basis = "content" if found else findings.basis
+
+    def _url_vetter(self, target: CrawlTarget, findings: _Findings) -> Callable[[URL], None]:
+        """Matches every other URL the check requests (a redirect hop, a hub's download link) against
+        the listed URLs and domains before it is requested; stops the check when that settles it."""
+        seen = {target.url}
+
+        def vet(url: URL) -> None:
+            text = str(url)
+            if text in seen:
+                return
+            seen.add(text)
+            found = self.lookup.match_url(text)
+            if found:
+                findings.matches += found
+                if self._settled(findings, "url"):
+                    raise _Decided
+
+        return vet
 
     def _settled(self, findings: _Findings, basis: str) -> bool:
         """Whether the matches so far already call for acting (so nothing more need be read)."""

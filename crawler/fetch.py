@@ -13,7 +13,7 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -104,10 +104,15 @@ class Exchange:
 
 @dataclass
 class Transcript:
-    """Every exchange made while checking one URL, in order, and what robots.txt said of each URL requested."""
+    """Every exchange made while checking one URL, in order, and what robots.txt said of each URL requested.
+
+    `before_request`, if set, sees every URL the check is about to request (each redirect hop
+    too) before anything is sent to it, and may raise to stop the request.
+    """
 
     exchanges: list[Exchange] = field(default_factory=list)
     robots: list[RobotsVerdict] = field(default_factory=list)
+    before_request: Callable[[URL], None] | None = None
 
     def note_robots(self, verdict: RobotsVerdict) -> None:
         """Keep a robots.txt verdict (once per URL: the Range requests of one file repeat it)."""
@@ -288,6 +293,8 @@ class Fetcher:
         current = URL(url) if isinstance(url, str) else url
         for _hop in range(self.config.max_redirects + 1):
             check_url(current, self.address_policy)
+            if transcript.before_request is not None:
+                transcript.before_request(current)
             if check_robots and self._robots is not None:
                 verdict = await self._robots.verdict(current)
                 transcript.note_robots(verdict)

@@ -184,3 +184,13 @@ async def test_a_resaved_copy_of_a_listed_lora_is_delisted_as_a_near_copy(aiohtt
     assert near.evidence.basis == "content" and near.evidence.file["tensors_read"]
     unrelated = await check(lookup, f"http://files.test:{server.port}/{route}/other")
     assert unrelated.action == "none", unrelated.reason
+
+
+async def test_a_redirect_to_a_listed_domain_is_delisted_before_it_is_requested(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"x": UNLISTED}))
+    start = f"http://files.test:{server.port}/to?target=https://app.example.org/generate"
+    recommendation = await check(lookup, start)  # resolve() refuses app.example.org: it must never be asked for
+    assert recommendation.action == "delist", recommendation.reason
+    assert recommendation.evidence.basis == "url" and decisive_entry(recommendation)["kind"] == "domain"
+    assert [r["url"] for r in recommendation.evidence.requests] == [start]
+    assert server.app[LOG].hits["/to"] == 1
