@@ -41,6 +41,9 @@ class RemoteReadConfig:
     coalesce_gap: int = 64 * 1024  # ranges closer than this are fetched as one (fewer requests, few extra bytes)
     read_fraction: float = 0.05  # a ranged verdict reads at most this share of the file, header included
     max_selected_bytes: int = 512 * 1024 * 1024  # tensor bytes one verdict may ask for
+    # Header bytes one check may hold and parse. The format allows 100 MB, and a host may claim that
+    # much for every URL, at full check concurrency; image models' headers are well under 1 MiB.
+    max_header_bytes: int = 8 * 1024 * 1024
     max_download_bytes: int = 16 * 1024**3  # whole-file fallback cap
     digest_names: tuple[str, ...] = DEFAULT_DIGESTS
 
@@ -76,6 +79,14 @@ def _array(span: TensorSpan, data: bytes | bytearray | memoryview) -> np.ndarray
     array = np.frombuffer(data, dtype=dtype.numpy, count=span.info.numel).reshape(span.info.shape)
     array.flags.writeable = False
     return array
+
+
+def header_length(first8: bytes, file_size: int | None, config: RemoteReadConfig) -> int:
+    """The header length a file's first 8 bytes declare, refused (ModelFileError) beyond `config.max_header_bytes`."""
+    length = read_header_length(first8, file_size)
+    if length > config.max_header_bytes:
+        raise ModelFileError(f"safetensors header of {length} bytes exceeds the crawler's cap of {config.max_header_bytes}: not parsed")
+    return length
 
 
 def selected_spans(header: SafetensorsHeader, select: TensorSelector, budget: float, limit: int) -> list[TensorSpan]:
@@ -121,7 +132,7 @@ class StreamCapture:
         self._head += chunk
         try:
             if self._header_length is None and len(self._head) >= 8:
-                self._header_length = read_header_length(bytes(self._head[:8]))
+                self._header_length = header_length(bytes(self._head[:8]), None, self._config)
             if self._header_length is not None and len(self._head) >= 8 + self._header_length:
                 self._header_bytes = bytes(self._head[8 : 8 + self._header_length])
                 self.header = parse_header(self._header_bytes)
@@ -262,10 +273,10 @@ async def read_head(
     if len(head) != last + 1:
         raise FetchError(f"{final_url}: truncated range: {len(head)} of {last + 1} bytes")
     try:
-        header_length = read_header_length(head[:8], file_size)
-        if 8 + header_length > len(head):
-            head += await _read_range(fetcher, final_url, transcript, len(head), 8 + header_length - 1, file_size)
-        header = parse_header(head[8 : 8 + header_length], file_size)
+        length = header_length(head[:8], file_size, config)
+        if 8 + length > len(head):
+            head += await _read_range(fetcher, final_url, transcript, len(head), 8 + length - 1, file_size)
+        header = parse_header(head[8 : 8 + length], file_size)
     except ModelFileError:
         # Not (valid) safetensors as far as the ranges show: the one streamed pass is authoritative
         # (whole-file digests, and the header and tensors if the stream itself is valid).

@@ -205,3 +205,17 @@ def test_lying_hosts_give_the_right_tensors_or_a_clear_error(liar, lies: list[st
 
     asyncio.run(check())
     assert app[LOG].hits["/liar/m"] >= 1
+
+
+@pytest.mark.parametrize("route", ["files", "norange"])
+async def test_a_header_longer_than_the_cap_is_never_held_or_parsed_only_the_file_hashed(aiohttp_server, route: str) -> None:
+    """A host can claim a header of up to 100 MB; the crawler neither buffers nor parses more than its cap."""
+    padded = synthetic_safetensors(seed=1, tensors=3, width=16, metadata={"padding": "x" * 20_000})
+    server = await aiohttp_server(file_host({"m": padded}))
+    transcript = Transcript()
+    config = RemoteReadConfig(first_read=1024, max_header_bytes=16_000)
+    async with fetcher() as client:
+        content = await read_remote(client, server.make_url(f"/{route}/m"), transcript, pick, config)
+    assert content.header is None and not content.ranged and "16000" in (content.problem or "")
+    assert content.digests["sha256"] == hashlib.sha256(padded).hexdigest()  # exact matching still works
+    assert [e.request_range for e in transcript.exchanges][-1] in (None, "bytes=0-1023")  # no Range read of the header
