@@ -37,6 +37,7 @@ RELEVANT_HEADERS = (
     "content-type",
     "content-length",
     "content-range",
+    "content-encoding",
     "accept-ranges",
     "etag",
     "last-modified",
@@ -184,8 +185,16 @@ class Response:
     def content_length(self) -> int | None:
         return decimal(self.headers.get("Content-Length"))
 
+    def _refuse_encoded(self) -> None:
+        """FetchError for a body sent content-encoded although only identity was accepted: its bytes
+        are not what the host serves (a browser would decode them), so no digest of them means anything."""
+        encoding = " ".join(self.headers.get("Content-Encoding", "").split()).lower()
+        if encoding not in ("", "identity"):
+            raise FetchError(f"{self.url}: the host sent the body {encoding}-encoded although only identity was accepted; not read")
+
     async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body in chunks; FetchError when it ends before its Content-Length or the read stalls."""
+        self._refuse_encoded()
         try:
             async for chunk in self._raw.content.iter_chunked(size):
                 self.bytes_read += len(chunk)
@@ -203,6 +212,7 @@ class Response:
 
     async def read(self, limit: int) -> bytes:
         """The whole body, refusing (FetchError) one that declares or delivers more than `limit` bytes."""
+        self._refuse_encoded()
         declared = self.content_length
         if declared is not None and declared > limit:
             raise FetchError(f"{self.url}: response of {declared} bytes exceeds the cap of {limit}")

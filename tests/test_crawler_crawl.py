@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
@@ -21,7 +23,7 @@ from modelsieve.fingerprint.fuzzy import fingerprint_tensors
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
-from tests.crawler_fakes import LOG, fake_civitai, fake_hub, file_host, synthetic_safetensors
+from tests.crawler_fakes import FILES, LOG, fake_civitai, fake_hub, file_host, synthetic_safetensors
 
 LISTED = synthetic_safetensors(seed=11, tensors=6, width=32)  # random weights standing in for a listed 2c model
 REVIEW = synthetic_safetensors(seed=12, tensors=6, width=32)  # listed as 2a
@@ -194,3 +196,21 @@ async def test_a_redirect_to_a_listed_domain_is_delisted_before_it_is_requested(
     assert recommendation.evidence.basis == "url" and decisive_entry(recommendation)["kind"] == "domain"
     assert [r["url"] for r in recommendation.evidence.requests] == [start]
     assert server.app[LOG].hits["/to"] == 1
+
+
+async def gzipped_handler(request: web.Request) -> web.StreamResponse:
+    """Ignores Range and Accept-Encoding: identity; sends the file gzip-encoded, as a browser would accept it."""
+    data = request.app[FILES][request.match_info["name"]]
+    return web.Response(body=gzip.compress(data), headers={"Content-Encoding": request.query.get("as", "gzip")})
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "x-unknown"])
+async def test_an_encoded_body_is_never_hashed_as_if_it_were_the_file(aiohttp_server, lookup, encoding: str) -> None:
+    """Digests of the encoded bytes would answer none for a listed file every browser downloads decoded."""
+    app = file_host({"x": LISTED})
+    app.router.add_get("/gzipped/{name}", gzipped_handler)
+    server = await aiohttp_server(app)
+    recommendation = await check(lookup, f"http://files.test:{server.port}/gzipped/x?as={encoding}")
+    assert recommendation.action == "error" and encoding in recommendation.reason, recommendation.reason
+    assert recommendation.evidence.digests == {}
+    assert recommendation.evidence.response["headers"]["content-encoding"] == encoding
