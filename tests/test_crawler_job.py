@@ -166,7 +166,7 @@ URL_TEXT = st.one_of(
 )
 
 
-@given(st.lists(st.one_of(URL_TEXT, st.builds(json.dumps, st.dictionaries(st.sampled_from(["url", "context", "x"]), st.one_of(URL_TEXT, st.integers(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)), max_size=3))), max_size=20))
+@given(st.lists(st.one_of(URL_TEXT, st.builds(json.dumps, st.dictionaries(st.sampled_from(["url", "context", "x"]), st.one_of(URL_TEXT, st.integers(), st.floats(), st.dictionaries(st.text(max_size=3), st.integers() | st.floats(), max_size=2)), max_size=3))), max_size=20))
 @settings(max_examples=150, deadline=None)
 def test_input_parsing_never_crashes_and_accounts_for_every_line(lines: list[str]) -> None:
     lines = [line.replace("\n", " ").replace("\r", " ") for line in lines]
@@ -179,6 +179,7 @@ def test_input_parsing_never_crashes_and_accounts_for_every_line(lines: list[str
             assert item.problem and "\n" not in item.problem
         else:
             assert item.url.startswith(("http://", "https://")) and isinstance(item.context, dict)
+            json.dumps(item.context, allow_nan=False)  # echoed into the output: it must stay strict JSON
             assert item.url in text or json.loads(text)["url"].strip() == item.url
     skipped = {i + 1 for i, line in enumerate(lines) if not line.strip() or line.strip().startswith("#")}
     assert set(numbers) == set(range(1, len(lines) + 1)) - skipped
@@ -191,6 +192,14 @@ def test_input_lines_keep_their_context() -> None:
     assert flat.context == {"reporter": "u1"}
     assert isinstance(parse_line("https://a.org/has space", 2), BadLine)
     assert parse_line("   # comment", 3) is None
+
+
+@pytest.mark.parametrize("number", ["1" * 5000, "NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_json_line_whose_numbers_cannot_be_echoed_is_a_bad_line_not_a_crash(number: str) -> None:
+    lines = ["https://a.org/m1", f'{{"url": "https://a.org/m2", "context": {{"n": {number}}}}}', "https://a.org/m3"]
+    parsed = list(read_targets(lines))
+    assert [p.url for p in parsed if not isinstance(p, BadLine)] == ["https://a.org/m1", "https://a.org/m3"]
+    assert [(p.line, p.problem) for p in parsed if isinstance(p, BadLine)] == [(2, "not valid JSON")]
 
 
 def test_help_teaches_with_examples(capsys) -> None:
