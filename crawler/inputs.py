@@ -60,6 +60,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _holds_lone_surrogate(record: object) -> bool:
+    """Whether a parsed JSON value holds a lone surrogate: no UTF-8 store or output file can hold it."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
     """One input line → a target, a BadLine, or None for blank lines and comments."""
     stripped = text.strip()
@@ -72,6 +81,8 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
             record = json.loads(stripped, parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):  # also the int digit limit, which is no JSONDecodeError
             return BadLine(line, "not valid JSON")
+        if "\\u" in stripped and _holds_lone_surrogate(record):  # decoded UTF-8 holds none without an escape
+            return BadLine(line, "the JSON holds a lone surrogate escape (\\ud800-\\udfff), which is not text")
         if not isinstance(record, dict) or not isinstance(record.get("url"), str):
             return BadLine(line, 'a JSON line needs a string "url"')
         context = record.get("context", {k: v for k, v in record.items() if k != "url"})

@@ -151,8 +151,7 @@ class CrawlJob:
 
     def _write(self, recommendation: Recommendation) -> None:
         assert self._out is not None
-        line = json.dumps(recommendation.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
-        self._out.write(line.encode("utf-8"))  # unbuffered: one write, straight to the OS
+        self._out.write(recommendation.to_json_line())  # unbuffered: one write, straight to the OS
         self._unmarked.append(recommendation.url)
         if len(self._unmarked) >= COMMIT_EVERY or time.monotonic() - self._last_commit >= COMMIT_SECONDS:
             self._commit()

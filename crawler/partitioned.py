@@ -79,8 +79,7 @@ def crawl_partition(partition: int, targets: list[CrawlTarget], out_dir: str, co
         async def run() -> None:
             async with Crawler(lookup, config) as crawler:
                 async for recommendation in crawler.check_many(targets):
-                    line = json.dumps(recommendation.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
-                    handle.write(line.encode("utf-8"))
+                    handle.write(recommendation.to_json_line())
                     actions[recommendation.action] += 1
 
         asyncio.run(run())

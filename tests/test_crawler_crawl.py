@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,34 @@ async def test_an_encoded_body_is_never_hashed_as_if_it_were_the_file(aiohttp_se
     assert recommendation.action == "error" and encoding in recommendation.reason, recommendation.reason
     assert recommendation.evidence.digests == {}
     assert recommendation.evidence.response["headers"]["content-encoding"] == encoding
+
+
+async def raw_host_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers once with header bytes that are not UTF-8 (aiohttp hands them over as lone surrogates)."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "\xff\xfe"\r\nContent-Type: text/\xe9\r\n\r\nhello')
+    await writer.drain()
+    writer.close()
+
+
+async def test_header_bytes_that_are_not_utf8_never_break_the_output_line(lookup) -> None:
+    """Such a header crashed the job writer on every resume: one hostile URL stopped the whole crawl."""
+    server = await asyncio.start_server(raw_host_handler, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        recommendation = await check(lookup, f"http://files.test:{port}/x")
+    line = recommendation.to_json_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    record = json.loads(line.decode("utf-8"))  # strict UTF-8, one JSON record
+    assert record["evidence"]["response"]["headers"]["content-type"] == "text/\\xe9"  # the byte stays visible
+    assert record["evidence"]["response"]["headers"]["etag"] == '"\\xff\\xfe"'
+
+
+def test_a_recommendation_with_text_that_is_not_unicode_still_makes_one_line() -> None:
+    from modelsieve.crawler.model import Evidence
+
+    evidence = Evidence(started_at="t", finished_at="t", provider={"file_name": "m\ud800.safetensors"})
+    recommendation = Recommendation("http://a.test/\udcff", None, "error", "bad \udc80 reason", evidence, "t", {"k\ud83d": ["\udfff"]})
+    record = json.loads(recommendation.to_json_line().decode("utf-8"))
+    assert record["url"] == "http://a.test/\\xff" and record["reason"] == "bad \\x80 reason"  # undecodable bytes
+    assert record["context"] == {"k\\ud83d": ["\\udfff"]} and record["evidence"]["provider"]["file_name"] == "m\\ud800.safetensors"

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from modelsieve.api.cli import main
 from modelsieve.crawler.inputs import BadLine, parse_line, read_targets
+from modelsieve.crawler.model import CrawlTarget
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.crawler_fakes import LOG, file_host, serve_in_thread, synthetic_safetensors
@@ -200,6 +201,15 @@ def test_a_json_line_whose_numbers_cannot_be_echoed_is_a_bad_line_not_a_crash(nu
     parsed = list(read_targets(lines))
     assert [p.url for p in parsed if not isinstance(p, BadLine)] == ["https://a.org/m1", "https://a.org/m3"]
     assert [(p.line, p.problem) for p in parsed if isinstance(p, BadLine)] == [(2, "not valid JSON")]
+
+
+@pytest.mark.parametrize(
+    "record", ['{"url": "https://a.org/\\ud800"}', '{"url": "https://a.org/m2", "context": {"x": "\\udfff"}}', '{"url": "https://a.org/m2", "\\ud83d": 1}']
+)
+def test_a_json_line_holding_a_lone_surrogate_is_a_bad_line(record: str) -> None:
+    """Neither the store nor the UTF-8 output can hold it: accepted, it ended the crawl on every resume."""
+    parsed = list(read_targets(["https://a.org/m1", record]))
+    assert isinstance(parsed[0], CrawlTarget) and isinstance(parsed[1], BadLine) and "surrogate" in parsed[1].problem
 
 
 def test_help_teaches_with_examples(capsys) -> None:
