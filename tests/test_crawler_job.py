@@ -161,6 +161,30 @@ def test_a_crawl_killed_with_sigkill_again_and_again_finishes_every_url_exactly_
     assert actions == {"delist": len(urls[::7]), "none": len(urls) - len(urls[::7])}
 
 
+def test_a_second_crawl_into_the_same_output_is_refused_while_the_first_runs(tmp_path, db, host, capsys) -> None:
+    """Two --resume runs at once (a scheduler retrying, an impatient operator) checked the same pending
+    URLs and appended them twice; the second could also cut the line the first was writing."""
+    port, _ = host
+    urls = [f"http://127.0.0.1:{port}/files/z?n={i}" for i in range(150)]
+    links = tmp_path / "links.txt"
+    links.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "recs.jsonl"
+    args = [str(links), "--out", str(out), "--db", str(db), "--allow-loopback"]
+    command = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main())", "crawl", *args]
+    first = subprocess.Popen(command + ["--per-host", "1", "--concurrency", "1", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while first.poll() is None and time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 3):
+            time.sleep(0.005)
+        assert first.poll() is None, "the first crawl ended before the second could start"
+        assert crawl(*args, "--resume") == 2
+        err = capsys.readouterr().err
+        assert "another crawl" in err and err.count("\n") == 1
+    finally:
+        assert first.wait(timeout=120) == 0, first.stderr.read().decode()  # type: ignore[union-attr]
+    assert output_urls(out) == Counter(urls)
+
+
 URL_TEXT = st.one_of(
     st.text(max_size=60),
     st.builds(lambda host, path: f"https://{host}/{path}", st.from_regex(r"[a-z0-9.-]{0,20}", fullmatch=True), st.text(max_size=20)),
