@@ -28,6 +28,8 @@ from modelsieve.fingerprint.errors import ModelFileError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader, TensorSpan, parse_header, read_header_length
 
+_HASH_INLINE_BYTES = 1 << 20  # whole files up to this size are hashed on the event loop; larger ones in a thread
+
 TensorSelector = Callable[[Sequence[TensorInfo], float], Sequence[TensorInfo]]
 """Which tensors a partial fingerprint needs, from all of a file's tensors and a budget (a fraction of
 their bytes): `fuzzy.select_tensors`."""
@@ -291,10 +293,15 @@ async def read_tensors(
     spans: Sequence[TensorSpan],
     config: RemoteReadConfig = RemoteReadConfig(),
 ) -> RemoteContent:
-    """The given tensors of a file whose header was read, by Range, adjacent ranges coalesced."""
+    """The given tensors of a file whose header was read, by Range, adjacent ranges coalesced.
+
+    When the bytes read cover the whole file (a small LoRA's fingerprint asks for every tensor),
+    its whole-file digests are computed too, so an entry listed by digest alone still matches.
+    """
     head, start = remote.head, remote.header.data_start
-    digests = _whole_digests(head, config) if len(head) == remote.file_size else {}  # the first answer held it all
     arrays: dict[str, np.ndarray] = {}
+    in_order: list[memoryview] = [memoryview(head)]  # bytes [0, covered) of the file, in order
+    covered = len(head)
     for begin, end in coalesce(((s.begin, s.end) for s in spans), config.coalesce_gap):
         absolute = start + begin
         if absolute + (end - begin) <= len(head):  # already in the first answer
@@ -302,9 +309,18 @@ async def read_tensors(
         else:
             block = await _read_range(fetcher, remote.final_url, transcript, absolute, start + end - 1, remote.file_size)
         view = memoryview(block)
+        if absolute <= covered < start + end:
+            in_order.append(view[covered - absolute :])
+            covered = start + end
         for span in spans:
             if begin <= span.begin and span.end <= end:
                 arrays[span.info.name] = _array(span, view[span.begin - begin : span.end - begin])
+    digests: dict[str, str] = {}
+    if covered == remote.file_size:
+        if covered <= _HASH_INLINE_BYTES:
+            digests = _whole_digests(in_order, config)
+        else:  # keep the event loop free for the other checks
+            digests = await asyncio.to_thread(_whole_digests, in_order, config)
     return RemoteContent(str(remote.final_url), remote.file_size, True, remote.header, arrays, digests)
 
 
@@ -324,9 +340,11 @@ async def read_remote(
     return await read_tensors(fetcher, first, transcript, first.selected_spans(select, config), config)
 
 
-def _whole_digests(data: bytes, config: RemoteReadConfig) -> dict[str, str]:
+def _whole_digests(pieces: Iterable[bytes | memoryview], config: RemoteReadConfig) -> dict[str, str]:
+    """The whole-file digests of a file given as its consecutive pieces."""
     digest = MultiDigest(config.digest_names)
-    digest.update(data)
+    for piece in pieces:
+        digest.update(piece)
     return _defined(digest)
 
 

@@ -38,6 +38,9 @@ def lora_file(lora: synthetic.LoraFactors, dtype: str) -> bytes:
     from safetensors.numpy import save
 
     return save(dict(synthetic.kohya_layout(lora, dtype)))
+DIGEST_LISTED_LORA = lora_file(FAMILY.lora(4, rank=8), "fp16")
+
+
 HOSTS = {"files.test": ["127.0.0.1"], "hub.test": ["127.0.0.1"], "civitai.test": ["127.0.0.1"], "private.test": ["10.1.1.1"]}
 PROVIDERS = (HuggingFaceProvider(("hub.test",)), CivitaiProvider(("civitai.test",)), GenericProvider())
 
@@ -54,6 +57,8 @@ def lookup(tmp_path: Path) -> StoreLookup:
     store.add_entry("demo", NewEntry(category="2a", kind="checkpoint", digests={"sha256": hashlib.sha256(REVIEW).hexdigest()}, source="synthetic 2a entry"))
     listed_fingerprint = fingerprint_tensors(synthetic.kohya_layout(LISTED_LORA, "fp32"))
     store.add_entry("demo", NewEntry(category="2c", kind="lora", fingerprint=listed_fingerprint.to_bytes(), evidence="fuzzy", source="synthetic LoRA entry"))
+    digest = hashlib.sha256(DIGEST_LISTED_LORA).hexdigest()
+    store.add_entry("demo", NewEntry(category="2c", kind="lora", digests={"sha256": digest}, source="digest-only entry"))
     store.add_entry("demo", NewEntry(category="nudify-service", kind="service", domain="example.org", source="service report", evidence="osint-report"))
     return StoreLookup(Matcher(store, refresh_interval=0))
 
@@ -247,3 +252,15 @@ def test_a_recommendation_with_text_that_is_not_unicode_still_makes_one_line() -
     record = json.loads(recommendation.to_json_line().decode("utf-8"))
     assert record["url"] == "http://a.test/\\xff" and record["reason"] == "bad \\x80 reason"  # undecodable bytes
     assert record["context"] == {"k\\ud83d": ["\\udfff"]} and record["evidence"]["provider"]["file_name"] == "m\\ud800.safetensors"
+
+
+async def test_a_file_read_whole_by_ranges_is_hashed_and_matches_a_digest_only_entry(aiohttp_server, lookup) -> None:
+    """A small LoRA's fingerprint asks for every tensor, so its ranges cover the whole file: the
+    crawler held every byte of a file listed by sha256 alone and answered none."""
+    listed_lora = DIGEST_LISTED_LORA  # no fingerprint entry for it: only its digest is listed
+    server = await aiohttp_server(file_host({"l": listed_lora}))
+    recommendation = await check(lookup, f"http://files.test:{server.port}/files/l")
+    evidence = recommendation.evidence
+    assert evidence.file["read"] == "ranges" and evidence.bytes_read == len(listed_lora)
+    assert evidence.digests["sha256"] == hashlib.sha256(listed_lora).hexdigest()
+    assert recommendation.action == "delist" and decisive_entry(recommendation)["source"] == "digest-only entry"
