@@ -58,8 +58,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def lock_output(path: Path, *, create: bool) -> BinaryIO:
-    """The output, opened and exclusively locked (flock) so that no second crawl writes it at once.
+def lock_output(path: Path, *, create: bool, output: Path | None = None) -> BinaryIO:
+    """`path` (the output, or a lock file in an output folder: `output`), opened and exclusively
+    locked (flock) so that no second crawl writes the output at once.
 
     The lock lasts until the returned file is closed (or the process ends, however it ends).
     """
@@ -73,7 +74,7 @@ def lock_output(path: Path, *, create: bool) -> BinaryIO:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise JobError(f"another crawl is writing {path} right now: let it finish, or choose another --out") from None
+        raise JobError(f"another crawl is writing {output or path} right now: let it finish, or choose another --out") from None
     return handle
 
 

@@ -29,12 +29,13 @@ from typing import Any
 from modelsieve.crawler.cluster import ClusterError, snapshot_on_cluster, worker_lookup
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.inputs import BadLine
-from modelsieve.crawler.job import JobError, file_sha256
+from modelsieve.crawler.job import JobError, file_sha256, lock_output
 from modelsieve.crawler.model import CrawlTarget
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.urls import registrable_domain
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # held (flock) by the client running the job
 INPUTS = "inputs"  # each partition's targets, spilled by the client for its task
 SPILL_BUFFER_BYTES = 16 * 1024 * 1024  # input lines the client holds before appending them to the partition files
 MERGED = "recommendations.jsonl"
@@ -211,43 +212,44 @@ def run_partitioned_crawl(
 ) -> JobSummary:
     """Crawl every target on the cluster behind `client` into `out_dir` (see the module docstring)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    input_sha256 = file_sha256(input_path)
-    manifest = JobManifest.load(out_dir)
-    if manifest is not None and not resume:
-        raise JobError(f"{out_dir} holds a crawl job already: add --resume to finish it, or choose another --out")
-    if manifest is not None and (manifest.input_sha256, manifest.partitions) != (input_sha256, partitions):
-        raise JobError(f"{input_path} (with {partitions} partitions) is not what the crawl in {out_dir} started with")
-    manifest = manifest or JobManifest(input_sha256, partitions)
-    used = spill(targets, partitions, out_dir, on_bad_line)
-    done = {p for p in manifest.completed if part_path(out_dir, p).exists()}
-    lists = snapshot_on_cluster(client, store_location, fingerprint_key)
-    futures = [
-        client.submit(crawl_partition, p, str(out_dir), config, lists, key=f"crawl-{p:05d}-{secrets.token_hex(4)}", pure=False)
-        for p in sorted(used)
-        if p not in done
-    ]
-    from distributed import as_completed
+    with lock_output(out_dir / LOCK, create=True, output=out_dir):  # one client per folder: it rewrites inputs/
+        input_sha256 = file_sha256(input_path)
+        manifest = JobManifest.load(out_dir)
+        if manifest is not None and not resume:
+            raise JobError(f"{out_dir} holds a crawl job already: add --resume to finish it, or choose another --out")
+        if manifest is not None and (manifest.input_sha256, manifest.partitions) != (input_sha256, partitions):
+            raise JobError(f"{input_path} (with {partitions} partitions) is not what the crawl in {out_dir} started with")
+        manifest = manifest or JobManifest(input_sha256, partitions)
+        used = spill(targets, partitions, out_dir, on_bad_line)
+        done = {p for p in manifest.completed if part_path(out_dir, p).exists()}
+        lists = snapshot_on_cluster(client, store_location, fingerprint_key)
+        futures = [
+            client.submit(crawl_partition, p, str(out_dir), config, lists, key=f"crawl-{p:05d}-{secrets.token_hex(4)}", pure=False)
+            for p in sorted(used)
+            if p not in done
+        ]
+        from distributed import as_completed
 
-    try:
-        for future in as_completed(futures):
-            result: PartitionResult = future.result()
-            manifest.completed[result.partition] = {"urls": result.urls, "actions": result.actions}
-            manifest.save(out_dir)
-            on_partition(result)
-    except Exception as exc:
-        if isinstance(exc, JobError):
-            raise
-        raise ClusterError(f"a crawl partition failed on the cluster: {' '.join(str(exc).split())[:300]}") from None
-    finally:
-        for future in futures:
-            future.cancel()
-    merge_parts(out_dir, sorted(used))
-    shutil.rmtree(out_dir / INPUTS, ignore_errors=True)
-    actions = Counter[str]()
-    for partition in used:
-        actions.update(manifest.completed[partition]["actions"])
-    urls = sum(manifest.completed[partition]["urls"] for partition in used)
-    return JobSummary(out_dir / MERGED, urls, len(used), len(done & used), dict(actions))
+        try:
+            for future in as_completed(futures):
+                result: PartitionResult = future.result()
+                manifest.completed[result.partition] = {"urls": result.urls, "actions": result.actions}
+                manifest.save(out_dir)
+                on_partition(result)
+        except Exception as exc:
+            if isinstance(exc, JobError):
+                raise
+            raise ClusterError(f"a crawl partition failed on the cluster: {' '.join(str(exc).split())[:300]}") from None
+        finally:
+            for future in futures:
+                future.cancel()
+        merge_parts(out_dir, sorted(used))
+        shutil.rmtree(out_dir / INPUTS, ignore_errors=True)
+        actions = Counter[str]()
+        for partition in used:
+            actions.update(manifest.completed[partition]["actions"])
+        urls = sum(manifest.completed[partition]["urls"] for partition in used)
+        return JobSummary(out_dir / MERGED, urls, len(used), len(done & used), dict(actions))
 
 
 def merge_parts(out_dir: Path, partitions: Iterable[int]) -> None:

@@ -21,6 +21,7 @@ from modelsieve.api.cli import main
 from modelsieve.crawler.cluster import dask_client
 from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.inputs import read_targets
+from modelsieve.crawler.job import JobError, lock_output
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.partitioned import MANIFEST, MERGED, part_path, partition_of, read_partition_input, run_partitioned_crawl, spill
 from modelsieve.crawler.politeness import PolitenessConfig
@@ -105,6 +106,15 @@ def test_the_client_spills_partitions_to_disk_in_bounded_memory(tmp_path: Path) 
         assert all(partition_of(t.url, 16) == partition for t in targets)
         urls += [t.url for t in targets]
     assert len(urls) == len(set(urls)) == count // 2
+
+
+def test_a_second_client_on_the_same_output_folder_is_refused(tmp_path: Path) -> None:
+    """It would rewrite the spilled inputs under the first client's running tasks."""
+    (tmp_path / "urls.txt").write_text("https://a.example/m.safetensors\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_output(out / ".lock", create=True, output=out), pytest.raises(JobError, match="another crawl is writing"):
+        run_partitioned_crawl(None, tmp_path / "urls.txt", [], out, CONFIG, store_location=str(tmp_path / "db"))
 
 
 def test_a_worker_killed_mid_job_costs_a_retry_never_a_url(client: object, job: tuple[Path, str, list[str]], tmp_path: Path, hosts: tuple[dict[str, int], web.Application]) -> None:
