@@ -30,7 +30,7 @@ from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
 from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, read_head, read_tensors
-from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.errors import FingerprintError, ModelsieveError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader
 from modelsieve.hashlists.model import Match
@@ -49,7 +49,7 @@ class Lookup(Protocol):
         """The tensors a partial fingerprint needs, within `budget_fraction` of their bytes (none: no fuzzy matching)."""
 
     def match_tensors(self, header: SafetensorsHeader, arrays: Mapping[str, np.ndarray]) -> Sequence[Match]:
-        """Near-copy matches of the fingerprint of the selected tensors."""
+        """Near-copy matches of the fingerprint of the selected tensors; FingerprintError when they make none."""
 
 
 def default_providers() -> tuple[Provider, ...]:
@@ -84,6 +84,7 @@ class _Findings:
     basis: str | None = None
     published: Published | None = None
     content: RemoteContent | None = None
+    fingerprint_problem: str | None = None  # why the tensors read made no fingerprint (so no near-copy could match)
 
 
 class Crawler:
@@ -184,7 +185,10 @@ class Crawler:
         if content.digests:
             found += self.lookup.match_digests(content.digests)
         if content.header is not None and content.arrays:
-            found += await asyncio.to_thread(self.lookup.match_tensors, content.header, content.arrays)
+            try:
+                found += await asyncio.to_thread(self.lookup.match_tensors, content.header, content.arrays)
+            except FingerprintError as exc:  # only digests could match: the evidence says why
+                findings.fingerprint_problem = str(exc)
         findings.matches += found
         findings.basis = "content" if found else findings.basis
 
@@ -227,7 +231,7 @@ class Crawler:
             basis=findings.basis if matches else None,
             provider=findings.published.to_json() if findings.published and findings.published.provider != "generic" else None,
             digests=dict(content.digests) if content else {},
-            file=_file_evidence(content),
+            file=_file_evidence(content, findings.fingerprint_problem),
             response=(
                 {"status": final.status, "url": final.url, "headers": dict(final.headers)} if final is not None else {}
             ),
@@ -257,7 +261,7 @@ def _ordered(matches: Sequence[Match], policy: PolicyConfig) -> list[Match]:
     return sorted(unique, key=lambda m: m is not decisive)
 
 
-def _file_evidence(content: RemoteContent | None) -> dict[str, Any]:
+def _file_evidence(content: RemoteContent | None, fingerprint_problem: str | None) -> dict[str, Any]:
     if content is None:
         return {}
     header = content.header
@@ -269,4 +273,5 @@ def _file_evidence(content: RemoteContent | None) -> dict[str, Any]:
         "tensors": len(header.spans) if header is not None else None,
         "tensors_read": sorted(content.arrays),
         "problem": content.problem,
+        "fingerprint_problem": fingerprint_problem,
     }

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -264,3 +265,17 @@ async def test_a_file_read_whole_by_ranges_is_hashed_and_matches_a_digest_only_e
     assert evidence.file["read"] == "ranges" and evidence.bytes_read == len(listed_lora)
     assert evidence.digests["sha256"] == hashlib.sha256(listed_lora).hexdigest()
     assert recommendation.action == "delist" and decisive_entry(recommendation)["source"] == "digest-only entry"
+
+
+async def test_tensors_that_make_no_fingerprint_are_named_in_the_evidence_of_a_none(aiohttp_server, lookup) -> None:
+    """A none after a fingerprint failed compared digests only; the evidence must not hide that."""
+    tensors = dict(synthetic.kohya_layout(FAMILY.lora(5, rank=8), "fp32"))
+    broken = {name: np.full_like(array, np.nan) if array.ndim > 1 else array for name, array in tensors.items()}
+    from safetensors.numpy import save
+
+    server = await aiohttp_server(file_host({"nan": save(broken), "fine": lora_file(FAMILY.lora(6, rank=8), "fp16")}))
+    failed = await check(lookup, f"http://files.test:{server.port}/files/nan")
+    assert failed.action == "none" and failed.evidence.file["tensors_read"]
+    assert "NaN" in failed.evidence.file["fingerprint_problem"]
+    made = await check(lookup, f"http://files.test:{server.port}/files/fine")
+    assert made.action == "none" and made.evidence.file["tensors_read"] and made.evidence.file["fingerprint_problem"] is None
