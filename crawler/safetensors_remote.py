@@ -178,20 +178,23 @@ class StreamCapture:
         return RemoteContent(str(final_url), size, False, header, arrays, digests, problem)
 
 
-async def _download(
-    response: Response, select: TensorSelector, config: RemoteReadConfig, capture_slots: asyncio.Semaphore | None
-) -> RemoteContent:
+async def _download(response: Response, select: TensorSelector, config: RemoteReadConfig) -> RemoteContent:
+    """Stream an open response once (capped), capturing digests, header and selected tensors.
+
+    A capture may hold up to max_selected_bytes of tensors: callers hold one of their tensor slots
+    around it, taken BEFORE the request (or free at once): waiting for a slot while holding the
+    request's host and global slots could deadlock with a ranged read holding a tensor slot and
+    waiting for a request slot.
+    """
     declared = response.content_length
     if declared is not None and declared > config.max_download_bytes:
         raise FetchError(f"{response.url}: {declared} bytes exceed the download cap of {config.max_download_bytes}")
-    # A capture may hold up to max_selected_bytes of tensors: it counts against the caller's tensor slots.
-    async with capture_slots or contextlib.nullcontext():
-        capture = StreamCapture(select, config)
-        async for chunk in response.chunks():
-            if response.bytes_read > config.max_download_bytes:
-                raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
-            capture.feed(chunk)
-        return capture.result(response.url)
+    capture = StreamCapture(select, config)
+    async for chunk in response.chunks():
+        if response.bytes_read > config.max_download_bytes:
+            raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
+        capture.feed(chunk)
+    return capture.result(response.url)
 
 
 async def download(
@@ -205,11 +208,12 @@ async def download(
 ) -> RemoteContent:
     """Stream the whole file once (capped): whole-file digests plus header and selected tensors if safetensors.
 
-    With `capture_slots`, the download holds one slot while it captures tensors (a memory bound).
+    With `capture_slots`, the download holds one slot, taken before the request, while it captures
+    tensors (a memory bound).
     """
-    async with fetcher.open(url, transcript=transcript) as response:
+    async with capture_slots or contextlib.nullcontext(), fetcher.open(url, transcript=transcript) as response:
         _expect_status(response, (200,))
-        return await _download(response, select, config, capture_slots)
+        return await _download(response, select, config)
 
 
 def _expect_status(response: Response, allowed: tuple[int, ...]) -> None:
@@ -262,16 +266,24 @@ async def read_head(
     the file is not valid safetensors, the finished result of one whole streamed download (holding
     one of `capture_slots`, if given, while it runs)."""
     async with fetcher.open(url, transcript=transcript, headers={"Range": range_header(0, config.first_read - 1)}) as response:
-        if response.status == 200:  # the host ignores Range: one streamed pass does everything
-            return await _download(response, select, config, capture_slots)
-        if response.status == 416:  # an empty file has no byte 0
-            raise FetchError(f"{response.url}: the file is empty (416 for bytes 0-{config.first_read - 1})")
-        _expect_status(response, (206,))
-        first, last, file_size = parse_content_range(response.headers.get("Content-Range"))
-        if first != 0 or file_size is None or last != min(config.first_read, file_size) - 1:
-            raise FetchError(f"{response.url}: unusable Content-Range {response.headers.get('Content-Range')!r}")
-        head = await response.read(last + 1)
         final_url = response.url
+        if response.status == 200:  # the host ignores Range: one streamed pass does everything
+            if capture_slots is None:
+                return await _download(response, select, config)
+            if not capture_slots.locked():  # a free slot is taken at once: no await before it is held
+                async with capture_slots:
+                    return await _download(response, select, config)
+            head = None  # no free slot: never wait for one holding this request's slots (see _download)
+        else:
+            if response.status == 416:  # an empty file has no byte 0
+                raise FetchError(f"{response.url}: the file is empty (416 for bytes 0-{config.first_read - 1})")
+            _expect_status(response, (206,))
+            first, last, file_size = parse_content_range(response.headers.get("Content-Range"))
+            if first != 0 or file_size is None or last != min(config.first_read, file_size) - 1:
+                raise FetchError(f"{response.url}: unusable Content-Range {response.headers.get('Content-Range')!r}")
+            head = await response.read(last + 1)
+    if head is None:  # ask again for the whole file, holding a tensor slot from before the request
+        return await download(fetcher, final_url, transcript, select, config, capture_slots=capture_slots)
     if len(head) != last + 1:
         raise FetchError(f"{final_url}: truncated range: {len(head)} of {last + 1} bytes")
     try:

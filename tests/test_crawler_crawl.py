@@ -18,15 +18,17 @@ from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.model import CrawlTarget, Recommendation
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.policy import HOTLINE_NOTE, PolicyConfig
+from modelsieve.crawler.politeness import PolitenessConfig
 from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
+from modelsieve.crawler.safetensors_remote import RemoteReadConfig
 from modelsieve.fingerprint import synthetic
 from modelsieve.fingerprint.fuzzy import fingerprint_tensors
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
-from tests.crawler_fakes import FILES, LOG, fake_civitai, fake_hub, file_host, synthetic_safetensors
+from tests.crawler_fakes import FILES, LOG, fake_civitai, fake_hub, file_host, serve_range, synthetic_safetensors
 
 LISTED = synthetic_safetensors(seed=11, tensors=6, width=32)  # random weights standing in for a listed 2c model
 REVIEW = synthetic_safetensors(seed=12, tensors=6, width=32)  # listed as 2a
@@ -279,3 +281,54 @@ async def test_tensors_that_make_no_fingerprint_are_named_in_the_evidence_of_a_n
     assert "NaN" in failed.evidence.file["fingerprint_problem"]
     made = await check(lookup, f"http://files.test:{server.port}/files/fine")
     assert made.action == "none" and made.evidence.file["tensors_read"] and made.evidence.file["fingerprint_problem"] is None
+
+
+SLOW_RANGES = web.AppKey("slow_ranges", list)  # seconds a Range request past byte 0 waits before its answer
+
+
+async def slow_range_handler(request: web.Request) -> web.StreamResponse:
+    if not request.headers.get("Range", "bytes=0-").startswith("bytes=0-"):
+        await asyncio.sleep(request.app[SLOW_RANGES][0])
+    return serve_range(request, request.app[FILES][request.match_info["name"]])
+
+
+class TwoApart:
+    """A lookup whose fingerprint wants two tensors far apart (two Range reads) and matches nothing."""
+
+    def match_url(self, url: str) -> list:
+        return []
+
+    def match_digests(self, digests: object) -> list:
+        return []
+
+    def select_tensors(self, infos, budget_fraction):  # noqa: ANN001, ANN201
+        return [infos[0], infos[-1]]
+
+    def match_tensors(self, header, arrays):  # noqa: ANN001, ANN201
+        return []
+
+
+async def test_a_host_ignoring_range_cannot_deadlock_the_tensor_slots(aiohttp_server) -> None:
+    """A streamed download waited for a tensor slot while holding its request slot, and a ranged read
+    held a tensor slot while waiting for a request slot: once each held what the other wanted, both
+    waited until the check timeout, and with them every check needing either."""
+    app = file_host({"x": UNLISTED, "big": synthetic_safetensors(seed=5, tensors=12, width=128)})
+    app[SLOW_RANGES] = [0.3]
+    app.router.add_get("/slow/{name}", slow_range_handler)
+    server = await aiohttp_server(app)
+    config = CrawlConfig(
+        fetch=FetchConfig(honour_robots=False),
+        politeness=PolitenessConfig(global_concurrency=1),
+        remote=RemoteReadConfig(first_read=4096, coalesce_gap=0),
+        addresses=AddressPolicy(allow_loopback=True),
+        providers=PROVIDERS,
+        check_timeout=5,
+        tensor_concurrency=1,
+    )
+    async with Crawler(TwoApart(), config, resolve=resolve) as client:  # type: ignore[arg-type]
+        ranged = asyncio.ensure_future(client.check(CrawlTarget(f"http://files.test:{server.port}/slow/big")))
+        await asyncio.sleep(0.1)  # its first tensor read is in flight, holding the one tensor slot
+        streamed = asyncio.ensure_future(client.check(CrawlTarget(f"http://files.test:{server.port}/norange/x")))
+        results = await asyncio.gather(ranged, streamed)
+    assert [r.action for r in results] == ["none", "none"], [r.reason for r in results]
+    assert results[0].evidence.file["read"] == "ranges" and results[1].evidence.file["read"] == "whole"
