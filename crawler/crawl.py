@@ -157,7 +157,7 @@ class Crawler:
         findings.matches += self.lookup.match_url(target.url)
         if self._settled(findings, "url"):
             return
-        findings.transcript.before_request = self._url_vetter(target, findings)
+        findings.transcript.before_request = self._url_vetter({target.url, str(url)}, findings)
         provider = provider_for(url, self.config.providers)
         findings.published = await provider.published(url, self.fetcher, findings.transcript)
         if findings.published.digests:
@@ -192,10 +192,9 @@ class Crawler:
         findings.matches += found
         findings.basis = "content" if found else findings.basis
 
-    def _url_vetter(self, target: CrawlTarget, findings: _Findings) -> Callable[[URL], None]:
-        """Matches every other URL the check requests (a redirect hop, a hub's download link) against
-        the listed URLs and domains before it is requested; stops the check when that settles it."""
-        seen = {target.url}
+    def _url_vetter(self, seen: set[str], findings: _Findings) -> Callable[[URL], None]:
+        """Matches every URL the check requests but `seen` (a redirect hop, a hub's download link)
+        against the listed URLs and domains before it is requested; stops the check when that settles it."""
 
         def vet(url: URL) -> None:
             text = str(url)
