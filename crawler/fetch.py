@@ -51,7 +51,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 SMALL_BODY_BYTES = 4 * 1024 * 1024  # API answers, robots.txt
 _DIGITS = re.compile(r"[0-9]{1,20}")
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)\s*$", re.IGNORECASE)  # ASCII digits, bounded
 
 
 class FetchError(ModelsieveError):

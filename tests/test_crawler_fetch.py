@@ -183,3 +183,13 @@ def test_content_range_junk_is_a_fetch_error(value: str) -> None:
     except FetchError:
         return
     assert first <= last and (total is None or last < total)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bytes 0-1/" + "9" * 5000, "bytes " + "1" * 4400 + "-" + "2" * 4400 + "/*", "bytes \uff10-\uff11/\uff12", "bytes 0-1/\u0663\u0663"],
+)
+def test_content_range_takes_only_ascii_numbers_of_sane_length(value: str) -> None:
+    """A 5,000-digit number made int() raise a bare ValueError (an 'unexpected' error); other scripts' digits parsed."""
+    with pytest.raises(FetchError):
+        parse_content_range(value)
