@@ -165,11 +165,26 @@ class _RobotsFile:
 _UNUSED_FIELDS = ("crawl-delay", "request-rate")
 
 
+def _parsable(line: str) -> bool:
+    """Whether the standard parser can take this line: it drops fields the crawler never uses, and
+    Allow/Disallow paths that urlparse refuses after unquoting (e.g. "//[", an unclosed IPv6 host)."""
+    field, _, value = line.split("#", 1)[0].partition(":")
+    field = field.strip().lower()
+    if field.startswith(_UNUSED_FIELDS):
+        return False
+    if field in ("allow", "disallow"):
+        try:
+            urllib.parse.quote(urllib.parse.urlunparse(urllib.parse.urlparse(urllib.parse.unquote(value.strip()))))  # as RuleLine does
+        except ValueError:  # UnicodeEncodeError (a lone surrogate) included
+            return False
+    return True
+
+
 def parse_robots(text: str) -> urllib.robotparser.RobotFileParser:
-    """A robots.txt body parsed for its rules (first ROBOTS_MAX_BYTES characters); never raises on hostile text."""
+    """A robots.txt body parsed for its rules (first ROBOTS_MAX_BYTES characters); never raises on hostile
+    text: lines the standard parser would crash on are left out, the rest still apply."""
     parser = urllib.robotparser.RobotFileParser()
-    lines = text[:ROBOTS_MAX_BYTES].splitlines()
-    parser.parse([line for line in lines if not line.strip().lower().startswith(_UNUSED_FIELDS)])
+    parser.parse([line for line in text[:ROBOTS_MAX_BYTES].splitlines() if _parsable(line)])
     return parser
 
 

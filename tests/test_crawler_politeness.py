@@ -161,7 +161,7 @@ async def test_a_blocked_host_is_reported_as_blocked_not_as_robots_disallowed() 
 _ROBOTS_LINE = st.one_of(
     st.tuples(st.sampled_from(["User-agent", "user-agent", "Allow", "Disallow", "Crawl-delay", "Sitemap", "junk"]),
               st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)).map(lambda pair: f"{pair[0]}: {pair[1]}"),
-    st.sampled_from(["", "# comment", "User-agent: *", "User-agent: modelsieve", "Disallow: /", "Allow: /a"]),
+    st.sampled_from(["", "# comment", "User-agent: *", "User-agent: modelsieve", "Disallow: /", "Allow: /a", "Disallow: //[", "Allow: %2F%2F%5Bx"]),
     st.text(max_size=30),
 )
 
@@ -172,6 +172,15 @@ def test_non_ascii_digits_in_unused_fields_do_not_crash_the_parser() -> None:
     parser = parse_robots("User-agent: *\nCrawl-delay: \u00b9\nRequest-rate: \u00b9/\u00b2\nDisallow: /x\n")
     assert not parser.can_fetch("modelsieve", "http://h.test/x/file")
     assert parser.can_fetch("modelsieve", "http://h.test/y")
+
+
+def test_a_rule_the_standard_parser_cannot_parse_is_dropped_not_fatal() -> None:
+    """urlparse refuses "//[" (an unclosed IPv6 host): parse() raised, and every URL of the site became
+    an 'unexpected ValueError' error instead of following the rest of its robots.txt."""
+    parser = parse_robots("User-agent: *\nDisallow: //[\nAllow: %2F%2F%5Bx # encoded\nDisallow: /private/\n")
+    assert not parser.can_fetch("modelsieve", "http://h.test/private/m.safetensors")
+    assert parser.can_fetch("modelsieve", "http://h.test/public/m.safetensors")
+    assert deciding_rule(parser, "modelsieve", "http://h.test/private/m.safetensors") == "Disallow: /private/"
 
 
 @settings(max_examples=300, deadline=None)
