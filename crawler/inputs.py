@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from yarl import URL
 
@@ -95,6 +96,18 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
         return CrawlTarget(check_target_url(candidate), context, line)
     except ValueError as exc:
         return BadLine(line, str(exc))
+
+
+def bounded_lines(path: Path) -> Iterator[str]:
+    """The lines of a URL file (UTF-8, undecodable bytes replaced, any newline convention), each cut
+    after MAX_LINE_LENGTH + 1 characters: a longer line costs no more memory than that and is still
+    one line, which `parse_line` reports as too long."""
+    with open(path, encoding="utf-8", errors="replace", newline=None) as handle:
+        while line := handle.readline(MAX_LINE_LENGTH + 1):
+            if len(line) > MAX_LINE_LENGTH and not line.endswith("\n"):
+                while (rest := handle.readline(MAX_LINE_LENGTH + 1)) and not rest.endswith("\n"):
+                    pass  # the rest of the over-long line, read and dropped piece by piece
+            yield line
 
 
 def read_targets(lines: Iterable[str]) -> Iterator[CrawlTarget | BadLine]:

@@ -22,7 +22,7 @@ from modelsieve.api.cli.common import (
 )
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
-from modelsieve.crawler.inputs import BadLine, read_targets
+from modelsieve.crawler.inputs import BadLine, bounded_lines, read_targets
 from modelsieve.crawler.job import CrawlJob
 from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.model import CrawlTarget, Recommendation
@@ -144,8 +144,7 @@ def crawl_config(args: argparse.Namespace) -> CrawlConfig:
 
 def _input_lines(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8", errors="replace", newline=None) as handle:
-            yield from handle
+        yield from bounded_lines(path)
     except OSError as exc:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
 
