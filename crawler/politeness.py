@@ -26,6 +26,8 @@ from modelsieve.fingerprint.errors import ModelsieveError
 
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
 ROBOTS_CACHE_ORIGINS = 50_000  # origins whose parsed robots.txt stays cached (oldest dropped first)
+# and robots.txt text the cache may hold parsed: a parsed 512 KiB file takes ~4.5 MB of Python objects
+ROBOTS_CACHE_BYTES = 32 * 1024 * 1024
 _PRUNE_EVERY = 1024
 
 
@@ -158,6 +160,7 @@ class _RobotsFile:
     fetched_at: str
     parser: urllib.robotparser.RobotFileParser
     summary: str | None  # the whole answer when the status decides alone (4xx, 5xx, unreachable)
+    size: int = 0  # characters of robots.txt parsed (what the cache budget counts)
 
 
 # Lines the standard parser reads but the crawler never uses, and on which it can crash: it takes
@@ -202,34 +205,64 @@ class RobotsRules:
     """robots.txt per origin, fetched once (concurrent askers wait for the one fetch) and cached.
 
     RFC 9309: 2xx → the rules; 4xx → everything allowed; 5xx or unreachable → nothing allowed.
+    The cache keeps at most `max_origins` origins and `max_cached_bytes` of parsed robots.txt text,
+    dropping the oldest first (an origin asked again after that is fetched again).
     """
 
-    def __init__(self, fetch: RobotsFetch, user_agent: str) -> None:
+    def __init__(
+        self, fetch: RobotsFetch, user_agent: str, *, max_cached_bytes: int = ROBOTS_CACHE_BYTES, max_origins: int = ROBOTS_CACHE_ORIGINS
+    ) -> None:
         self._fetch = fetch
         self._agent = user_agent
         self._files: dict[str, asyncio.Task[_RobotsFile]] = {}
+        self._max_bytes = max_cached_bytes
+        self._max_origins = max_origins
+        self._bytes = 0
+
+    def cache_size(self) -> tuple[int, int]:
+        """(origins cached, characters of robots.txt they hold parsed)."""
+        return len(self._files), self._bytes
 
     async def verdict(self, url: URL) -> RobotsVerdict:
         """Whether robots.txt of the URL's origin lets this crawler request it, and why."""
         origin = str(url.origin())
         task = self._files.get(origin)
         if task is None:
-            task = self._files[origin] = asyncio.ensure_future(self._load(url.origin()))
-            if len(self._files) > ROBOTS_CACHE_ORIGINS:
-                oldest = next(iter(self._files))
-                if self._files[oldest].done():
-                    del self._files[oldest]
+            task = self._files[origin] = asyncio.ensure_future(self._load(url.origin(), origin))
         robots = task.result() if task.done() else await asyncio.shield(task)
         target = str(url)
         allowed = robots.parser.can_fetch(self._agent, target)
         rule = robots.summary or deciding_rule(robots.parser, self._agent, target) or "no rule matches: allowed"
         return RobotsVerdict(robots.url, robots.status, robots.fetched_at, target, allowed, rule)
 
-    async def _load(self, origin: URL) -> _RobotsFile:
+    def _evict(self, keep: str) -> None:
+        """Drop the oldest finished entries (never `keep`) until the cache is within its budgets."""
+        for origin in list(self._files):
+            if self._bytes <= self._max_bytes and len(self._files) <= self._max_origins:
+                return
+            task = self._files[origin]
+            if origin == keep or not task.done():
+                continue
+            del self._files[origin]
+            if not task.cancelled() and task.exception() is None:
+                self._bytes -= task.result().size
+
+    async def _load(self, origin: URL, key: str) -> _RobotsFile:
+        try:
+            robots = await self._fetch_and_parse(origin)
+        except BaseException:
+            self._evict(keep=key)
+            raise
+        self._bytes += robots.size
+        self._evict(keep=key)
+        return robots
+
+    async def _fetch_and_parse(self, origin: URL) -> _RobotsFile:
         parser = urllib.robotparser.RobotFileParser()  # replaced by the parsed file when there is one
         robots_url = origin.with_path("/robots.txt")
         fetched_at = utc_now()
         status: int | None
+        size = 0
         try:
             status, text = await self._fetch(robots_url)
         except BlockedAddressError:
@@ -240,14 +273,14 @@ class RobotsRules:
             parser.disallow_all = True
         elif 200 <= status < 300:
             parser = parse_robots(text)
-            summary = None
+            summary, size = None, min(len(text), ROBOTS_MAX_BYTES)
         elif 400 <= status < 500:
             parser.allow_all = True
             summary = f"no robots.txt (status {status}): everything allowed"
         else:
             parser.disallow_all = True
             summary = f"robots.txt answered status {status}: nothing allowed (RFC 9309)"
-        return _RobotsFile(str(robots_url), status, fetched_at, parser, summary)
+        return _RobotsFile(str(robots_url), status, fetched_at, parser, summary, size)
 
     async def close(self) -> None:
         """Cancel robots.txt fetches still under way."""

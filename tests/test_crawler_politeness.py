@@ -8,12 +8,13 @@ from datetime import datetime
 import urllib.robotparser
 
 import pytest
+from yarl import URL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
 from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
-from modelsieve.crawler.politeness import HostGate, PolitenessConfig, deciding_rule, parse_robots
+from modelsieve.crawler.politeness import HostGate, PolitenessConfig, RobotsRules, deciding_rule, parse_robots
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
@@ -216,3 +217,21 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_gives_nothing_away()
     assert not blocked.done()  # and only one: the global limit of 1 still holds
     held.release()
     (await asyncio.wait_for(blocked, 5)).release()
+
+
+async def test_the_robots_cache_is_bounded_by_the_bytes_it_parsed_not_only_by_origins() -> None:
+    """A parsed 512 KiB robots.txt takes about 4.5 MB in Python objects, and 50,000 origins were kept:
+    a site with many subdomains, each serving a big robots.txt, could make the crawler hold 100+ GB."""
+    big = "User-agent: *\n" + "".join(f"Disallow: /private{i}/\n" for i in range(3000))  # ~70 KB
+
+    async def fetch(url: URL) -> tuple[int, str]:
+        return 200, big
+
+    rules = RobotsRules(fetch, "modelsieve", max_cached_bytes=300_000)
+    for i in range(40):
+        verdict = await rules.verdict(URL(f"http://sub{i}.spam.test/private7/x"))
+        assert not verdict.allowed and verdict.rule == "Disallow: /private7/"
+        origins, cached = rules.cache_size()
+        assert cached <= 300_000 + len(big) and origins <= 5
+    assert (await rules.verdict(URL("http://sub0.spam.test/open/x"))).allowed  # evicted, fetched again, still right
+    await rules.close()
