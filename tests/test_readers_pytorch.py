@@ -16,7 +16,7 @@ import pytest
 from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError
 from modelsieve.fingerprint.readers import open_model
 from modelsieve.fingerprint.readers.pytorch import MAX_NESTING
-from modelsieve.fingerprint.readers.restricted_pickle import MAX_PICKLE_BYTES, MAX_TUPLE_NESTING, load_pickle
+from modelsieve.fingerprint.readers.restricted_pickle import MAX_CRAFTABLE_KEYS, MAX_PICKLE_BYTES, MAX_TUPLE_NESTING, load_pickle
 from tests.torch_files import (
     Build,
     Call,
@@ -213,6 +213,36 @@ def test_hashing_a_deep_tuple_cannot_crash_the_reader(tmp_path: Path) -> None:
     """A million nested tuples used as a dict key would overflow the C stack when hashed."""
     bomb = Raw(b"}" + b")" + b"\x85" * 1_000_000 + b"Ns")
     assert "nests tuples" in _refused(_zip_with(tmp_path, bomb, {}))
+
+
+_COLLIDING = [k * (2**61 - 1) for k in range(1, MAX_CRAFTABLE_KEYS + 2)]  # every one hashes to 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {key: 0 for key in _COLLIDING},  # SETITEMS
+        {(i, i): 0 for i in range(MAX_CRAFTABLE_KEYS + 1)},  # tuple keys: their hash is solvable
+        Raw(b"\x8f(" + b"".join(b"\x8a\x09" + k.to_bytes(9, "little") for k in _COLLIDING) + b"\x90"),  # a set: ADDITEMS
+        Raw(b"(" + b"".join(b"\x8a\x09" + k.to_bytes(9, "little") + b"N" for k in _COLLIDING) + b"d"),  # protocol 0 DICT
+        Call(Global("collections", "OrderedDict"), ([(key, 0) for key in _COLLIDING],)),  # keys handed to the stand-in
+    ],
+    ids=["setitems", "tuples", "additems", "dict", "ordereddict"],
+)
+def test_keys_whose_hashes_a_file_can_collide_are_bounded(tmp_path: Path, payload: object) -> None:
+    """k·(2⁶¹−1) all hash to 0: 40,000 such keys took 11 s to unpickle, the 32 MB a pickle may hold hours."""
+    assert "whose hash" in _refused(_zip_with(tmp_path, payload, {}))
+
+
+def test_checkpoints_keyed_by_strings_and_small_integers_still_load(tmp_path: Path) -> None:
+    """Optimizer state keys parameters by small integers; Lightning keys callbacks by class."""
+    many = {"optimizer": {"state": {i: {"step": i} for i in range(5 * MAX_CRAFTABLE_KEYS)}},
+            "callbacks": {Global("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"): {"best": 1.0}},
+            "steps": {2**61 - 3: 1, -(2**61 - 3): 2}}
+    arrays = {"w": np.ones(3, np.float32)}
+    obj, storages = state_dict(arrays)
+    with open_model(write_zip(tmp_path / "m.pt", {"state_dict": obj, **many}, storages)) as reader:
+        assert [t.name for t in reader.tensors()] == ["w"]
 
 
 def test_deep_containers_and_shared_references_stay_cheap(tmp_path: Path) -> None:
