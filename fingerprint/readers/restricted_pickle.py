@@ -29,6 +29,11 @@ from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError, quo
 
 MAX_PICKLE_BYTES = 32 * 2**20  # torch's data.pkl holds only structure: ~100 bytes per tensor
 MAX_TUPLE_NESTING = 100
+MAX_PICKLE_OBJECTS = 8_000_000
+MAX_PICKLE_CONTAINERS = 2_000_000
+"""What one pickle may build. A byte can make a 200-byte object (an empty set), so the size bound alone
+let 32 MB grow into tens of GB; these keep the worst case near 1 GB. torch's data.pkl builds about 23
+objects per tensor, 5 of them containers (tuples, dicts, rebuilt tensors): 340,000 tensors fit."""
 MAX_CRAFTABLE_KEYS = 1000
 """Dict and set keys whose hash the file can choose: tuples, frozensets, built objects and integers
 of 2⁶¹−1 or more. Unlike str and bytes hashes, theirs are not salted per process, so a file can
@@ -309,6 +314,7 @@ _MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _INTEGERS = frozenset({"INT", "LONG", "LONG1", "LONG4"})  # the opcodes that can carry integers past 32 bits
 _BUILT = frozenset({"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BINPERSID", "PERSID"})
+_CONTAINERS = _TUPLE_BUILDERS | _BUILT | frozenset({"EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "DICT", "LIST"})
 _SHALLOW = 2  # nesting of anything a stand-in returns (validated tensors, storages, sizes)
 
 
@@ -347,8 +353,8 @@ class _Simulation:
 
     def __init__(self) -> None:
         self.stack: list[_Item | _Mark] = []
-        self.memo: dict[int, _Item | _Mark] = {}
-        self.craftable_keys = 0
+        self.memo: list[_Item | _Mark] = []  # a list: indices never skip ahead, and a dict of millions is large
+        self.craftable_keys = self.objects = self.containers = 0
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
         stack, memo, name = self.stack, self.memo, op.name
@@ -358,10 +364,13 @@ class _Simulation:
                 raise ModelFileError(f"pickle memo index {index} skips ahead of the {len(memo)} slots written")
             if not stack:
                 raise ModelFileError("malformed pickle: memoizing an empty stack")
-            memo[index] = stack[-1]
+            if index == len(memo):
+                memo.append(stack[-1])
+            else:
+                memo[index] = stack[-1]
             return
         if name in _MEMO_GET:
-            if arg not in memo:
+            if arg >= len(memo):
                 raise ModelFileError(f"pickle reads memo slot {arg} before writing it")
             stack.append(memo[arg])
             return
@@ -386,6 +395,14 @@ class _Simulation:
             )
         if not op.stack_after:
             return
+        if name not in _IN_PLACE:
+            self.objects += 1
+            self.containers += name in _CONTAINERS
+            if self.objects > MAX_PICKLE_OBJECTS or self.containers > MAX_PICKLE_CONTAINERS:
+                raise ModelFileError(
+                    f"pickle builds more than {MAX_PICKLE_OBJECTS} objects or {MAX_PICKLE_CONTAINERS} containers, "
+                    "beyond any checkpoint's structure"
+                )
         if name in _TUPLE_BUILDERS:
             depth = 1 + max((item.depth for item in items + prefix), default=0)
             if depth > MAX_TUPLE_NESTING:
