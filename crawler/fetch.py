@@ -358,7 +358,8 @@ class Fetcher:
             try:
                 started_at, started = utc_now(), time.monotonic()  # the request starts once admitted
                 raw = await self._session.request(method, url, headers=headers, allow_redirects=False)
-            except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL) as exc:
+            except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL, aiohttp.ClientSSLError, aiohttp.ClientResponseError) as exc:
+                # No name, a bad URL, a TLS failure, an answer that breaks HTTP: asking again changes nothing.
                 admission.release()
                 raise FetchError(f"{url}: {_describe(exc)}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
