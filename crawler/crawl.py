@@ -85,6 +85,7 @@ class _Findings:
     published: Published | None = None
     content: RemoteContent | None = None
     fingerprint_problem: str | None = None  # why the tensors read made no fingerprint (so no near-copy could match)
+    listed_hop: str | None = None  # the listed URL a redirect or download link led to, where the check stopped
 
 
 class Crawler:
@@ -205,6 +206,7 @@ class Crawler:
             if found:
                 findings.matches += found
                 if self._settled(findings, "url"):
+                    findings.listed_hop = text
                     raise _Decided
 
         return vet
@@ -244,7 +246,7 @@ class Crawler:
             action, reason = "error", error if action == "none" else f"{error} (after: {reason})"
         return Recommendation(
             url=target.url,
-            final_url=content.final_url if content else (final.url if final else None),
+            final_url=content.final_url if content else findings.listed_hop or (final.url if final else None),
             action=action,
             reason=reason,
             evidence=evidence,
