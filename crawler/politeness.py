@@ -237,15 +237,18 @@ class RobotsRules:
 
     def _evict(self, keep: str) -> None:
         """Drop the oldest finished entries (never `keep`) until the cache is within its budgets."""
-        for origin in list(self._files):
-            if self._bytes <= self._max_bytes and len(self._files) <= self._max_origins:
-                return
-            task = self._files[origin]
-            if origin == keep or not task.done():
-                continue
+        victims = []
+        held, count = self._bytes, len(self._files)
+        for origin, task in self._files.items():  # oldest first; usually stops after one or two
+            if held <= self._max_bytes and count <= self._max_origins:
+                break
+            if origin != keep and task.done():
+                victims.append(origin)
+                count -= 1
+                held -= task.result().size if not task.cancelled() and task.exception() is None else 0
+        for origin in victims:
             del self._files[origin]
-            if not task.cancelled() and task.exception() is None:
-                self._bytes -= task.result().size
+        self._bytes = held
 
     async def _load(self, origin: URL, key: str) -> _RobotsFile:
         try:
