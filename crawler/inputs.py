@@ -99,10 +99,10 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
 
 
 def bounded_lines(path: Path) -> Iterator[str]:
-    """The lines of a URL file (UTF-8, undecodable bytes replaced, any newline convention), each cut
-    after MAX_LINE_LENGTH + 1 characters: a longer line costs no more memory than that and is still
-    one line, which `parse_line` reports as too long."""
-    with open(path, encoding="utf-8", errors="replace", newline=None) as handle:
+    """The lines of a URL file (UTF-8 with or without a byte order mark, undecodable bytes replaced,
+    any newline convention), each cut after MAX_LINE_LENGTH + 1 characters: a longer line costs no
+    more memory than that and is still one line, which `parse_line` reports as too long."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as handle:
         while line := handle.readline(MAX_LINE_LENGTH + 1):
             if len(line) > MAX_LINE_LENGTH and not line.endswith("\n"):
                 while (rest := handle.readline(MAX_LINE_LENGTH + 1)) and not rest.endswith("\n"):

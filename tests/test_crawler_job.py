@@ -269,3 +269,12 @@ def test_a_huge_line_costs_bounded_memory_and_is_one_junk_line(tmp_path) -> None
     assert peak < 8 * 1024 * 1024, peak
     assert [(p.line, getattr(p, "url", None)) for p in parsed] == [(1, "https://a.org/m1"), (2, None), (3, "https://a.org/m3")]
     assert "longer than" in parsed[1].problem
+
+
+def test_a_byte_order_mark_does_not_make_the_first_url_junk(tmp_path) -> None:
+    """Editors on Windows save UTF-8 with a BOM: the first line read '\\ufeffhttps://...' and was junk."""
+    for first in ("https://a.org/m1", '{"url": "https://a.org/m1", "context": {"post": 1}}'):
+        path = tmp_path / "links.txt"
+        path.write_bytes(b"\xef\xbb\xbf" + first.encode() + b"\r\nhttps://a.org/m2\r\n")
+        parsed = list(read_targets(bounded_lines(path)))
+        assert [getattr(p, "url", p) for p in parsed] == ["https://a.org/m1", "https://a.org/m2"]
