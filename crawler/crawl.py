@@ -213,7 +213,8 @@ class Crawler:
         action, reason = decision.action, decision.reason
         if error is not None and action in ("none", "review"):
             # A failure after a weak match keeps the match in the evidence but the action says "error".
-            action, reason = "error", error if action == "none" else f"{error} (after: {reason})"
+            reason = error if action == "none" else f"{error} (after: {reason})"
+            action = "error"
         return Recommendation(
             url=target.url,
             final_url=content.final_url if content else (final.url if final else None),

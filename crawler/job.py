@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from modelsieve.crawler.crawl import Crawler
 from modelsieve.crawler.inputs import BadLine
@@ -63,7 +64,7 @@ class CrawlJob:
         self.store = store
         self.job_id = job_id
         self.out_path = out_path
-        self._out = None
+        self._out: BinaryIO | None = None
         self._unmarked: list[str] = []
         self._last_commit = time.monotonic()
 
@@ -105,7 +106,10 @@ class CrawlJob:
             batch: list[CrawlTarget] = []
 
             def add(batch: list[CrawlTarget]) -> None:
-                rows = [CrawlTargetRow(t.line, t.url, json.dumps(t.context)) for t in batch]
+                rows = []
+                for t in batch:
+                    assert t.line is not None, "a job's targets are read from its input file, each with its line"
+                    rows.append(CrawlTargetRow(t.line, t.url, json.dumps(t.context)))
                 skipped = store.add_crawl_targets(job_id, rows)
                 for target in batch:
                     if target.line in skipped:  # the same URL on an earlier line: checked once

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -93,7 +93,7 @@ def _is_own_list_name(value: Any) -> bool:
         return False
 
 
-def _is_int64(value: Any) -> bool:
+def _is_int64(value: Any) -> TypeGuard[int]:
     """An integer a store's signed 64-bit column holds (not a bool, which JSON's true would give)."""
     return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
 

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from modelsieve.fingerprint.calibration import CalibratedScore
 from modelsieve.hashlists.errors import InvalidEntryError
@@ -111,7 +111,7 @@ def check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def is_entry_id(value: Any) -> bool:
+def is_entry_id(value: Any) -> TypeGuard[str]:
     """Whether `value` can be an entry id: 1-64 letters, digits, '.', '_', '-' (ours are "e" + 24 hex;
     a partner's arrive in bundles, and the HTTP API's paths take no other characters)."""
     return isinstance(value, str) and _ENTRY_ID.fullmatch(value) is not None

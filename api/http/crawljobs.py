@@ -101,7 +101,8 @@ class CrawlJobs:
                 if handle.read(1) != b"\n":
                     raise ValueError("the cursor does not point at the start of a recommendation")
             block = handle.read(PAGE_BYTES_LIMIT)
-        records, used = [], 0
+        records: list[Any] = []
+        used = 0
         for line in _complete_lines(block):
             if len(records) == limit:
                 break
