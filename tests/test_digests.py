@@ -198,6 +198,7 @@ def test_header_of_16_mib_or_more_is_hashed_with_the_data(tmp_path: Path) -> Non
         (lambda: safetensors_bytes(b"0123456789") + b"!", "other"),  # trailing bytes
         (lambda: (20).to_bytes(8, "little") + b"{not json at all!!!}", "other"),
         (lambda: (2**40).to_bytes(8, "little") + b"{}", "other"),  # absurd header length
+        (lambda: (5008).to_bytes(8, "little") + b'{"a": 1' + b"0" * 5000 + b"}", "other"),  # beyond int() digits
         (lambda: pickle.dumps({"weights": [1.0, 2.0]}, protocol=2), "pickle"),
         (lambda: b"", "other"),
     ],

@@ -96,6 +96,7 @@ def test_symlinked_shard_leading_outside_is_refused(tmp_path: Path) -> None:
         (b'{"weight_map": ', "not valid JSON"),
         (b'{"weight_map": {"\xff": "s1.safetensors"}}', "not valid UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply|not a JSON object"),
+        (b'{"weight_map": {}, "metadata": {"total_size": 1' + b"0" * 5000 + b"}}", "more than 4300 digits"),
     ],
 )
 def test_malformed_index_json_is_refused(tmp_path: Path, content: bytes, expected: str) -> None:

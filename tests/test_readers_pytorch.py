@@ -15,8 +15,9 @@ import pytest
 
 from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError
 from modelsieve.fingerprint.readers import open_model
+from modelsieve.fingerprint.readers import pytorch, restricted_pickle
 from modelsieve.fingerprint.readers.pytorch import MAX_NESTING
-from modelsieve.fingerprint.readers.restricted_pickle import MAX_PICKLE_BYTES, MAX_TUPLE_NESTING, load_pickle
+from modelsieve.fingerprint.readers.restricted_pickle import MAX_CRAFTABLE_KEYS, MAX_PICKLE_BYTES, MAX_TUPLE_NESTING, load_pickle
 from tests.torch_files import (
     Build,
     Call,
@@ -213,6 +214,69 @@ def test_hashing_a_deep_tuple_cannot_crash_the_reader(tmp_path: Path) -> None:
     """A million nested tuples used as a dict key would overflow the C stack when hashed."""
     bomb = Raw(b"}" + b")" + b"\x85" * 1_000_000 + b"Ns")
     assert "nests tuples" in _refused(_zip_with(tmp_path, bomb, {}))
+
+
+_COLLIDING = [k * (2**61 - 1) for k in range(1, MAX_CRAFTABLE_KEYS + 2)]  # every one hashes to 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {key: 0 for key in _COLLIDING},  # SETITEMS
+        {(i, i): 0 for i in range(MAX_CRAFTABLE_KEYS + 1)},  # tuple keys: their hash is solvable
+        Raw(b"\x8f(" + b"".join(b"\x8a\x09" + k.to_bytes(9, "little") for k in _COLLIDING) + b"\x90"),  # a set: ADDITEMS
+        Raw(b"(" + b"".join(b"\x8a\x09" + k.to_bytes(9, "little") + b"N" for k in _COLLIDING) + b"d"),  # protocol 0 DICT
+        Call(Global("collections", "OrderedDict"), ([(key, 0) for key in _COLLIDING],)),  # keys handed to the stand-in
+    ],
+    ids=["setitems", "tuples", "additems", "dict", "ordereddict"],
+)
+def test_keys_whose_hashes_a_file_can_collide_are_bounded(tmp_path: Path, payload: object) -> None:
+    """k·(2⁶¹−1) all hash to 0: 40,000 such keys took 11 s to unpickle, the 32 MB a pickle may hold hours."""
+    assert "whose hash" in _refused(_zip_with(tmp_path, payload, {}))
+
+
+def test_checkpoints_keyed_by_strings_and_small_integers_still_load(tmp_path: Path) -> None:
+    """Optimizer state keys parameters by small integers; Lightning keys callbacks by class."""
+    many = {"optimizer": {"state": {i: {"step": i} for i in range(5 * MAX_CRAFTABLE_KEYS)}},
+            "callbacks": {Global("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"): {"best": 1.0}},
+            "steps": {2**61 - 3: 1, -(2**61 - 3): 2}}
+    arrays = {"w": np.ones(3, np.float32)}
+    obj, storages = state_dict(arrays)
+    with open_model(write_zip(tmp_path / "m.pt", {"state_dict": obj, **many}, storages)) as reader:
+        assert [t.name for t in reader.tensors()] == ["w"]
+
+
+@pytest.mark.parametrize(
+    "bound, payload",
+    [
+        ("MAX_PICKLE_CONTAINERS", Raw(b"(" + b"}" * 1001 + b"l")),  # an empty dict per byte: 64 bytes each
+        ("MAX_PICKLE_CONTAINERS", Raw(b"(" + b"\x8f" * 1001 + b"l")),  # an empty set per byte: 216 bytes each
+        ("MAX_PICKLE_OBJECTS", Raw(b"(" + b"\x8c\x02ab" * 1001 + b"l")),
+    ],
+    ids=["dicts", "sets", "strings"],
+)
+def test_what_one_pickle_may_build_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str, payload: Raw) -> None:
+    """Before these bounds, 4 MB of empty dicts took 1.3 GB and 17 s; 32 MB would take about 10 GB."""
+    monkeypatch.setattr(restricted_pickle, bound, 1000)
+    assert "pickle builds more than" in _refused(_zip_with(tmp_path, payload, {}))
+
+
+def test_the_walk_of_a_checkpoint_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """References to one memoized value cost 2 bytes each and build nothing, yet each is a value to walk."""
+    monkeypatch.setattr(pytorch, "MAX_WALKED_VALUES", 1000)
+    many = Raw(b"K\x07q\x00(" + b"h\x00" * 1001 + b"l")
+    assert "holds more than 1000 values" in _refused(_zip_with(tmp_path, many, {}))
+
+
+def test_notes_on_a_hostile_checkpoint_stay_short(tmp_path: Path) -> None:
+    """A million shared references or side entries give a few notes, not a million strings."""
+    listed = Raw(b"](" + b"]q\x00" + b"h\x00" * 100_000 + b"e")  # a list holding one list 100,001 times
+    side = {"state_dict": {}, **{f"extra{i}": i for i in range(100_000)}}
+    for payload in (listed, side):
+        path = _zip_with(tmp_path, payload, {})
+        with open_model(path) as reader:
+            assert len(reader.problems()) <= 12 and all(len(p) < 2000 for p in reader.problems())
+            assert any("more" in p for p in reader.problems()), reader.problems()
 
 
 def test_deep_containers_and_shared_references_stay_cheap(tmp_path: Path) -> None:

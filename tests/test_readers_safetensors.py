@@ -95,6 +95,7 @@ VALID = {"a": entry("F32", [2], [0, 8]), "b": entry("F16", [2], [8, 12])}
         (json.dumps({"__metadata__": {"k": 1}}), b"", "map of strings to strings"),
         (json.dumps({"a": "not an object"}), b"", "not a JSON object"),
         ("[" * 100_000 + "]" * 100_000, b"", "nested too deeply|not a JSON object"),
+        ('{"a": {"dtype": "F32", "shape": [1' + "0" * 5000 + '], "data_offsets": [0, 4]}}', bytes(4), "more than 4300 digits"),
     ],
 )
 def test_malformed_headers_are_refused_with_a_reason(tmp_path: Path, header: str | bytes, data: bytes, expected: str) -> None:

@@ -9,11 +9,12 @@ numpy views of the mapped file.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +37,7 @@ LEGACY_PROTOCOL = 1001
 MAX_ZIP_MEMBERS = 100_000
 MAX_CENTRAL_DIRECTORY_BYTES = 16 * 2**20
 MAX_NESTING = 64
+MAX_WALKED_VALUES = 4_000_000  # values below the root a checkpoint may hold; real ones hold a few per tensor
 MAX_VIEW_AMPLIFICATION = 4  # tensors may view at most this many times the bytes their storages hold
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "module", "model")
 _LISTED_SKIPS = 10
@@ -189,46 +191,89 @@ def _unwrap(obj: object) -> tuple[object, list[str]]:
     key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
     if key is None:
         return obj, []
-    ignored = [quoted(k, 60) for k in obj if k != key]
-    return obj[key], [f"ignored entries beside the state dict: {', '.join(ignored[:_LISTED_SKIPS])}"] if ignored else []
+    ignored = [quoted(k, 60) for k in itertools.islice((k for k in obj if k != key), _LISTED_SKIPS)]
+    more = f" and {len(obj) - 1 - len(ignored)} more" if len(obj) - 1 > len(ignored) else ""
+    return obj[key], [f"ignored entries beside the state dict: {', '.join(ignored)}{more}"] if ignored else []
+
+
+class _Tally:
+    """Notes of one kind: all counted, the first few kept (a hostile file can make millions)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, note: str) -> None:
+        self.count += 1
+        if len(self.examples) < _LISTED_SKIPS:
+            self.examples.append(note)
+
+    @property
+    def more(self) -> str:
+        return f" and {self.count - len(self.examples)} more" if self.count > len(self.examples) else ""
+
+
+def _children(value: object) -> Iterator[tuple[object, object]] | None:
+    if isinstance(value, dict):
+        return iter(value.items())
+    if type(value) in (list, tuple):
+        return enumerate(value)  # type: ignore[arg-type]
+    return None
 
 
 def flatten_checkpoint(obj: object) -> tuple[dict[str, PickledTensor], list[str]]:
-    """Tensor names (dotted paths below the state dict) → tensors, plus notes on what was ignored."""
+    """Tensor names (dotted paths below the state dict) → tensors, plus notes on what was ignored.
+
+    Depth-first with one iterator per open container, so memory follows the nesting (≤ MAX_NESTING),
+    not the number of values; at most MAX_WALKED_VALUES values are visited.
+    """
     root, problems = _unwrap(obj)
     tensors: dict[str, PickledTensor] = {}
-    skipped: list[str] = []
+    skipped, repeated = _Tally(), _Tally()
     seen: set[int] = set()
-    stack: list[tuple[str, object, int]] = [("", root, 0)]
-    while stack:
-        path, value, depth = stack.pop()
+    frames: list[tuple[str, Iterator[tuple[object, object]]]] = []
+    walked = 0
+
+    def enter(path: str, value: object) -> None:
+        nonlocal walked
+        walked += 1
+        if walked > MAX_WALKED_VALUES:
+            raise ModelFileError(f"checkpoint holds more than {MAX_WALKED_VALUES} values")
         if isinstance(value, PickledTensor):
-            if path in tensors:
-                problems.append(f"tensor name {quoted(path)} appears twice; kept the first")
+            name = path or "tensor"
+            if name in tensors:
+                repeated.add(f"tensor name {quoted(name)} appears twice; kept the first")
             else:
-                tensors[path or "tensor"] = value
-            continue
-        if isinstance(value, dict):
-            children = list(value.items())
-        elif type(value) in (list, tuple):
-            children = list(enumerate(value))  # type: ignore[arg-type]
-        else:
-            skipped.append(f"{quoted(path, 60) if path else '<root>'} ({_label(value)})")
-            continue
-        if id(value) in seen:
-            problems.append(f"container at {quoted(path)} is referenced twice; read once")
-            continue
-        seen.add(id(value))
-        if depth >= MAX_NESTING:
+                tensors[name] = value
+            return
+        children = _children(value)
+        if children is None:
+            skipped.add(f"{quoted(path, 60) if path else '<root>'} ({_label(value)})")
+        elif id(value) in seen:
+            repeated.add(f"container at {quoted(path)} is referenced twice; read once")
+        elif len(frames) >= MAX_NESTING:
             raise ModelFileError(f"checkpoint nests containers more than {MAX_NESTING} deep")
-        for key, child in reversed(children):
-            if isinstance(key, bool) or not isinstance(key, (str, int)):
-                skipped.append(f"{quoted(path, 60)}[{_label(key)} key]")
-                continue
-            stack.append((f"{path}.{key}" if path else str(key), child, depth + 1))
-    if skipped:
-        more = f" and {len(skipped) - _LISTED_SKIPS} more" if len(skipped) > _LISTED_SKIPS else ""
-        problems.append(f"ignored {len(skipped)} non-tensor values: {', '.join(skipped[:_LISTED_SKIPS])}{more}")
+        else:
+            seen.add(id(value))
+            frames.append((path, children))
+
+    enter("", root)
+    while frames:
+        path, children = frames[-1]
+        item = next(children, None)
+        if item is None:
+            frames.pop()
+            continue
+        key, child = item
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            skipped.add(f"{quoted(path, 60)}[{_label(key)} key]")
+            continue
+        enter(f"{path}.{key}" if path else str(key), child)
+    problems += repeated.examples
+    if repeated.more:
+        problems.append(f"{repeated.more.strip()} repeated tensor names or shared containers")
+    if skipped.count:
+        problems.append(f"ignored {skipped.count} non-tensor values: {', '.join(skipped.examples)}{skipped.more}")
     return tensors, problems
 
 

@@ -4,8 +4,9 @@ Two gates stand between a hostile pickle and the interpreter:
 
 1. `pickle_length` walks the opcodes with `pickletools.genops` (a parser, not an interpreter) and
    bounds what CPython's C unpickler would otherwise trust: the pickle's size, memo indices (the
-   unpickler allocates memo slots up to the largest index it is given), and how deeply hashable
-   tuples nest (hashing a tuple nested a million deep overflows the C stack). It also refuses a
+   unpickler allocates memo slots up to the largest index it is given), how deeply hashable
+   tuples nest (hashing a tuple nested a million deep overflows the C stack), and how many dict
+   and set keys have a hash the file can choose (see `MAX_CRAFTABLE_KEYS`). It also refuses a
    `GLOBAL` outside the allow-list before a single object is built.
 2. `load_pickle` unpickles with `find_class` returning inert stand-ins for the allow-listed torch
    globals and refusing every other one, so `REDUCE` can only ever call the stand-ins below.
@@ -28,8 +29,20 @@ from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError, quo
 
 MAX_PICKLE_BYTES = 32 * 2**20  # torch's data.pkl holds only structure: ~100 bytes per tensor
 MAX_TUPLE_NESTING = 100
+MAX_PICKLE_OBJECTS = 8_000_000
+MAX_PICKLE_CONTAINERS = 2_000_000
+"""What one pickle may build. A byte can make a 200-byte object (an empty set), so the size bound alone
+let 32 MB grow into tens of GB; these keep the worst case near 1 GB. torch's data.pkl builds about 23
+objects per tensor, 5 of them containers (tuples, dicts, rebuilt tensors): 340,000 tensors fit."""
+MAX_CRAFTABLE_KEYS = 1000
+"""Dict and set keys whose hash the file can choose: tuples, frozensets, built objects and integers
+of 2⁶¹−1 or more. Unlike str and bytes hashes, theirs are not salted per process, so a file can
+make thousands collide (k·(2⁶¹−1) all hash to 0; a tuple's hash is solvable for its last element)
+and every insertion then compares against all the others: quadratic time, hours for a few MB.
+Checkpoints key their dicts by strings and small integers; a thousand such keys cost nothing."""
 MAX_DIMS = 64
 _MAX_INDEX = 2**62
+_HASH_MODULUS = 2**61 - 1  # CPython's numeric hash is the value modulo this prime (sys.hash_info.modulus)
 
 # torch storage classes and dtypes → safetensors dtype names.
 TORCH_STORAGE_DTYPES = {
@@ -120,8 +133,24 @@ class StateDict(dict[Any, Any]):
 
     __slots__ = ("attributes",)
 
+    def __init__(self, items: object = ()) -> None:
+        """`OrderedDict(items)`; the keys are checked before they are hashed (see MAX_CRAFTABLE_KEYS)."""
+        pairs = list(items.items()) if isinstance(items, dict) else [tuple(pair) for pair in items]  # type: ignore[attr-defined]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ModelFileError("OrderedDict items must be (key, value) pairs")
+        if sum(_craftable(key) for key, _ in pairs) > MAX_CRAFTABLE_KEYS:
+            raise ModelFileError(f"OrderedDict has more than {MAX_CRAFTABLE_KEYS} keys whose hash the file can choose")
+        super().__init__(pairs)
+
     def __setstate__(self, state: object) -> None:
         self.attributes = state
+
+
+def _craftable(key: object) -> bool:
+    """True for a key whose hash a file can choose freely (see MAX_CRAFTABLE_KEYS)."""
+    if type(key) is int:
+        return abs(key) >= _HASH_MODULUS - 2
+    return type(key) not in (str, bytes, bool, float, type(None))
 
 
 class OpaqueObject:
@@ -269,14 +298,27 @@ class _Mark:
 
 
 _MARK = _Mark()
+
+
+class _Item(NamedTuple):
+    """What `pickle_length` knows of one simulated stack entry."""
+
+    depth: int  # how deeply it nests tuples
+    craftable: bool  # usable as a key whose hash the file chooses (see MAX_CRAFTABLE_KEYS)
+
+
+_SCALAR = _Item(0, False)
 _TUPLE_BUILDERS = frozenset({"EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"})
 _IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD", "READONLY_BUFFER"})
 _MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_INTEGERS = frozenset({"INT", "LONG", "LONG1", "LONG4"})  # the opcodes that can carry integers past 32 bits
+_BUILT = frozenset({"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BINPERSID", "PERSID"})
+_CONTAINERS = _TUPLE_BUILDERS | _BUILT | frozenset({"EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "DICT", "LIST"})
 _SHALLOW = 2  # nesting of anything a stand-in returns (validated tensors, storages, sizes)
 
 
-def _pop(stack: list[int | _Mark], count: int) -> list[int]:
+def _pop(stack: list[_Item | _Mark], count: int) -> list[_Item]:
     if count > len(stack):
         raise ModelFileError("malformed pickle: stack underflow")
     popped = stack[len(stack) - count :] if count else []
@@ -286,7 +328,7 @@ def _pop(stack: list[int | _Mark], count: int) -> list[int]:
     return popped  # type: ignore[return-value]
 
 
-def _pop_to_mark(stack: list[int | _Mark]) -> list[int]:
+def _pop_to_mark(stack: list[_Item | _Mark]) -> list[_Item]:
     for position in range(len(stack) - 1, -1, -1):
         if stack[position] is _MARK:
             items = stack[position + 1 :]
@@ -295,46 +337,85 @@ def _pop_to_mark(stack: list[int | _Mark]) -> list[int]:
     raise ModelFileError("malformed pickle: no MARK")
 
 
-def _step(stack: list[int | _Mark], memo: dict[int, int | _Mark], op: pickletools.OpcodeInfo, arg: Any) -> None:
-    """Apply one opcode's stack effect, tracking only how deeply each entry nests tuples."""
-    name = op.name
-    if name in _MEMO_PUT:
-        index = len(memo) if name == "MEMOIZE" else arg
-        if index > len(memo):
-            raise ModelFileError(f"pickle memo index {index} skips ahead of the {len(memo)} slots written")
-        if not stack:
-            raise ModelFileError("malformed pickle: memoizing an empty stack")
-        memo[index] = stack[-1]
-        return
-    if name in _MEMO_GET:
-        if arg not in memo:
-            raise ModelFileError(f"pickle reads memo slot {arg} before writing it")
-        stack.append(memo[arg])
-        return
-    if name == "DUP":
-        stack.append(_pop(stack, 1)[0])
-        stack.append(stack[-1])
-        return
-    if name == "MARK":
-        stack.append(_MARK)
-        return
-    before = op.stack_before
-    if pickletools.markobject in before:
-        items = _pop_to_mark(stack)
-        prefix = _pop(stack, before.index(pickletools.markobject))
-    else:
-        items, prefix = [], _pop(stack, len(before))
-    if not op.stack_after:
-        return
-    if name in _TUPLE_BUILDERS:
-        depth = 1 + max(items + prefix, default=0)
-        if depth > MAX_TUPLE_NESTING:
-            raise ModelFileError(f"pickle nests tuples more than {MAX_TUPLE_NESTING} deep")
-    elif name in _IN_PLACE:
-        depth = prefix[0]
-    else:
-        depth = _SHALLOW if name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BINPERSID", "PERSID") else 0
-    stack.append(depth)
+def _hash_keys(name: str, items: list[_Item], prefix: list[_Item]) -> list[_Item]:
+    """The entries an opcode hashes as dict or set keys."""
+    if name == "SETITEM":
+        return prefix[1:2]
+    if name in ("SETITEMS", "DICT"):
+        return items[::2]
+    if name in ("ADDITEMS", "FROZENSET"):
+        return items
+    return []
+
+
+class _Simulation:
+    """The stack effect of each opcode, tracking only what `pickle_length` bounds."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Item | _Mark] = []
+        self.memo: list[_Item | _Mark] = []  # a list: indices never skip ahead, and a dict of millions is large
+        self.craftable_keys = self.objects = self.containers = 0
+
+    def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
+        stack, memo, name = self.stack, self.memo, op.name
+        if name in _MEMO_PUT:
+            index = len(memo) if name == "MEMOIZE" else arg
+            if index > len(memo):
+                raise ModelFileError(f"pickle memo index {index} skips ahead of the {len(memo)} slots written")
+            if not stack:
+                raise ModelFileError("malformed pickle: memoizing an empty stack")
+            if index == len(memo):
+                memo.append(stack[-1])
+            else:
+                memo[index] = stack[-1]
+            return
+        if name in _MEMO_GET:
+            if arg >= len(memo):
+                raise ModelFileError(f"pickle reads memo slot {arg} before writing it")
+            stack.append(memo[arg])
+            return
+        if name == "DUP":
+            stack.append(_pop(stack, 1)[0])
+            stack.append(stack[-1])
+            return
+        if name == "MARK":
+            stack.append(_MARK)
+            return
+        before = op.stack_before
+        if pickletools.markobject in before:
+            items = _pop_to_mark(stack)
+            prefix = _pop(stack, before.index(pickletools.markobject))
+        else:
+            items, prefix = [], _pop(stack, len(before))
+        self.craftable_keys += sum(key.craftable for key in _hash_keys(name, items, prefix))
+        if self.craftable_keys > MAX_CRAFTABLE_KEYS:
+            raise ModelFileError(
+                f"pickle uses more than {MAX_CRAFTABLE_KEYS} dict or set keys whose hash it can choose (tuples, "
+                "objects, huge integers): refused, as colliding keys would take hours to insert"
+            )
+        if not op.stack_after:
+            return
+        if name not in _IN_PLACE:
+            self.objects += 1
+            self.containers += name in _CONTAINERS
+            if self.objects > MAX_PICKLE_OBJECTS or self.containers > MAX_PICKLE_CONTAINERS:
+                raise ModelFileError(
+                    f"pickle builds more than {MAX_PICKLE_OBJECTS} objects or {MAX_PICKLE_CONTAINERS} containers, "
+                    "beyond any checkpoint's structure"
+                )
+        if name in _TUPLE_BUILDERS:
+            depth = 1 + max((item.depth for item in items + prefix), default=0)
+            if depth > MAX_TUPLE_NESTING:
+                raise ModelFileError(f"pickle nests tuples more than {MAX_TUPLE_NESTING} deep")
+            stack.append(_Item(depth, True))
+        elif name in _IN_PLACE:
+            stack.append(prefix[0])
+        elif name in _BUILT:
+            stack.append(_Item(_SHALLOW, True))
+        elif name in _INTEGERS:
+            stack.append(_Item(0, abs(arg) >= _HASH_MODULUS - 2))  # hash(-1) == hash(-2): keep clear of the edge
+        else:
+            stack.append(_SCALAR)
 
 
 def pickle_length(data: bytes) -> int:
@@ -342,8 +423,7 @@ def pickle_length(data: bytes) -> int:
 
     Raises ModelFileError for malformed or oversized pickles, UnsafePickleError for refused globals.
     """
-    stack: list[int | _Mark] = []
-    memo: dict[int, int | _Mark] = {}
+    simulation = _Simulation()
     try:
         for op, arg, position in pickletools.genops(data):
             assert position is not None  # genops reads bytes through a BytesIO, whose tell() always answers
@@ -351,7 +431,7 @@ def pickle_length(data: bytes) -> int:
                 raise ModelFileError(f"pickle is larger than the bound of {MAX_PICKLE_BYTES} bytes")
             if op.name in ("GLOBAL", "INST"):
                 allowed_global(*str(arg).split(" ", 1))
-            _step(stack, memo, op, arg)
+            simulation.step(op, arg)
             if op.name == "STOP":
                 return position + 1
     except ModelFileError:

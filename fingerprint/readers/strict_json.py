@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 
@@ -53,6 +54,8 @@ def load_json_object(data: bytes, what: str) -> dict[str, object]:
         raise ModelFileError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{what} is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except ValueError:  # CPython refuses to convert integers of more than 4300 digits (CVE-2020-10735)
+        raise ModelFileError(f"{what} holds an integer with more than {sys.get_int_max_str_digits()} digits") from None
     except RecursionError:
         raise ModelFileError(f"{what} is nested too deeply") from None
     except ModelFileError as exc:
