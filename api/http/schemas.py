@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
+from modelsieve.crawler.model import Action
+from modelsieve.crawler.policy import Mode
 from modelsieve.hashlists.model import DIGEST_LENGTHS
 
 Schema = dict[str, Any]
@@ -213,7 +215,7 @@ CRAWL_BODY: Schema = {
                 ]
             },
         },
-        "mode": {"type": "string", "enum": ["search", "host"], "default": "search"},
+        "mode": {"type": "string", "enum": list(get_args(Mode)), "default": "search"},
     },
     "additionalProperties": False,
 }
@@ -240,7 +242,7 @@ RECOMMENDATION: Schema = {
     "properties": {
         "url": {"type": "string"},
         "final_url": NULLABLE_STRING,
-        "action": {"type": "string", "enum": ["delist", "takedown", "review", "none", "error"]},
+        "action": {"type": "string", "enum": list(get_args(Action))},
         "reason": {"type": "string"},
         "evidence": {"type": "object", "properties": {"matches": {"type": "array", "items": MATCH}}},
         "checked_at": {"type": "string"},
