@@ -53,6 +53,7 @@ class Lookup(Protocol):
 
 
 def default_providers() -> tuple[Provider, ...]:
+    """Hugging Face, Civitai, then the generic provider that claims every other URL."""
     return (HuggingFaceProvider(), CivitaiProvider(), GenericProvider())
 
 

@@ -51,6 +51,7 @@ class JobProgress:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read 1 MiB at a time (ties a crawl job to its input for --resume)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -181,6 +182,7 @@ class CrawlJob:
             self._lock = None
 
     def progress(self) -> JobProgress:
+        """Targets done and in total, as the store has them."""
         return JobProgress(*self.store.crawl_progress(self.job_id))
 
     def pending(self) -> Iterator[CrawlTarget]:

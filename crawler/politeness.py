@@ -64,6 +64,7 @@ class Admission:
         self._state = state
 
     def release(self) -> None:
+        """Give the host's slot back; calls after the first do nothing."""
         if self._gate is not None:
             gate, self._gate = self._gate, None
             gate._release(self._state)

@@ -251,6 +251,7 @@ class LoraFactors:
     modules: Mapping[str, tuple[np.ndarray, np.ndarray, float]]  # diffusers module → (up, down, alpha)
 
     def delta(self, module: str) -> np.ndarray:
+        """ΔW of one module: (alpha / rank) · up @ down."""
         up, down, alpha = self.modules[module]
         return (alpha / down.shape[0]) * (up @ down)
 

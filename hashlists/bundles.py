@@ -73,6 +73,7 @@ SCHEMES = {"entries": {"entry": 1}, "opinions": {"opinion": 1}, "background": {"
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
+    """The exact bytes a record is hashed and signed as: sorted keys, no spaces, ASCII only."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -100,6 +101,8 @@ def _is_int64(value: Any) -> TypeGuard[int]:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A bundle's first line: its type, publisher, signing key, list and seq range (README, Bundles)."""
+
     type: str
     publisher: str
     key_id: str
@@ -118,6 +121,7 @@ class Manifest:
 
     @classmethod
     def from_line(cls, line: bytes) -> Manifest:
+        """The manifest in a bundle's first line; BundleError for anything that is not a valid one."""
         try:
             record = _json(line)
             if record.get("format") != FORMAT:

@@ -47,6 +47,7 @@ def stored_codes(blob: bytes) -> str:
 
 
 def decode_codes(text: str | None) -> dict[str, bytes]:
+    """The store's JSON text of an entry's sign codes (component → hex) as bytes; {} for none."""
     return {component: bytes.fromhex(code) for component, code in json.loads(text).items()} if text else {}
 
 

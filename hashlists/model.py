@@ -249,6 +249,7 @@ class Entry:
     note: str | None = field(default=None, repr=False)
 
     def expired(self, now: str | None = None) -> bool:
+        """Whether `expires` lies at or before `now` (default: the current UTC time)."""
         return self.expires is not None and self.expires <= (now or utc_now())
 
     def matchable(self, now: str | None = None) -> bool:
@@ -396,6 +397,7 @@ class MatchResult:
 
     @property
     def verdict(self) -> str:
+        """exact when any match is by digest or URL, near when all are fuzzy, none when nothing matched."""
         if any(m.kind != "fuzzy" for m in self.matches):
             return "exact"
         return "near" if self.matches else "none"
@@ -484,6 +486,7 @@ class LeasedCrawlJob:
     lease_until: float | None = None
 
     def status(self, now: float) -> str:
+        """done or failed once finished; running while a lease is live at `now`; else queued."""
         if self.finished_at is not None:
             return "failed" if self.error else "done"
         return "running" if self.lease_until is not None and self.lease_until > now else "queued"

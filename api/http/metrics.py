@@ -78,6 +78,7 @@ class Metrics:
 
 
 def metrics_response(metrics: Metrics) -> web.Response:
+    """The metrics in Prometheus text exposition format."""
     response = web.Response(body=metrics.exposition())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"

@@ -12,6 +12,7 @@ Schema = dict[str, Any]
 
 
 def hex_digest(name: str) -> Schema:
+    """The schema of one digest's value: hex of any length the digest comes in."""
     lengths = "|".join(f"[0-9a-fA-F]{{{n}}}" for n in DIGEST_LENGTHS[name])
     return {"type": "string", "pattern": f"^(?:{lengths})$", "description": f"{name} digest, hex (case-insensitive)"}
 
