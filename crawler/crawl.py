@@ -53,6 +53,7 @@ class Lookup(Protocol):
 
 
 def default_providers() -> tuple[Provider, ...]:
+    """Hugging Face, Civitai, then the generic provider that claims every other URL."""
     return (HuggingFaceProvider(), CivitaiProvider(), GenericProvider())
 
 
@@ -243,7 +244,8 @@ class Crawler:
         action, reason = decision.action, decision.reason
         if error is not None and action in ("none", "review"):
             # A failure after a weak match keeps the match in the evidence but the action says "error".
-            action, reason = "error", error if action == "none" else f"{error} (after: {reason})"
+            reason = error if action == "none" else f"{error} (after: {reason})"
+            action = "error"
         return Recommendation(
             url=target.url,
             final_url=content.final_url if content else findings.listed_hop or (final.url if final else None),

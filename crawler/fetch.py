@@ -129,6 +129,7 @@ class Transcript:
 
 
 def relevant_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The response headers kept as evidence (those of RELEVANT_HEADERS that are present)."""
     return {name: headers[name] for name in RELEVANT_HEADERS if name in headers}
 
 

@@ -52,6 +52,7 @@ def partition_of(url: str, partitions: int) -> int:
 
 
 def part_path(out_dir: Path, partition: int) -> Path:
+    """The recommendations file of one partition in `out_dir`."""
     return out_dir / f"part-{partition:05d}.jsonl"
 
 
@@ -105,6 +106,7 @@ class JobManifest:
     completed: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, out_dir: Path) -> None:
+        """Write the manifest into `out_dir` atomically (temp file, fsync, rename)."""
         record = {
             "format": FORMAT,
             "input_sha256": self.input_sha256,
@@ -115,6 +117,7 @@ class JobManifest:
 
     @classmethod
     def load(cls, out_dir: Path) -> JobManifest | None:
+        """The manifest in `out_dir`; None when there is none, JobError when it is unreadable."""
         path = out_dir / MANIFEST
         if not path.exists():
             return None
@@ -140,6 +143,7 @@ class JobSummary:
 
 
 def partition_input_path(out_dir: Path, partition: int) -> Path:
+    """The spilled targets of one partition in `out_dir`."""
     return out_dir / INPUTS / f"part-{partition:05d}.jsonl"
 
 

@@ -66,6 +66,7 @@ class Admission:
         self._state = state
 
     def release(self) -> None:
+        """Give the host's slot back; calls after the first do nothing."""
         if self._gate is not None:
             gate, self._gate = self._gate, None
             gate._release(self._state)
@@ -195,7 +196,9 @@ def deciding_rule(parser: urllib.robotparser.RobotFileParser, agent: str, url: s
     """The robots.txt line that decides `url` for `agent`, found as `RobotFileParser.can_fetch` finds it."""
     parsed = urllib.parse.urlparse(urllib.parse.unquote(url))
     path = urllib.parse.quote(urllib.parse.urlunparse(("", "", parsed.path, parsed.params, parsed.query, parsed.fragment))) or "/"
-    group = next((entry for entry in parser.entries if entry.applies_to(agent)), parser.default_entry)
+    # RobotFileParser's rule groups (and the allow_all / disallow_all flags set below) are
+    # undocumented attributes typeshed leaves out; can_fetch itself reads them.
+    group = next((entry for entry in parser.entries if entry.applies_to(agent)), parser.default_entry)  # type: ignore[attr-defined]
     if group is None:
         return None
     return next((str(line) for line in group.rulelines if line.applies_to(path)), None)
@@ -265,6 +268,7 @@ class RobotsRules:
         robots_url = origin.with_path("/robots.txt")
         fetched_at = utc_now()
         status: int | None
+        summary: str | None
         size = 0
         try:
             status, text = await self._fetch(robots_url)
@@ -273,15 +277,15 @@ class RobotsRules:
         except (OSError, TimeoutError, ModelsieveError) as exc:  # unreachable: RFC 9309 says assume disallowed
             status, text, summary = None, "", f"robots.txt unreachable ({exc}): nothing allowed (RFC 9309)"
         if status is None:
-            parser.disallow_all = True
+            parser.disallow_all = True  # type: ignore[attr-defined]
         elif 200 <= status < 300:
             parser = parse_robots(text)
             summary, size = None, min(len(text), ROBOTS_MAX_BYTES)
         elif 400 <= status < 500:
-            parser.allow_all = True
+            parser.allow_all = True  # type: ignore[attr-defined]
             summary = f"no robots.txt (status {status}): everything allowed"
         else:
-            parser.disallow_all = True
+            parser.disallow_all = True  # type: ignore[attr-defined]
             summary = f"robots.txt answered status {status}: nothing allowed (RFC 9309)"
         return _RobotsFile(str(robots_url), status, fetched_at, parser, summary, size)
 

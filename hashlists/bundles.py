@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -73,6 +73,7 @@ SCHEMES = {"entries": {"entry": 1}, "opinions": {"opinion": 1}, "background": {"
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
+    """The exact bytes a record is hashed and signed as: sorted keys, no spaces, ASCII only."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -93,13 +94,15 @@ def _is_own_list_name(value: Any) -> bool:
         return False
 
 
-def _is_int64(value: Any) -> bool:
+def _is_int64(value: Any) -> TypeGuard[int]:
     """An integer a store's signed 64-bit column holds (not a bool, which JSON's true would give)."""
     return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """A bundle's first line: its type, publisher, signing key, list and seq range (README, Bundles)."""
+
     type: str
     publisher: str
     key_id: str
@@ -118,6 +121,7 @@ class Manifest:
 
     @classmethod
     def from_line(cls, line: bytes) -> Manifest:
+        """The manifest in a bundle's first line; BundleError for anything that is not a valid one."""
         try:
             record = _json(line)
             if record.get("format") != FORMAT:

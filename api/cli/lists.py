@@ -164,9 +164,9 @@ def _new_entries(args: argparse.Namespace, store: Store) -> list[NewEntry]:
         entries.append(
             NewEntry(category=args.category or "2c", digests=digests, evidence=args.evidence or "osint-report", **fields)
         )
-    for key, values in (("url", args.url), ("domain", args.domain)):
+    for field, values in (("url", args.url), ("domain", args.domain)):
         entries += [
-            NewEntry(category="nudify-service", evidence=args.evidence or "osint-report", **{key: v}, **fields)
+            NewEntry(category="nudify-service", evidence=args.evidence or "osint-report", **{field: v}, **fields)
             for v in values
         ]
     if not entries:
