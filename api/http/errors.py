@@ -15,6 +15,9 @@ log = logging.getLogger("modelsieve.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before its answer; no server error
+
+
 def error_body(status: int, message: str) -> str:
     """The JSON body of every API error: {"error": message, "status": status}."""
     return json.dumps({"error": message, "status": status})
@@ -33,7 +36,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     A ModelsieveError is the client's bad input (422 with its one-line message; 404 for something
     named that does not exist) or, a StoreUnavailableError, a store down or busy (503); anything else
-    unexpected is logged with its traceback and answered with a bare 500 that leaks nothing.
+    unexpected is logged with its traceback and answered with a bare 500 that leaks nothing. A
+    client that closes the connection mid-request (an upload cut off) is counted as 499, not
+    logged as a crash: nothing went wrong here and nobody is left to answer.
     """
     try:
         return await handler(request)
@@ -44,6 +49,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(
             status=exc.status, text=error_body(exc.status, message), content_type="application/json", headers=_kept_headers(exc)
         )
+    except ConnectionResetError:  # aiohttp's "Connection lost" from reading the body of a client that left
+        log.info("client closed the connection during %s %s", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED, text=error_body(CLIENT_CLOSED, "client closed the connection"), content_type="application/json")
     except StoreUnavailableError as exc:  # the store down or busy with another process's write: retry
         return web.Response(status=503, text=error_body(503, str(exc)), content_type="application/json", headers={"Retry-After": "5"})
     except ModelsieveError as exc:

@@ -7,6 +7,7 @@ its values there and any worker's `/metrics` answers with the sum over all of th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,8 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from modelsieve.api.http.errors import CLIENT_CLOSED
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -67,6 +70,10 @@ class Metrics:
                 return response
             except web.HTTPException as exc:
                 status = exc.status
+                raise
+            except asyncio.CancelledError:  # a server cancelling handlers when clients leave (handler_cancellation)
+                if request.transport is None or request.transport.is_closing():
+                    status = CLIENT_CLOSED
                 raise
             finally:
                 resource = request.match_info.route.resource
