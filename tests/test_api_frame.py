@@ -127,6 +127,21 @@ async def test_openapi_document_describes_every_route_and_is_valid_json_schema(a
     assert document["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}]
 
 
+async def test_every_documented_error_response_is_the_json_error_the_api_sends(api: Api) -> None:
+    document = await api.get_json("/v1/openapi.json", "lookup")
+    error_schema = {"$ref": "#/components/schemas/Error"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and not (path == "/v1/readyz" and status == "503"):  # not ready: the readiness body
+                    assert response["content"] == {"application/json": {"schema": error_schema}}, (method, path, status)
+    # what a documented 404 really sends
+    response = await api.client.get("/v1/crawl/0123456789abcdef", headers=api.as_("crawl"))
+    body = await response.json()
+    assert response.status == 404 and response.content_type == "application/json"
+    jsonschema_rs.validate(document["components"]["schemas"]["Error"], body)
+
+
 async def test_metrics_count_requests_by_route_template_and_status(api: Api) -> None:
     await api.client.get("/v1/healthz")
     await api.client.get("/v1/openapi.json")  # 401

@@ -81,13 +81,15 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
 
 
 def _responses(route: Route) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     responses: dict[str, Any] = {}
     for status, response in sorted(route.responses.items()):
         entry: dict[str, Any] = {"description": response.description}
         if response.schema is not None:
             entry["content"] = {response.media_type: {"schema": response.schema}}
+        elif status >= 400:  # a route's own error statuses (404, 409) send the same JSON error as the rest
+            entry |= error
         responses[str(status)] = entry
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     standard = {"400": "invalid input", "422": "input understood but unusable (e.g. not a model file)", "503": "timed out"}
     if route.scope is not None:
         standard |= {"401": "no or unknown API key", "403": "the key lacks the scope", "429": "rate limited (see Retry-After)"}
