@@ -51,6 +51,14 @@ AUTOV1_LENGTH = 0x10000
 AUTOV1_MIN_FILE_SIZE = 0x200000
 AUTOV3_MAX_SKIPPED_HEADER = 16 * 1024 * 1024
 
+
+
+def printed_digest(name: str, value: str) -> str:
+    """A digest as people compare it and modelsieve prints it: CRC32 in Civitai's upper-case form,
+    every other digest lower-case (values compare case-insensitively either way)."""
+    return value.upper() if name == "crc32" else value.lower()
+
+
 CHUNK_SIZE = 4 * 1024 * 1024
 """Read size of `hash_file`: long GIL-free runs of each digest's C code, yet cache-friendly
 (measured here: 4 MiB beat 8, 16 and 32 MiB)."""
@@ -197,7 +205,7 @@ class MultiDigest:
             elif name == "autov3":
                 value = self._hex("autov3") if self.format == "safetensors" else None
             elif name == "crc32":
-                value = self._hex("crc32").upper()
+                value = printed_digest("crc32", self._hex("crc32"))
             else:
                 value = self._hex(name)
             results[name] = value

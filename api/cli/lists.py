@@ -18,6 +18,7 @@ from modelsieve.api.cli.common import (
     progress,
     report_failure,
 )
+from modelsieve.fingerprint.digests import printed_digest
 from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists import bundles, curation
 from modelsieve.hashlists.files import examine_file
@@ -178,13 +179,8 @@ def _print_entry_line(entry: Entry, *, added: bool, json_output: bool) -> None:
     if json_output:
         print_json_line({**entry.to_json(), "result": "added" if added else "already listed"})
         return
-    what = entry.url or entry.domain or ", ".join(f"{n} {_shown(n, v)}" for n, v in entry.digests.items())
+    what = entry.url or entry.domain or ", ".join(f"{n} {printed_digest(n, v)}" for n, v in entry.digests.items())
     print(f"{'added' if added else 'already listed'}: {entry.id} {entry.category} {entry.kind} {what}")
-
-
-def _shown(name: str, value: str) -> str:
-    """A digest as people compare it: CRC32 in Civitai's upper-case form, the rest lower-case."""
-    return value.upper() if name == "crc32" else value
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -395,7 +391,7 @@ def _register_show(actions: Any) -> None:
 
 
 def _describe(entry: Entry, *, notes: bool) -> str:
-    what = entry.url or entry.domain or " ".join(f"{n}:{_shown(n, v)}" for n, v in entry.digests.items())
+    what = entry.url or entry.domain or " ".join(f"{n}:{printed_digest(n, v)}" for n, v in entry.digests.items())
     fingerprint = " +fingerprint" if entry.fingerprint else ""
     origin = f" from {entry.origin}" if entry.origin else ""
     line = f"{entry.id} [{entry.status}] {entry.category} {entry.kind} {what}{fingerprint} (source {entry.source}{origin}, seq {entry.seq})"

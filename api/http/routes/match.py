@@ -18,6 +18,7 @@ from modelsieve.api.http.routing import Call, Response, Route
 from modelsieve.api.http.schemas import FILE_MATCH_RESULT, FINGERPRINT_BODY, FINGERPRINT_MATCH_RESULT, LOOKUP_QUERY, LOOKUP_RESULT
 from modelsieve.api.http.state import CONFIG, UPLOAD_SLOTS, loaded_matcher
 from modelsieve.api.http.upload import capture_upload, match_upload
+from modelsieve.fingerprint.digests import printed_digest
 from modelsieve.fingerprint.fuzzy import Fingerprint
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import Match, MatchResult
@@ -32,7 +33,7 @@ def answer(call: Call, result: MatchResult, **computed: Any) -> web.Response:
 
 async def lookup(call: Call) -> web.Response:
     """Entries listing any of the given digests (AutoV3 also by its 12-hex prefix)."""
-    digests = {name: value.lower() for name, value in call.query.items()}
+    digests = {name: printed_digest(name, value) for name, value in call.query.items()}
     matches = loaded_matcher(call.app).match_digests(digests)
     return answer(call, MatchResult("lookup", tuple(matches)), digests=digests)
 
