@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import signal
 import socket
@@ -154,3 +155,29 @@ def test_serve_keeps_crawl_jobs_in_the_folder_crawl_jobs_dir_names(tmp_path: Pat
         assert not Path(f"{db}.crawl-jobs").exists()
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
+
+
+def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path: Path) -> None:
+    """A deploy's SIGTERM in the middle of a hub's upload: the server stops taking connections,
+    but the upload's remaining bytes are still read and it gets its answer before the exit."""
+    db = tmp_path / "store.db"
+    key = cli("keys", "api", "create", "--scope", "lookup", "--db", str(db))
+    assert key.returncode == 0, key.stderr
+    body = bytes(range(256)) * 8192  # 2 MiB, sent in parts around the signal
+    with serving(tmp_path, "--db", str(db), workers=1) as (base, server, stderr):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            head = f"POST /v1/match/file HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key.stdout.strip()}\r\n"
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:500_000])
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            sock.sendall(body[500_000:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head_lines, _, payload = answer.partition(b"\r\n\r\n")
+        assert head_lines.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert json.loads(payload)["digests"]["sha256"] == hashlib.sha256(body).hexdigest()
+        assert server.wait(30) == 0
+        assert "Traceback" not in stderr.read_text()

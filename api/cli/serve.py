@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -13,12 +14,13 @@ import sys
 import tempfile
 from typing import Any
 
-from aiohttp import web
-
 from modelsieve.api.cli.common import add_db_option, command_parser, non_negative_int, positive_int, positive_number
 from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.api.http.metrics import MULTIPROCESS_ENV
+from modelsieve.api.http.serving import serve
 from modelsieve.fingerprint.errors import ModelsieveError
+
+SHUTDOWN_SECONDS = 10.0  # on SIGTERM / SIGINT, how long requests in flight may take to finish
 
 EXAMPLES = """\
 examples:
@@ -115,20 +117,17 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
 
 
 def serve_process(config: ApiConfig, host: str, port: int, *, reuse_port: bool) -> None:
-    """Run one server process until SIGTERM or SIGINT, then shut down cleanly (aiohttp's run_app).
+    """Run one server process until SIGTERM or SIGINT, then shut down cleanly: requests in flight
+    (uploads still arriving included) get up to SHUTDOWN_SECONDS to finish (`serving.serve`).
 
     An address that cannot be bound (in use, unknown host) is a ModelsieveError naming it."""
     logging.basicConfig(level=logging.WARNING, format="modelsieve: %(message)s")
+
+    def announce(text: str) -> None:
+        print(f"modelsieve: pid {os.getpid()}: {text}", file=sys.stderr, flush=True)
+
     try:
-        web.run_app(
-            create_app(config),
-            host=host,
-            port=port,
-            reuse_port=reuse_port,
-            access_log=None,
-            shutdown_timeout=10,
-            print=lambda text: print(f"modelsieve: pid {os.getpid()}: {text.splitlines()[0]}", file=sys.stderr, flush=True),
-        )
+        asyncio.run(serve(create_app(config), host, port, reuse_port=reuse_port, grace=SHUTDOWN_SECONDS, announce=announce))
     except OSError as exc:  # from binding: the store, key and log files fail with ModelsieveErrors of their own
         raise ModelsieveError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 

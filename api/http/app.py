@@ -24,6 +24,7 @@ from modelsieve.api.http.openapi import openapi_document
 from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.api.http.routing import add_routes
+from modelsieve.api.http.serving import IN_FLIGHT, InFlight
 from modelsieve.api.http.state import (
     AUDIT,
     CONFIG,
@@ -61,7 +62,9 @@ def create_app(config: ApiConfig | None = None) -> web.Application:
     """An application serving the store at `config.db_path`; opened on start-up, closed on cleanup."""
     config = config or ApiConfig()
     metrics = Metrics()
-    app = web.Application(middlewares=[metrics.middleware(), error_middleware], client_max_size=config.json_body_limit)
+    in_flight = InFlight()
+    app = web.Application(middlewares=[in_flight.middleware(), metrics.middleware(), error_middleware], client_max_size=config.json_body_limit)
+    app[IN_FLIGHT] = in_flight
     app[CONFIG] = config
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_second, config.rate_burst)
