@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,27 @@ async def test_a_bundle_import_cut_off_by_the_request_timeout_applies_nothing(
     monkeypatch.delenv(PAUSE_ENV)
     response = await api.client.post("/v1/lists/main/bundle", data=(tmp_path / "main.jsonl").read_bytes(), headers=api.as_("lists:write"))
     assert response.status == 200 and (await response.json())["entries"] == 1
+
+
+async def test_a_crawl_submission_cut_off_by_the_request_timeout_stores_no_job(aiohttp_client: Any, tmp_path: Path) -> None:
+    """The submission waited for the store on a thread the request timeout did not stop: the client
+    got 503 "not finished, retry" and the job was stored anyway once the store was free, so the
+    retry crawled every URL a second time."""
+    jobs = tmp_path / "jobs"
+    api = await ready(await start_api(aiohttp_client, tmp_path / "store.db", request_timeout=0.5, crawl_jobs_dir=jobs, crawl_jobs_per_process=0))
+    hold = WriteHold(api.client.server.app[STORE])
+    try:
+        assert await asyncio.to_thread(hold.entered.wait, 30)
+        response = await api.client.post("/v1/crawl", json={"urls": ["http://127.0.0.1:9/model.safetensors"]}, headers=api.as_("crawl"))
+        assert response.status == 503 and "not finished" in (await response.json())["error"]
+    finally:
+        await hold.release()
+    with SQLiteStore(tmp_path / "store.db", busy_timeout=60) as store:
+        with store.transaction():  # waits until the submission's transaction, if any, has ended
+            pass
+    await asyncio.sleep(0.5)  # the submission's thread gives up after the commit it refused (no assertion rests on it)
+    with sqlite3.connect(tmp_path / "store.db") as connection:
+        assert connection.execute("SELECT count(*) FROM api_crawl_jobs").fetchone() == (0,)
+    assert not jobs.exists() or not any(jobs.iterdir())
+    retried = await api.post_json("/v1/crawl", "crawl", {"urls": ["http://127.0.0.1:9/model.safetensors"]}, status=202)
+    assert (await api.get_json(f"/v1/crawl/{retried['id']}", "crawl"))["total"] == 1

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.offload import LoopThread
 from modelsieve.crawler.crawl import CrawlConfig, Crawler, Lookup
 from modelsieve.crawler.inputs import read_targets
-from modelsieve.crawler.job import CrawlJob
+from modelsieve.crawler.job import CrawlJob, JobError
 from modelsieve.crawler.model import Recommendation
 from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.hashlists.model import LeasedCrawlJob
@@ -35,6 +36,10 @@ LEASE_SECONDS = 30.0
 RENEW_SECONDS = 10.0
 POLL_SECONDS = 2.0
 PAGE_BYTES_LIMIT = 8 * 1024 * 1024
+
+
+class JobStoppedError(JobError):
+    """A submission stopped before its commit because its request was already answered."""
 
 
 class CrawlJobs:
@@ -51,18 +56,31 @@ class CrawlJobs:
     def _crawl_job(self, record: LeasedCrawlJob) -> CrawlJob:
         return CrawlJob(self.store, record.crawl_job_id, (self.folder(record.id) / "recommendations.jsonl").resolve())
 
-    def submit(self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str) -> LeasedCrawlJob:
-        """Store a new job (its targets in one transaction); a server process picks it up."""
+    def submit(
+        self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str, *, stopped: Callable[[], bool] = lambda: False
+    ) -> LeasedCrawlJob:
+        """Store a new job (it and its targets in one transaction); a server process picks it up.
+
+        `stopped` is asked last before the commit: once it says True (the request timed out and
+        was answered 503 while this waited for the store), nothing is stored and JobStoppedError
+        is raised, so the client's retry does not crawl every URL twice."""
         job_id = secrets.token_hex(8)
         folder = self.folder(job_id)
         folder.mkdir(parents=True)
-        input_path = folder / "input.jsonl"
-        input_path.write_text("".join(json.dumps(dict(t), separators=(",", ":")) + "\n" for t in targets), encoding="utf-8")
-        lines = input_path.read_text(encoding="utf-8").splitlines()
-        crawl_job = CrawlJob.open(self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
-        crawl_job.close()  # a server process runs it later (`run` opens it again)
-        record = LeasedCrawlJob(job_id, key_id, mode, time.time(), crawl_job.job_id)
-        self.store.add_leased_crawl_job(record)
+        try:
+            input_path = folder / "input.jsonl"
+            input_path.write_text("".join(json.dumps(dict(t), separators=(",", ":")) + "\n" for t in targets), encoding="utf-8")
+            lines = input_path.read_text(encoding="utf-8").splitlines()
+            with self.store.transaction():
+                crawl_job = CrawlJob.open(self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
+                crawl_job.close()  # a server process runs it later (`run` opens it again)
+                record = LeasedCrawlJob(job_id, key_id, mode, time.time(), crawl_job.job_id)
+                self.store.add_leased_crawl_job(record)
+                if stopped():
+                    raise JobStoppedError("the crawl submission was stopped before it committed (its request timed out): nothing stored")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return record
 
     def get(self, job_id: str) -> LeasedCrawlJob | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from aiohttp import web
@@ -26,8 +27,16 @@ async def submit_crawl(call: Call) -> web.Response:
             raise api_error(400, f"body.urls[{index}]: {exc}") from None
         targets.append(target)
     assert call.key is not None
-    # a store write (and the job's files): on a thread, so waiting for the store (a bundle import) never stalls the loop
-    record = await asyncio.to_thread(call.app[CRAWL_JOBS].submit, call.key.key_id, targets, call.body.get("mode", "search"))
+    # a store write (and the job's files): on a thread, so waiting for the store (a bundle import) never stalls the loop;
+    # a request timed out meanwhile (answered 503: retry) stops it before it commits
+    stop = threading.Event()
+    try:
+        record = await asyncio.to_thread(
+            call.app[CRAWL_JOBS].submit, call.key.key_id, targets, call.body.get("mode", "search"), stopped=stop.is_set
+        )
+    except asyncio.CancelledError:
+        stop.set()
+        raise
     call.app[JOB_RUNNER].wake()
     audit(call, "crawl", job=record.id, urls=len(targets), mode=record.mode)
     return web.json_response(
