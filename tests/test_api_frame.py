@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from modelsieve.api.http import validation
 from modelsieve.api.http.auth import CachedKeys, KeyStore, bearer_token
 from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
+from modelsieve.api.http.state import STORE
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.hashlists.store import open_store
 from tests.api_support import Api, bearer, start_api
@@ -259,3 +261,28 @@ def test_query_numbers_that_do_not_parse_stay_strings_and_fail_the_schema() -> N
         validation.compile_schema(schema).check(values, "query")
     assert json.loads(caught.value.text or "")["error"] == 'query.since: "ten" is not of type "integer"'
 
+
+
+async def test_readiness_fails_once_the_index_cannot_follow_the_store_and_the_log_says_so_once(
+    aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica cut off from its store kept answering lookups from an index frozen in time (new
+    entries: "none") while readiness said ready, and logged a traceback every second."""
+    api = await start_api(aiohttp_client, tmp_path / "store.db", index_refresh_seconds=0.05, index_stale_seconds=0.5, crawl_jobs_per_process=0)
+    for _ in range(400):
+        if (await api.client.get("/v1/readyz")).status == 200:
+            break
+        await asyncio.sleep(0.05)
+    caplog.set_level(logging.WARNING, logger="modelsieve")
+    store = api.client.server.app[STORE]
+    store.close()  # the store gone from under the server (a lost database connection)
+    for _ in range(200):
+        response = await api.client.get("/v1/readyz")
+        if response.status == 503:
+            break
+        await asyncio.sleep(0.05)
+    body = await response.json()
+    assert response.status == 503 and body["checks"]["index"].startswith("stale: not refreshed for"), body
+    await asyncio.sleep(0.5)  # several more failed refreshes
+    failures = [r for r in caplog.records if "refresh the match index" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures]

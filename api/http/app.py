@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,24 +119,32 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
     the index themselves (after a big import that takes seconds) and keep using the current one
     until the next is built."""
     index = app[MATCH_INDEX]
-    app[READINESS_CHECKS]["index"] = lambda app: index.status
+    config = app[CONFIG]
+    app[READINESS_CHECKS]["index"] = lambda app: index.readiness(time.monotonic(), config.index_stale_seconds)
 
-    key = load_key(app[CONFIG].fingerprint_key_path)  # a wrong key file stops the start-up with one line
+    key = load_key(config.fingerprint_key_path)  # a wrong key file stops the start-up with one line
 
     async def load() -> None:
         try:
             index.matcher = await off_loop(app, Matcher.for_store, app[STORE], key, refresh_interval=math.inf)
-            index.status = "ok"
+            index.status, index.refreshed_at = "ok", time.monotonic()
         except Exception as exc:
             log.exception("cannot load the match index")
             index.status = f"failed: {exc}"
             return
         while True:
-            await asyncio.sleep(app[CONFIG].index_refresh_seconds)
+            await asyncio.sleep(config.index_refresh_seconds)
             try:
                 await off_loop(app, index.matcher.refresh)
-            except Exception:
-                log.exception("cannot refresh the match index (matching goes on with the one loaded)")
+            except Exception as exc:  # logged once per outage, not every refresh interval
+                if index.refresh_error is None:
+                    log.exception("cannot refresh the match index (matching goes on with the one loaded; readiness fails "
+                                  "after %g s)", config.index_stale_seconds)
+                index.refresh_error = str(exc) or type(exc).__name__
+            else:
+                if index.refresh_error is not None:
+                    log.warning("the match index follows the store again")
+                index.refreshed_at, index.refresh_error = time.monotonic(), None
 
     loading = asyncio.create_task(load())
     try:

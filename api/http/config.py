@@ -31,6 +31,7 @@ class ApiConfig:
     upload_timeout: float = 600.0
     key_cache_seconds: float = 5.0  # a revoked key stops working within this time
     index_refresh_seconds: float = 1.0  # the match index follows the store's changes this often
+    index_stale_seconds: float = 30.0  # readiness fails once the index has not followed the store for this long
     rate_per_second: float = 50.0
     rate_burst: int = 100
     crawl_allow_loopback: bool = False  # tests and the demo only: crawl 127.0.0.0/8 and ::1

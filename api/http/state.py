@@ -44,10 +44,20 @@ CALLER = web.RequestKey("caller", ApiKey)
 
 @dataclass
 class MatchIndex:
-    """The matcher once its index is loaded (None until then), and how loading went."""
+    """The matcher once its index is loaded (None until then), how loading went, and when the
+    index last followed the store (monotonic seconds) or why it could not since."""
 
     matcher: Matcher | None = None
     status: str = "loading"
+    refreshed_at: float = 0.0
+    refresh_error: str | None = None
+
+    def readiness(self, now: float, stale_after: float) -> str:
+        """"ok", or why lookups should not be sent here: loading, failed, or an index that has not
+        followed the store for over `stale_after` seconds (new entries would answer "none")."""
+        if self.status != "ok" or self.refresh_error is None or now - self.refreshed_at <= stale_after:
+            return self.status
+        return f"stale: not refreshed for {now - self.refreshed_at:.0f} s: {self.refresh_error}"
 
 
 MATCH_INDEX = web.AppKey("match_index", MatchIndex)
