@@ -85,7 +85,7 @@ class PostgresStore(SQLStore):
         if getattr(self._local, "connection", None) is not None:
             yield  # nested: joins the thread's outermost transaction
             return
-        with self._pool.connection() as connection, connection.transaction():
+        with self._reachable(), self._pool.connection() as connection, connection.transaction():
             connection.execute(_WRITER_LOCK)
             self._local.connection = connection
             try:
@@ -99,8 +99,18 @@ class PostgresStore(SQLStore):
         if current is not None:
             yield current
         else:
-            with self._pool.connection() as connection:
+            with self._reachable(), self._pool.connection() as connection:
                 yield connection
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """A connection lost or not to be had (a server restart, a failover, the pool's timeout) as
+        StoreUnavailableError: the caller's one-line "try again" (503 + Retry-After over HTTP), not
+        a driver traceback. The pool drops the broken connection; the next call gets a new one."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailableError(f"lost the PostgreSQL store at {self._location}: {_first_line(exc)}; try again") from None
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[Row], int]:
         with self._connection() as connection:

@@ -67,6 +67,7 @@ async def ready(api: Api) -> Api:
 async def start_api(aiohttp_client: Any, db_path: Path, **config: Any) -> Api:
     """A fresh application on the store at `db_path`, served on loopback by aiohttp's test server."""
     keys = make_keys(db_path, **config.pop("key_rates", {}))
-    config.setdefault("audit_log", db_path.parent / "audit.jsonl")
+    if "audit_log" not in config:  # a PostgreSQL store (a DSN) has no folder: give the log's path
+        config["audit_log"] = db_path.parent / "audit.jsonl"
     client = await aiohttp_client(create_app(ApiConfig(db_path=db_path, **config)))
     return Api(client, db_path, keys)

@@ -221,6 +221,9 @@ class JobRunner:
         except StoreUnavailableError as exc:
             log.warning("crawl jobs: none claimed this time: %s", exc)
             return None
+        except Exception:  # anything else unexpected: logged, and claims go on (a dead runner would run no job again)
+            log.exception("crawl jobs: none claimed this time")
+            return None
 
     async def _run(self, record: LeasedCrawlJob, lookup: Lookup) -> None:
         self.metrics.crawl_jobs.inc()
