@@ -178,6 +178,30 @@ def test_metadata_edit_keeps_autov3_and_changes_sha256(tmp_path: Path) -> None:
     assert original.digests["autov2"] != edited.digests["autov2"]
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda header: header.replace(b'"data_offsets"', b'"note": "edited", "data_offsets"'),  # unknown field
+        lambda header: header[:-1] + b', "data": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, "data"' + header[header.index(b":", 2):],
+    ],
+    ids=["unknown-field", "repeated-tensor"],
+)
+def test_header_edits_every_loader_accepts_keep_autov3(tmp_path: Path, edit) -> None:
+    """AutoV3 exists to survive header edits; such a file loads everywhere (the last repeated entry
+    wins), so it must keep the listed AutoV3 rather than lose it to a stricter parser."""
+    payload = random_bytes(64, seed=5)
+    original = safetensors_bytes(payload)
+    header = original[8 : len(original) - len(payload)]
+    edited_header = edit(header)
+    edited = len(edited_header).to_bytes(8, "little") + edited_header + payload
+    (tmp_path / "edited.safetensors").write_bytes(edited)
+
+    result = hash_file(tmp_path / "edited.safetensors")
+
+    assert result.format == "safetensors"
+    assert result.digests["autov3"] == ref_autov3(original) == hashlib.sha256(payload).hexdigest()
+
+
 def test_header_of_16_mib_or_more_is_hashed_with_the_data(tmp_path: Path) -> None:
     payload = random_bytes(1000, seed=3)
     data = safetensors_bytes(payload, header_pad=16 * MIB)
