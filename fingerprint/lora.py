@@ -145,12 +145,18 @@ def _matrix(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=np.float64).reshape(array.shape[0], -1)
 
 
+class _NonFiniteModule(FingerprintError):
+    """An adapter module holds NaN or infinite values: it is left out, the rest still fingerprints."""
+
+
 def _alpha(parts: Mapping[str, np.ndarray], rank: int) -> float:
     if "alpha" not in parts:
         return float(rank)
     alpha = np.asarray(parts["alpha"], dtype=np.float64)
-    if alpha.size != 1 or not np.isfinite(alpha).all():
-        raise FingerprintError("alpha must be one finite number")
+    if alpha.size != 1:
+        raise FingerprintError("alpha must be one number")
+    if not np.isfinite(alpha).all():
+        raise _NonFiniteModule("alpha is NaN or infinite")
     return float(alpha.reshape(()))
 
 
@@ -170,6 +176,8 @@ def _lora_factors(module: str, parts: Mapping[str, np.ndarray], peft: PeftScalin
         raise FingerprintError(
             f"adapter module {module!r}: factors do not multiply (up {tuple(up.shape)} × down {tuple(down.shape)})"
         )
+    if not (np.isfinite(up).all() and np.isfinite(down).all()):
+        raise _NonFiniteModule(f"adapter module {module!r}: factors hold NaN or infinite values")
     if peft_names and "alpha" not in parts:
         return _matrix(up), _matrix(down), peft.scale(module, rank) if peft is not None else 1.0
     return _matrix(up), _matrix(down), _alpha(parts, rank) / rank
@@ -182,7 +190,7 @@ def _check_magnitude(module: str, magnitude: np.ndarray, shape: tuple[int, int])
             f"adapter module {module!r}: DoRA magnitude of shape {tuple(magnitude.shape)} fits neither axis of ΔW {shape}"
         )
     if not np.isfinite(np.asarray(magnitude, dtype=np.float64)).all():
-        raise FingerprintError(f"adapter module {module!r}: DoRA magnitude holds NaN or infinite values")
+        raise _NonFiniteModule(f"adapter module {module!r}: DoRA magnitude holds NaN or infinite values")
 
 
 def _cp_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -256,34 +264,56 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
     shapes: dict[str, tuple[int, ...]] = {}
     rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
-    peft_modules = dora_modules = 0
+    non_finite: list[str] = []
+    peft_modules = dora_modules = merged = 0
     for module, parts in modules.items():
         magnitude = next((parts[p] for p in _MAGNITUDE_PARTS if p in parts), None)
         parts = {p: a for p, a in parts.items() if p not in _MAGNITUDE_PARTS}
         if set(parts) <= {"alpha"}:
             continue
         target = module_weight_name(module)
-        if target in shapes:
-            raise FingerprintError(f"two adapter modules patch the same weight {target!r}")
+        try:
+            if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite deltas are left out below
+                    delta = _dense_delta(module, parts)
+                shape, sketch = view_shape(delta.shape) or (), None
+            else:
+                up, down, scale = _lora_factors(module, parts, peft)
+                shape, sketch = (up.shape[0], down.shape[1]), sketch_product(key, up, down, scale)
+            if magnitude is not None:
+                _check_magnitude(module, magnitude, shape)  # type: ignore[arg-type]
+        except _NonFiniteModule:
+            non_finite.append(target)
+            continue
+        if target in shapes:  # two layouts naming one weight: loaders apply both patches, so ΔW is their sum
+            if shapes[target] != shape:
+                raise FingerprintError(f"two adapter modules patch the weight {target!r} with shapes {shapes[target]} and {shape}")
+            merged += 1
+        shapes[target] = shape
         # each stored factor adds its relative rounding error to the product
-        rounding[target] = 2 * max(rounding_error(a.dtype) for a in parts.values()) ** 2
-        if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
-            delta = _dense_delta(module, parts)
-            shapes[target] = view_shape(delta.shape) or ()
+        rounding[target] = max(rounding.get(target, 0.0), 2 * max(rounding_error(a.dtype) for a in parts.values()) ** 2)
+        if sketch is None:
             dense.append((target, delta))
         else:
-            up, down, scale = _lora_factors(module, parts, peft)
+            sketches[target] = sketches[target] + sketch if target in sketches else sketch
             peft_modules += "lora_B" in parts and "alpha" not in parts
-            sketches[target] = sketch_product(key, up, down, scale)
-            shapes[target] = (up.shape[0], down.shape[1])
-        if magnitude is not None:
-            _check_magnitude(module, magnitude, shapes[target])
-            dora_modules += 1
-    sketches.update(sketch_tensors(key, dense))
+        dora_modules += magnitude is not None
+    for target, sketch in sketch_tensors(key, dense, on_non_finite=non_finite.append).items():  # sums a target's modules
+        sketches[target] = sketches[target] + sketch if target in sketches else sketch
+    for target in set(non_finite) & set(sketches):  # a target with any non-finite module: its ΔW is unknown
+        del sketches[target]
+    if non_finite and not sketches:
+        raise FingerprintError(f"every adapter module holds NaN or infinite values, e.g. {non_finite[0]!r}")
+    shapes = {n: shapes[n] for n in sketches}
     noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
     notes: dict[str, object] = {}
     if peft_modules:
         notes["peft_scale"] = "adapter_config.json" if peft is not None else "assumed 1 (no adapter_config.json)"
     if dora_modules:
         notes["dora_magnitude_left_out"] = dora_modules
+    if merged:
+        notes["modules_summed"] = merged
+    if non_finite:
+        notes["non_finite_left_out"] = len(set(non_finite))
+        notes["non_finite_examples"] = sorted(set(non_finite))[:5]
     return AdapterSketches(sketches, shapes, noise, ignored, notes)

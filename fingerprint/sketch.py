@@ -11,7 +11,7 @@ into row chunks of about a million elements and converted and multiplied on a sm
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -66,12 +66,16 @@ def _sketch_rows(key: FingerprintKey, matrix: np.ndarray, start: int, stop: int)
 
 
 def sketch_tensors(
-    key: FingerprintKey, tensors: Iterable[tuple[str, np.ndarray]], threads: int = DEFAULT_THREADS
+    key: FingerprintKey,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    threads: int = DEFAULT_THREADS,
+    on_non_finite: Callable[[str], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Sketch every (name, array) pair; arrays may be float16/bf16/float8/float32/float64 views.
 
-    Returns float64 sketches keyed by name. Scalars and empty tensors are skipped. NaN or
-    infinite weights raise FingerprintError naming the tensor.
+    Returns float64 sketches keyed by name. Scalars and empty tensors are skipped. A tensor with
+    NaN or infinite weights is left out and named to `on_non_finite`; without one it raises
+    FingerprintError naming the tensor.
     """
     work: list[tuple[str, np.ndarray, int, int]] = []
     for name, array in tensors:
@@ -85,9 +89,11 @@ def sketch_tensors(
         partials = pool.map(lambda item: _sketch_rows(key, item[1], item[2], item[3]), work)
         for (name, _, _, _), partial in zip(work, partials, strict=True):
             sketches[name] = sketches[name] + partial if name in sketches else partial
-    for name, sketch in sketches.items():
-        if not np.isfinite(sketch).all():
+    for name in [name for name, sketch in sketches.items() if not np.isfinite(sketch).all()]:
+        if on_non_finite is None:
             raise FingerprintError(f"tensor {name!r} holds NaN or infinite values")
+        on_non_finite(name)
+        del sketches[name]
     return sketches
 
 

@@ -175,10 +175,57 @@ def test_dora_sketches_the_directional_delta_and_records_the_approximation(tmp_p
     assert "dora_magnitude_left_out" not in kohya_fingerprint().source
 
 
-@pytest.mark.parametrize("bad", [np.ones(3), np.ones((4, 4)), np.full(16, np.nan)], ids=["wrong size", "matrix", "nan"])
-def test_bad_dora_magnitudes_are_refused(bad: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    "bad, expected",
+    [(np.ones(3), "DoRA magnitude"), (np.ones((4, 4)), "DoRA magnitude"), (np.full(16, np.nan), "NaN or infinite")],
+    ids=["wrong size", "matrix", "nan"],
+)
+def test_bad_dora_magnitudes_are_refused(bad: np.ndarray, expected: str) -> None:
     rng = np.random.default_rng(1)
     arrays = {f"{MODULE}.lora_up.weight": rng.standard_normal((16, 2)), f"{MODULE}.lora_down.weight": rng.standard_normal((2, 8)),
               f"{MODULE}.dora_scale": bad}
-    with pytest.raises(FingerprintError, match="DoRA magnitude"):
+    with pytest.raises(FingerprintError, match=expected):
         fingerprint_tensors(arrays, KEY)
+
+
+def _two_module_lora(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    other = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    return {f"{MODULE}.lora_up.weight": rng.standard_normal((16, 4, 1, 1)), f"{MODULE}.lora_down.weight": rng.standard_normal((4, 8, 3, 3)),
+            f"{other}.lora_up.weight": rng.standard_normal((8, 2)), f"{other}.lora_down.weight": rng.standard_normal((2, 8))}
+
+
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.full((4, 2), np.nan),
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((2, 4))},
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((4, 2)),
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((2, 4)), "lora_unet_mid_block_resnets_0_conv1.alpha": np.array(np.inf)},
+        {"lora_unet_mid_block_resnets_0_conv1.hada_w1_a": np.full((4, 2), np.inf), "lora_unet_mid_block_resnets_0_conv1.hada_w1_b": np.ones((2, 4)),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w2_a": np.ones((4, 2)), "lora_unet_mid_block_resnets_0_conv1.hada_w2_b": np.ones((2, 4))},
+    ],
+    ids=["nan-factor", "inf-alpha", "inf-loha"],
+)
+def test_a_planted_non_finite_module_cannot_hide_a_lora(decoy: dict[str, np.ndarray]) -> None:
+    """Refusing the whole adapter for one NaN module let a decoy module hide a listed LoRA (verdict none)."""
+    lora = _two_module_lora(np.random.default_rng(2))
+    clean, planted = fingerprint_tensors(lora, KEY), fingerprint_tensors(lora | decoy, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert compare(planted, clean).similarity > 0.999
+    assert planted.source["non_finite_left_out"] == 1 and "non_finite_left_out" not in clean.source
+
+
+def test_two_layouts_naming_one_weight_sum_their_deltas() -> None:
+    """A kohya and a PEFT module on the same weight are both applied by loaders: ΔW is their sum."""
+    rng = np.random.default_rng(3)
+    up, down = rng.standard_normal((16, 4, 1, 1)), rng.standard_normal((4, 8, 3, 3))
+    b, a = rng.standard_normal((16, 2)), rng.standard_normal((2, 72))
+    peft = "base_model.model.down_blocks.0.resnets.0.conv1"
+    both = fingerprint_tensors({f"{MODULE}.lora_up.weight": up, f"{MODULE}.lora_down.weight": down,
+                                f"{peft}.lora_B.weight": b, f"{peft}.lora_A.weight": a}, KEY)
+    expected = up.reshape(16, 4) @ down.reshape(4, -1) + b @ a
+    np.testing.assert_allclose(both.sketches[TARGET], dense_sketch(expected), rtol=1e-5, atol=1e-5)
+    assert both.source["modules_summed"] == 1
+    with pytest.raises(FingerprintError, match="with shapes"):
+        fingerprint_tensors({f"{MODULE}.lora_up.weight": up, f"{MODULE}.lora_down.weight": down,
+                             f"{peft}.lora_B.weight": b, f"{peft}.lora_A.weight": a[:, :8]}, KEY)

@@ -89,6 +89,28 @@ def test_non_finite_weights_are_refused(bad: float) -> None:
         sketch_tensors(KEY, [("w", array)])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_planted_non_finite_tensor_cannot_hide_a_checkpoint(tmp_path, bad: float) -> None:
+    """Refusing the whole model for one NaN tensor let a junk tensor (loaders ignore unknown keys)
+    hide a listed checkpoint: it is left out instead, and the fingerprint's source says so."""
+    from safetensors.numpy import save_file
+
+    from modelsieve.fingerprint.fuzzy import fingerprint_model
+    from modelsieve.fingerprint.readers import open_model
+
+    rng = np.random.default_rng(4)
+    weights = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": rng.standard_normal((16, 16)).astype(np.float16),
+               "model.diffusion_model.out.2.weight": rng.standard_normal((4, 16, 3, 3)).astype(np.float16)}
+    save_file(weights, str(tmp_path / "clean.safetensors"))
+    save_file(weights | {"junk": np.full(8, bad, np.float16)}, str(tmp_path / "planted.safetensors"))
+    with open_model(tmp_path / "clean.safetensors") as clean, open_model(tmp_path / "planted.safetensors") as planted:
+        clean_fp, planted_fp = fingerprint_model(clean, KEY), fingerprint_model(planted, KEY)
+    assert planted_fp.sketches.keys() == clean_fp.sketches.keys()
+    for name, sketch in clean_fp.sketches.items():
+        np.testing.assert_array_equal(planted_fp.sketches[name], sketch)
+    assert planted_fp.source["non_finite_left_out"] == 1 and planted_fp.source["non_finite_examples"] == ["other.junk"]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from(["model.diffusion_model.out.2.weight", "first_stage_model.quant_conv.weight",
                                         "text_model.final_layer_norm.bias", "weird", "model_ema.x", "alphas_cumprod",
