@@ -48,6 +48,11 @@ MAX_CONFIG_BYTES = 1 << 20  # real adapter configs are a few KB
 MAX_LORA_ALPHA = 1e5  # real lora_alpha values are 1–1024; larger ones are refused, not trusted
 MAX_RANK = 1 << 16
 MAX_PATTERNS = 10_000
+MAX_DENSE_ELEMENTS = 1 << 26
+"""Largest ΔW (and factor product) a LoHa, LoKr or CP LoCon module may form densely: 67 M elements
+(512 MB in float64), above any image-model layer (Flux's largest is 38 M). Its size comes from the
+factors' shapes, which the file chooses: two 2048 × 2048 LoKr factors (32 MB) would make a
+128 TiB Kronecker product. Larger modules are left out and counted, as non-finite ones are."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,31 @@ def _cp_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.einsum("oa,abhw,bi->oihw", _matrix(up), mid, _matrix(down)) * (_alpha(parts, rank) / rank)
 
 
+def _rows(array: np.ndarray) -> int:
+    return array.shape[0] if array.ndim else 1
+
+
+def _product_size(parts: Mapping[str, np.ndarray], a: str, b: str, whole: str | None = None) -> int:
+    """Elements of the factor product `_dense_delta` forms from parts a @ b (or of the whole part)."""
+    if whole and whole in parts:
+        return parts[whole].size
+    if a not in parts or b not in parts:
+        return 0  # _dense_delta names what is missing
+    return _rows(parts[a]) * math.prod(parts[b].shape[1:])
+
+
+def _dense_size(parts: Mapping[str, np.ndarray]) -> int:
+    """The largest array `_dense_delta` would form, from the parts' shapes alone."""
+    if "lora_mid" in parts:
+        if not {"lora_up", "lora_down"} <= parts.keys():
+            return 0
+        return _rows(parts["lora_up"]) * math.prod(parts["lora_down"].shape[1:]) * math.prod(parts["lora_mid"].shape[2:])
+    if "hada_w1_a" in parts:
+        return max(_product_size(parts, "hada_w1_a", "hada_w1_b"), _product_size(parts, "hada_w2_a", "hada_w2_b"))
+    first, second = _product_size(parts, "lokr_w1_a", "lokr_w1_b", "lokr_w1"), _product_size(parts, "lokr_w2_a", "lokr_w2_b", "lokr_w2")
+    return max(first, second, first * second)
+
+
 def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
     """ΔW of a LoHa, LoKr or CP LoCon module, formed explicitly (these modules are small)."""
     if "lora_mid" in parts:
@@ -265,6 +295,7 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
     rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
     non_finite: list[str] = []
+    oversized: list[str] = []
     peft_modules = dora_modules = merged = 0
     for module, parts in modules.items():
         magnitude = next((parts[p] for p in _MAGNITUDE_PARTS if p in parts), None)
@@ -274,6 +305,9 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
         target = module_weight_name(module)
         try:
             if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
+                if _dense_size(parts) > MAX_DENSE_ELEMENTS:
+                    oversized.append(target)
+                    continue
                 with np.errstate(invalid="ignore", over="ignore"):  # non-finite deltas are left out below
                     delta = _dense_delta(module, parts)
                 shape, sketch = view_shape(delta.shape) or (), None
@@ -300,10 +334,12 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
         dora_modules += magnitude is not None
     for target, sketch in sketch_tensors(key, dense, on_non_finite=non_finite.append).items():  # sums a target's modules
         sketches[target] = sketches[target] + sketch if target in sketches else sketch
-    for target in set(non_finite) & set(sketches):  # a target with any non-finite module: its ΔW is unknown
+    for target in set(non_finite + oversized) & set(sketches):  # a module of this target was left out: its ΔW is unknown
         del sketches[target]
     if non_finite and not sketches:
         raise FingerprintError(f"every adapter module holds NaN or infinite values, e.g. {non_finite[0]!r}")
+    if oversized and not sketches:
+        raise FingerprintError(f"every adapter module's ΔW is larger than {MAX_DENSE_ELEMENTS} elements, e.g. {oversized[0]!r}")
     shapes = {n: shapes[n] for n in sketches}
     noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
     notes: dict[str, object] = {}
@@ -313,6 +349,9 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
         notes["dora_magnitude_left_out"] = dora_modules
     if merged:
         notes["modules_summed"] = merged
+    if oversized:
+        notes["oversized_left_out"] = len(oversized)
+        notes["oversized_examples"] = sorted(oversized)[:5]
     if non_finite:
         notes["non_finite_left_out"] = len(set(non_finite))
         notes["non_finite_examples"] = sorted(set(non_finite))[:5]

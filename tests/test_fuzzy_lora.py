@@ -215,6 +215,39 @@ def test_a_planted_non_finite_module_cannot_hide_a_lora(decoy: dict[str, np.ndar
     assert planted.source["non_finite_left_out"] == 1 and "non_finite_left_out" not in clean.source
 
 
+_HUGE = 1 << 20  # rank-1 factors of a million rows: a 2-MB file whose product has 2⁴⁰ elements (8 TiB)
+
+
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        {"lora_unet_mid_block_resnets_0_conv1.lokr_w1_a": np.ones((_HUGE, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lokr_w1_b": np.ones((1, _HUGE), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lokr_w2": np.ones((2, 2), np.float16)},
+        {"lora_unet_mid_block_resnets_0_conv1.lokr_w1": np.ones((64, 64), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lokr_w2": np.ones((1024, 1024), np.float16)},  # kron: 2³² elements
+        {"lora_unet_mid_block_resnets_0_conv1.hada_w1_a": np.ones((_HUGE, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w1_b": np.ones((1, _HUGE), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w2_a": np.ones((_HUGE, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w2_b": np.ones((1, _HUGE), np.float16)},
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((_HUGE, 1, 1, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lora_mid.weight": np.ones((1, 1, 3, 3), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((1, _HUGE, 1, 1), np.float16)},
+    ],
+    ids=["lokr-factors", "lokr-kron", "loha", "cp-locon"],
+)
+def test_a_module_whose_dense_delta_is_huge_is_left_out(decoy: dict[str, np.ndarray]) -> None:
+    """LoHa/LoKr/CP deltas are formed densely, sized by factor shapes the file chooses: these crashed
+    with a numpy MemoryError traceback (or, a little smaller, really allocated tens of GB)."""
+    lora = _two_module_lora(np.random.default_rng(5))
+    clean, planted = fingerprint_tensors(lora, KEY), fingerprint_tensors(lora | decoy, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert compare(planted, clean).similarity > 0.999
+    assert planted.source["oversized_left_out"] == 1
+    with pytest.raises(FingerprintError, match="larger than"):
+        fingerprint_tensors(decoy, KEY)
+
+
 def test_two_layouts_naming_one_weight_sum_their_deltas() -> None:
     """A kohya and a PEFT module on the same weight are both applied by loaders: ΔW is their sum."""
     rng = np.random.default_rng(3)
