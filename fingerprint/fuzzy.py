@@ -48,7 +48,7 @@ from modelsieve.fingerprint.scoring import (
     compare,
     tensor_weights,
 )
-from modelsieve.fingerprint.sketch import DEFAULT_THREADS, rounding_error, sketch_tensors, view_shape
+from modelsieve.fingerprint.sketch import DEFAULT_THREADS, LeftOut, rounding_error, sketch_tensors, view_shape
 
 __all__ = [
     "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "RESIDUAL_THRESHOLD", "SAME_BASE_DISTANCE", "SCHEME_VERSION",
@@ -99,12 +99,6 @@ def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.n
     return named, skipped
 
 
-def _non_finite_note(names: list[str]) -> dict[str, object]:
-    """For a fingerprint's source: tensors left out for NaN or infinite weights. Leaving them out,
-    rather than refusing the model, keeps one planted NaN tensor from hiding a listed model."""
-    return {"non_finite_left_out": len(names), "non_finite_examples": sorted(names)[:5]} if names else {}
-
-
 def fingerprint_tensors(
     arrays: Mapping[str, np.ndarray],
     key: FingerprintKey = PUBLIC_KEY,
@@ -130,14 +124,14 @@ def fingerprint_tensors(
     named, skipped = _checkpoint_arrays(arrays)
     if not named:
         raise FingerprintError("the model holds no floating-point tensors to fingerprint")
-    non_finite: list[str] = []
-    sketches = sketch_tensors(key, named.items(), threads=threads, on_non_finite=non_finite.append)
-    if not sketches and non_finite:
-        raise FingerprintError(f"every tensor holds NaN or infinite values, e.g. {non_finite[0]!r}")
+    left_out = LeftOut()
+    sketches = sketch_tensors(key, named.items(), threads=threads, left_out=left_out)
+    if not sketches and left_out.all():
+        raise left_out.error("tensor")
     shapes = {n: view_shape(tuple(named[n].shape)) or () for n in sketches}
     noise = {n: rounding_error(named[n].dtype) ** 2 * float(np.sum(s * s)) for n, s in sketches.items()}
     raw = new_fingerprint("checkpoint", None, key, sketches, shapes, noise,
-                          {"tensors_skipped": skipped, **_non_finite_note(non_finite)})
+                          {"tensors_skipped": skipped, **left_out.notes()})
     fit = nearest_base(raw, bases)
     if fit is not None:
         return delta(raw, fit.base)

@@ -88,7 +88,12 @@ def load_key(path: str | os.PathLike[str] | None = None) -> FingerprintKey:
     return parse_key(text)
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_PROJECTION_LENGTH = 1 << 14
+"""Projections up to this length (768 KB) stay cached: real image models' sides are almost all
+below it. Longer ones are drawn afresh, so hostile files with many long, distinct shapes cannot
+fill the cache with gigabytes."""
+
+
 def _projection(secret: bytes, length: int, role: str) -> np.ndarray:
     seed = hashlib.blake2b(f"{role}:{length}".encode(), key=secret[:64], digest_size=32).digest()
     generator = np.random.Generator(np.random.PCG64(int.from_bytes(seed, "little")))
@@ -105,4 +110,8 @@ def projection(key: FingerprintKey, shape: tuple[int, ...], side: str) -> np.nda
     projections (which lets a base resolve tensors by shape and sketch when names are unknown).
     """
     length = shape[0] if side == "rows" else shape[1]
-    return _projection(key.secret, length, f"{side}:{'x'.join(map(str, shape))}")
+    draw = _cached_projection if length <= CACHED_PROJECTION_LENGTH else _projection
+    return draw(key.secret, length, f"{side}:{'x'.join(map(str, shape))}")
+
+
+_cached_projection = functools.lru_cache(maxsize=4096)(_projection)

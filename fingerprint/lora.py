@@ -33,7 +33,7 @@ from modelsieve.fingerprint.errors import FingerprintError, ModelFileError
 from modelsieve.fingerprint.keys import FingerprintKey
 from modelsieve.fingerprint.names import NAME_CACHE_SIZE, module_weight_name
 from modelsieve.fingerprint.readers.strict_json import load_json_object, read_json_object
-from modelsieve.fingerprint.sketch import rounding_error, sketch_product, sketch_tensors, view_shape
+from modelsieve.fingerprint.sketch import MAX_VIEW_SIDE, LeftOut, rounding_error, sketch_product, sketch_tensors, view_shape
 
 _SUFFIX = re.compile(
     r"^(?P<module>.+?)\.(?P<part>lora_down|lora_up|lora_mid|lora_A|lora_B|"
@@ -294,8 +294,7 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
     shapes: dict[str, tuple[int, ...]] = {}
     rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
-    non_finite: list[str] = []
-    oversized: list[str] = []
+    left_out = LeftOut()
     peft_modules = dora_modules = merged = 0
     for module, parts in modules.items():
         magnitude = next((parts[p] for p in _MAGNITUDE_PARTS if p in parts), None)
@@ -306,18 +305,22 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
         try:
             if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
                 if _dense_size(parts) > MAX_DENSE_ELEMENTS:
-                    oversized.append(target)
+                    left_out.add(target, "oversized")
                     continue
                 with np.errstate(invalid="ignore", over="ignore"):  # non-finite deltas are left out below
                     delta = _dense_delta(module, parts)
                 shape, sketch = view_shape(delta.shape) or (), None
             else:
                 up, down, scale = _lora_factors(module, parts, peft)
-                shape, sketch = (up.shape[0], down.shape[1]), sketch_product(key, up, down, scale)
+                shape = (up.shape[0], down.shape[1])
+                if max(shape) > MAX_VIEW_SIDE:
+                    left_out.add(target, "oversized")
+                    continue
+                sketch = sketch_product(key, up, down, scale)
             if magnitude is not None:
                 _check_magnitude(module, magnitude, shape)  # type: ignore[arg-type]
         except _NonFiniteModule:
-            non_finite.append(target)
+            left_out.add(target, "non_finite")
             continue
         if target in shapes:  # two layouts naming one weight: loaders apply both patches, so ΔW is their sum
             if shapes[target] != shape:
@@ -332,14 +335,12 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
             sketches[target] = sketches[target] + sketch if target in sketches else sketch
             peft_modules += "lora_B" in parts and "alpha" not in parts
         dora_modules += magnitude is not None
-    for target, sketch in sketch_tensors(key, dense, on_non_finite=non_finite.append).items():  # sums a target's modules
+    for target, sketch in sketch_tensors(key, dense, left_out=left_out).items():  # sums a target's modules
         sketches[target] = sketches[target] + sketch if target in sketches else sketch
-    for target in set(non_finite + oversized) & set(sketches):  # a module of this target was left out: its ΔW is unknown
+    for target in left_out.all() & set(sketches):  # a module of this target was left out: its ΔW is unknown
         del sketches[target]
-    if non_finite and not sketches:
-        raise FingerprintError(f"every adapter module holds NaN or infinite values, e.g. {non_finite[0]!r}")
-    if oversized and not sketches:
-        raise FingerprintError(f"every adapter module's ΔW is larger than {MAX_DENSE_ELEMENTS} elements, e.g. {oversized[0]!r}")
+    if not sketches and left_out.all():
+        raise left_out.error("adapter module")
     shapes = {n: shapes[n] for n in sketches}
     noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
     notes: dict[str, object] = {}
@@ -349,10 +350,4 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
         notes["dora_magnitude_left_out"] = dora_modules
     if merged:
         notes["modules_summed"] = merged
-    if oversized:
-        notes["oversized_left_out"] = len(oversized)
-        notes["oversized_examples"] = sorted(oversized)[:5]
-    if non_finite:
-        notes["non_finite_left_out"] = len(set(non_finite))
-        notes["non_finite_examples"] = sorted(set(non_finite))[:5]
-    return AdapterSketches(sketches, shapes, noise, ignored, notes)
+    return AdapterSketches(sketches, shapes, noise, ignored, notes | left_out.notes())

@@ -233,8 +233,10 @@ _HUGE = 1 << 20  # rank-1 factors of a million rows: a 2-MB file whose product h
         {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((_HUGE, 1, 1, 1), np.float16),
          "lora_unet_mid_block_resnets_0_conv1.lora_mid.weight": np.ones((1, 1, 3, 3), np.float16),
          "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((1, _HUGE, 1, 1), np.float16)},
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((_HUGE + 1, 1), np.float16),  # a 48-MB projection
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((1, 4), np.float16)},
     ],
-    ids=["lokr-factors", "lokr-kron", "loha", "cp-locon"],
+    ids=["lokr-factors", "lokr-kron", "loha", "cp-locon", "long-lora"],
 )
 def test_a_module_whose_dense_delta_is_huge_is_left_out(decoy: dict[str, np.ndarray]) -> None:
     """LoHa/LoKr/CP deltas are formed densely, sized by factor shapes the file chooses: these crashed
@@ -244,7 +246,7 @@ def test_a_module_whose_dense_delta_is_huge_is_left_out(decoy: dict[str, np.ndar
     assert planted.sketches.keys() == clean.sketches.keys()
     assert compare(planted, clean).similarity > 0.999
     assert planted.source["oversized_left_out"] == 1
-    with pytest.raises(FingerprintError, match="larger than"):
+    with pytest.raises(FingerprintError, match="too large to sketch"):
         fingerprint_tensors(decoy, KEY)
 
 

@@ -111,6 +111,36 @@ def test_a_planted_non_finite_tensor_cannot_hide_a_checkpoint(tmp_path, bad: flo
     assert planted_fp.source["non_finite_left_out"] == 1 and planted_fp.source["non_finite_examples"] == ["other.junk"]
 
 
+def test_only_short_projections_stay_cached() -> None:
+    """Hostile files with many long, distinct shapes must not fill the cache with gigabytes."""
+    from modelsieve.fingerprint import keys
+
+    before = keys._cached_projection.cache_info().currsize
+    long = projection(KEY, (keys.CACHED_PROJECTION_LENGTH + 1, 3), "rows")
+    assert keys._cached_projection.cache_info().currsize == before
+    assert np.array_equal(long, projection(KEY, (keys.CACHED_PROJECTION_LENGTH + 1, 3), "rows"))
+    projection(KEY, (keys.CACHED_PROJECTION_LENGTH, 3), "rows")
+    assert keys._cached_projection.cache_info().currsize == before + 1
+
+
+def test_a_side_longer_than_the_bound_is_left_out_not_projected() -> None:
+    """A view side of n rows needs an n × 12 float32 projection (48 bytes a row): one long float8
+    column would cost 48× its file size. Such tensors are left out, or refused without a record."""
+    from modelsieve.fingerprint.fuzzy import fingerprint_tensors
+    from modelsieve.fingerprint.sketch import MAX_VIEW_SIDE, LeftOut
+
+    rng = np.random.default_rng(6)
+    weights = {"model.diffusion_model.out.2.weight": rng.standard_normal((4, 16, 3, 3)).astype(np.float16)}
+    long = np.zeros((MAX_VIEW_SIDE + 1, 1), dtype=ml_dtypes.float8_e4m3fn)
+    clean, planted = fingerprint_tensors(weights, KEY), fingerprint_tensors(weights | {"junk": long}, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert planted.source["oversized_left_out"] == 1 and planted.source["oversized_examples"] == ["other.junk"]
+    left_out = LeftOut()
+    assert sketch_tensors(KEY, [("w", long)], left_out=left_out) == {} and left_out.all() == {"w"}
+    with pytest.raises(FingerprintError, match="'w' is too large to sketch"):
+        sketch_tensors(KEY, [("w", long)])
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from(["model.diffusion_model.out.2.weight", "first_stage_model.quant_conv.weight",
                                         "text_model.final_layer_norm.bias", "weird", "model_ema.x", "alphas_cumprod",
