@@ -11,14 +11,15 @@ A key is written as one line of text, `KEY_ID:HEX_SECRET` (a file, or the enviro
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cachetools
 import numpy as np
 
 from modelsieve.fingerprint.errors import FingerprintError
@@ -88,10 +89,9 @@ def load_key(path: str | os.PathLike[str] | None = None) -> FingerprintKey:
     return parse_key(text)
 
 
-CACHED_PROJECTION_LENGTH = 1 << 14
-"""Projections up to this length (768 KB) stay cached: real image models' sides are almost all
-below it. Longer ones are drawn afresh, so hostile files with many long, distinct shapes cannot
-fill the cache with gigabytes."""
+PROJECTION_CACHE_BYTES = 256 << 20
+"""Projections stay cached up to this many bytes in all (an SDXL checkpoint's take ~50 MB): bounded
+by size, not count, so hostile files with many long, distinct shapes cannot fill it with gigabytes."""
 
 
 def _projection(secret: bytes, length: int, role: str) -> np.ndarray:
@@ -110,8 +110,10 @@ def projection(key: FingerprintKey, shape: tuple[int, ...], side: str) -> np.nda
     projections (which lets a base resolve tensors by shape and sketch when names are unknown).
     """
     length = shape[0] if side == "rows" else shape[1]
-    draw = _cached_projection if length <= CACHED_PROJECTION_LENGTH else _projection
-    return draw(key.secret, length, f"{side}:{'x'.join(map(str, shape))}")
+    return _cached_projection(key.secret, length, f"{side}:{'x'.join(map(str, shape))}")
 
 
-_cached_projection = functools.lru_cache(maxsize=4096)(_projection)
+_projection_cache: cachetools.LRUCache[tuple[object, ...], np.ndarray] = cachetools.LRUCache(
+    PROJECTION_CACHE_BYTES, getsizeof=lambda matrix: matrix.nbytes
+)
+_cached_projection = cachetools.cached(_projection_cache, lock=threading.Lock())(_projection)

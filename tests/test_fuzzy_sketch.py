@@ -111,16 +111,14 @@ def test_a_planted_non_finite_tensor_cannot_hide_a_checkpoint(tmp_path, bad: flo
     assert planted_fp.source["non_finite_left_out"] == 1 and planted_fp.source["non_finite_examples"] == ["other.junk"]
 
 
-def test_only_short_projections_stay_cached() -> None:
+def test_the_projection_cache_is_bounded_by_bytes() -> None:
     """Hostile files with many long, distinct shapes must not fill the cache with gigabytes."""
     from modelsieve.fingerprint import keys
 
-    before = keys._cached_projection.cache_info().currsize
-    long = projection(KEY, (keys.CACHED_PROJECTION_LENGTH + 1, 3), "rows")
-    assert keys._cached_projection.cache_info().currsize == before
-    assert np.array_equal(long, projection(KEY, (keys.CACHED_PROJECTION_LENGTH + 1, 3), "rows"))
-    projection(KEY, (keys.CACHED_PROJECTION_LENGTH, 3), "rows")
-    assert keys._cached_projection.cache_info().currsize == before + 1
+    for length in range(1 << 16, (1 << 16) + 100):  # 100 projections of 3 MB: 300 MB drawn
+        projection(KEY, (length, 3), "rows")
+    assert keys._projection_cache.currsize <= keys.PROJECTION_CACHE_BYTES
+    assert np.array_equal(projection(KEY, (1 << 16, 3), "rows"), projection(KEY, (1 << 16, 3), "rows"))
 
 
 def test_a_side_longer_than_the_bound_is_left_out_not_projected() -> None:
