@@ -258,7 +258,8 @@ def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         rank = parts["hada_w1_b"].shape[0]
         return first * second * (_alpha(parts, rank) / rank)
     w1, w2 = product("lokr_w1_a", "lokr_w1_b", "lokr_w1"), product("lokr_w2_a", "lokr_w2_b", "lokr_w2")
-    rank_source = "lokr_w2_b" if "lokr_w2_b" in parts else "lokr_w1_b" if "lokr_w1_b" in parts else None
+    # the rank of a factor pair actually used (a stray lokr_w*_b beside a whole lokr_w* is ignored, unvalidated)
+    rank_source = next((b for whole, b in (("lokr_w2", "lokr_w2_b"), ("lokr_w1", "lokr_w1_b")) if whole not in parts and b in parts), None)
     scale = 1.0 if rank_source is None else _alpha(parts, parts[rank_source].shape[0]) / parts[rank_source].shape[0]
     if w1.ndim != 2:
         raise FingerprintError(f"adapter module {module!r}: lokr_w1 must be 2-D, got {w1.shape}")

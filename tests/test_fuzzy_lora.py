@@ -250,6 +250,16 @@ def test_a_module_whose_dense_delta_is_huge_is_left_out(decoy: dict[str, np.ndar
         fingerprint_tensors(decoy, KEY)
 
 
+@pytest.mark.parametrize("stray", [np.ones(()), np.ones((0, 2))], ids=["scalar", "empty"])
+def test_a_stray_lokr_factor_beside_a_whole_one_is_ignored(stray: np.ndarray) -> None:
+    """The scale took its rank from lokr_w1_b even when the whole lokr_w1 was used: IndexError or
+    ZeroDivisionError tracebacks (found by the hostile-shapes property test)."""
+    parts = {f"{MODULE}.lokr_w1": np.ones((2, 2)), f"{MODULE}.lokr_w2": np.ones((8, 36))}
+    plain = fingerprint_tensors(parts, KEY)
+    np.testing.assert_array_equal(fingerprint_tensors(parts | {f"{MODULE}.lokr_w1_b": stray}, KEY).sketches[TARGET],
+                                  plain.sketches[TARGET])
+
+
 def test_two_layouts_naming_one_weight_sum_their_deltas() -> None:
     """A kohya and a PEFT module on the same weight are both applied by loaders: ΔW is their sum."""
     rng = np.random.default_rng(3)
