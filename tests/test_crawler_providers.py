@@ -78,6 +78,24 @@ async def test_the_civitai_adapter_reports_a_missing_version(aiohttp_server) -> 
             await CivitaiProvider(("civitai.test",)).published(url, client, Transcript())
 
 
+@pytest.mark.parametrize("body", [b'{"files": [{"sizeKB": 1' + b"0" * 5000 + b"}]}", b'{"files": [', b"[" * 100_000],
+                         ids=["5000-digit-integer", "truncated", "deep"])
+async def test_a_civitai_answer_that_is_not_json_is_a_fetch_error(aiohttp_server, body: bytes) -> None:
+    """json.loads raises a plain ValueError for integers past 4300 digits: it escaped as a crash."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/model-versions/{id}", answer)
+    server = await aiohttp_server(app)
+    url = URL(f"http://civitai.test:{server.port}/api/download/models/1")
+    async with fetcher() as client:
+        with pytest.raises(FetchError, match="not JSON"):
+            await CivitaiProvider(("civitai.test",)).published(url, client, Transcript())
+
+
 def test_urls_go_to_the_right_adapter() -> None:
     assert provider_for(URL("https://huggingface.co/a/b/resolve/main/x.safetensors"), (HuggingFaceProvider(), GenericProvider())).name == "huggingface"
     assert provider_for(URL("https://huggingface.co/a/b"), (HuggingFaceProvider(), GenericProvider())).name == "generic"

@@ -81,7 +81,7 @@ class CivitaiProvider:
             raise FetchError(f"{api}: HTTP status {response.status}")
         try:
             answer = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, integers past 4300 digits
             raise FetchError(f"{api}: the answer is not JSON") from None
         if not isinstance(answer, Mapping):
             raise FetchError(f"{api}: the answer is not a JSON object")
