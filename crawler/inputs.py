@@ -58,7 +58,7 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
     if stripped.startswith("{"):
         try:
             record = json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also integers past CPython's 4300-digit limit
             return BadLine(line, "not valid JSON")
         if not isinstance(record, dict) or not isinstance(record.get("url"), str):
             return BadLine(line, 'a JSON line needs a string "url"')

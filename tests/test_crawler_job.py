@@ -191,6 +191,8 @@ def test_input_lines_keep_their_context() -> None:
     assert flat.context == {"reporter": "u1"}
     assert isinstance(parse_line("https://a.org/has space", 2), BadLine)
     assert parse_line("   # comment", 3) is None
+    long_number = parse_line('{"url": "https://a.org/m", "post": 1' + "0" * 5000 + "}", 5)  # int() refuses > 4300 digits
+    assert isinstance(long_number, BadLine) and long_number.problem == "not valid JSON"
 
 
 def test_help_teaches_with_examples(capsys) -> None:
