@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
 from modelsieve.crawler.safetensors_remote import RemoteContent, RemoteReadConfig, read_head, read_tensors
-from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.errors import FingerprintError, ModelsieveError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader
 from modelsieve.hashlists.model import Match
@@ -49,7 +49,7 @@ class Lookup(Protocol):
         """The tensors a partial fingerprint needs, within `budget_fraction` of their bytes (none: no fuzzy matching)."""
 
     def match_tensors(self, header: SafetensorsHeader, arrays: Mapping[str, np.ndarray]) -> Sequence[Match]:
-        """Near-copy matches of the fingerprint of the selected tensors."""
+        """Near-copy matches of the fingerprint of the selected tensors; FingerprintError when they make none."""
 
 
 def default_providers() -> tuple[Provider, ...]:
@@ -71,6 +71,10 @@ class CrawlConfig:
     tensor_concurrency: int = 8  # checks reading and fingerprinting tensors at once (each holds ≤ 5 % of a file)
 
 
+class _Decided(Exception):
+    """A URL the check was about to request is listed strongly enough to act on: nothing more is read."""
+
+
 @dataclass
 class _Findings:
     """What one check has learnt so far (mutable while the check runs)."""
@@ -80,6 +84,7 @@ class _Findings:
     basis: str | None = None
     published: Published | None = None
     content: RemoteContent | None = None
+    fingerprint_problem: str | None = None  # why the tensors read made no fingerprint (so no near-copy could match)
 
 
 class Crawler:
@@ -105,6 +110,8 @@ class Crawler:
         try:
             async with asyncio.timeout(self.config.check_timeout):
                 await self._examine(target, findings)
+        except _Decided:
+            pass
         except ModelsieveError as exc:
             return self._recommend(target, findings, started_at, error=str(exc))
         except TimeoutError:
@@ -150,6 +157,7 @@ class Crawler:
         findings.matches += self.lookup.match_url(target.url)
         if self._settled(findings, "url"):
             return
+        findings.transcript.before_request = self._url_vetter({target.url, str(url)}, findings)
         provider = provider_for(url, self.config.providers)
         findings.published = await provider.published(url, self.fetcher, findings.transcript)
         if findings.published.digests:
@@ -177,9 +185,29 @@ class Crawler:
         if content.digests:
             found += self.lookup.match_digests(content.digests)
         if content.header is not None and content.arrays:
-            found += await asyncio.to_thread(self.lookup.match_tensors, content.header, content.arrays)
+            try:
+                found += await asyncio.to_thread(self.lookup.match_tensors, content.header, content.arrays)
+            except FingerprintError as exc:  # only digests could match: the evidence says why
+                findings.fingerprint_problem = str(exc)
         findings.matches += found
         findings.basis = "content" if found else findings.basis
+
+    def _url_vetter(self, seen: set[str], findings: _Findings) -> Callable[[URL], None]:
+        """Matches every URL the check requests but `seen` (a redirect hop, a hub's download link)
+        against the listed URLs and domains before it is requested; stops the check when that settles it."""
+
+        def vet(url: URL) -> None:
+            text = str(url)
+            if text in seen:
+                return
+            seen.add(text)
+            found = self.lookup.match_url(text)
+            if found:
+                findings.matches += found
+                if self._settled(findings, "url"):
+                    raise _Decided
+
+        return vet
 
     def _settled(self, findings: _Findings, basis: str) -> bool:
         """Whether the matches so far already call for acting (so nothing more need be read)."""
@@ -202,7 +230,7 @@ class Crawler:
             basis=findings.basis if matches else None,
             provider=findings.published.to_json() if findings.published and findings.published.provider != "generic" else None,
             digests=dict(content.digests) if content else {},
-            file=_file_evidence(content),
+            file=_file_evidence(content, findings.fingerprint_problem),
             response=(
                 {"status": final.status, "url": final.url, "headers": dict(final.headers)} if final is not None else {}
             ),
@@ -232,7 +260,7 @@ def _ordered(matches: Sequence[Match], policy: PolicyConfig) -> list[Match]:
     return sorted(unique, key=lambda m: m is not decisive)
 
 
-def _file_evidence(content: RemoteContent | None) -> dict[str, Any]:
+def _file_evidence(content: RemoteContent | None, fingerprint_problem: str | None) -> dict[str, Any]:
     if content is None:
         return {}
     header = content.header
@@ -244,4 +272,5 @@ def _file_evidence(content: RemoteContent | None) -> dict[str, Any]:
         "tensors": len(header.spans) if header is not None else None,
         "tensors_read": sorted(content.arrays),
         "problem": content.problem,
+        "fingerprint_problem": fingerprint_problem,
     }

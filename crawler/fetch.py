@@ -13,7 +13,7 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -37,6 +37,7 @@ RELEVANT_HEADERS = (
     "content-type",
     "content-length",
     "content-range",
+    "content-encoding",
     "accept-ranges",
     "etag",
     "last-modified",
@@ -104,10 +105,15 @@ class Exchange:
 
 @dataclass
 class Transcript:
-    """Every exchange made while checking one URL, in order, and what robots.txt said of each URL requested."""
+    """Every exchange made while checking one URL, in order, and what robots.txt said of each URL requested.
+
+    `before_request`, if set, sees every URL the check is about to request (each redirect hop
+    too) before anything is sent to it, and may raise to stop the request.
+    """
 
     exchanges: list[Exchange] = field(default_factory=list)
     robots: list[RobotsVerdict] = field(default_factory=list)
+    before_request: Callable[[URL], None] | None = None
 
     def note_robots(self, verdict: RobotsVerdict) -> None:
         """Keep a robots.txt verdict (once per URL: the Range requests of one file repeat it)."""
@@ -179,8 +185,16 @@ class Response:
     def content_length(self) -> int | None:
         return decimal(self.headers.get("Content-Length"))
 
+    def _refuse_encoded(self) -> None:
+        """FetchError for a body sent content-encoded although only identity was accepted: its bytes
+        are not what the host serves (a browser would decode them), so no digest of them means anything."""
+        encoding = " ".join(self.headers.get("Content-Encoding", "").split()).lower()
+        if encoding not in ("", "identity"):
+            raise FetchError(f"{self.url}: the host sent the body {encoding}-encoded although only identity was accepted; not read")
+
     async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body in chunks; FetchError when it ends before its Content-Length or the read stalls."""
+        self._refuse_encoded()
         try:
             async for chunk in self._raw.content.iter_chunked(size):
                 self.bytes_read += len(chunk)
@@ -198,6 +212,7 @@ class Response:
 
     async def read(self, limit: int) -> bytes:
         """The whole body, refusing (FetchError) one that declares or delivers more than `limit` bytes."""
+        self._refuse_encoded()
         declared = self.content_length
         if declared is not None and declared > limit:
             raise FetchError(f"{self.url}: response of {declared} bytes exceeds the cap of {limit}")
@@ -288,6 +303,8 @@ class Fetcher:
         current = URL(url) if isinstance(url, str) else url
         for _hop in range(self.config.max_redirects + 1):
             check_url(current, self.address_policy)
+            if transcript.before_request is not None:
+                transcript.before_request(current)
             if check_robots and self._robots is not None:
                 verdict = await self._robots.verdict(current)
                 transcript.note_robots(verdict)

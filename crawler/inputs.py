@@ -7,6 +7,7 @@ BadLine saying, in one line, what is wrong with it, so a caller can report it an
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -48,6 +49,26 @@ def check_target_url(text: str) -> str:
     return url_text
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")  # the context is echoed into the output, which must stay strict JSON
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def _holds_lone_surrogate(record: object) -> bool:
+    """Whether a parsed JSON value holds a lone surrogate: no UTF-8 store or output file can hold it."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
     """One input line → a target, a BadLine, or None for blank lines and comments."""
     stripped = text.strip()
@@ -57,9 +78,11 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
         return BadLine(line, f"line longer than {MAX_LINE_LENGTH} characters")
     if stripped.startswith("{"):
         try:
-            record = json.loads(stripped)
-        except (ValueError, RecursionError):  # ValueError: also integers past CPython's 4300-digit limit
+            record = json.loads(stripped, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError):  # also the int digit limit, which is no JSONDecodeError
             return BadLine(line, "not valid JSON")
+        if "\\u" in stripped and _holds_lone_surrogate(record):  # decoded UTF-8 holds none without an escape
+            return BadLine(line, "the JSON holds a lone surrogate escape (\\ud800-\\udfff), which is not text")
         if not isinstance(record, dict) or not isinstance(record.get("url"), str):
             return BadLine(line, 'a JSON line needs a string "url"')
         context = record.get("context", {k: v for k, v in record.items() if k != "url"})

@@ -12,6 +12,7 @@ on. Every URL ends in the output exactly once.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from modelsieve.crawler.crawl import Crawler
 from modelsieve.crawler.inputs import BadLine
@@ -56,13 +58,37 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class CrawlJob:
-    """One resumable crawl into one output file; create with `CrawlJob.open`."""
+def lock_output(path: Path, *, create: bool, output: Path | None = None) -> BinaryIO:
+    """`path` (the output, or a lock file in an output folder: `output`), opened and exclusively
+    locked (flock) so that no second crawl writes the output at once.
 
-    def __init__(self, store: Store, job_id: int, out_path: Path) -> None:
+    The lock lasts until the returned file is closed (or the process ends, however it ends).
+    """
+    try:
+        handle = open(path, "ab" if create else "r+b")  # noqa: SIM115 - held for the job's lifetime
+    except FileNotFoundError:
+        raise JobError(f"{path} is gone: the crawl into it cannot be resumed; choose another --out") from None
+    except OSError as exc:
+        raise JobError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise JobError(f"another crawl is writing {output or path} right now: let it finish, or choose another --out") from None
+    return handle
+
+
+class CrawlJob:
+    """One resumable crawl into one output file; create with `CrawlJob.open`.
+
+    A job from `open` holds its output locked until `run` ends or `close` is called.
+    """
+
+    def __init__(self, store: Store, job_id: int, out_path: Path, lock: BinaryIO | None = None) -> None:
         self.store = store
         self.job_id = job_id
         self.out_path = out_path
+        self._lock = lock
         self._out = None
         self._unmarked: list[str] = []
         self._last_commit = time.monotonic()
@@ -90,16 +116,39 @@ class CrawlJob:
                 raise JobError(f"a crawl into {out_path} is already in the store: add --resume to finish it, or choose another --out")
             if existing.input_sha256 != input_sha256:
                 raise JobError(f"{input_path} is not the input the crawl into {out_path} started with")
-            job = cls(store, existing.id, out_path)
-            job._reconcile()
+            job = cls(store, existing.id, out_path, lock_output(out_path, create=False))
+            try:
+                job._reconcile()
+            except BaseException:
+                job.close()
+                raise
             return job
         if out_path.exists() and out_path.stat().st_size:
             raise JobError(f"{out_path} exists and no crawl into it is in the store: remove it or choose another --out")
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_bytes(b"")  # before the job exists: a job in the store always has its output
         except OSError as exc:
             raise JobError(f"cannot write {out_path}: {exc.strerror}") from None
+        lock = lock_output(out_path, create=True)  # before the job exists: a job in the store always has its output
+        try:
+            if os.fstat(lock.fileno()).st_size:  # another crawl began writing it since the check above
+                raise JobError(f"{out_path} exists and no crawl into it is in the store: remove it or choose another --out")
+            job_id = cls._create(store, out_path, input_sha256, targets, on_bad_line, on_duplicate)
+        except BaseException:
+            lock.close()
+            raise
+        return cls(store, job_id, out_path, lock)
+
+    @staticmethod
+    def _create(
+        store: Store,
+        out_path: Path,
+        input_sha256: str,
+        targets: Callable[[], Iterable[CrawlTarget | BadLine]],
+        on_bad_line: Callable[[BadLine], None],
+        on_duplicate: Callable[[CrawlTarget], None],
+    ) -> int:
+        """Store the job and every target in one transaction; its id."""
         with store.transaction():
             job_id = store.create_crawl_job(str(out_path), input_sha256)
             batch: list[CrawlTarget] = []
@@ -120,7 +169,13 @@ class CrawlJob:
                     add(batch)
                     batch = []
             add(batch)
-        return cls(store, job_id, out_path)
+        return job_id
+
+    def close(self) -> None:
+        """Release the output's lock (idempotent); `run` does so when it ends."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def progress(self) -> JobProgress:
         return JobProgress(*self.store.crawl_progress(self.job_id))
@@ -135,15 +190,18 @@ class CrawlJob:
 
     async def run(self, crawler: Crawler, on_result: Callable[[Recommendation], None] = lambda r: None) -> JobProgress:
         """Check every pending target, appending each recommendation once; returns the final progress."""
-        with open(self.out_path, "ab", buffering=0) as out:
-            self._out = out
-            try:
-                async for recommendation in crawler.check_many(self.pending()):
-                    self._write(recommendation)
-                    on_result(recommendation)
-            finally:
-                self._commit()
-                self._out = None
+        try:
+            with open(self.out_path, "ab", buffering=0) as out:
+                self._out = out
+                try:
+                    async for recommendation in crawler.check_many(self.pending()):
+                        self._write(recommendation)
+                        on_result(recommendation)
+                finally:
+                    self._commit()
+                    self._out = None
+        finally:
+            self.close()
         progress = self.progress()
         if progress.pending == 0:
             self.store.finish_crawl_job(self.job_id)
@@ -151,8 +209,7 @@ class CrawlJob:
 
     def _write(self, recommendation: Recommendation) -> None:
         assert self._out is not None
-        line = json.dumps(recommendation.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
-        self._out.write(line.encode("utf-8"))  # unbuffered: one write, straight to the OS
+        self._out.write(recommendation.to_json_line())  # unbuffered: one write, straight to the OS
         self._unmarked.append(recommendation.url)
         if len(self._unmarked) >= COMMIT_EVERY or time.monotonic() - self._last_commit >= COMMIT_SECONDS:
             self._commit()
@@ -169,8 +226,6 @@ class CrawlJob:
     def _reconcile(self) -> None:
         """Cut a torn last line and mark the URLs written after the last commit as done."""
         recorded = self.store.crawl_job(self.job_id).out_offset
-        if not self.out_path.exists():
-            raise JobError(f"{self.out_path} is gone: the crawl into it cannot be resumed; choose another --out")
         with open(self.out_path, "r+b") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size < recorded:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelsieve.fingerprint.errors import FingerprintError
 from modelsieve.fingerprint.fuzzy import fingerprint_tensors, select_tensors
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader
@@ -31,8 +30,6 @@ class StoreLookup:
         return select_tensors(infos, budget_fraction)
 
     def match_tensors(self, header: SafetensorsHeader, arrays: Mapping[str, np.ndarray]) -> Sequence[Match]:
-        try:
-            fingerprint = fingerprint_tensors(arrays, self.matcher.fingerprint_key, self.matcher.bases, threads=1)
-        except FingerprintError:
-            return []  # nothing fingerprintable among the tensors read: only digests can match
+        """Near-copy matches of the tensors' fingerprint; FingerprintError when they make none."""
+        fingerprint = fingerprint_tensors(arrays, self.matcher.fingerprint_key, self.matcher.bases, threads=1)
         return self.matcher.match_fingerprint(fingerprint)

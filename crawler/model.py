@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,3 +89,40 @@ class Recommendation:
         if self.context:
             record["context"] = dict(self.context)
         return record
+
+    def to_json_line(self) -> bytes:
+        """The recommendation as one UTF-8 JSON Lines record, as crawl outputs hold it.
+
+        Text that is not valid Unicode (lone surrogates: a host's undecodable header bytes, JSON
+        escapes in an API answer or the input) is written as visible escapes, never a crash.
+        """
+        record = self.to_json()
+        try:
+            return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # rare: only then walk the record
+            return (json.dumps(_visible(record), separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def visible_text(text: str) -> str:
+    """`text` with lone surrogates spelt out: a surrogate-escaped byte as \\xNN, any other as \\udNNN."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escaped_bytes(text) else "backslashreplace").decode(
+            "utf-8", "backslashreplace"
+        )
+    return text
+
+
+def _only_escaped_bytes(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+def _visible(value: Any) -> Any:
+    if isinstance(value, str):
+        return visible_text(value)
+    if isinstance(value, dict):
+        return {visible_text(str(k)): _visible(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_visible(v) for v in value]
+    return value

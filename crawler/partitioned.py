@@ -2,8 +2,11 @@
 
 Every URL of a registrable domain lands in the same partition (a stable hash of the domain), so
 one task at a time talks to a host and the per-host limits, delays, robots.txt and Retry-After of
-the single-process crawler hold across the whole cluster. Each task runs the async crawler over
-its partition and writes `part-NNNNN.jsonl` atomically (temp file + rename); the client records
+the single-process crawler hold across the whole cluster. The client streams the input once,
+spilling each partition's targets to `inputs/part-NNNNN.jsonl` in the output folder (its memory
+stays bounded however many URLs; the folder is shared with the workers, which write there too).
+Each task reads its partition's input, drops repeated URLs, runs the async crawler over it and
+writes `part-NNNNN.jsonl` atomically (temp file + rename); the client records
 finished partitions in `manifest.json` (also replaced atomically) and, at the end, concatenates
 the parts into `recommendations.jsonl`. A worker killed mid-task costs a retry of that partition
 on another worker, never a lost or doubled URL; `resume` skips the partitions already recorded.
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,12 +29,15 @@ from typing import Any
 from modelsieve.crawler.cluster import ClusterError, snapshot_on_cluster, worker_lookup
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.inputs import BadLine
-from modelsieve.crawler.job import JobError, file_sha256
+from modelsieve.crawler.job import JobError, file_sha256, lock_output
 from modelsieve.crawler.model import CrawlTarget
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.urls import registrable_domain
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # held (flock) by the client running the job
+INPUTS = "inputs"  # each partition's targets, spilled by the client for its task
+SPILL_BUFFER_BYTES = 16 * 1024 * 1024  # input lines the client holds before appending them to the partition files
 MERGED = "recommendations.jsonl"
 FORMAT = "modelsieve-crawl-job"
 
@@ -70,17 +77,17 @@ class PartitionResult:
     actions: dict[str, int]
 
 
-def crawl_partition(partition: int, targets: list[CrawlTarget], out_dir: str, config: CrawlConfig, lists: str) -> PartitionResult:
-    """Dask task: check one partition's targets and write its part file atomically."""
+def crawl_partition(partition: int, out_dir: str, config: CrawlConfig, lists: str) -> PartitionResult:
+    """Dask task: check one partition's targets (its spilled input, each URL once) and write its part file atomically."""
     lookup = worker_lookup(lists)
     actions = Counter[str]()
+    targets = read_partition_input(Path(out_dir), partition)
 
     def write(handle: Any) -> None:
         async def run() -> None:
             async with Crawler(lookup, config) as crawler:
                 async for recommendation in crawler.check_many(targets):
-                    line = json.dumps(recommendation.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
-                    handle.write(line.encode("utf-8"))
+                    handle.write(recommendation.to_json_line())
                     actions[recommendation.action] += 1
 
         asyncio.run(run())
@@ -132,17 +139,61 @@ class JobSummary:
     actions: dict[str, int]
 
 
-def split(targets: Iterable[CrawlTarget | BadLine], partitions: int, on_bad_line: Callable[[BadLine], None]) -> dict[int, list[CrawlTarget]]:
-    """Targets grouped by partition, each URL once (its first line), bad lines reported and left out."""
-    groups: dict[int, list[CrawlTarget]] = {}
-    seen: set[str] = set()
+def partition_input_path(out_dir: Path, partition: int) -> Path:
+    return out_dir / INPUTS / f"part-{partition:05d}.jsonl"
+
+
+def spill(
+    targets: Iterable[CrawlTarget | BadLine],
+    partitions: int,
+    out_dir: Path,
+    on_bad_line: Callable[[BadLine], None],
+    *,
+    buffer_bytes: int = SPILL_BUFFER_BYTES,
+) -> set[int]:
+    """Write each partition's targets, in input order, to its input file under `out_dir` (shared
+    with the workers); returns the partitions that have any. Bad lines are reported and left out.
+
+    Memory stays within about `buffer_bytes` however long the input: the tasks, not the client,
+    hold a partition's targets, and drop repeated URLs there (a URL always lands in one partition).
+    """
+    folder = out_dir / INPUTS
+    shutil.rmtree(folder, ignore_errors=True)  # from an earlier run: rewritten whole
+    folder.mkdir(parents=True)
+    buffers: dict[int, list[bytes]] = {}
+    held = 0
+    used: set[int] = set()
+
+    def flush() -> None:
+        for partition, lines in buffers.items():
+            with open(partition_input_path(out_dir, partition), "ab") as handle:
+                handle.writelines(lines)
+        buffers.clear()
+
     for item in targets:
         if isinstance(item, BadLine):
             on_bad_line(item)
-        elif item.url not in seen:
-            seen.add(item.url)
-            groups.setdefault(partition_of(item.url, partitions), []).append(item)
-    return groups
+            continue
+        partition = partition_of(item.url, partitions)
+        line = json.dumps({"url": item.url, "context": dict(item.context), "line": item.line}, separators=(",", ":")).encode() + b"\n"
+        buffers.setdefault(partition, []).append(line)
+        used.add(partition)
+        held += len(line)
+        if held >= buffer_bytes:
+            flush()
+            held = 0
+    flush()
+    return used
+
+
+def read_partition_input(out_dir: Path, partition: int) -> list[CrawlTarget]:
+    """A partition's targets from its spilled input, each URL once (its first line)."""
+    targets: dict[str, CrawlTarget] = {}
+    with open(partition_input_path(out_dir, partition), "rb") as handle:
+        for line in handle:
+            record = json.loads(line)
+            targets.setdefault(record["url"], CrawlTarget(record["url"], record["context"], record["line"]))
+    return list(targets.values())
 
 
 def run_partitioned_crawl(
@@ -161,41 +212,44 @@ def run_partitioned_crawl(
 ) -> JobSummary:
     """Crawl every target on the cluster behind `client` into `out_dir` (see the module docstring)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    input_sha256 = file_sha256(input_path)
-    manifest = JobManifest.load(out_dir)
-    if manifest is not None and not resume:
-        raise JobError(f"{out_dir} holds a crawl job already: add --resume to finish it, or choose another --out")
-    if manifest is not None and (manifest.input_sha256, manifest.partitions) != (input_sha256, partitions):
-        raise JobError(f"{input_path} (with {partitions} partitions) is not what the crawl in {out_dir} started with")
-    manifest = manifest or JobManifest(input_sha256, partitions)
-    groups = split(targets, partitions, on_bad_line)
-    done = {p for p in manifest.completed if part_path(out_dir, p).exists()}
-    lists = snapshot_on_cluster(client, store_location, fingerprint_key)
-    futures = [
-        client.submit(crawl_partition, p, group, str(out_dir), config, lists, key=f"crawl-{p:05d}-{secrets.token_hex(4)}", pure=False)
-        for p, group in sorted(groups.items())
-        if p not in done
-    ]
-    from distributed import as_completed
+    with lock_output(out_dir / LOCK, create=True, output=out_dir):  # one client per folder: it rewrites inputs/
+        input_sha256 = file_sha256(input_path)
+        manifest = JobManifest.load(out_dir)
+        if manifest is not None and not resume:
+            raise JobError(f"{out_dir} holds a crawl job already: add --resume to finish it, or choose another --out")
+        if manifest is not None and (manifest.input_sha256, manifest.partitions) != (input_sha256, partitions):
+            raise JobError(f"{input_path} (with {partitions} partitions) is not what the crawl in {out_dir} started with")
+        manifest = manifest or JobManifest(input_sha256, partitions)
+        used = spill(targets, partitions, out_dir, on_bad_line)
+        done = {p for p in manifest.completed if part_path(out_dir, p).exists()}
+        lists = snapshot_on_cluster(client, store_location, fingerprint_key)
+        futures = [
+            client.submit(crawl_partition, p, str(out_dir), config, lists, key=f"crawl-{p:05d}-{secrets.token_hex(4)}", pure=False)
+            for p in sorted(used)
+            if p not in done
+        ]
+        from distributed import as_completed
 
-    try:
-        for future in as_completed(futures):
-            result: PartitionResult = future.result()
-            manifest.completed[result.partition] = {"urls": result.urls, "actions": result.actions}
-            manifest.save(out_dir)
-            on_partition(result)
-    except Exception as exc:
-        if isinstance(exc, JobError):
-            raise
-        raise ClusterError(f"a crawl partition failed on the cluster: {' '.join(str(exc).split())[:300]}") from None
-    finally:
-        for future in futures:
-            future.cancel()
-    merge_parts(out_dir, sorted(groups))
-    actions = Counter[str]()
-    for partition in groups:
-        actions.update(manifest.completed[partition]["actions"])
-    return JobSummary(out_dir / MERGED, sum(map(len, groups.values())), len(groups), len(done & set(groups)), dict(actions))
+        try:
+            for future in as_completed(futures):
+                result: PartitionResult = future.result()
+                manifest.completed[result.partition] = {"urls": result.urls, "actions": result.actions}
+                manifest.save(out_dir)
+                on_partition(result)
+        except Exception as exc:
+            if isinstance(exc, JobError):
+                raise
+            raise ClusterError(f"a crawl partition failed on the cluster: {' '.join(str(exc).split())[:300]}") from None
+        finally:
+            for future in futures:
+                future.cancel()
+        merge_parts(out_dir, sorted(used))
+        shutil.rmtree(out_dir / INPUTS, ignore_errors=True)
+        actions = Counter[str]()
+        for partition in used:
+            actions.update(manifest.completed[partition]["actions"])
+        urls = sum(manifest.completed[partition]["urls"] for partition in used)
+        return JobSummary(out_dir / MERGED, urls, len(used), len(done & used), dict(actions))
 
 
 def merge_parts(out_dir: Path, partitions: Iterable[int]) -> None:

@@ -28,6 +28,8 @@ from modelsieve.fingerprint.errors import ModelFileError
 from modelsieve.fingerprint.readers.base import TensorInfo
 from modelsieve.fingerprint.readers.safetensors import SafetensorsHeader, TensorSpan, parse_header, read_header_length
 
+_HASH_INLINE_BYTES = 1 << 20  # whole files up to this size are hashed on the event loop; larger ones in a thread
+
 TensorSelector = Callable[[Sequence[TensorInfo], float], Sequence[TensorInfo]]
 """Which tensors a partial fingerprint needs, from all of a file's tensors and a budget (a fraction of
 their bytes): `fuzzy.select_tensors`."""
@@ -41,6 +43,9 @@ class RemoteReadConfig:
     coalesce_gap: int = 64 * 1024  # ranges closer than this are fetched as one (fewer requests, few extra bytes)
     read_fraction: float = 0.05  # a ranged verdict reads at most this share of the file, header included
     max_selected_bytes: int = 512 * 1024 * 1024  # tensor bytes one verdict may ask for
+    # Header bytes one check may hold and parse. The format allows 100 MB, and a host may claim that
+    # much for every URL, at full check concurrency; image models' headers are well under 1 MiB.
+    max_header_bytes: int = 8 * 1024 * 1024
     max_download_bytes: int = 16 * 1024**3  # whole-file fallback cap
     digest_names: tuple[str, ...] = DEFAULT_DIGESTS
 
@@ -76,6 +81,14 @@ def _array(span: TensorSpan, data: bytes | bytearray | memoryview) -> np.ndarray
     array = np.frombuffer(data, dtype=dtype.numpy, count=span.info.numel).reshape(span.info.shape)
     array.flags.writeable = False
     return array
+
+
+def header_length(first8: bytes, file_size: int | None, config: RemoteReadConfig) -> int:
+    """The header length a file's first 8 bytes declare, refused (ModelFileError) beyond `config.max_header_bytes`."""
+    length = read_header_length(first8, file_size)
+    if length > config.max_header_bytes:
+        raise ModelFileError(f"safetensors header of {length} bytes exceeds the crawler's cap of {config.max_header_bytes}: not parsed")
+    return length
 
 
 def selected_spans(header: SafetensorsHeader, select: TensorSelector, budget: float, limit: int) -> list[TensorSpan]:
@@ -121,7 +134,7 @@ class StreamCapture:
         self._head += chunk
         try:
             if self._header_length is None and len(self._head) >= 8:
-                self._header_length = read_header_length(bytes(self._head[:8]))
+                self._header_length = header_length(bytes(self._head[:8]), None, self._config)
             if self._header_length is not None and len(self._head) >= 8 + self._header_length:
                 self._header_bytes = bytes(self._head[8 : 8 + self._header_length])
                 self.header = parse_header(self._header_bytes)
@@ -165,20 +178,23 @@ class StreamCapture:
         return RemoteContent(str(final_url), size, False, header, arrays, digests, problem)
 
 
-async def _download(
-    response: Response, select: TensorSelector, config: RemoteReadConfig, capture_slots: asyncio.Semaphore | None
-) -> RemoteContent:
+async def _download(response: Response, select: TensorSelector, config: RemoteReadConfig) -> RemoteContent:
+    """Stream an open response once (capped), capturing digests, header and selected tensors.
+
+    A capture may hold up to max_selected_bytes of tensors: callers hold one of their tensor slots
+    around it, taken BEFORE the request (or free at once): waiting for a slot while holding the
+    request's host and global slots could deadlock with a ranged read holding a tensor slot and
+    waiting for a request slot.
+    """
     declared = response.content_length
     if declared is not None and declared > config.max_download_bytes:
         raise FetchError(f"{response.url}: {declared} bytes exceed the download cap of {config.max_download_bytes}")
-    # A capture may hold up to max_selected_bytes of tensors: it counts against the caller's tensor slots.
-    async with capture_slots or contextlib.nullcontext():
-        capture = StreamCapture(select, config)
-        async for chunk in response.chunks():
-            if response.bytes_read > config.max_download_bytes:
-                raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
-            capture.feed(chunk)
-        return capture.result(response.url)
+    capture = StreamCapture(select, config)
+    async for chunk in response.chunks():
+        if response.bytes_read > config.max_download_bytes:
+            raise FetchError(f"{response.url}: the body exceeds the download cap of {config.max_download_bytes} bytes")
+        capture.feed(chunk)
+    return capture.result(response.url)
 
 
 async def download(
@@ -192,11 +208,12 @@ async def download(
 ) -> RemoteContent:
     """Stream the whole file once (capped): whole-file digests plus header and selected tensors if safetensors.
 
-    With `capture_slots`, the download holds one slot while it captures tensors (a memory bound).
+    With `capture_slots`, the download holds one slot, taken before the request, while it captures
+    tensors (a memory bound).
     """
-    async with fetcher.open(url, transcript=transcript) as response:
+    async with capture_slots or contextlib.nullcontext(), fetcher.open(url, transcript=transcript) as response:
         _expect_status(response, (200,))
-        return await _download(response, select, config, capture_slots)
+        return await _download(response, select, config)
 
 
 def _expect_status(response: Response, allowed: tuple[int, ...]) -> None:
@@ -249,23 +266,31 @@ async def read_head(
     the file is not valid safetensors, the finished result of one whole streamed download (holding
     one of `capture_slots`, if given, while it runs)."""
     async with fetcher.open(url, transcript=transcript, headers={"Range": range_header(0, config.first_read - 1)}) as response:
-        if response.status == 200:  # the host ignores Range: one streamed pass does everything
-            return await _download(response, select, config, capture_slots)
-        if response.status == 416:  # an empty file has no byte 0
-            raise FetchError(f"{response.url}: the file is empty (416 for bytes 0-{config.first_read - 1})")
-        _expect_status(response, (206,))
-        first, last, file_size = parse_content_range(response.headers.get("Content-Range"))
-        if first != 0 or file_size is None or last != min(config.first_read, file_size) - 1:
-            raise FetchError(f"{response.url}: unusable Content-Range {response.headers.get('Content-Range')!r}")
-        head = await response.read(last + 1)
         final_url = response.url
+        if response.status == 200:  # the host ignores Range: one streamed pass does everything
+            if capture_slots is None:
+                return await _download(response, select, config)
+            if not capture_slots.locked():  # a free slot is taken at once: no await before it is held
+                async with capture_slots:
+                    return await _download(response, select, config)
+            head = None  # no free slot: never wait for one holding this request's slots (see _download)
+        else:
+            if response.status == 416:  # an empty file has no byte 0
+                raise FetchError(f"{response.url}: the file is empty (416 for bytes 0-{config.first_read - 1})")
+            _expect_status(response, (206,))
+            first, last, file_size = parse_content_range(response.headers.get("Content-Range"))
+            if first != 0 or file_size is None or last != min(config.first_read, file_size) - 1:
+                raise FetchError(f"{response.url}: unusable Content-Range {response.headers.get('Content-Range')!r}")
+            head = await response.read(last + 1)
+    if head is None:  # ask again for the whole file, holding a tensor slot from before the request
+        return await download(fetcher, final_url, transcript, select, config, capture_slots=capture_slots)
     if len(head) != last + 1:
         raise FetchError(f"{final_url}: truncated range: {len(head)} of {last + 1} bytes")
     try:
-        header_length = read_header_length(head[:8], file_size)
-        if 8 + header_length > len(head):
-            head += await _read_range(fetcher, final_url, transcript, len(head), 8 + header_length - 1, file_size)
-        header = parse_header(head[8 : 8 + header_length], file_size)
+        length = header_length(head[:8], file_size, config)
+        if 8 + length > len(head):
+            head += await _read_range(fetcher, final_url, transcript, len(head), 8 + length - 1, file_size)
+        header = parse_header(head[8 : 8 + length], file_size)
     except ModelFileError:
         # Not (valid) safetensors as far as the ranges show: the one streamed pass is authoritative
         # (whole-file digests, and the header and tensors if the stream itself is valid).
@@ -280,10 +305,15 @@ async def read_tensors(
     spans: Sequence[TensorSpan],
     config: RemoteReadConfig = RemoteReadConfig(),
 ) -> RemoteContent:
-    """The given tensors of a file whose header was read, by Range, adjacent ranges coalesced."""
+    """The given tensors of a file whose header was read, by Range, adjacent ranges coalesced.
+
+    When the bytes read cover the whole file (a small LoRA's fingerprint asks for every tensor),
+    its whole-file digests are computed too, so an entry listed by digest alone still matches.
+    """
     head, start = remote.head, remote.header.data_start
-    digests = _whole_digests(head, config) if len(head) == remote.file_size else {}  # the first answer held it all
     arrays: dict[str, np.ndarray] = {}
+    in_order: list[memoryview] = [memoryview(head)]  # bytes [0, covered) of the file, in order
+    covered = len(head)
     for begin, end in coalesce(((s.begin, s.end) for s in spans), config.coalesce_gap):
         absolute = start + begin
         if absolute + (end - begin) <= len(head):  # already in the first answer
@@ -291,9 +321,18 @@ async def read_tensors(
         else:
             block = await _read_range(fetcher, remote.final_url, transcript, absolute, start + end - 1, remote.file_size)
         view = memoryview(block)
+        if absolute <= covered < start + end:
+            in_order.append(view[covered - absolute :])
+            covered = start + end
         for span in spans:
             if begin <= span.begin and span.end <= end:
                 arrays[span.info.name] = _array(span, view[span.begin - begin : span.end - begin])
+    digests: dict[str, str] = {}
+    if covered == remote.file_size:
+        if covered <= _HASH_INLINE_BYTES:
+            digests = _whole_digests(in_order, config)
+        else:  # keep the event loop free for the other checks
+            digests = await asyncio.to_thread(_whole_digests, in_order, config)
     return RemoteContent(str(remote.final_url), remote.file_size, True, remote.header, arrays, digests)
 
 
@@ -313,9 +352,11 @@ async def read_remote(
     return await read_tensors(fetcher, first, transcript, first.selected_spans(select, config), config)
 
 
-def _whole_digests(data: bytes, config: RemoteReadConfig) -> dict[str, str]:
+def _whole_digests(pieces: Iterable[bytes | memoryview], config: RemoteReadConfig) -> dict[str, str]:
+    """The whole-file digests of a file given as its consecutive pieces."""
     digest = MultiDigest(config.digest_names)
-    digest.update(data)
+    for piece in pieces:
+        digest.update(piece)
     return _defined(digest)
 
 

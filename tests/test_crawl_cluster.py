@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from modelsieve.api.cli import main
 from modelsieve.crawler.cluster import dask_client
 from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.inputs import read_targets
+from modelsieve.crawler.job import JobError, lock_output
 from modelsieve.crawler.netguard import AddressPolicy
-from modelsieve.crawler.partitioned import MANIFEST, MERGED, part_path, partition_of, run_partitioned_crawl
+from modelsieve.crawler.partitioned import MANIFEST, MERGED, part_path, partition_of, read_partition_input, run_partitioned_crawl, spill
 from modelsieve.crawler.politeness import PolitenessConfig
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.store import open_store
@@ -81,6 +83,38 @@ def merged_urls(out: Path) -> list[str]:
 def test_partitions_follow_registrable_domains() -> None:
     assert partition_of("https://a.example.com/x", 64) == partition_of("http://b.example.com/y", 64)
     assert len({partition_of(f"http://{address}/", 1000) for address in HOSTS}) == len(HOSTS)
+
+
+def test_the_client_spills_partitions_to_disk_in_bounded_memory(tmp_path: Path) -> None:
+    """The client held every target (≈ 350 bytes a URL) and shipped whole partitions through the
+    scheduler: tens of GB for the 10⁸-URL jobs this path is for. Now it holds a small buffer."""
+    count = 16_000
+    unique = [f"https://host{j % 40}.example{j % 7}.com/m/{j}.safetensors\n" for j in range(count // 2)]
+    lines = (unique[i % len(unique)] for i in range(count))  # every URL twice
+    partition_of("https://warm.example.com/", 16)  # the host caches (bounded, per host name) are not what this measures
+    tracemalloc.start()
+    try:
+        used = spill(read_targets(lines), 16, tmp_path, lambda bad: None, buffer_bytes=256 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024, f"peak {peak} bytes for {count} URLs"  # the old split: ≈ 5.5 MB here
+    urls: list[str] = []
+    for partition in sorted(used):
+        targets = read_partition_input(tmp_path, partition)
+        assert [t.line for t in targets] == sorted(t.line for t in targets)  # input order, first line of each URL
+        assert all(partition_of(t.url, 16) == partition for t in targets)
+        urls += [t.url for t in targets]
+    assert len(urls) == len(set(urls)) == count // 2
+
+
+def test_a_second_client_on_the_same_output_folder_is_refused(tmp_path: Path) -> None:
+    """It would rewrite the spilled inputs under the first client's running tasks."""
+    (tmp_path / "urls.txt").write_text("https://a.example/m.safetensors\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_output(out / ".lock", create=True, output=out), pytest.raises(JobError, match="another crawl is writing"):
+        run_partitioned_crawl(None, tmp_path / "urls.txt", [], out, CONFIG, store_location=str(tmp_path / "db"))
 
 
 def test_a_worker_killed_mid_job_costs_a_retry_never_a_url(client: object, job: tuple[Path, str, list[str]], tmp_path: Path, hosts: tuple[dict[str, int], web.Application]) -> None:

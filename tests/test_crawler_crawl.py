@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import hashlib
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from aiohttp import web
 
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
@@ -13,15 +18,17 @@ from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.model import CrawlTarget, Recommendation
 from modelsieve.crawler.netguard import AddressPolicy
 from modelsieve.crawler.policy import HOTLINE_NOTE, PolicyConfig
+from modelsieve.crawler.politeness import PolitenessConfig
 from modelsieve.crawler.providers.civitai import CivitaiProvider
 from modelsieve.crawler.providers.generic import GenericProvider
 from modelsieve.crawler.providers.huggingface import HuggingFaceProvider
+from modelsieve.crawler.safetensors_remote import RemoteReadConfig
 from modelsieve.fingerprint import synthetic
 from modelsieve.fingerprint.fuzzy import fingerprint_tensors
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
-from tests.crawler_fakes import LOG, fake_civitai, fake_hub, file_host, synthetic_safetensors
+from tests.crawler_fakes import FILES, LOG, fake_civitai, fake_hub, file_host, serve_range, synthetic_safetensors
 
 LISTED = synthetic_safetensors(seed=11, tensors=6, width=32)  # random weights standing in for a listed 2c model
 REVIEW = synthetic_safetensors(seed=12, tensors=6, width=32)  # listed as 2a
@@ -34,6 +41,9 @@ def lora_file(lora: synthetic.LoraFactors, dtype: str) -> bytes:
     from safetensors.numpy import save
 
     return save(dict(synthetic.kohya_layout(lora, dtype)))
+DIGEST_LISTED_LORA = lora_file(FAMILY.lora(4, rank=8), "fp16")
+
+
 HOSTS = {"files.test": ["127.0.0.1"], "hub.test": ["127.0.0.1"], "civitai.test": ["127.0.0.1"], "private.test": ["10.1.1.1"]}
 PROVIDERS = (HuggingFaceProvider(("hub.test",)), CivitaiProvider(("civitai.test",)), GenericProvider())
 
@@ -50,6 +60,8 @@ def lookup(tmp_path: Path) -> StoreLookup:
     store.add_entry("demo", NewEntry(category="2a", kind="checkpoint", digests={"sha256": hashlib.sha256(REVIEW).hexdigest()}, source="synthetic 2a entry"))
     listed_fingerprint = fingerprint_tensors(synthetic.kohya_layout(LISTED_LORA, "fp32"))
     store.add_entry("demo", NewEntry(category="2c", kind="lora", fingerprint=listed_fingerprint.to_bytes(), evidence="fuzzy", source="synthetic LoRA entry"))
+    digest = hashlib.sha256(DIGEST_LISTED_LORA).hexdigest()
+    store.add_entry("demo", NewEntry(category="2c", kind="lora", digests={"sha256": digest}, source="digest-only entry"))
     store.add_entry("demo", NewEntry(category="nudify-service", kind="service", domain="example.org", source="service report", evidence="osint-report"))
     return StoreLookup(Matcher(store, refresh_interval=0))
 
@@ -184,3 +196,139 @@ async def test_a_resaved_copy_of_a_listed_lora_is_delisted_as_a_near_copy(aiohtt
     assert near.evidence.basis == "content" and near.evidence.file["tensors_read"]
     unrelated = await check(lookup, f"http://files.test:{server.port}/{route}/other")
     assert unrelated.action == "none", unrelated.reason
+
+
+async def test_a_redirect_to_a_listed_domain_is_delisted_before_it_is_requested(aiohttp_server, lookup) -> None:
+    server = await aiohttp_server(file_host({"x": UNLISTED}))
+    start = f"http://files.test:{server.port}/to?target=https://app.example.org/generate"
+    recommendation = await check(lookup, start)  # resolve() refuses app.example.org: it must never be asked for
+    assert recommendation.action == "delist", recommendation.reason
+    assert recommendation.evidence.basis == "url" and decisive_entry(recommendation)["kind"] == "domain"
+    assert [r["url"] for r in recommendation.evidence.requests] == [start]
+    assert server.app[LOG].hits["/to"] == 1
+
+
+async def gzipped_handler(request: web.Request) -> web.StreamResponse:
+    """Ignores Range and Accept-Encoding: identity; sends the file gzip-encoded, as a browser would accept it."""
+    data = request.app[FILES][request.match_info["name"]]
+    return web.Response(body=gzip.compress(data), headers={"Content-Encoding": request.query.get("as", "gzip")})
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "x-unknown"])
+async def test_an_encoded_body_is_never_hashed_as_if_it_were_the_file(aiohttp_server, lookup, encoding: str) -> None:
+    """Digests of the encoded bytes would answer none for a listed file every browser downloads decoded."""
+    app = file_host({"x": LISTED})
+    app.router.add_get("/gzipped/{name}", gzipped_handler)
+    server = await aiohttp_server(app)
+    recommendation = await check(lookup, f"http://files.test:{server.port}/gzipped/x?as={encoding}")
+    assert recommendation.action == "error" and encoding in recommendation.reason, recommendation.reason
+    assert recommendation.evidence.digests == {}
+    assert recommendation.evidence.response["headers"]["content-encoding"] == encoding
+
+
+async def raw_host_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers once with header bytes that are not UTF-8 (aiohttp hands them over as lone surrogates)."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "\xff\xfe"\r\nContent-Type: text/\xe9\r\n\r\nhello')
+    await writer.drain()
+    writer.close()
+
+
+async def test_header_bytes_that_are_not_utf8_never_break_the_output_line(lookup) -> None:
+    """Such a header crashed the job writer on every resume: one hostile URL stopped the whole crawl."""
+    server = await asyncio.start_server(raw_host_handler, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        recommendation = await check(lookup, f"http://files.test:{port}/x")
+    line = recommendation.to_json_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    record = json.loads(line.decode("utf-8"))  # strict UTF-8, one JSON record
+    assert record["evidence"]["response"]["headers"]["content-type"] == "text/\\xe9"  # the byte stays visible
+    assert record["evidence"]["response"]["headers"]["etag"] == '"\\xff\\xfe"'
+
+
+def test_a_recommendation_with_text_that_is_not_unicode_still_makes_one_line() -> None:
+    from modelsieve.crawler.model import Evidence
+
+    evidence = Evidence(started_at="t", finished_at="t", provider={"file_name": "m\ud800.safetensors"})
+    recommendation = Recommendation("http://a.test/\udcff", None, "error", "bad \udc80 reason", evidence, "t", {"k\ud83d": ["\udfff"]})
+    record = json.loads(recommendation.to_json_line().decode("utf-8"))
+    assert record["url"] == "http://a.test/\\xff" and record["reason"] == "bad \\x80 reason"  # undecodable bytes
+    assert record["context"] == {"k\\ud83d": ["\\udfff"]} and record["evidence"]["provider"]["file_name"] == "m\\ud800.safetensors"
+
+
+async def test_a_file_read_whole_by_ranges_is_hashed_and_matches_a_digest_only_entry(aiohttp_server, lookup) -> None:
+    """A small LoRA's fingerprint asks for every tensor, so its ranges cover the whole file: the
+    crawler held every byte of a file listed by sha256 alone and answered none."""
+    listed_lora = DIGEST_LISTED_LORA  # no fingerprint entry for it: only its digest is listed
+    server = await aiohttp_server(file_host({"l": listed_lora}))
+    recommendation = await check(lookup, f"http://files.test:{server.port}/files/l")
+    evidence = recommendation.evidence
+    assert evidence.file["read"] == "ranges" and evidence.bytes_read == len(listed_lora)
+    assert evidence.digests["sha256"] == hashlib.sha256(listed_lora).hexdigest()
+    assert recommendation.action == "delist" and decisive_entry(recommendation)["source"] == "digest-only entry"
+
+
+async def test_tensors_that_make_no_fingerprint_are_named_in_the_evidence_of_a_none(aiohttp_server, lookup) -> None:
+    """A none after a fingerprint failed compared digests only; the evidence must not hide that."""
+    tensors = dict(synthetic.kohya_layout(FAMILY.lora(5, rank=8), "fp32"))
+    broken = {name: np.full_like(array, np.nan) if array.ndim > 1 else array for name, array in tensors.items()}
+    from safetensors.numpy import save
+
+    server = await aiohttp_server(file_host({"nan": save(broken), "fine": lora_file(FAMILY.lora(6, rank=8), "fp16")}))
+    failed = await check(lookup, f"http://files.test:{server.port}/files/nan")
+    assert failed.action == "none" and failed.evidence.file["tensors_read"]
+    assert "NaN" in failed.evidence.file["fingerprint_problem"]
+    made = await check(lookup, f"http://files.test:{server.port}/files/fine")
+    assert made.action == "none" and made.evidence.file["tensors_read"] and made.evidence.file["fingerprint_problem"] is None
+
+
+SLOW_RANGES = web.AppKey("slow_ranges", list)  # seconds a Range request past byte 0 waits before its answer
+
+
+async def slow_range_handler(request: web.Request) -> web.StreamResponse:
+    if not request.headers.get("Range", "bytes=0-").startswith("bytes=0-"):
+        await asyncio.sleep(request.app[SLOW_RANGES][0])
+    return serve_range(request, request.app[FILES][request.match_info["name"]])
+
+
+class TwoApart:
+    """A lookup whose fingerprint wants two tensors far apart (two Range reads) and matches nothing."""
+
+    def match_url(self, url: str) -> list:
+        return []
+
+    def match_digests(self, digests: object) -> list:
+        return []
+
+    def select_tensors(self, infos, budget_fraction):  # noqa: ANN001, ANN201
+        return [infos[0], infos[-1]]
+
+    def match_tensors(self, header, arrays):  # noqa: ANN001, ANN201
+        return []
+
+
+async def test_a_host_ignoring_range_cannot_deadlock_the_tensor_slots(aiohttp_server) -> None:
+    """A streamed download waited for a tensor slot while holding its request slot, and a ranged read
+    held a tensor slot while waiting for a request slot: once each held what the other wanted, both
+    waited until the check timeout, and with them every check needing either."""
+    app = file_host({"x": UNLISTED, "big": synthetic_safetensors(seed=5, tensors=12, width=128)})
+    app[SLOW_RANGES] = [0.3]
+    app.router.add_get("/slow/{name}", slow_range_handler)
+    server = await aiohttp_server(app)
+    config = CrawlConfig(
+        fetch=FetchConfig(honour_robots=False),
+        politeness=PolitenessConfig(global_concurrency=1),
+        remote=RemoteReadConfig(first_read=4096, coalesce_gap=0),
+        addresses=AddressPolicy(allow_loopback=True),
+        providers=PROVIDERS,
+        check_timeout=5,
+        tensor_concurrency=1,
+    )
+    async with Crawler(TwoApart(), config, resolve=resolve) as client:  # type: ignore[arg-type]
+        ranged = asyncio.ensure_future(client.check(CrawlTarget(f"http://files.test:{server.port}/slow/big")))
+        await asyncio.sleep(0.1)  # its first tensor read is in flight, holding the one tensor slot
+        streamed = asyncio.ensure_future(client.check(CrawlTarget(f"http://files.test:{server.port}/norange/x")))
+        results = await asyncio.gather(ranged, streamed)
+    assert [r.action for r in results] == ["none", "none"], [r.reason for r in results]
+    assert results[0].evidence.file["read"] == "ranges" and results[1].evidence.file["read"] == "whole"

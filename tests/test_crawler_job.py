@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from modelsieve.api.cli import main
 from modelsieve.crawler.inputs import BadLine, parse_line, read_targets
+from modelsieve.crawler.model import CrawlTarget
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.crawler_fakes import LOG, file_host, serve_in_thread, synthetic_safetensors
@@ -160,13 +161,37 @@ def test_a_crawl_killed_with_sigkill_again_and_again_finishes_every_url_exactly_
     assert actions == {"delist": len(urls[::7]), "none": len(urls) - len(urls[::7])}
 
 
+def test_a_second_crawl_into_the_same_output_is_refused_while_the_first_runs(tmp_path, db, host, capsys) -> None:
+    """Two --resume runs at once (a scheduler retrying, an impatient operator) checked the same pending
+    URLs and appended them twice; the second could also cut the line the first was writing."""
+    port, _ = host
+    urls = [f"http://127.0.0.1:{port}/files/z?n={i}" for i in range(150)]
+    links = tmp_path / "links.txt"
+    links.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "recs.jsonl"
+    args = [str(links), "--out", str(out), "--db", str(db), "--allow-loopback"]
+    command = [sys.executable, "-c", "import sys; from modelsieve.api.cli import main; sys.exit(main())", "crawl", *args]
+    first = subprocess.Popen(command + ["--per-host", "1", "--concurrency", "1", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while first.poll() is None and time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 3):
+            time.sleep(0.005)
+        assert first.poll() is None, "the first crawl ended before the second could start"
+        assert crawl(*args, "--resume") == 2
+        err = capsys.readouterr().err
+        assert "another crawl" in err and err.count("\n") == 1
+    finally:
+        assert first.wait(timeout=120) == 0, first.stderr.read().decode()  # type: ignore[union-attr]
+    assert output_urls(out) == Counter(urls)
+
+
 URL_TEXT = st.one_of(
     st.text(max_size=60),
     st.builds(lambda host, path: f"https://{host}/{path}", st.from_regex(r"[a-z0-9.-]{0,20}", fullmatch=True), st.text(max_size=20)),
 )
 
 
-@given(st.lists(st.one_of(URL_TEXT, st.builds(json.dumps, st.dictionaries(st.sampled_from(["url", "context", "x"]), st.one_of(URL_TEXT, st.integers(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)), max_size=3))), max_size=20))
+@given(st.lists(st.one_of(URL_TEXT, st.builds(json.dumps, st.dictionaries(st.sampled_from(["url", "context", "x"]), st.one_of(URL_TEXT, st.integers(), st.floats(), st.dictionaries(st.text(max_size=3), st.integers() | st.floats(), max_size=2)), max_size=3))), max_size=20))
 @settings(max_examples=150, deadline=None)
 def test_input_parsing_never_crashes_and_accounts_for_every_line(lines: list[str]) -> None:
     lines = [line.replace("\n", " ").replace("\r", " ") for line in lines]
@@ -179,6 +204,7 @@ def test_input_parsing_never_crashes_and_accounts_for_every_line(lines: list[str
             assert item.problem and "\n" not in item.problem
         else:
             assert item.url.startswith(("http://", "https://")) and isinstance(item.context, dict)
+            json.dumps(item.context, allow_nan=False)  # echoed into the output: it must stay strict JSON
             assert item.url in text or json.loads(text)["url"].strip() == item.url
     skipped = {i + 1 for i, line in enumerate(lines) if not line.strip() or line.strip().startswith("#")}
     assert set(numbers) == set(range(1, len(lines) + 1)) - skipped
@@ -191,8 +217,23 @@ def test_input_lines_keep_their_context() -> None:
     assert flat.context == {"reporter": "u1"}
     assert isinstance(parse_line("https://a.org/has space", 2), BadLine)
     assert parse_line("   # comment", 3) is None
-    long_number = parse_line('{"url": "https://a.org/m", "post": 1' + "0" * 5000 + "}", 5)  # int() refuses > 4300 digits
-    assert isinstance(long_number, BadLine) and long_number.problem == "not valid JSON"
+
+
+@pytest.mark.parametrize("number", ["1" * 5000, "NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_json_line_whose_numbers_cannot_be_echoed_is_a_bad_line_not_a_crash(number: str) -> None:
+    lines = ["https://a.org/m1", f'{{"url": "https://a.org/m2", "context": {{"n": {number}}}}}', "https://a.org/m3"]
+    parsed = list(read_targets(lines))
+    assert [p.url for p in parsed if not isinstance(p, BadLine)] == ["https://a.org/m1", "https://a.org/m3"]
+    assert [(p.line, p.problem) for p in parsed if isinstance(p, BadLine)] == [(2, "not valid JSON")]
+
+
+@pytest.mark.parametrize(
+    "record", ['{"url": "https://a.org/\\ud800"}', '{"url": "https://a.org/m2", "context": {"x": "\\udfff"}}', '{"url": "https://a.org/m2", "\\ud83d": 1}']
+)
+def test_a_json_line_holding_a_lone_surrogate_is_a_bad_line(record: str) -> None:
+    """Neither the store nor the UTF-8 output can hold it: accepted, it ended the crawl on every resume."""
+    parsed = list(read_targets(["https://a.org/m1", record]))
+    assert isinstance(parsed[0], CrawlTarget) and isinstance(parsed[1], BadLine) and "surrogate" in parsed[1].problem
 
 
 def test_help_teaches_with_examples(capsys) -> None:

@@ -123,6 +123,16 @@ def test_check_url_refuses_schemes_credentials_and_private_literals(url: str) ->
         check_url(URL(url), LOOPBACK_OK)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://2130706433/", "http://127.1/", "http://0177.0.0.1/", "http://017700000001/", "http://0/", "http://127.0.0.1./", "http://8.8.8.8./", "http://[v1.fe80::a+en1]/"]
+)
+def test_check_url_refuses_hosts_a_socket_would_read_as_addresses_in_other_spellings(url: str) -> None:
+    """aiohttp 3.10-3.13 (allowed by our requirement) sends all-digit hosts straight to the socket, which
+    reads 2130706433, 127.1 and 0177.0.0.1 as 127.0.0.1: no resolver, so no vetting, would see them."""
+    with pytest.raises(BlockedAddressError, match="not a canonical IP address"):
+        check_url(URL(url), LOOPBACK_OK)
+
+
 def test_check_url_passes_names_and_public_literals() -> None:
     for url in ("https://huggingface.co/x/y/resolve/main/m.safetensors", "http://8.8.8.8/", "http://[2606:4700::1111]/"):
         check_url(URL(url), STRICT)

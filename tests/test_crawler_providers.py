@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -78,24 +79,6 @@ async def test_the_civitai_adapter_reports_a_missing_version(aiohttp_server) -> 
             await CivitaiProvider(("civitai.test",)).published(url, client, Transcript())
 
 
-@pytest.mark.parametrize("body", [b'{"files": [{"sizeKB": 1' + b"0" * 5000 + b"}]}", b'{"files": [', b"[" * 100_000],
-                         ids=["5000-digit-integer", "truncated", "deep"])
-async def test_a_civitai_answer_that_is_not_json_is_a_fetch_error(aiohttp_server, body: bytes) -> None:
-    """json.loads raises a plain ValueError for integers past 4300 digits: it escaped as a crash."""
-    from aiohttp import web
-
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/api/v1/model-versions/{id}", answer)
-    server = await aiohttp_server(app)
-    url = URL(f"http://civitai.test:{server.port}/api/download/models/1")
-    async with fetcher() as client:
-        with pytest.raises(FetchError, match="not JSON"):
-            await CivitaiProvider(("civitai.test",)).published(url, client, Transcript())
-
-
 def test_urls_go_to_the_right_adapter() -> None:
     assert provider_for(URL("https://huggingface.co/a/b/resolve/main/x.safetensors"), (HuggingFaceProvider(), GenericProvider())).name == "huggingface"
     assert provider_for(URL("https://huggingface.co/a/b"), (HuggingFaceProvider(), GenericProvider())).name == "generic"
@@ -154,3 +137,44 @@ def test_civitai_file_lists_of_any_shape_never_crash(files: object) -> None:
         return
     assert chosen in files  # type: ignore[operator]
     json.dumps(chosen)
+
+
+ANSWERS = web.AppKey("answers", dict)  # version id → raw JSON text
+
+
+async def raw_version(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=request.app[ANSWERS][request.match_info["id"]], content_type="application/json")
+
+
+HOSTILE_FILES = {  # each a well-formed answer whose file entry a hostile or broken API fills with junk
+    "1": '{"files": [{"primary": true, "sizeKB": 1e308, "hashes": {"SHA256": "%s"}}]}' % SHA256,
+    "2": '{"files": [{"primary": true, "sizeKB": -5, "name": 7, "downloadUrl": 9, "hashes": {"SHA256": "%s"}}]}' % SHA256,
+    "3": '{"files": [{"primary": true, "sizeKB": 1e999, "downloadUrl": "http://[::1", "hashes": {"SHA256": "%s"}}]}' % SHA256,
+    "4": '{"files": [{"primary": true, "sizeKB": true, "downloadUrl": "", "hashes": {"SHA256": "%s"}}]}' % SHA256,
+}
+
+
+@pytest.mark.parametrize("version", sorted(HOSTILE_FILES))
+async def test_junk_in_a_civitai_file_entry_costs_only_that_field(aiohttp_server, version: str) -> None:
+    app = web.Application()
+    app[ANSWERS] = HOSTILE_FILES
+    app.router.add_get("/api/v1/model-versions/{id}", raw_version)
+    server = await aiohttp_server(app)
+    link = URL.build(scheme="http", host="civitai.test", port=server.port, path=f"/api/download/models/{version}")
+    async with fetcher() as client:
+        published = await CivitaiProvider(("civitai.test",)).published(link, client, Transcript())
+    assert published.digests == {"sha256": SHA256}
+    assert published.size is None and published.file_name is None
+    assert published.download_url == str(link)
+
+
+async def test_a_civitai_answer_python_cannot_parse_is_a_fetch_error(aiohttp_server) -> None:
+    app = web.Application()
+    app[ANSWERS] = {"5": '{"id": %s, "files": []}' % ("9" * 5000), "6": '{"files": [' * 100_000}
+    app.router.add_get("/api/v1/model-versions/{id}", raw_version)
+    server = await aiohttp_server(app)
+    async with fetcher() as client:
+        for version in ("5", "6"):
+            link = URL.build(scheme="http", host="civitai.test", port=server.port, path=f"/api/download/models/{version}")
+            with pytest.raises(FetchError, match="not JSON"):
+                await CivitaiProvider(("civitai.test",)).published(link, client, Transcript())

@@ -205,3 +205,46 @@ def test_lying_hosts_give_the_right_tensors_or_a_clear_error(liar, lies: list[st
 
     asyncio.run(check())
     assert app[LOG].hits["/liar/m"] >= 1
+
+
+@pytest.mark.parametrize("route", ["files", "norange"])
+async def test_a_header_longer_than_the_cap_is_never_held_or_parsed_only_the_file_hashed(aiohttp_server, route: str) -> None:
+    """A host can claim a header of up to 100 MB; the crawler neither buffers nor parses more than its cap."""
+    padded = synthetic_safetensors(seed=1, tensors=3, width=16, metadata={"padding": "x" * 20_000})
+    server = await aiohttp_server(file_host({"m": padded}))
+    transcript = Transcript()
+    config = RemoteReadConfig(first_read=1024, max_header_bytes=16_000)
+    async with fetcher() as client:
+        content = await read_remote(client, server.make_url(f"/{route}/m"), transcript, pick, config)
+    assert content.header is None and not content.ranged and "16000" in (content.problem or "")
+    assert content.digests["sha256"] == hashlib.sha256(padded).hexdigest()  # exact matching still works
+    assert [e.request_range for e in transcript.exchanges][-1] in (None, "bytes=0-1023")  # no Range read of the header
+
+
+@given(st.sets(st.sampled_from(sorted(TENSORS))), st.sampled_from([64, 1024, 100_000]), st.sampled_from([0, 4096, 1 << 20]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_whole_file_digests_come_only_from_every_byte_in_order(liar, chosen: set[str], first_read: int, gap: int) -> None:
+    """A digest of partial content would be false evidence: it is given exactly when the ranges cover the file."""
+    _app, port, _loop = liar
+
+    def select(infos: Sequence[TensorInfo], budget_fraction: float) -> list[TensorInfo]:
+        return [info for info in infos if info.name in chosen]
+
+    async def read() -> tuple[dict[str, str], Transcript]:
+        transcript = Transcript()
+        async with fetcher() as client:
+            content = await read_remote(client, f"http://127.0.0.1:{port}/files/m", transcript, select, RemoteReadConfig(first_read=first_read, coalesce_gap=gap))
+        assert content.ranged and sorted(content.arrays) == sorted(chosen)
+        return dict(content.digests), transcript
+
+    digests, transcript = asyncio.run(read())
+    covered = 0  # the ranges are requested in file order: how far they reach without a hole
+    for exchange in transcript.exchanges:
+        first, _, last = (exchange.request_range or "").removeprefix("bytes=").partition("-")
+        if int(first) <= covered:
+            covered = max(covered, min(int(last) + 1, len(MODEL)))
+    whole = covered == len(MODEL)
+    event("whole" if digests else "partial")
+    if digests:
+        assert digests["sha256"] == hashlib.sha256(MODEL).hexdigest()
+    assert bool(digests) == whole

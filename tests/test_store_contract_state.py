@@ -76,7 +76,9 @@ def test_a_crawl_job_keeps_its_targets_once_and_resumes_exactly_where_its_output
     assert [t.url for t in job.pending()] == urls and (job.progress().total, job.progress().done) == (5, 0)
     with pytest.raises(JobError, match="already in the store"):
         CrawlJob.open(store, out, links, lambda: [], resume=False)
-    # Two recommendations committed, a third written but not yet marked, a fourth torn by a kill.
+    # Two recommendations committed, a third written but not yet marked, a fourth torn by a kill
+    # (which also releases the first run's lock on the output).
+    job.close()
     committed = recommendation(urls[0]) + recommendation(urls[1])
     out.write_bytes(committed)
     store.mark_crawl_targets_done(job.job_id, urls[:2], len(committed))

@@ -189,11 +189,14 @@ def run(args: argparse.Namespace) -> int:
             on_bad_line=bad_line,
             on_duplicate=duplicate,
         )
-        if problems["duplicate"]:
-            print(f"modelsieve: {problems['duplicate']} repeated URLs are checked once", file=sys.stderr)
-        key = load_key(args.fingerprint_key)
-        lookup = StoreLookup(Matcher.for_store(store, key))
-        actions = asyncio.run(_crawl(job, lookup, crawl_config(args), show_progress=not args.json))
+        try:
+            if problems["duplicate"]:
+                print(f"modelsieve: {problems['duplicate']} repeated URLs are checked once", file=sys.stderr)
+            key = load_key(args.fingerprint_key)
+            lookup = StoreLookup(Matcher.for_store(store, key))
+            actions = asyncio.run(_crawl(job, lookup, crawl_config(args), show_progress=not args.json))
+        finally:
+            job.close()  # the output's lock (the run releases it too)
         progress = job.progress()
     summary = {"out": str(job.out_path), "total": progress.total, "done": progress.done, "actions": dict(actions), "junk_lines": problems["junk"]}
     if args.json:

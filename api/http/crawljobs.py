@@ -60,6 +60,7 @@ class CrawlJobs:
         input_path.write_text("".join(json.dumps(dict(t), separators=(",", ":")) + "\n" for t in targets), encoding="utf-8")
         lines = input_path.read_text(encoding="utf-8").splitlines()
         crawl_job = CrawlJob.open(self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
+        crawl_job.close()  # a server process runs it later (`run` opens it again)
         record = LeasedCrawlJob(job_id, key_id, mode, time.time(), crawl_job.job_id)
         self.store.add_leased_crawl_job(record)
         return record

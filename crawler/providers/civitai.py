@@ -81,7 +81,7 @@ class CivitaiProvider:
             raise FetchError(f"{api}: HTTP status {response.status}")
         try:
             answer = json.loads(body)
-        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, integers past 4300 digits
+        except (ValueError, RecursionError):  # bad UTF-8, bad JSON, an integer past the digit limit
             raise FetchError(f"{api}: the answer is not JSON") from None
         if not isinstance(answer, Mapping):
             raise FetchError(f"{api}: the answer is not a JSON object")
@@ -109,6 +109,7 @@ def _download_url(api: URL, published: object, link: URL) -> str:
 
 def _size_bytes(size_kb: object) -> int | None:
     """Bytes from Civitai's `sizeKB` (a float of KiB); None when absent or not a sane number."""
-    if isinstance(size_kb, bool) or not isinstance(size_kb, int | float) or not math.isfinite(size_kb) or size_kb < 0:
+    if isinstance(size_kb, bool) or not isinstance(size_kb, int | float):
         return None
-    return round(size_kb * 1024)
+    size = float(size_kb) * 1024  # in floats: a finite sizeKB near the limit still overflows here
+    return round(size) if math.isfinite(size) and size >= 0 else None
