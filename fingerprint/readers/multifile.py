@@ -220,6 +220,7 @@ def open_diffusers(folder: Path) -> CompositeReader:
                 if "no model weights" not in str(exc):
                     raise
                 continue  # tokenizers, schedulers and feature extractors carry no weights
+            _inside(folder, f"{component}/{weights.name}", f"{index_path}: weights")  # a symlink out, as for shards
             problems += [f"{component}/: {note}" for note in notes]
             reader = stack.enter_context(_open_weights(weights, f"{component}/"))
             parts.append(("", reader))
