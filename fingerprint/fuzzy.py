@@ -115,7 +115,7 @@ def fingerprint_tensors(
     delta against the nearest of `bases` when one fits, else a raw fingerprint (base None) —
     or, with `require_base`, a FingerprintError saying why no base fits.
     """
-    if is_adapter(list(arrays)):
+    if is_adapter({name: array.nbytes for name, array in arrays.items()}):
         adapter = adapter_sketches(key, arrays, peft)
         if not adapter.sketches:
             raise FingerprintError("the adapter holds no LoRA/LyCORIS module with both factors")
@@ -155,7 +155,7 @@ def fingerprint_model(
               if _is_float(info.dtype) or split_adapter_key(info.name) is not None}
     if not arrays:
         raise FingerprintError(f"{reader.path}: the model holds no floating-point tensors to fingerprint")
-    peft = read_peft_scaling(reader.path) if is_adapter(list(arrays)) else None
+    peft = read_peft_scaling(reader.path) if is_adapter({name: array.nbytes for name, array in arrays.items()}) else None
     return fingerprint_tensors(arrays, key, bases, require_base=require_base, threads=threads, peft=peft)
 
 
@@ -167,7 +167,7 @@ def select_tensors(infos: Sequence[TensorInfo], budget_fraction: float = 0.05) -
     `budget_fraction` of the model's float bytes. Adapter files are small: all their tensors.
     Models with no recognised roles get an even spread of 2-D tensors within the budget.
     """
-    if is_adapter([i.name for i in infos]):
+    if is_adapter({info.name: info.nbytes for info in infos}):
         return list(infos)
     # (canonical name, info, bytes), each size computed once: a crawl selects for every file it sees.
     named = sorted(

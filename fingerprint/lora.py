@@ -131,10 +131,16 @@ def split_adapter_key(key: str) -> tuple[str, str] | None:
     return match.group("module"), match.group("part")
 
 
-def is_adapter(keys: list[str]) -> bool:
-    """True when most tensors of a file are adapter parts (LoRA / LyCORIS)."""
-    parts = sum(split_adapter_key(k) is not None for k in keys)
-    return parts > 0 and parts * 2 >= len(keys)
+def is_adapter(sizes: Mapping[str, int]) -> bool:
+    """True when adapter parts (LoRA / LyCORIS) make up most of a file's tensors, by count or by bytes.
+
+    `sizes` maps every tensor name to its byte size. Bytes count too: padding a LoRA with thousands
+    of tiny junk tensors (loaders ignore keys they do not know) must not turn it into a "checkpoint"
+    whose fingerprint no listed LoRA can match."""
+    parts = [name for name in sizes if split_adapter_key(name) is not None]
+    if not parts:
+        return False
+    return len(parts) * 2 >= len(sizes) or sum(sizes[name] for name in parts) * 2 >= sum(sizes.values())
 
 
 def _require(module: str, parts: Mapping[str, np.ndarray], *names: str) -> None:

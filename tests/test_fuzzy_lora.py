@@ -260,6 +260,21 @@ def test_a_stray_lokr_factor_beside_a_whole_one_is_ignored(stray: np.ndarray) ->
                                   plain.sketches[TARGET])
 
 
+def test_junk_tensors_cannot_turn_a_lora_into_a_checkpoint() -> None:
+    """Loaders ignore keys they do not know; 200 one-element junk tensors outnumbered the adapter
+    parts, so the file was fingerprinted as a checkpoint that no listed LoRA could match."""
+    from modelsieve.fingerprint.fuzzy import select_tensors
+    from modelsieve.fingerprint.readers import TensorInfo
+
+    lora = _two_module_lora(np.random.default_rng(9))
+    padded = lora | {f"junk.{i}": np.zeros(1, np.float16) for i in range(200)}
+    clean, fingerprint = fingerprint_tensors(lora, KEY), fingerprint_tensors(padded, KEY)
+    assert fingerprint.kind == "lora" and fingerprint.sketches.keys() == clean.sketches.keys()
+    assert compare(fingerprint, clean).similarity > 0.999
+    infos = [TensorInfo(name, "F16" if name.startswith("junk") else "F64", array.shape) for name, array in padded.items()]
+    assert len(select_tensors(infos)) == len(infos)  # a partial read of an adapter fetches all of it
+
+
 def test_two_layouts_naming_one_weight_sum_their_deltas() -> None:
     """A kohya and a PEFT module on the same weight are both applied by loaders: ΔW is their sum."""
     rng = np.random.default_rng(3)
