@@ -111,6 +111,22 @@ def test_a_planted_non_finite_tensor_cannot_hide_a_checkpoint(tmp_path, bad: flo
     assert planted_fp.source["non_finite_left_out"] == 1 and planted_fp.source["non_finite_examples"] == ["other.junk"]
 
 
+def test_a_decoy_key_naming_the_same_weight_cannot_hide_a_checkpoint() -> None:
+    """`unet.conv_in.weight` is the diffusers name of LDM's `input_blocks.0.0.weight`; loaders ignore
+    the layout they do not expect, and the clash used to refuse the whole model (verdict none)."""
+    from modelsieve.fingerprint.fuzzy import fingerprint_tensors
+
+    rng = np.random.default_rng(10)
+    weights = {"model.diffusion_model.input_blocks.0.0.weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float16),
+               "model.diffusion_model.out.2.weight": rng.standard_normal((4, 8, 3, 3)).astype(np.float16)}
+    clean = fingerprint_tensors(weights, KEY)
+    for decoy in ({"unet.conv_in.weight": np.ones(1, np.float16)}, {"unet/conv_in.weight": np.ones((2, 2), np.float32)}):
+        for planted in (fingerprint_tensors(weights | decoy, KEY), fingerprint_tensors(decoy | weights, KEY)):
+            assert planted.sketches.keys() == clean.sketches.keys() and planted.source["names_claimed_twice"] == 1
+            for name, sketch in clean.sketches.items():
+                np.testing.assert_array_equal(planted.sketches[name], sketch)
+
+
 def test_the_projection_cache_is_bounded_by_bytes() -> None:
     """Hostile files with many long, distinct shapes must not fill the cache with gigabytes."""
     from modelsieve.fingerprint import keys
