@@ -302,6 +302,7 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
     rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
     left_out = LeftOut()
+    first_error: FingerprintError | None = None
     peft_modules = dora_modules = merged = 0
     for module, parts in modules.items():
         magnitude = next((parts[p] for p in _MAGNITUDE_PARTS if p in parts), None)
@@ -329,9 +330,16 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
         except _NonFiniteModule:
             left_out.add(target, "non_finite")
             continue
+        except FingerprintError as exc:  # loaders skip a module they cannot apply: one such decoy must not hide the rest
+            first_error = first_error or exc
+            left_out.add(target, "malformed")
+            continue
         if target in shapes:  # two layouts naming one weight: loaders apply both patches, so ΔW is their sum
             if shapes[target] != shape:
-                raise FingerprintError(f"two adapter modules patch the weight {target!r} with shapes {shapes[target]} and {shape}")
+                first_error = first_error or FingerprintError(
+                    f"two adapter modules patch the weight {target!r} with shapes {shapes[target]} and {shape}")
+                left_out.add(target, "malformed")
+                continue
             merged += 1
         shapes[target] = shape
         # each stored factor adds its relative rounding error to the product
@@ -347,7 +355,7 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
     for target in left_out.all() & set(sketches):  # a module of this target was left out: its ΔW is unknown
         del sketches[target]
     if not sketches and left_out.all():
-        raise left_out.error("adapter module")
+        raise first_error if first_error is not None and left_out.names["malformed"] else left_out.error("adapter module")
     shapes = {n: shapes[n] for n in sketches}
     noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
     notes: dict[str, object] = {}

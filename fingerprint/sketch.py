@@ -76,7 +76,7 @@ class LeftOut:
     ignore keys they do not know) from hiding a listed model.
     """
 
-    REASONS = {"non_finite": "holds NaN or infinite values", "oversized": "is too large to sketch"}
+    REASONS = {"non_finite": "holds NaN or infinite values", "oversized": "is too large to sketch", "malformed": "is malformed"}
 
     def __init__(self) -> None:
         self.names: dict[str, set[str]] = {reason: set() for reason in self.REASONS}

@@ -260,6 +260,22 @@ def test_a_stray_lokr_factor_beside_a_whole_one_is_ignored(stray: np.ndarray) ->
                                   plain.sketches[TARGET])
 
 
+def test_modules_loaders_would_skip_cannot_hide_a_lora() -> None:
+    """An incomplete or ill-shaped decoy module made the whole adapter a FingerprintError (verdict none);
+    loaders skip what they cannot apply, and so do fingerprints now, counting it."""
+    lora = _two_module_lora(np.random.default_rng(11))
+    decoys = {"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((2, 4)),  # no lora_up
+              "lora_unet_mid_block_resnets_0_conv2.lora_up.weight": np.ones((4, 3)),  # factors that do not multiply
+              "lora_unet_mid_block_resnets_0_conv2.lora_down.weight": np.ones((2, 4)),
+              "lora_unet_mid_block_resnets_1_conv1.alpha": np.ones(3)}  # alpha that is no number
+    decoys |= {"lora_unet_mid_block_resnets_1_conv1.lora_up.weight": np.ones((4, 2)),
+               "lora_unet_mid_block_resnets_1_conv1.lora_down.weight": np.ones((2, 4))}
+    clean, planted = fingerprint_tensors(lora, KEY), fingerprint_tensors(lora | decoys, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert compare(planted, clean).similarity > 0.999
+    assert planted.source["malformed_left_out"] == 3
+
+
 def test_junk_tensors_cannot_turn_a_lora_into_a_checkpoint() -> None:
     """Loaders ignore keys they do not know; 200 one-element junk tensors outnumbered the adapter
     parts, so the file was fingerprinted as a checkpoint that no listed LoRA could match."""
