@@ -69,7 +69,7 @@ def store_location(db: str | os.PathLike[str] | None) -> str:
     return location if is_postgres_location(location) else os.path.abspath(location)
 
 
-class ListSnapshot(WorkerPlugin):  # type: ignore[misc,valid-type]
+class ListSnapshot(WorkerPlugin):
     """Worker plugin: the store's lists, indexed once per worker process (see the module docstring)."""
 
     def __init__(self, location: str, seq: int, fingerprint_key: str | None = None) -> None:
@@ -104,5 +104,5 @@ def snapshot_on_cluster(client: Any, location: str, fingerprint_key: str | None 
 def worker_lookup(plugin_name: str) -> StoreLookup:
     """Inside a task: this worker's lookup over the job's snapshot of the lists."""
     plugin = get_worker().plugins[plugin_name]
-    assert plugin.lookup is not None
+    assert isinstance(plugin, ListSnapshot) and plugin.lookup is not None
     return plugin.lookup

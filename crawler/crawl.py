@@ -53,6 +53,7 @@ class Lookup(Protocol):
 
 
 def default_providers() -> tuple[Provider, ...]:
+    """Hugging Face, Civitai, then the generic provider that claims every other URL."""
     return (HuggingFaceProvider(), CivitaiProvider(), GenericProvider())
 
 
@@ -85,6 +86,7 @@ class _Findings:
     published: Published | None = None
     content: RemoteContent | None = None
     fingerprint_problem: str | None = None  # why the tensors read made no fingerprint (so no near-copy could match)
+    listed_hop: str | None = None  # the listed URL a redirect or download link led to, where the check stopped
 
 
 class Crawler:
@@ -205,6 +207,7 @@ class Crawler:
             if found:
                 findings.matches += found
                 if self._settled(findings, "url"):
+                    findings.listed_hop = text
                     raise _Decided
 
         return vet
@@ -241,10 +244,11 @@ class Crawler:
         action, reason = decision.action, decision.reason
         if error is not None and action in ("none", "review"):
             # A failure after a weak match keeps the match in the evidence but the action says "error".
-            action, reason = "error", error if action == "none" else f"{error} (after: {reason})"
+            reason = error if action == "none" else f"{error} (after: {reason})"
+            action = "error"
         return Recommendation(
             url=target.url,
-            final_url=content.final_url if content else (final.url if final else None),
+            final_url=content.final_url if content else findings.listed_hop or (final.url if final else None),
             action=action,
             reason=reason,
             evidence=evidence,

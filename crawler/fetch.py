@@ -51,7 +51,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 SMALL_BODY_BYTES = 4 * 1024 * 1024  # API answers, robots.txt
 _DIGITS = re.compile(r"[0-9]{1,20}")
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)\s*$", re.IGNORECASE)  # ASCII digits, bounded
 
 
 class FetchError(ModelsieveError):
@@ -129,6 +129,7 @@ class Transcript:
 
 
 def relevant_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The response headers kept as evidence (those of RELEVANT_HEADERS that are present)."""
     return {name: headers[name] for name in RELEVANT_HEADERS if name in headers}
 
 
@@ -358,7 +359,8 @@ class Fetcher:
             try:
                 started_at, started = utc_now(), time.monotonic()  # the request starts once admitted
                 raw = await self._session.request(method, url, headers=headers, allow_redirects=False)
-            except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL) as exc:
+            except (aiohttp.ClientConnectorDNSError, aiohttp.InvalidURL, aiohttp.ClientSSLError, aiohttp.ClientResponseError) as exc:
+                # No name, a bad URL, a TLS failure, an answer that breaks HTTP: asking again changes nothing.
                 admission.release()
                 raise FetchError(f"{url}: {_describe(exc)}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -51,6 +51,7 @@ class JobProgress:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read 1 MiB at a time (ties a crawl job to its input for --resume)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -89,7 +90,7 @@ class CrawlJob:
         self.job_id = job_id
         self.out_path = out_path
         self._lock = lock
-        self._out = None
+        self._out: BinaryIO | None = None
         self._unmarked: list[str] = []
         self._last_commit = time.monotonic()
 
@@ -154,7 +155,10 @@ class CrawlJob:
             batch: list[CrawlTarget] = []
 
             def add(batch: list[CrawlTarget]) -> None:
-                rows = [CrawlTargetRow(t.line, t.url, json.dumps(t.context)) for t in batch]
+                rows = []
+                for t in batch:
+                    assert t.line is not None, "a job's targets are read from its input file, each with its line"
+                    rows.append(CrawlTargetRow(t.line, t.url, json.dumps(t.context)))
                 skipped = store.add_crawl_targets(job_id, rows)
                 for target in batch:
                     if target.line in skipped:  # the same URL on an earlier line: checked once
@@ -178,6 +182,7 @@ class CrawlJob:
             self._lock = None
 
     def progress(self) -> JobProgress:
+        """Targets done and in total, as the store has them."""
         return JobProgress(*self.store.crawl_progress(self.job_id))
 
     def pending(self) -> Iterator[CrawlTarget]:

@@ -11,7 +11,6 @@ from typing import Any, Literal
 from modelsieve.hashlists.model import Match
 
 Action = Literal["delist", "takedown", "review", "none", "error"]
-ACTIONS: tuple[Action, ...] = ("delist", "takedown", "review", "none", "error")
 
 
 def utc_now() -> str:

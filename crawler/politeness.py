@@ -26,6 +26,8 @@ from modelsieve.fingerprint.errors import ModelsieveError
 
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
 ROBOTS_CACHE_ORIGINS = 50_000  # origins whose parsed robots.txt stays cached (oldest dropped first)
+# and robots.txt text the cache may hold parsed: a parsed 512 KiB file takes ~4.5 MB of Python objects
+ROBOTS_CACHE_BYTES = 32 * 1024 * 1024
 _PRUNE_EVERY = 1024
 
 
@@ -64,6 +66,7 @@ class Admission:
         self._state = state
 
     def release(self) -> None:
+        """Give the host's slot back; calls after the first do nothing."""
         if self._gate is not None:
             gate, self._gate = self._gate, None
             gate._release(self._state)
@@ -158,6 +161,7 @@ class _RobotsFile:
     fetched_at: str
     parser: urllib.robotparser.RobotFileParser
     summary: str | None  # the whole answer when the status decides alone (4xx, 5xx, unreachable)
+    size: int = 0  # characters of robots.txt parsed (what the cache budget counts)
 
 
 # Lines the standard parser reads but the crawler never uses, and on which it can crash: it takes
@@ -165,11 +169,26 @@ class _RobotsFile:
 _UNUSED_FIELDS = ("crawl-delay", "request-rate")
 
 
+def _parsable(line: str) -> bool:
+    """Whether the standard parser can take this line: it drops fields the crawler never uses, and
+    Allow/Disallow paths that urlparse refuses after unquoting (e.g. "//[", an unclosed IPv6 host)."""
+    field, _, value = line.split("#", 1)[0].partition(":")
+    field = field.strip().lower()
+    if field.startswith(_UNUSED_FIELDS):
+        return False
+    if field in ("allow", "disallow"):
+        try:
+            urllib.parse.quote(urllib.parse.urlunparse(urllib.parse.urlparse(urllib.parse.unquote(value.strip()))))  # as RuleLine does
+        except ValueError:  # UnicodeEncodeError (a lone surrogate) included
+            return False
+    return True
+
+
 def parse_robots(text: str) -> urllib.robotparser.RobotFileParser:
-    """A robots.txt body parsed for its rules (first ROBOTS_MAX_BYTES characters); never raises on hostile text."""
+    """A robots.txt body parsed for its rules (first ROBOTS_MAX_BYTES characters); never raises on hostile
+    text: lines the standard parser would crash on are left out, the rest still apply."""
     parser = urllib.robotparser.RobotFileParser()
-    lines = text[:ROBOTS_MAX_BYTES].splitlines()
-    parser.parse([line for line in lines if not line.strip().lower().startswith(_UNUSED_FIELDS)])
+    parser.parse([line for line in text[:ROBOTS_MAX_BYTES].splitlines() if _parsable(line)])
     return parser
 
 
@@ -177,7 +196,9 @@ def deciding_rule(parser: urllib.robotparser.RobotFileParser, agent: str, url: s
     """The robots.txt line that decides `url` for `agent`, found as `RobotFileParser.can_fetch` finds it."""
     parsed = urllib.parse.urlparse(urllib.parse.unquote(url))
     path = urllib.parse.quote(urllib.parse.urlunparse(("", "", parsed.path, parsed.params, parsed.query, parsed.fragment))) or "/"
-    group = next((entry for entry in parser.entries if entry.applies_to(agent)), parser.default_entry)
+    # RobotFileParser's rule groups (and the allow_all / disallow_all flags set below) are
+    # undocumented attributes typeshed leaves out; can_fetch itself reads them.
+    group = next((entry for entry in parser.entries if entry.applies_to(agent)), parser.default_entry)  # type: ignore[attr-defined]
     if group is None:
         return None
     return next((str(line) for line in group.rulelines if line.applies_to(path)), None)
@@ -187,34 +208,68 @@ class RobotsRules:
     """robots.txt per origin, fetched once (concurrent askers wait for the one fetch) and cached.
 
     RFC 9309: 2xx → the rules; 4xx → everything allowed; 5xx or unreachable → nothing allowed.
+    The cache keeps at most `max_origins` origins and `max_cached_bytes` of parsed robots.txt text,
+    dropping the oldest first (an origin asked again after that is fetched again).
     """
 
-    def __init__(self, fetch: RobotsFetch, user_agent: str) -> None:
+    def __init__(
+        self, fetch: RobotsFetch, user_agent: str, *, max_cached_bytes: int = ROBOTS_CACHE_BYTES, max_origins: int = ROBOTS_CACHE_ORIGINS
+    ) -> None:
         self._fetch = fetch
         self._agent = user_agent
         self._files: dict[str, asyncio.Task[_RobotsFile]] = {}
+        self._max_bytes = max_cached_bytes
+        self._max_origins = max_origins
+        self._bytes = 0
+
+    def cache_size(self) -> tuple[int, int]:
+        """(origins cached, characters of robots.txt they hold parsed)."""
+        return len(self._files), self._bytes
 
     async def verdict(self, url: URL) -> RobotsVerdict:
         """Whether robots.txt of the URL's origin lets this crawler request it, and why."""
         origin = str(url.origin())
         task = self._files.get(origin)
         if task is None:
-            task = self._files[origin] = asyncio.ensure_future(self._load(url.origin()))
-            if len(self._files) > ROBOTS_CACHE_ORIGINS:
-                oldest = next(iter(self._files))
-                if self._files[oldest].done():
-                    del self._files[oldest]
+            task = self._files[origin] = asyncio.ensure_future(self._load(url.origin(), origin))
         robots = task.result() if task.done() else await asyncio.shield(task)
         target = str(url)
         allowed = robots.parser.can_fetch(self._agent, target)
         rule = robots.summary or deciding_rule(robots.parser, self._agent, target) or "no rule matches: allowed"
         return RobotsVerdict(robots.url, robots.status, robots.fetched_at, target, allowed, rule)
 
-    async def _load(self, origin: URL) -> _RobotsFile:
+    def _evict(self, keep: str) -> None:
+        """Drop the oldest finished entries (never `keep`) until the cache is within its budgets."""
+        victims = []
+        held, count = self._bytes, len(self._files)
+        for origin, task in self._files.items():  # oldest first; usually stops after one or two
+            if held <= self._max_bytes and count <= self._max_origins:
+                break
+            if origin != keep and task.done():
+                victims.append(origin)
+                count -= 1
+                held -= task.result().size if not task.cancelled() and task.exception() is None else 0
+        for origin in victims:
+            del self._files[origin]
+        self._bytes = held
+
+    async def _load(self, origin: URL, key: str) -> _RobotsFile:
+        try:
+            robots = await self._fetch_and_parse(origin)
+        except BaseException:
+            self._evict(keep=key)
+            raise
+        self._bytes += robots.size
+        self._evict(keep=key)
+        return robots
+
+    async def _fetch_and_parse(self, origin: URL) -> _RobotsFile:
         parser = urllib.robotparser.RobotFileParser()  # replaced by the parsed file when there is one
         robots_url = origin.with_path("/robots.txt")
         fetched_at = utc_now()
         status: int | None
+        summary: str | None
+        size = 0
         try:
             status, text = await self._fetch(robots_url)
         except BlockedAddressError:
@@ -222,17 +277,17 @@ class RobotsRules:
         except (OSError, TimeoutError, ModelsieveError) as exc:  # unreachable: RFC 9309 says assume disallowed
             status, text, summary = None, "", f"robots.txt unreachable ({exc}): nothing allowed (RFC 9309)"
         if status is None:
-            parser.disallow_all = True
+            parser.disallow_all = True  # type: ignore[attr-defined]
         elif 200 <= status < 300:
             parser = parse_robots(text)
-            summary = None
+            summary, size = None, min(len(text), ROBOTS_MAX_BYTES)
         elif 400 <= status < 500:
-            parser.allow_all = True
+            parser.allow_all = True  # type: ignore[attr-defined]
             summary = f"no robots.txt (status {status}): everything allowed"
         else:
-            parser.disallow_all = True
+            parser.disallow_all = True  # type: ignore[attr-defined]
             summary = f"robots.txt answered status {status}: nothing allowed (RFC 9309)"
-        return _RobotsFile(str(robots_url), status, fetched_at, parser, summary)
+        return _RobotsFile(str(robots_url), status, fetched_at, parser, summary, size)
 
     async def close(self) -> None:
         """Cancel robots.txt fetches still under way."""

@@ -123,6 +123,7 @@ class StreamCapture:
         return self.digest.size
 
     def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of the body: hash it, sniff the header, keep the bytes of wanted tensors."""
         offset = self.offset
         self.digest.update(chunk)
         if self.header is None and self.problem is None:
@@ -161,6 +162,7 @@ class StreamCapture:
                 self._buffers[span.info.name] += chunk[low - offset : high - offset]
 
     def result(self, final_url: URL) -> RemoteContent:
+        """What the whole stream showed: digests, the header re-checked against the final size, wanted tensors."""
         size = self.offset
         digests = _defined(self.digest)
         header, problem = self.header, self.problem
@@ -284,6 +286,7 @@ async def read_head(
             head = await response.read(last + 1)
     if head is None:  # ask again for the whole file, holding a tensor slot from before the request
         return await download(fetcher, final_url, transcript, select, config, capture_slots=capture_slots)
+    assert file_size is not None  # a head was read: its Content-Range gave the size (checked above)
     if len(head) != last + 1:
         raise FetchError(f"{final_url}: truncated range: {len(head)} of {last + 1} bytes")
     try:

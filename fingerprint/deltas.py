@@ -56,7 +56,7 @@ def _resolve_unknown(raw: Fingerprint, base: Fingerprint) -> Fingerprint:
         candidates = [b for b in base.sketches if base.shapes[b] == raw.shapes[name] and b not in taken]
         if not candidates:
             continue
-        distances = [np.linalg.norm(raw.sketches[name] - base.sketches[b]) / max(np.linalg.norm(base.sketches[b]), 1e-30)
+        distances = [np.linalg.norm(raw.sketches[name] - base.sketches[b]) / max(float(np.linalg.norm(base.sketches[b])), 1e-30)
                      for b in candidates]
         best = int(np.argmin(distances))
         if distances[best] < MAX_BASE_DISTANCE:

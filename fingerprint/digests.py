@@ -24,6 +24,7 @@ CRC32 run side by side over the same chunk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -346,7 +347,7 @@ def _feed_in_parallel(
                     break
                 view = memoryview(buffer)[:count]
                 offset = digest._advance(view)
-                done = _Countdown(len(lanes), lambda buffer=buffer: free.put(buffer))
+                done = _Countdown(len(lanes), functools.partial(free.put, buffer))
                 for lane in lanes:
                     lane.push(offset, view, done)
                 if on_progress:

@@ -18,7 +18,7 @@ class DType:
     is_float: bool
 
 
-def _dt(name: str, bits: int, numpy_type: object | None, is_float: bool) -> DType:
+def _dt(name: str, bits: int, numpy_type: type | None, is_float: bool) -> DType:
     return DType(name, bits, None if numpy_type is None else np.dtype(numpy_type).newbyteorder("<"), is_float)
 
 

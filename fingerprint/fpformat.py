@@ -123,7 +123,8 @@ class Fingerprint:
         if precision == "f16":
             scales = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
             values = np.frombuffer(payload[4 * len(names) :], dtype="<f2").astype(np.float64)
-            values = values * np.repeat(scales, counts)
+            with np.errstate(invalid="ignore"):  # inf · 0 from hostile bytes: NaN, refused just below
+                values = values * np.repeat(scales, counts)
         else:
             values = np.frombuffer(payload, dtype="<f4").astype(np.float64)
         if not (np.isfinite(values).all() and np.isfinite(noise).all() and (noise >= 0).all()):

@@ -194,7 +194,7 @@ def _lora_factors(module: str, parts: Mapping[str, np.ndarray], peft: PeftScalin
     return _matrix(up), _matrix(down), _alpha(parts, rank) / rank
 
 
-def _check_magnitude(module: str, magnitude: np.ndarray, shape: tuple[int, int]) -> None:
+def _check_magnitude(module: str, magnitude: np.ndarray, shape: tuple[int, ...]) -> None:
     """A DoRA magnitude vector must be finite and hold one value per output row or per input column."""
     if magnitude.size not in shape or magnitude.size != max(magnitude.shape, default=1):
         raise FingerprintError(

@@ -88,13 +88,13 @@ def _ldm_unet(path: str) -> str:
     parts = path.split(".")
     head = parts[0]
     if head in ("time_embed", "label_emb", "out") and len(parts) >= 3:
-        index = parts[2] if head == "label_emb" else parts[1]
+        position = parts[2] if head == "label_emb" else parts[1]
         rest = parts[3:] if head == "label_emb" else parts[2:]
         target = {"time_embed": "time_embedding", "label_emb": "add_embedding"}.get(head)
-        if target is not None and index in ("0", "2"):
-            return ".".join([target, "linear_1" if index == "0" else "linear_2", *rest])
-        if head == "out" and index in ("0", "2"):
-            return ".".join(["conv_norm_out" if index == "0" else "conv_out", *rest])
+        if target is not None and position in ("0", "2"):
+            return ".".join([target, "linear_1" if position == "0" else "linear_2", *rest])
+        if head == "out" and position in ("0", "2"):
+            return ".".join(["conv_norm_out" if position == "0" else "conv_out", *rest])
         return path
     if head not in ("input_blocks", "middle_block", "output_blocks") or len(parts) < 3 or not parts[1].isdigit():
         return path

@@ -56,7 +56,8 @@ class Architecture:
 
 class _Layout:
     def __init__(self, ldm_prefix: str, diffusers_prefix: str) -> None:
-        self.ldm_prefix, self.diffusers_prefix, self.specs = ldm_prefix, diffusers_prefix, []
+        self.ldm_prefix, self.diffusers_prefix = ldm_prefix, diffusers_prefix
+        self.specs: list[TensorSpec] = []
 
     def linear(self, ldm: str, dif: str, out: int, inp: int, *, bias: bool = True, kernel: int | None = None) -> None:
         shape = (out, inp) if kernel is None else (out, inp, kernel, kernel)
@@ -250,6 +251,7 @@ class LoraFactors:
     modules: Mapping[str, tuple[np.ndarray, np.ndarray, float]]  # diffusers module → (up, down, alpha)
 
     def delta(self, module: str) -> np.ndarray:
+        """ΔW of one module: (alpha / rank) · up @ down."""
         up, down, alpha = self.modules[module]
         return (alpha / down.shape[0]) * (up @ down)
 

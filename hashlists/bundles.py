@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fpformat import Fingerprint
+from modelsieve.hashlists.atomic import atomic_write
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.model import (
     OPINIONS,
@@ -73,6 +74,7 @@ SCHEMES = {"entries": {"entry": 1}, "opinions": {"opinion": 1}, "background": {"
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
+    """The exact bytes a record is hashed and signed as: sorted keys, no spaces, ASCII only."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -93,13 +95,15 @@ def _is_own_list_name(value: Any) -> bool:
         return False
 
 
-def _is_int64(value: Any) -> bool:
+def _is_int64(value: Any) -> TypeGuard[int]:
     """An integer a store's signed 64-bit column holds (not a bool, which JSON's true would give)."""
     return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """A bundle's first line: its type, publisher, signing key, list and seq range (README, Bundles)."""
+
     type: str
     publisher: str
     key_id: str
@@ -118,6 +122,7 @@ class Manifest:
 
     @classmethod
     def from_line(cls, line: bytes) -> Manifest:
+        """The manifest in a bundle's first line; BundleError for anything that is not a valid one."""
         try:
             record = _json(line)
             if record.get("format") != FORMAT:
@@ -234,20 +239,12 @@ def _write_signed(out: Path, key: Ed25519PrivateKey, header: dict[str, Any], rec
             payload_sha256=digest.hexdigest(),
         )
         manifest_line = canonical_json(manifest.to_json())
-        descriptor, temp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(manifest_line + b"\n")
-                handle.write(canonical_json({"signature": sign(key, manifest_line)}) + b"\n")
-                payload.seek(0)
-                while chunk := payload.read(1 << 20):
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, out)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(out) as handle:
+            handle.write(manifest_line + b"\n")
+            handle.write(canonical_json({"signature": sign(key, manifest_line)}) + b"\n")
+            payload.seek(0)
+            while chunk := payload.read(1 << 20):
+                handle.write(chunk)
     return manifest
 
 

@@ -49,6 +49,7 @@ class DigestIndex:
         return twin
 
     def add(self, seq: int, digests: Mapping[str, str]) -> None:
+        """Index one entry's digests under its seq (in the overlay, merged in once it holds COMPACT_AFTER)."""
         for name, value in digests.items():
             self._overlay[name].setdefault(digest_key(name, value), []).append(seq)
             self._overlay_size += 1

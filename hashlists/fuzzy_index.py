@@ -47,6 +47,7 @@ def stored_codes(blob: bytes) -> str:
 
 
 def decode_codes(text: str | None) -> dict[str, bytes]:
+    """The store's JSON text of an entry's sign codes (component → hex) as bytes; {} for none."""
     return {component: bytes.fromhex(code) for component, code in json.loads(text).items()} if text else {}
 
 
@@ -88,7 +89,8 @@ class _Component:
         for start in range(0, size, SCAN_BLOCK_ROWS):
             distances = buffer[: min(SCAN_BLOCK_ROWS, size - start)]
             block = codes[start : start + len(distances)]
-            faiss.hammings(query, faiss.swig_ptr(block), 1, len(distances), CODE_BYTES, faiss.swig_ptr(distances))
+            # faiss's own stub file (__init__.pyi) leaves this SWIG kernel out
+            faiss.hammings(query, faiss.swig_ptr(block), 1, len(distances), CODE_BYTES, faiss.swig_ptr(distances))  # type: ignore[attr-defined]
             rows = np.flatnonzero(distances <= max_hamming)
             found_rows.append(rows + start)
             found_distances.append(distances[rows])

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from modelsieve.fingerprint.calibration import CalibratedScore
 from modelsieve.hashlists.errors import InvalidEntryError
@@ -111,7 +111,7 @@ def check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def is_entry_id(value: Any) -> bool:
+def is_entry_id(value: Any) -> TypeGuard[str]:
     """Whether `value` can be an entry id: 1-64 letters, digits, '.', '_', '-' (ours are "e" + 24 hex;
     a partner's arrive in bundles, and the HTTP API's paths take no other characters)."""
     return isinstance(value, str) and _ENTRY_ID.fullmatch(value) is not None
@@ -249,6 +249,7 @@ class Entry:
     note: str | None = field(default=None, repr=False)
 
     def expired(self, now: str | None = None) -> bool:
+        """Whether `expires` lies at or before `now` (default: the current UTC time)."""
         return self.expires is not None and self.expires <= (now or utc_now())
 
     def matchable(self, now: str | None = None) -> bool:
@@ -396,6 +397,7 @@ class MatchResult:
 
     @property
     def verdict(self) -> str:
+        """exact when any match is by digest or URL, near when all are fuzzy, none when nothing matched."""
         if any(m.kind != "fuzzy" for m in self.matches):
             return "exact"
         return "near" if self.matches else "none"
@@ -484,6 +486,7 @@ class LeasedCrawlJob:
     lease_until: float | None = None
 
     def status(self, now: float) -> str:
+        """done or failed once finished; running while a lease is live at `now`; else queued."""
         if self.finished_at is not None:
             return "failed" if self.error else "done"
         return "running" if self.lease_until is not None and self.lease_until > now else "queued"

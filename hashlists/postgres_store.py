@@ -57,7 +57,7 @@ class PostgresStore(SQLStore):
             psycopg.connect(dsn, connect_timeout=max(1, round(connect_timeout))).close()
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot reach the PostgreSQL store at {self._location}: {_first_line(exc)}") from None
-        self._pool = ConnectionPool(
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             dsn,
             min_size=1,
             max_size=pool_size,
@@ -104,9 +104,9 @@ class PostgresStore(SQLStore):
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[Row], int]:
         with self._connection() as connection:
-            cursor = connection.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+            cursor = connection.execute(sql.replace("?", "%s"), tuple(params))
             return (cursor.fetchall() if cursor.description else []), cursor.rowcount
 
     def _execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._connection() as connection:
-            connection.cursor().executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+            connection.cursor().executemany(sql.replace("?", "%s"), rows)

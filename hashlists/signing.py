@@ -28,6 +28,7 @@ class KeyFileError(ModelsieveError):
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:
+    """The public key's text form: KEY_PREFIX and the base64 of its 32 raw bytes (parse_public_key reads it)."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return KEY_PREFIX + base64.b64encode(raw).decode()
 
@@ -47,6 +48,7 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
 
 
 def key_id(key: Ed25519PublicKey) -> str:
+    """A public key's short id: the first 16 hex digits of the SHA-256 of its raw bytes."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 

@@ -613,7 +613,8 @@ class SQLStore(Store):
         return seq
 
     def opinions(self, *, entry_id: str | None = None, origin: str | None = None, since: int = 0) -> list[Opinion]:
-        clauses, params = ["seq > ?"], [since]
+        clauses = ["seq > ?"]
+        params: list[Any] = [since]
         if entry_id is not None:
             clauses.append("entry_id = ?")
             params.append(entry_id)

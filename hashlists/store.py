@@ -112,11 +112,11 @@ class Store(abc.ABC):
 
     def add_entry(self, list_name: str, entry: NewEntry, *, actor: str = "") -> Entry | None:
         """Add one entry and return it as stored; None when the list already lists the same thing."""
-        entry = dataclasses.replace(entry, id=entry.id or new_entry_id())
+        entry_id = entry.id or new_entry_id()
         with self.transaction():
-            if not self.add_entries(list_name, [entry], actor=actor):
+            if not self.add_entries(list_name, [dataclasses.replace(entry, id=entry_id)], actor=actor):
                 return None
-            return self.get_entry(entry.id)
+            return self.get_entry(entry_id)
 
     @abc.abstractmethod
     def get_entry(self, entry_id: str) -> Entry:

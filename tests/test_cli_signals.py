@@ -44,7 +44,8 @@ def test_sigterm_mid_fingerprint_leaves_only_whole_fingerprints_and_exits_143(tm
         os.symlink(models / "m000.safetensors", models / f"m{number:03}.safetensors")
     out = tmp_path / "fingerprints"
     process = subprocess.Popen([*COMMAND, "fingerprint", "-o", str(out), str(models)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stopped = stop_when(process, lambda: out.is_dir() and len(os.listdir(out)) >= 5)
+    # count whole fingerprints only: the one being written (a .tmp) is removed when the run stops
+    stopped = stop_when(process, lambda: out.is_dir() and len(list(out.glob(f"*{FINGERPRINT_SUFFIX}"))) >= 5)
     assert stopped.returncode == 143, stopped.stderr.decode()
     assert stopped.stderr.decode().strip().splitlines()[-1] == "modelsieve: stopped (SIGTERM)"
     written = sorted(out.iterdir())

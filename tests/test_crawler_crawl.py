@@ -205,6 +205,7 @@ async def test_a_redirect_to_a_listed_domain_is_delisted_before_it_is_requested(
     assert recommendation.action == "delist", recommendation.reason
     assert recommendation.evidence.basis == "url" and decisive_entry(recommendation)["kind"] == "domain"
     assert [r["url"] for r in recommendation.evidence.requests] == [start]
+    assert recommendation.final_url == "https://app.example.org/generate"  # where the link leads: the listed service
     assert server.app[LOG].hits["/to"] == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -183,3 +184,33 @@ def test_content_range_junk_is_a_fetch_error(value: str) -> None:
     except FetchError:
         return
     assert first <= last and (total is None or last < total)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bytes 0-1/" + "9" * 5000, "bytes " + "1" * 4400 + "-" + "2" * 4400 + "/*", "bytes \uff10-\uff11/\uff12", "bytes 0-1/\u0663\u0663"],
+)
+def test_content_range_takes_only_ascii_numbers_of_sane_length(value: str) -> None:
+    """A 5,000-digit number made int() raise a bare ValueError (an 'unexpected' error); other scripts' digits parsed."""
+    with pytest.raises(FetchError):
+        parse_content_range(value)
+
+
+async def test_an_answer_that_breaks_http_is_not_asked_for_again() -> None:
+    """A malformed answer is the host's nature, not a dropped connection: retrying it only sent the
+    hostile host the same request again, `retries` times, with backoff."""
+    served = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + b"X-Junk: y\r\n" * 200 + b"\r\nok")  # past aiohttp's header count
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server, fetcher() as client:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(FetchError, match="headers") as refused:
+            await client.get_small(f"http://127.0.0.1:{port}/", transcript=Transcript())
+    assert served == [1] and "attempts" not in str(refused.value)

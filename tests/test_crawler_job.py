@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelsieve.api.cli import main
-from modelsieve.crawler.inputs import BadLine, parse_line, read_targets
+from modelsieve.crawler.inputs import BadLine, bounded_lines, parse_line, read_targets
 from modelsieve.crawler.model import CrawlTarget
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
@@ -248,3 +249,45 @@ def test_a_missing_input_file_is_a_one_line_error(tmp_path, db, capsys) -> None:
     assert crawl(str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o.jsonl"), "--db", str(db)) == 2
     err = capsys.readouterr().err
     assert err.startswith("modelsieve: error: ") and err.count("\n") == 1
+
+
+def test_a_huge_line_costs_bounded_memory_and_is_one_junk_line(tmp_path) -> None:
+    """`for line in file` held a whole line: a URL file with a multi-GB line (a JSON dump, a binary
+    with no NUL up front) exhausted memory before the line could be reported as too long."""
+    path = tmp_path / "links.txt"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("https://a.org/m1\n")
+        for _ in range(24):  # 24 MiB on one line
+            handle.write("x" * (1 << 20))
+        handle.write("\nhttps://a.org/m3\n")
+    tracemalloc.start()
+    try:
+        parsed = list(read_targets(bounded_lines(path)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, peak
+    assert [(p.line, getattr(p, "url", None)) for p in parsed] == [(1, "https://a.org/m1"), (2, None), (3, "https://a.org/m3")]
+    assert "longer than" in parsed[1].problem
+
+
+def test_a_byte_order_mark_does_not_make_the_first_url_junk(tmp_path) -> None:
+    """Editors on Windows save UTF-8 with a BOM: the first line read '\\ufeffhttps://...' and was junk."""
+    for first in ("https://a.org/m1", '{"url": "https://a.org/m1", "context": {"post": 1}}'):
+        path = tmp_path / "links.txt"
+        path.write_bytes(b"\xef\xbb\xbf" + first.encode() + b"\r\nhttps://a.org/m2\r\n")
+        parsed = list(read_targets(bounded_lines(path)))
+        assert [getattr(p, "url", p) for p in parsed] == ["https://a.org/m1", "https://a.org/m2"]
+
+
+def test_a_utf16_url_file_is_read_and_crawled_not_refused_as_binary(tmp_path, db, host, capsys) -> None:
+    """Windows PowerShell's `>` writes UTF-16 with a byte order mark: its NUL bytes made the crawl
+    refuse the file as 'a model file?'."""
+    port, _ = host
+    urls = [f"http://127.0.0.1:{port}/files/x", f"http://127.0.0.1:{port}/files/z"]
+    links = tmp_path / "links.txt"
+    links.write_text("\n".join(urls) + "\n", encoding="utf-16")
+    assert [p.url for p in read_targets(bounded_lines(links))] == urls
+    out = tmp_path / "recs.jsonl"
+    assert crawl(str(links), "--out", str(out), "--db", str(db), "--allow-loopback", "--json") == 0, capsys.readouterr().err
+    assert {r["url"]: r["action"] for r in map(json.loads, out.read_text().splitlines())} == {urls[0]: "delist", urls[1]: "none"}

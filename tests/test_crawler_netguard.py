@@ -185,6 +185,8 @@ def stub_resolver(table: dict[str, list[str]], asked: list[str]):
         "http://[fd00::5]/",
         "http://internal.test/admin",  # resolves (stub) to 10.0.0.5
         "http://rebind.test/admin",  # resolves (stub) to a public and a private address
+        "http://2130706433/secret",  # 127.0.0.1 spelt as one number: never reaches a resolver
+        "http://0177.0.0.1/secret",
         "file:///etc/passwd",
     ],
 )

@@ -8,12 +8,13 @@ from datetime import datetime
 import urllib.robotparser
 
 import pytest
+from yarl import URL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelsieve.crawler.fetch import FetchConfig, Fetcher, RobotsDisallowedError, Transcript
 from modelsieve.crawler.netguard import AddressPolicy, BlockedAddressError
-from modelsieve.crawler.politeness import HostGate, PolitenessConfig, deciding_rule, parse_robots
+from modelsieve.crawler.politeness import HostGate, PolitenessConfig, RobotsRules, deciding_rule, parse_robots
 from tests.crawler_fakes import LOG, file_host
 
 LOOPBACK = AddressPolicy(allow_loopback=True)
@@ -161,7 +162,7 @@ async def test_a_blocked_host_is_reported_as_blocked_not_as_robots_disallowed() 
 _ROBOTS_LINE = st.one_of(
     st.tuples(st.sampled_from(["User-agent", "user-agent", "Allow", "Disallow", "Crawl-delay", "Sitemap", "junk"]),
               st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)).map(lambda pair: f"{pair[0]}: {pair[1]}"),
-    st.sampled_from(["", "# comment", "User-agent: *", "User-agent: modelsieve", "Disallow: /", "Allow: /a"]),
+    st.sampled_from(["", "# comment", "User-agent: *", "User-agent: modelsieve", "Disallow: /", "Allow: /a", "Disallow: //[", "Allow: %2F%2F%5Bx"]),
     st.text(max_size=30),
 )
 
@@ -172,6 +173,15 @@ def test_non_ascii_digits_in_unused_fields_do_not_crash_the_parser() -> None:
     parser = parse_robots("User-agent: *\nCrawl-delay: \u00b9\nRequest-rate: \u00b9/\u00b2\nDisallow: /x\n")
     assert not parser.can_fetch("modelsieve", "http://h.test/x/file")
     assert parser.can_fetch("modelsieve", "http://h.test/y")
+
+
+def test_a_rule_the_standard_parser_cannot_parse_is_dropped_not_fatal() -> None:
+    """urlparse refuses "//[" (an unclosed IPv6 host): parse() raised, and every URL of the site became
+    an 'unexpected ValueError' error instead of following the rest of its robots.txt."""
+    parser = parse_robots("User-agent: *\nDisallow: //[\nAllow: %2F%2F%5Bx # encoded\nDisallow: /private/\n")
+    assert not parser.can_fetch("modelsieve", "http://h.test/private/m.safetensors")
+    assert parser.can_fetch("modelsieve", "http://h.test/public/m.safetensors")
+    assert deciding_rule(parser, "modelsieve", "http://h.test/private/m.safetensors") == "Disallow: /private/"
 
 
 @settings(max_examples=300, deadline=None)
@@ -207,3 +217,21 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_gives_nothing_away()
     assert not blocked.done()  # and only one: the global limit of 1 still holds
     held.release()
     (await asyncio.wait_for(blocked, 5)).release()
+
+
+async def test_the_robots_cache_is_bounded_by_the_bytes_it_parsed_not_only_by_origins() -> None:
+    """A parsed 512 KiB robots.txt takes about 4.5 MB in Python objects, and 50,000 origins were kept:
+    a site with many subdomains, each serving a big robots.txt, could make the crawler hold 100+ GB."""
+    big = "User-agent: *\n" + "".join(f"Disallow: /private{i}/\n" for i in range(3000))  # ~70 KB
+
+    async def fetch(url: URL) -> tuple[int, str]:
+        return 200, big
+
+    rules = RobotsRules(fetch, "modelsieve", max_cached_bytes=300_000)
+    for i in range(40):
+        verdict = await rules.verdict(URL(f"http://sub{i}.spam.test/private7/x"))
+        assert not verdict.allowed and verdict.rule == "Disallow: /private7/"
+        origins, cached = rules.cache_size()
+        assert cached <= 300_000 + len(big) and origins <= 5
+    assert (await rules.verdict(URL("http://sub0.spam.test/open/x"))).allowed  # evicted, fetched again, still right
+    await rules.close()

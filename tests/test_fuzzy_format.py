@@ -61,8 +61,23 @@ def test_other_scheme_versions_are_refused_when_compared() -> None:
         compare(future, tuned)
 
 
+@pytest.mark.parametrize("scale, value", [(np.inf, 0.0), (0.0, np.inf), (np.nan, 1.0)])
+@pytest.mark.filterwarnings("error")  # the one-line error alone: no numpy RuntimeWarning printed before it
+def test_a_non_finite_scale_or_value_of_a_delta_fingerprint_is_refused_quietly(scale: float, value: float) -> None:
+    _, tuned = fingerprints()
+    blob = bytearray(tuned.to_bytes())
+    (header_length,) = np.frombuffer(blob[5:9], "<u4")
+    count = len(tuned.sketches)
+    scales = 9 + int(header_length) + 4 * count  # after the header: noise (f32 each), scales (f32 each), values (f16)
+    blob[scales : scales + 4] = np.float32(scale).tobytes()
+    blob[scales + 4 * count : scales + 4 * count + 2] = np.float16(value).tobytes()
+    with pytest.raises(FingerprintError, match="NaN or infinite"):
+        Fingerprint.from_bytes(bytes(blob))
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.data())
+@pytest.mark.filterwarnings("error")
 def test_corrupted_fingerprints_raise_fingerprint_error_only(data: st.DataObject) -> None:
     _, tuned = fingerprints()
     blob = bytearray(tuned.restricted(sorted(tuned.sketches)[:20]).to_bytes())

@@ -61,6 +61,18 @@ def test_lower_layers_never_import_higher_ones(layer: str) -> None:
     assert violations(layer) == []
 
 
+def test_readers_stand_below_the_rest_of_fingerprint() -> None:
+    """readers → digests & fingerprints: the hostile-input readers use only the shared errors and dtypes."""
+    foundation = {"modelsieve.fingerprint.errors", "modelsieve.fingerprint.dtypes"}
+    found = []
+    for path in sorted((ROOT / "fingerprint" / "readers").rglob("*.py")):
+        for line, module in imported_modules(path.read_text(), ("modelsieve", "fingerprint", "readers")):
+            inside = module.startswith("modelsieve.fingerprint.readers") or module in foundation
+            if layer_of(module) is not None and not inside:
+                found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert found == []
+
+
 def test_the_check_sees_every_way_of_importing() -> None:
     source = """
 import modelsieve.api.cli

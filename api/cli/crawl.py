@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ from modelsieve.api.cli.common import (
 )
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.fetch import FetchConfig
-from modelsieve.crawler.inputs import BadLine, read_targets
+from modelsieve.crawler.inputs import BadLine, bounded_lines, read_targets
 from modelsieve.crawler.job import CrawlJob
 from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.model import CrawlTarget, Recommendation
@@ -144,8 +145,7 @@ def crawl_config(args: argparse.Namespace) -> CrawlConfig:
 
 def _input_lines(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8", errors="replace", newline=None) as handle:
-            yield from handle
+        yield from bounded_lines(path)
     except OSError as exc:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -162,7 +162,7 @@ def _check_url_file(path: Path) -> None:
             head = handle.read(_SNIFF_BYTES)
     except OSError as exc:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"\0" in head:
+    if b"\0" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise ModelsieveError(f"{path}: not a text file of URLs (it holds NUL bytes: a model file?)")
 
 

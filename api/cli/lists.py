@@ -23,7 +23,7 @@ from modelsieve.hashlists import bundles, curation
 from modelsieve.hashlists.files import examine_file
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, EVIDENCE_TYPES, Entry, NewEntry
-from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
+from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, open_text, parse_entries
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import Store, open_store
 from modelsieve.hashlists.urls import host_of, registrable_domain
@@ -164,9 +164,9 @@ def _new_entries(args: argparse.Namespace, store: Store) -> list[NewEntry]:
         entries.append(
             NewEntry(category=args.category or "2c", digests=digests, evidence=args.evidence or "osint-report", **fields)
         )
-    for key, values in (("url", args.url), ("domain", args.domain)):
+    for field, values in (("url", args.url), ("domain", args.domain)):
         entries += [
-            NewEntry(category="nudify-service", evidence=args.evidence or "osint-report", **{key: v}, **fields)
+            NewEntry(category="nudify-service", evidence=args.evidence or "osint-report", **{field: v}, **fields)
             for v in values
         ]
     if not entries:
@@ -265,7 +265,7 @@ def _valid_only(parsed: Iterable[ParsedLine], path: str, rejected: list[int]) ->
 
 def import_file(store: Store, list_name: str, path: str, *, format: str, defaults: Defaults, show_progress: bool) -> dict[str, Any]:
     """Import one hash-list file into a list in one transaction; the summary record."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as stream:
+    with open_text(path, newline="") as stream:
         if format == "auto":
             first = next((line for line in iter(lambda: stream.readline(4096), "") if line.strip()), "")
             format = detect_format(first)

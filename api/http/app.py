@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 
@@ -45,7 +46,7 @@ from modelsieve.api.http.crawljobs import CrawlJobs, JobRunner
 from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.lookup import StoreLookup
 from modelsieve.crawler.netguard import AddressPolicy
-from modelsieve.crawler.policy import PolicyConfig
+from modelsieve.crawler.policy import Mode, PolicyConfig
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists.db import DB_ENV, default_db_path, user_data_dir
@@ -168,7 +169,8 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
     index = app[MATCH_INDEX]
 
     def crawl_config(mode: str) -> CrawlConfig:
-        return CrawlConfig(policy=PolicyConfig(mode=mode), addresses=AddressPolicy(allow_loopback=config.crawl_allow_loopback))
+        # the store's job record holds the mode as text; PolicyConfig refuses anything but search/host
+        return CrawlConfig(policy=PolicyConfig(mode=cast(Mode, mode)), addresses=AddressPolicy(allow_loopback=config.crawl_allow_loopback))
 
     crawl_loop = app[CRAWL_LOOP] = LoopThread("modelsieve-crawl-jobs", cpu_threads())
     runner = app[JOB_RUNNER] = JobRunner(jobs, crawl_config, app[METRICS], crawl_loop, config.crawl_jobs_per_process)

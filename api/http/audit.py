@@ -45,6 +45,7 @@ class AuditLog:
         self._scheduled: asyncio.TimerHandle | None = None
 
     def write(self, record: Mapping[str, Any]) -> None:
+        """Queue one record as a JSON line; written at FLUSH_BYTES or after FLUSH_SECONDS."""
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
         self._lines.append(line)
         self._size += len(line)
@@ -54,6 +55,7 @@ class AuditLog:
             self._scheduled = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
+        """Write every queued line now, in one append."""
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
@@ -64,6 +66,7 @@ class AuditLog:
             data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
+        """Write the rest and close the file (stderr stays open)."""
         self.flush()
         if self._owned:
             os.close(self._fd)

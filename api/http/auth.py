@@ -44,6 +44,7 @@ class ApiKey:
     revoked_at: float | None
 
     def allows(self, scope: str) -> bool:
+        """Whether the key may use a route of `scope` (admin may use every route)."""
         return scope == ANY_SCOPE or scope in self.scopes or "admin" in self.scopes
 
 
@@ -79,10 +80,12 @@ class KeyStore:
         return _public(stored)
 
     def revoke(self, key_id: str) -> None:
+        """Revoke a live key; ModelsieveError when there is none with that id."""
         if not self.store.revoke_api_key(key_id, time.time()):
             raise ModelsieveError(f"no live API key with id {key_id}")
 
     def all(self) -> list[ApiKey]:
+        """Every key, revoked ones too (never their secrets)."""
         return [_public(stored) for stored in self.store.api_keys()]
 
 
@@ -102,6 +105,7 @@ class CachedKeys:
         self._known: dict[str, tuple[ApiKey, float]] = {}
 
     def verify(self, token: str) -> ApiKey | None:
+        """The key a bearer token belongs to, or None; a verified key is remembered for `seconds`."""
         now = self.clock()
         known = self._known.get(token)
         if known is not None and known[1] > now:

@@ -66,6 +66,7 @@ class CrawlJobs:
         return record
 
     def get(self, job_id: str) -> LeasedCrawlJob | None:
+        """The job with this id, or None."""
         return self.store.leased_crawl_job(job_id)
 
     def claim(self) -> LeasedCrawlJob | None:
@@ -78,6 +79,7 @@ class CrawlJobs:
         return self.store.renew_crawl_lease(job_id, self.owner, time.time() + LEASE_SECONDS)
 
     def finish(self, job_id: str, error: str | None = None) -> None:
+        """Mark a job finished (failed when `error` is given) and end this process's lease."""
         self.store.end_crawl_lease(job_id, self.owner, finished_at=time.time(), error=error)
 
     def release(self, job_id: str) -> None:
@@ -102,7 +104,8 @@ class CrawlJobs:
                 if handle.read(1) != b"\n":
                     raise ValueError("the cursor does not point at the start of a recommendation")
             block = handle.read(PAGE_BYTES_LIMIT)
-        records, used = [], 0
+        records: list[Any] = []
+        used = 0
         for line in _complete_lines(block):
             if len(records) == limit:
                 break
@@ -169,6 +172,7 @@ class JobRunner:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
+        """Look for claimable jobs now instead of at the next poll (a job was just submitted)."""
         self._wake.set()
 
     async def run_forever(self, lookup: Lookup) -> None:

@@ -16,6 +16,7 @@ log = logging.getLogger("modelsieve.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error_body(status: int, message: str) -> str:
+    """The JSON body of every API error: {"error": message, "status": status}."""
     return json.dumps({"error": message, "status": status})
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -53,7 +54,7 @@ class Metrics:
             return generate_latest(registry)
         return generate_latest(self.registry)
 
-    def middleware(self) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Middleware:
         """Count and time every request by its route template (never by raw path: bounded labels)."""
 
         @web.middleware
@@ -77,6 +78,7 @@ class Metrics:
 
 
 def metrics_response(metrics: Metrics) -> web.Response:
+    """The metrics in Prometheus text exposition format."""
     response = web.Response(body=metrics.exposition())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"

@@ -93,6 +93,6 @@ def _responses(route: Route) -> dict[str, Any]:
         standard |= {"401": "no or unknown API key", "403": "the key lacks the scope", "429": "rate limited (see Retry-After)"}
     if route.body is not None or route.stream_body is not None:
         standard |= {"413": "body too large", "415": "wrong media type"}
-    for status, text in standard.items():
-        responses.setdefault(status, {"description": text, **error})
+    for code, text in standard.items():
+        responses.setdefault(code, {"description": text, **error})
     return responses

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 @dataclass
 class TokenBucket:
+    """A key's bucket: `tokens` of at most `capacity`, refilled at `rate` a second since `updated`."""
+
     rate: float
     capacity: float
     tokens: float

@@ -67,9 +67,9 @@ class Route:
     scope: str | None
     tag: str
     responses: Mapping[int, Response]
-    query: Mapping[str, Any] | None = None
-    path_params: Mapping[str, Any] | None = None
-    body: Mapping[str, Any] | None = None
+    query: dict[str, Any] | None = None  # JSON schemas: dicts, the only mapping jsonschema_rs compiles
+    path_params: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
     stream_body: str | None = None
     body_limit: Callable[[Any], int] | None = None
     timeout: Callable[[Any], float] | None = None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
+from modelsieve.crawler.model import Action
+from modelsieve.crawler.policy import Mode
 from modelsieve.hashlists.model import DIGEST_LENGTHS
 
 Schema = dict[str, Any]
 
 
 def hex_digest(name: str) -> Schema:
+    """The schema of one digest's value: hex of any length the digest comes in."""
     lengths = "|".join(f"[0-9a-fA-F]{{{n}}}" for n in DIGEST_LENGTHS[name])
     return {"type": "string", "pattern": f"^(?:{lengths})$", "description": f"{name} digest, hex (case-insensitive)"}
 
@@ -213,7 +216,7 @@ CRAWL_BODY: Schema = {
                 ]
             },
         },
-        "mode": {"type": "string", "enum": ["search", "host"], "default": "search"},
+        "mode": {"type": "string", "enum": list(get_args(Mode)), "default": "search"},
     },
     "additionalProperties": False,
 }
@@ -240,7 +243,7 @@ RECOMMENDATION: Schema = {
     "properties": {
         "url": {"type": "string"},
         "final_url": NULLABLE_STRING,
-        "action": {"type": "string", "enum": ["delist", "takedown", "review", "none", "error"]},
+        "action": {"type": "string", "enum": list(get_args(Action))},
         "reason": {"type": "string"},
         "evidence": {"type": "object", "properties": {"matches": {"type": "array", "items": MATCH}}},
         "checked_at": {"type": "string"},

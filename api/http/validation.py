@@ -46,8 +46,9 @@ class Checker:
         return node if isinstance(node, Mapping) else {}
 
 
-def compile_schema(schema: Mapping[str, Any]) -> Checker:
-    """A Checker for `schema`; the schema itself is checked against the draft's meta-schema first."""
+def compile_schema(schema: dict[str, Any]) -> Checker:
+    """A Checker for `schema` (a dict: jsonschema_rs refuses other mappings); the schema itself is
+    checked against the draft's meta-schema first."""
     return Checker(schema, jsonschema_rs.Draft202012Validator(schema, validate_formats=True))
 
 

@@ -112,7 +112,7 @@ def read_shard_index(path: Path) -> ShardIndex:
     for shard in set(weight_map.values()):
         _inside(path.parent, shard, f"{path}: shard")
     text_metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    return ShardIndex(path, text_metadata, weight_map)  # type: ignore[arg-type]
+    return ShardIndex(path, text_metadata, weight_map)
 
 
 def open_sharded(index_path: Path, prefix: str = "") -> CompositeReader:

@@ -16,6 +16,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -44,18 +45,20 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, fixed fields, name lengt
 _Storages = dict[str, tuple[int, int]]  # storage key → (file offset, byte length)
 
 
-def _zip_members(handle: object, size: int, view: mmap.mmap) -> dict[str, tuple[int, int]]:
+def _zip_members(handle: BinaryIO, size: int, view: mmap.mmap) -> dict[str, tuple[int, int]]:
     """Every member's data range, after bounding the central directory and refusing anything torch never writes."""
-    end_record = zipfile._EndRecData(handle)  # the stdlib's own locator, read before ZipFile trusts it
+    # the stdlib's own locator, read before ZipFile trusts it (private, so typeshed does not declare it)
+    end_record = zipfile._EndRecData(handle)  # type: ignore[attr-defined]
     if not end_record:
         raise ModelFileError("zip archive has no end-of-central-directory record")
-    entries, cd_size, cd_offset = (end_record[i] for i in (zipfile._ECD_ENTRIES_TOTAL, zipfile._ECD_SIZE, zipfile._ECD_OFFSET))
+    fields = (zipfile._ECD_ENTRIES_TOTAL, zipfile._ECD_SIZE, zipfile._ECD_OFFSET)  # type: ignore[attr-defined]
+    entries, cd_size, cd_offset = (end_record[i] for i in fields)
     if entries > MAX_ZIP_MEMBERS or cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
         raise ModelFileError(f"zip central directory claims {entries} members in {cd_size} bytes, beyond the bounds")
     if cd_offset + cd_size > size:
         raise ModelFileError(f"zip central directory [{cd_offset}, {cd_offset + cd_size}) lies outside the {size}-byte file")
     try:
-        infos = zipfile.ZipFile(handle).infolist()  # type: ignore[arg-type]
+        infos = zipfile.ZipFile(handle).infolist()
     except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
         raise ModelFileError(f"malformed zip archive: {exc}") from None
     if len(infos) > MAX_ZIP_MEMBERS:
@@ -109,7 +112,7 @@ def _itemsize(ref_dtype: str | None) -> int:
     return dtype_named(ref_dtype or "U8").bits // 8
 
 
-def _load_zip(handle: object, view: mmap.mmap) -> tuple[object, _Storages]:
+def _load_zip(handle: BinaryIO, view: mmap.mmap) -> tuple[object, _Storages]:
     members = _zip_members(handle, len(view), view)
     roots = [name[: -len("/data.pkl")] for name in members if name.endswith("/data.pkl") and name.count("/") == 1]
     if len(roots) != 1:

@@ -22,7 +22,7 @@ import math
 import pickle
 import pickletools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from modelsieve.fingerprint.dtypes import dtype_named
 from modelsieve.fingerprint.errors import ModelFileError, UnsafePickleError, quoted
@@ -124,7 +124,7 @@ class PickledTensor(NamedTuple):
         return True
 
 
-class StateDict(dict):  # type: ignore[type-arg]
+class StateDict(dict[Any, Any]):
     """Stand-in for `collections.OrderedDict`: a plain dict that keeps pickled attributes apart.
 
     torch pickles `state_dict()._metadata` through BUILD; `__slots__` leaves no instance `__dict__`,
@@ -172,7 +172,7 @@ class OpaqueObject:
         pass
 
 
-def _is_index(value: object) -> bool:
+def _is_index(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INDEX
 
 
@@ -426,6 +426,7 @@ def pickle_length(data: bytes) -> int:
     simulation = _Simulation()
     try:
         for op, arg, position in pickletools.genops(data):
+            assert position is not None  # genops reads bytes through a BytesIO, whose tell() always answers
             if position >= MAX_PICKLE_BYTES:
                 raise ModelFileError(f"pickle is larger than the bound of {MAX_PICKLE_BYTES} bytes")
             if op.name in ("GLOBAL", "INST"):
