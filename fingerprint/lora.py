@@ -326,7 +326,7 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
                     continue
                 sketch = sketch_product(key, up, down, scale)
             if magnitude is not None:
-                _check_magnitude(module, magnitude, shape)  # type: ignore[arg-type]
+                _check_magnitude(module, magnitude, shape)
         except _NonFiniteModule:
             left_out.add(target, "non_finite")
             continue

@@ -17,7 +17,7 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-class RepeatedKeys(dict):  # type: ignore[type-arg]
+class RepeatedKeys(dict[str, object]):
     """A JSON object that named some keys more than once (`repeated`); it holds the last value of each,
     as Python's json, serde's maps and JavaScript all read them."""
 
