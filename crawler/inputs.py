@@ -16,6 +16,7 @@ from yarl import URL
 
 from modelsieve.crawler.model import CrawlTarget
 from modelsieve.crawler.netguard import ALLOWED_SCHEMES
+from modelsieve.hashlists.parsers import open_text
 
 MAX_URL_LENGTH = 8192
 MAX_LINE_LENGTH = 1024 * 1024
@@ -99,10 +100,10 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
 
 
 def bounded_lines(path: Path) -> Iterator[str]:
-    """The lines of a URL file (UTF-8 with or without a byte order mark, undecodable bytes replaced,
-    any newline convention), each cut after MAX_LINE_LENGTH + 1 characters: a longer line costs no
+    """The lines of a URL file (`hashlists.parsers.open_text`: UTF-8, or UTF-16 with its byte order
+    mark; undecodable bytes replaced; any newline convention), each cut after MAX_LINE_LENGTH + 1 characters: a longer line costs no
     more memory than that and is still one line, which `parse_line` reports as too long."""
-    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as handle:
+    with open_text(path) as handle:
         while line := handle.readline(MAX_LINE_LENGTH + 1):
             if len(line) > MAX_LINE_LENGTH and not line.endswith("\n"):
                 while (rest := handle.readline(MAX_LINE_LENGTH + 1)) and not rest.endswith("\n"):

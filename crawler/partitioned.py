@@ -17,20 +17,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import secrets
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from modelsieve.crawler.cluster import ClusterError, snapshot_on_cluster, worker_lookup
 from modelsieve.crawler.crawl import CrawlConfig, Crawler
 from modelsieve.crawler.inputs import BadLine
 from modelsieve.crawler.job import JobError, file_sha256, lock_output
 from modelsieve.crawler.model import CrawlTarget
+from modelsieve.hashlists.atomic import atomic_write
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.urls import registrable_domain
 
@@ -56,19 +56,6 @@ def part_path(out_dir: Path, partition: int) -> Path:
     return out_dir / f"part-{partition:05d}.jsonl"
 
 
-def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a file through `write(handle)` into a unique temp file beside it, fsync, then rename it into place."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class PartitionResult:
     """What one partition's task produced."""
@@ -84,16 +71,14 @@ def crawl_partition(partition: int, out_dir: str, config: CrawlConfig, lists: st
     actions = Counter[str]()
     targets = read_partition_input(Path(out_dir), partition)
 
-    def write(handle: Any) -> None:
-        async def run() -> None:
-            async with Crawler(lookup, config) as crawler:
-                async for recommendation in crawler.check_many(targets):
-                    handle.write(recommendation.to_json_line())
-                    actions[recommendation.action] += 1
+    async def run(handle: BinaryIO) -> None:
+        async with Crawler(lookup, config) as crawler:
+            async for recommendation in crawler.check_many(targets):
+                handle.write(recommendation.to_json_line())
+                actions[recommendation.action] += 1
 
-        asyncio.run(run())
-
-    write_atomically(part_path(Path(out_dir), partition), write)
+    with atomic_write(part_path(Path(out_dir), partition)) as handle:
+        asyncio.run(run(handle))
     return PartitionResult(partition, len(targets), dict(actions))
 
 
@@ -113,7 +98,8 @@ class JobManifest:
             "partitions": self.partitions,
             "completed": {str(k): v for k, v in sorted(self.completed.items())},
         }
-        write_atomically(out_dir / MANIFEST, lambda handle: handle.write(json.dumps(record, indent=1).encode()))
+        with atomic_write(out_dir / MANIFEST) as handle:
+            handle.write(json.dumps(record, indent=1).encode())
 
     @classmethod
     def load(cls, out_dir: Path) -> JobManifest | None:
@@ -258,11 +244,8 @@ def run_partitioned_crawl(
 
 def merge_parts(out_dir: Path, partitions: Iterable[int]) -> None:
     """Concatenate the part files, in partition order, into `recommendations.jsonl` (atomically)."""
-
-    def write(handle: Any) -> None:
+    with atomic_write(out_dir / MERGED) as handle:
         for partition in partitions:
             with open(part_path(out_dir, partition), "rb") as part:
                 while chunk := part.read(1 << 20):
                     handle.write(chunk)
-
-    write_atomically(out_dir / MERGED, write)

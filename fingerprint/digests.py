@@ -9,10 +9,12 @@ Names (lower-case everywhere) and definitions — see README "Whole-file digests
 - ``autov1``: A1111's legacy model hash: first 8 hex of the SHA-256 of the 0x10000 bytes at
   offset 0x100000. None for files shorter than 0x200000 bytes (Civitai's rule).
 - ``autov2``: first 10 hex of the whole-file SHA-256 (A1111's short hash).
-- ``autov3``: SHA-256 of a safetensors file's bytes after its header, [8 + N, EOF) where N is the
+- ``autov3``: SHA-256 of the bytes after a safetensors header, [8 + N, EOF) where N is the
   little-endian u64 in bytes 0–7 (kohya/A1111 ``addnet_hash_safetensors``); when N ≥ 16 MiB the
-  header is not skipped and the hash runs from byte 8 (Civitai). None unless the file is a valid
-  safetensors file.
+  header is not skipped and the hash runs from byte 8. Computed, as Civitai's model scanner
+  (civitai/model-scanner, HashTask.cs) computes it, for every file whatever its format: a .ckpt's
+  first 8 bytes make N ≥ 16 MiB, so its AutoV3 is the SHA-256 from byte 8. None for files shorter
+  than 8 bytes or whose N < 16 MiB runs past the end (where Civitai's scanner fails).
 
 `MultiDigest` takes the bytes in order from any source (a file, a download, an upload).
 `hash_file` reads a file once and overlaps the digests on worker threads: hashlib, blake3 and
@@ -132,7 +134,8 @@ class MultiDigest:
         self.names = digest_names(names)
         self.size = 0
         self._prefix = bytearray()  # the first 8 bytes: format magic and safetensors header length
-        self._header_length: int | None = None
+        self._header_length: int | None = None  # a plausible safetensors header's length
+        self._autov3_start: int | None = None
         self._header = bytearray()
         self._lanes: dict[str, _Lane] = {}
         if "sha256" in self.names or "autov2" in self.names:
@@ -170,13 +173,14 @@ class MultiDigest:
         return offset
 
     def _learn_header_length(self) -> None:
+        (length,) = struct.unpack("<Q", self._prefix)
+        self._autov3_start = 8 + (length if length < AUTOV3_MAX_SKIPPED_HEADER else 0)
+        if "autov3" in self._lanes:
+            self._lanes["autov3"].start = self._autov3_start
         try:
             self._header_length = read_header_length(bytes(self._prefix))
         except ModelFileError:
-            return  # not safetensors: AutoV3's lane keeps start = infinity and hashes nothing
-        if "autov3" in self._lanes:
-            skip = self._header_length if self._header_length < AUTOV3_MAX_SKIPPED_HEADER else 0
-            self._lanes["autov3"].start = 8 + skip
+            pass  # not safetensors
 
     @property
     def format(self) -> str:
@@ -203,7 +207,8 @@ class MultiDigest:
             elif name == "autov2":
                 value = self._hex("sha256")[:10]
             elif name == "autov3":
-                value = self._hex("autov3") if self.format == "safetensors" else None
+                defined = self._autov3_start is not None and self._autov3_start <= self.size
+                value = self._hex("autov3") if defined else None
             elif name == "crc32":
                 value = printed_digest("crc32", self._hex("crc32"))
             else:

@@ -48,7 +48,7 @@ from modelsieve.fingerprint.scoring import (
     compare,
     tensor_weights,
 )
-from modelsieve.fingerprint.sketch import DEFAULT_THREADS, rounding_error, sketch_tensors, view_shape
+from modelsieve.fingerprint.sketch import DEFAULT_THREADS, LeftOut, rounding_error, sketch_tensors, view_shape
 
 __all__ = [
     "CANDIDATE_MAX_HAMMING", "DEFAULT_THRESHOLD", "INDEX_DIM", "PUBLIC_KEY", "RESIDUAL_THRESHOLD", "SAME_BASE_DISTANCE", "SCHEME_VERSION",
@@ -83,10 +83,17 @@ def _canonical_parts(key: str, name: str, array: np.ndarray) -> list[tuple[str, 
     return [(name, array)]
 
 
-def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """Float arrays under canonical names (EMA copies and buffers dropped), and how many keys were skipped."""
+def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, int]:
+    """Float arrays under canonical names (EMA copies and buffers dropped), how many keys were
+    skipped, and how many canonical names two keys claimed.
+
+    Two keys in different layouts can name one weight (`model.diffusion_model.input_blocks.0.0.weight`
+    and `unet.conv_in.weight`); loaders ignore the one they do not expect, so refusing the model let
+    one planted key hide it. The larger tensor is kept (a decoy must be as large as the weight it
+    hides), the first on a tie.
+    """
     named: dict[str, np.ndarray] = {}
-    skipped = 0
+    skipped = claimed_twice = 0
     for key, array in arrays.items():
         name = canonical_name(key)
         if name is None or array.dtype.kind not in "fV" or view_shape(tuple(array.shape)) is None:
@@ -94,9 +101,11 @@ def _checkpoint_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.n
             continue
         for part_name, part in _canonical_parts(key, name, array):
             if part_name in named:
-                raise FingerprintError(f"two tensors map to the canonical name {part_name!r} (one of them is {key!r})")
+                claimed_twice += 1
+                if part.size <= named[part_name].size:
+                    continue
             named[part_name] = part
-    return named, skipped
+    return named, skipped, claimed_twice
 
 
 def fingerprint_tensors(
@@ -115,19 +124,23 @@ def fingerprint_tensors(
     delta against the nearest of `bases` when one fits, else a raw fingerprint (base None) —
     or, with `require_base`, a FingerprintError saying why no base fits.
     """
-    if is_adapter(list(arrays)):
+    if is_adapter({name: array.nbytes for name, array in arrays.items()}):
         adapter = adapter_sketches(key, arrays, peft)
         if not adapter.sketches:
             raise FingerprintError("the adapter holds no LoRA/LyCORIS module with both factors")
         return new_fingerprint("lora", None, key, adapter.sketches, adapter.shapes, adapter.noise,
                                {"tensors_skipped": adapter.skipped, **adapter.notes})
-    named, skipped = _checkpoint_arrays(arrays)
+    named, skipped, claimed_twice = _checkpoint_arrays(arrays)
     if not named:
         raise FingerprintError("the model holds no floating-point tensors to fingerprint")
-    sketches = sketch_tensors(key, named.items(), threads=threads)
+    left_out = LeftOut()
+    sketches = sketch_tensors(key, named.items(), threads=threads, left_out=left_out)
+    if not sketches and left_out.all():
+        raise left_out.error("tensor")
     shapes = {n: view_shape(tuple(named[n].shape)) or () for n in sketches}
     noise = {n: rounding_error(named[n].dtype) ** 2 * float(np.sum(s * s)) for n, s in sketches.items()}
-    raw = new_fingerprint("checkpoint", None, key, sketches, shapes, noise, {"tensors_skipped": skipped})
+    raw = new_fingerprint("checkpoint", None, key, sketches, shapes, noise, {
+        "tensors_skipped": skipped, **left_out.notes(), **({"names_claimed_twice": claimed_twice} if claimed_twice else {})})
     fit = nearest_base(raw, bases)
     if fit is not None:
         return delta(raw, fit.base)
@@ -151,7 +164,7 @@ def fingerprint_model(
               if _is_float(info.dtype) or split_adapter_key(info.name) is not None}
     if not arrays:
         raise FingerprintError(f"{reader.path}: the model holds no floating-point tensors to fingerprint")
-    peft = read_peft_scaling(reader.path) if is_adapter(list(arrays)) else None
+    peft = read_peft_scaling(reader.path) if is_adapter({name: array.nbytes for name, array in arrays.items()}) else None
     return fingerprint_tensors(arrays, key, bases, require_base=require_base, threads=threads, peft=peft)
 
 
@@ -163,7 +176,7 @@ def select_tensors(infos: Sequence[TensorInfo], budget_fraction: float = 0.05) -
     `budget_fraction` of the model's float bytes. Adapter files are small: all their tensors.
     Models with no recognised roles get an even spread of 2-D tensors within the budget.
     """
-    if is_adapter([i.name for i in infos]):
+    if is_adapter({info.name: info.nbytes for info in infos}):
         return list(infos)
     # (canonical name, info, bytes), each size computed once: a crawl selects for every file it sees.
     named = sorted(

@@ -11,14 +11,15 @@ A key is written as one line of text, `KEY_ID:HEX_SECRET` (a file, or the enviro
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cachetools
 import numpy as np
 
 from modelsieve.fingerprint.errors import FingerprintError
@@ -88,7 +89,11 @@ def load_key(path: str | os.PathLike[str] | None = None) -> FingerprintKey:
     return parse_key(text)
 
 
-@functools.lru_cache(maxsize=4096)
+PROJECTION_CACHE_BYTES = 256 << 20
+"""Projections stay cached up to this many bytes in all (an SDXL checkpoint's take ~50 MB): bounded
+by size, not count, so hostile files with many long, distinct shapes cannot fill it with gigabytes."""
+
+
 def _projection(secret: bytes, length: int, role: str) -> np.ndarray:
     seed = hashlib.blake2b(f"{role}:{length}".encode(), key=secret[:64], digest_size=32).digest()
     generator = np.random.Generator(np.random.PCG64(int.from_bytes(seed, "little")))
@@ -105,4 +110,10 @@ def projection(key: FingerprintKey, shape: tuple[int, ...], side: str) -> np.nda
     projections (which lets a base resolve tensors by shape and sketch when names are unknown).
     """
     length = shape[0] if side == "rows" else shape[1]
-    return _projection(key.secret, length, f"{side}:{'x'.join(map(str, shape))}")
+    return _cached_projection(key.secret, length, f"{side}:{'x'.join(map(str, shape))}")
+
+
+_projection_cache: cachetools.LRUCache[tuple[object, ...], np.ndarray] = cachetools.LRUCache(
+    PROJECTION_CACHE_BYTES, getsizeof=lambda matrix: matrix.nbytes
+)
+_cached_projection = cachetools.cached(_projection_cache, lock=threading.Lock())(_projection)

@@ -33,7 +33,7 @@ from modelsieve.fingerprint.errors import FingerprintError, ModelFileError
 from modelsieve.fingerprint.keys import FingerprintKey
 from modelsieve.fingerprint.names import NAME_CACHE_SIZE, module_weight_name
 from modelsieve.fingerprint.readers.strict_json import load_json_object, read_json_object
-from modelsieve.fingerprint.sketch import rounding_error, sketch_product, sketch_tensors, view_shape
+from modelsieve.fingerprint.sketch import MAX_VIEW_SIDE, LeftOut, rounding_error, sketch_product, sketch_tensors, view_shape
 
 _SUFFIX = re.compile(
     r"^(?P<module>.+?)\.(?P<part>lora_down|lora_up|lora_mid|lora_A|lora_B|"
@@ -48,6 +48,11 @@ MAX_CONFIG_BYTES = 1 << 20  # real adapter configs are a few KB
 MAX_LORA_ALPHA = 1e5  # real lora_alpha values are 1–1024; larger ones are refused, not trusted
 MAX_RANK = 1 << 16
 MAX_PATTERNS = 10_000
+MAX_DENSE_ELEMENTS = 1 << 26
+"""Largest ΔW (and factor product) a LoHa, LoKr or CP LoCon module may form densely: 67 M elements
+(512 MB in float64), above any image-model layer (Flux's largest is 38 M). Its size comes from the
+factors' shapes, which the file chooses: two 2048 × 2048 LoKr factors (32 MB) would make a
+128 TiB Kronecker product. Larger modules are left out and counted, as non-finite ones are."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,16 @@ def split_adapter_key(key: str) -> tuple[str, str] | None:
     return match.group("module"), match.group("part")
 
 
-def is_adapter(keys: list[str]) -> bool:
-    """True when most tensors of a file are adapter parts (LoRA / LyCORIS)."""
-    parts = sum(split_adapter_key(k) is not None for k in keys)
-    return parts > 0 and parts * 2 >= len(keys)
+def is_adapter(sizes: Mapping[str, int]) -> bool:
+    """True when adapter parts (LoRA / LyCORIS) make up most of a file's tensors, by count or by bytes.
+
+    `sizes` maps every tensor name to its byte size. Bytes count too: padding a LoRA with thousands
+    of tiny junk tensors (loaders ignore keys they do not know) must not turn it into a "checkpoint"
+    whose fingerprint no listed LoRA can match."""
+    parts = [name for name in sizes if split_adapter_key(name) is not None]
+    if not parts:
+        return False
+    return len(parts) * 2 >= len(sizes) or sum(sizes[name] for name in parts) * 2 >= sum(sizes.values())
 
 
 def _require(module: str, parts: Mapping[str, np.ndarray], *names: str) -> None:
@@ -145,12 +156,18 @@ def _matrix(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=np.float64).reshape(array.shape[0], -1)
 
 
+class _NonFiniteModule(FingerprintError):
+    """An adapter module holds NaN or infinite values: it is left out, the rest still fingerprints."""
+
+
 def _alpha(parts: Mapping[str, np.ndarray], rank: int) -> float:
     if "alpha" not in parts:
         return float(rank)
     alpha = np.asarray(parts["alpha"], dtype=np.float64)
-    if alpha.size != 1 or not np.isfinite(alpha).all():
-        raise FingerprintError("alpha must be one finite number")
+    if alpha.size != 1:
+        raise FingerprintError("alpha must be one number")
+    if not np.isfinite(alpha).all():
+        raise _NonFiniteModule("alpha is NaN or infinite")
     return float(alpha.reshape(()))
 
 
@@ -170,6 +187,8 @@ def _lora_factors(module: str, parts: Mapping[str, np.ndarray], peft: PeftScalin
         raise FingerprintError(
             f"adapter module {module!r}: factors do not multiply (up {tuple(up.shape)} × down {tuple(down.shape)})"
         )
+    if not (np.isfinite(up).all() and np.isfinite(down).all()):
+        raise _NonFiniteModule(f"adapter module {module!r}: factors hold NaN or infinite values")
     if peft_names and "alpha" not in parts:
         return _matrix(up), _matrix(down), peft.scale(module, rank) if peft is not None else 1.0
     return _matrix(up), _matrix(down), _alpha(parts, rank) / rank
@@ -182,7 +201,7 @@ def _check_magnitude(module: str, magnitude: np.ndarray, shape: tuple[int, ...])
             f"adapter module {module!r}: DoRA magnitude of shape {tuple(magnitude.shape)} fits neither axis of ΔW {shape}"
         )
     if not np.isfinite(np.asarray(magnitude, dtype=np.float64)).all():
-        raise FingerprintError(f"adapter module {module!r}: DoRA magnitude holds NaN or infinite values")
+        raise _NonFiniteModule(f"adapter module {module!r}: DoRA magnitude holds NaN or infinite values")
 
 
 def _cp_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -195,6 +214,31 @@ def _cp_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         )
     rank = down.shape[0]
     return np.einsum("oa,abhw,bi->oihw", _matrix(up), mid, _matrix(down)) * (_alpha(parts, rank) / rank)
+
+
+def _rows(array: np.ndarray) -> int:
+    return array.shape[0] if array.ndim else 1
+
+
+def _product_size(parts: Mapping[str, np.ndarray], a: str, b: str, whole: str | None = None) -> int:
+    """Elements of the factor product `_dense_delta` forms from parts a @ b (or of the whole part)."""
+    if whole and whole in parts:
+        return parts[whole].size
+    if a not in parts or b not in parts:
+        return 0  # _dense_delta names what is missing
+    return _rows(parts[a]) * math.prod(parts[b].shape[1:])
+
+
+def _dense_size(parts: Mapping[str, np.ndarray]) -> int:
+    """The largest array `_dense_delta` would form, from the parts' shapes alone."""
+    if "lora_mid" in parts:
+        if not {"lora_up", "lora_down"} <= parts.keys():
+            return 0
+        return _rows(parts["lora_up"]) * math.prod(parts["lora_down"].shape[1:]) * math.prod(parts["lora_mid"].shape[2:])
+    if "hada_w1_a" in parts:
+        return max(_product_size(parts, "hada_w1_a", "hada_w1_b"), _product_size(parts, "hada_w2_a", "hada_w2_b"))
+    first, second = _product_size(parts, "lokr_w1_a", "lokr_w1_b", "lokr_w1"), _product_size(parts, "lokr_w2_a", "lokr_w2_b", "lokr_w2")
+    return max(first, second, first * second)
 
 
 def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -220,7 +264,8 @@ def _dense_delta(module: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         rank = parts["hada_w1_b"].shape[0]
         return first * second * (_alpha(parts, rank) / rank)
     w1, w2 = product("lokr_w1_a", "lokr_w1_b", "lokr_w1"), product("lokr_w2_a", "lokr_w2_b", "lokr_w2")
-    rank_source = "lokr_w2_b" if "lokr_w2_b" in parts else "lokr_w1_b" if "lokr_w1_b" in parts else None
+    # the rank of a factor pair actually used (a stray lokr_w*_b beside a whole lokr_w* is ignored, unvalidated)
+    rank_source = next((b for whole, b in (("lokr_w2", "lokr_w2_b"), ("lokr_w1", "lokr_w1_b")) if whole not in parts and b in parts), None)
     scale = 1.0 if rank_source is None else _alpha(parts, parts[rank_source].shape[0]) / parts[rank_source].shape[0]
     if w1.ndim != 2:
         raise FingerprintError(f"adapter module {module!r}: lokr_w1 must be 2-D, got {w1.shape}")
@@ -256,34 +301,68 @@ def adapter_sketches(key: FingerprintKey, arrays: Mapping[str, np.ndarray], peft
     shapes: dict[str, tuple[int, ...]] = {}
     rounding: dict[str, float] = {}
     dense: list[tuple[str, np.ndarray]] = []
-    peft_modules = dora_modules = 0
+    left_out = LeftOut()
+    first_error: FingerprintError | None = None
+    peft_modules = dora_modules = merged = 0
     for module, parts in modules.items():
         magnitude = next((parts[p] for p in _MAGNITUDE_PARTS if p in parts), None)
         parts = {p: a for p, a in parts.items() if p not in _MAGNITUDE_PARTS}
         if set(parts) <= {"alpha"}:
             continue
         target = module_weight_name(module)
-        if target in shapes:
-            raise FingerprintError(f"two adapter modules patch the same weight {target!r}")
+        try:
+            if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
+                if _dense_size(parts) > MAX_DENSE_ELEMENTS:
+                    left_out.add(target, "oversized")
+                    continue
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite deltas are left out below
+                    delta = _dense_delta(module, parts)
+                shape, sketch = view_shape(delta.shape) or (), None
+            else:
+                up, down, scale = _lora_factors(module, parts, peft)
+                shape = (up.shape[0], down.shape[1])
+                if max(shape) > MAX_VIEW_SIDE:
+                    left_out.add(target, "oversized")
+                    continue
+                sketch = sketch_product(key, up, down, scale)
+            if magnitude is not None:
+                _check_magnitude(module, magnitude, shape)
+        except _NonFiniteModule:
+            left_out.add(target, "non_finite")
+            continue
+        except FingerprintError as exc:  # loaders skip a module they cannot apply: one such decoy must not hide the rest
+            first_error = first_error or exc
+            left_out.add(target, "malformed")
+            continue
+        if target in shapes:  # two layouts naming one weight: loaders apply both patches, so ΔW is their sum
+            if shapes[target] != shape:
+                first_error = first_error or FingerprintError(
+                    f"two adapter modules patch the weight {target!r} with shapes {shapes[target]} and {shape}")
+                left_out.add(target, "malformed")
+                continue
+            merged += 1
+        shapes[target] = shape
         # each stored factor adds its relative rounding error to the product
-        rounding[target] = 2 * max(rounding_error(a.dtype) for a in parts.values()) ** 2
-        if "lora_mid" in parts or any(p.startswith(("hada_", "lokr_")) for p in parts):
-            delta = _dense_delta(module, parts)
-            shapes[target] = view_shape(delta.shape) or ()
+        rounding[target] = max(rounding.get(target, 0.0), 2 * max(rounding_error(a.dtype) for a in parts.values()) ** 2)
+        if sketch is None:
             dense.append((target, delta))
         else:
-            up, down, scale = _lora_factors(module, parts, peft)
+            sketches[target] = sketches[target] + sketch if target in sketches else sketch
             peft_modules += "lora_B" in parts and "alpha" not in parts
-            sketches[target] = sketch_product(key, up, down, scale)
-            shapes[target] = (up.shape[0], down.shape[1])
-        if magnitude is not None:
-            _check_magnitude(module, magnitude, shapes[target])
-            dora_modules += 1
-    sketches.update(sketch_tensors(key, dense))
+        dora_modules += magnitude is not None
+    for target, sketch in sketch_tensors(key, dense, left_out=left_out).items():  # sums a target's modules
+        sketches[target] = sketches[target] + sketch if target in sketches else sketch
+    for target in left_out.all() & set(sketches):  # a module of this target was left out: its ΔW is unknown
+        del sketches[target]
+    if not sketches and left_out.all():
+        raise first_error if first_error is not None and left_out.names["malformed"] else left_out.error("adapter module")
+    shapes = {n: shapes[n] for n in sketches}
     noise = {n: rounding[n] * float(np.sum(s * s)) for n, s in sketches.items()}
     notes: dict[str, object] = {}
     if peft_modules:
         notes["peft_scale"] = "adapter_config.json" if peft is not None else "assumed 1 (no adapter_config.json)"
     if dora_modules:
         notes["dora_magnitude_left_out"] = dora_modules
-    return AdapterSketches(sketches, shapes, noise, ignored, notes)
+    if merged:
+        notes["modules_summed"] = merged
+    return AdapterSketches(sketches, shapes, noise, ignored, notes | left_out.notes())

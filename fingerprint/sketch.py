@@ -22,6 +22,10 @@ from modelsieve.fingerprint.keys import SKETCH_SIZE, FingerprintKey, projection
 
 CHUNK_ELEMENTS = 1 << 20
 DEFAULT_THREADS = 2
+MAX_VIEW_SIDE = 1 << 20
+"""Longest side of a sketched view. A side of n rows needs an n × 12 float32 projection: 48 bytes
+per row, so a one-column float8 tensor would cost 48× its size in the file (a 1 GB file, 48 GB).
+Image models' longest side is a text encoder's vocabulary (49,408 rows)."""
 
 # Relative RMS error of rounding Gaussian-like weights to each storage type (measured with numpy /
 # ml_dtypes casts). A delta read from a file stored in that type carries about this much noise
@@ -65,18 +69,63 @@ def _sketch_rows(key: FingerprintKey, matrix: np.ndarray, start: int, stop: int)
         return (rows.T @ (block @ projection(key, matrix.shape, "cols"))).astype(np.float64)
 
 
+class LeftOut:
+    """Tensors (or adapter modules) a fingerprint leaves out, and why, for its source notes.
+
+    Leaving a bad tensor out, rather than refusing the model, keeps one planted tensor (loaders
+    ignore keys they do not know) from hiding a listed model.
+    """
+
+    REASONS = {"non_finite": "holds NaN or infinite values", "oversized": "is too large to sketch", "malformed": "is malformed"}
+
+    def __init__(self) -> None:
+        self.names: dict[str, set[str]] = {reason: set() for reason in self.REASONS}
+
+    def add(self, name: str, reason: str) -> None:
+        self.names[reason].add(name)
+
+    def all(self) -> set[str]:
+        return set().union(*self.names.values())
+
+    def notes(self) -> dict[str, object]:
+        """`<reason>_left_out` counts and up to five `<reason>_examples`, for reasons that occurred."""
+        notes: dict[str, object] = {}
+        for reason, names in self.names.items():
+            if names:
+                notes[f"{reason}_left_out"] = len(names)
+                notes[f"{reason}_examples"] = sorted(names)[:5]
+        return notes
+
+    def error(self, what: str) -> FingerprintError:
+        """Why nothing is left to fingerprint: every `what` was left out."""
+        reason, names = next((r, n) for r, n in self.names.items() if n)
+        return FingerprintError(f"every {what} {self.REASONS[reason]}, e.g. {min(names)!r}")
+
+
+def _refuse(name: str, reason: str) -> None:
+    raise FingerprintError(f"tensor {name!r} {LeftOut.REASONS[reason]}")
+
+
 def sketch_tensors(
-    key: FingerprintKey, tensors: Iterable[tuple[str, np.ndarray]], threads: int = DEFAULT_THREADS
+    key: FingerprintKey,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    threads: int = DEFAULT_THREADS,
+    left_out: LeftOut | None = None,
 ) -> dict[str, np.ndarray]:
     """Sketch every (name, array) pair; arrays may be float16/bf16/float8/float32/float64 views.
 
-    Returns float64 sketches keyed by name. Scalars and empty tensors are skipped. NaN or
-    infinite weights raise FingerprintError naming the tensor.
+    Returns float64 sketches keyed by name. Scalars and empty tensors are skipped. A tensor with
+    NaN or infinite weights, or a side longer than MAX_VIEW_SIDE, is left out and recorded in
+    `left_out`; without one it raises FingerprintError naming the tensor.
     """
+    note = left_out.add if left_out is not None else _refuse
     work: list[tuple[str, np.ndarray, int, int]] = []
     for name, array in tensors:
         view = view_shape(tuple(array.shape))
         if view is None:
+            continue
+        if max(view) > MAX_VIEW_SIDE:
+            note(name, "oversized")
             continue
         matrix = array.reshape(view)
         work.extend((name, matrix, start, stop) for start, stop in _chunks(view))
@@ -85,9 +134,9 @@ def sketch_tensors(
         partials = pool.map(lambda item: _sketch_rows(key, item[1], item[2], item[3]), work)
         for (name, _, _, _), partial in zip(work, partials, strict=True):
             sketches[name] = sketches[name] + partial if name in sketches else partial
-    for name, sketch in sketches.items():
-        if not np.isfinite(sketch).all():
-            raise FingerprintError(f"tensor {name!r} holds NaN or infinite values")
+    for name in [name for name, sketch in sketches.items() if not np.isfinite(sketch).all()]:
+        note(name, "non_finite")
+        del sketches[name]
     return sketches
 
 

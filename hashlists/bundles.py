@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fpformat import Fingerprint
+from modelsieve.hashlists.atomic import atomic_write
 from modelsieve.hashlists.errors import BundleError, InvalidEntryError
 from modelsieve.hashlists.model import (
     OPINIONS,
@@ -238,20 +239,12 @@ def _write_signed(out: Path, key: Ed25519PrivateKey, header: dict[str, Any], rec
             payload_sha256=digest.hexdigest(),
         )
         manifest_line = canonical_json(manifest.to_json())
-        descriptor, temp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(manifest_line + b"\n")
-                handle.write(canonical_json({"signature": sign(key, manifest_line)}) + b"\n")
-                payload.seek(0)
-                while chunk := payload.read(1 << 20):
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, out)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(out) as handle:
+            handle.write(manifest_line + b"\n")
+            handle.write(canonical_json({"signature": sign(key, manifest_line)}) + b"\n")
+            payload.seek(0)
+            while chunk := payload.read(1 << 20):
+                handle.write(chunk)
     return manifest
 
 

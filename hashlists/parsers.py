@@ -9,8 +9,10 @@ object may also carry its digests under `"digests"` (the form `modelsieve list s
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -35,6 +37,16 @@ class Defaults:
     kind: str = "other"
     source: str = ""
     evidence: str = "osint-report"
+
+
+def open_text(path: str | os.PathLike[str], *, newline: str | None = None) -> TextIO:
+    """A text file as people save one: UTF-8 with or without a byte order mark, or UTF-16 with its
+    mark (what Windows PowerShell's `>` and Notepad's "Unicode" write); undecodable bytes become
+    U+FFFD. The mark itself is never part of the text."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    utf16 = head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    return open(path, encoding="utf-16" if utf16 else "utf-8-sig", errors="replace", newline=newline)
 
 
 def detect_format(first_line: str) -> str:

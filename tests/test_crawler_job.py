@@ -278,3 +278,16 @@ def test_a_byte_order_mark_does_not_make_the_first_url_junk(tmp_path) -> None:
         path.write_bytes(b"\xef\xbb\xbf" + first.encode() + b"\r\nhttps://a.org/m2\r\n")
         parsed = list(read_targets(bounded_lines(path)))
         assert [getattr(p, "url", p) for p in parsed] == ["https://a.org/m1", "https://a.org/m2"]
+
+
+def test_a_utf16_url_file_is_read_and_crawled_not_refused_as_binary(tmp_path, db, host, capsys) -> None:
+    """Windows PowerShell's `>` writes UTF-16 with a byte order mark: its NUL bytes made the crawl
+    refuse the file as 'a model file?'."""
+    port, _ = host
+    urls = [f"http://127.0.0.1:{port}/files/x", f"http://127.0.0.1:{port}/files/z"]
+    links = tmp_path / "links.txt"
+    links.write_text("\n".join(urls) + "\n", encoding="utf-16")
+    assert [p.url for p in read_targets(bounded_lines(links))] == urls
+    out = tmp_path / "recs.jsonl"
+    assert crawl(str(links), "--out", str(out), "--db", str(db), "--allow-loopback", "--json") == 0, capsys.readouterr().err
+    assert {r["url"]: r["action"] for r in map(json.loads, out.read_text().splitlines())} == {urls[0]: "delist", urls[1]: "none"}

@@ -50,17 +50,20 @@ def ref_autov2(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:10]
 
 
-def ref_autov3(data: bytes) -> str:
+def ref_autov3(data: bytes) -> str | None:
+    """As civitai/model-scanner's HashTask computes it, for any file."""
+    if len(data) < 8:
+        return None
     header_length = int.from_bytes(data[:8], "little")
     start = 8 + header_length if header_length < 16 * MIB else 8
-    return hashlib.sha256(data[start:]).hexdigest()
+    return hashlib.sha256(data[start:]).hexdigest() if start <= len(data) else None
 
 
 def ref_crc32(data: bytes) -> str:
     return zlib.crc32(data).to_bytes(4, "little").hex().upper()
 
 
-def reference_digests(data: bytes, safetensors: bool) -> dict[str, str | None]:
+def reference_digests(data: bytes) -> dict[str, str | None]:
     return {
         "sha256": hashlib.sha256(data).hexdigest(),
         "blake3": blake3.blake3(data).hexdigest(),
@@ -69,7 +72,7 @@ def reference_digests(data: bytes, safetensors: bool) -> dict[str, str | None]:
         "sha1": hashlib.sha1(data).hexdigest(),
         "autov1": ref_autov1(data),
         "autov2": ref_autov2(data),
-        "autov3": ref_autov3(data) if safetensors else None,
+        "autov3": ref_autov3(data),
     }
 
 
@@ -143,7 +146,7 @@ def test_hash_file_matches_coreutils_blake3_and_references(tmp_path: Path, size:
 
     assert result.size == size
     assert result.format == "other"
-    assert result.digests == reference_digests(data, safetensors=False)
+    assert result.digests == reference_digests(data)
     assert result.digests["sha256"] == coreutils_digest("sha256sum", path)
     assert result.digests["md5"] == coreutils_digest("md5sum", path)
     assert result.digests["sha1"] == coreutils_digest("sha1sum", path)
@@ -159,7 +162,7 @@ def test_safetensors_autov3_skips_the_header(tmp_path: Path, payload_size: int, 
     result = hash_file(path, DIGEST_NAMES, workers=workers, chunk_size=CHUNK)
 
     assert result.format == "safetensors"
-    assert result.digests == reference_digests(data, safetensors=True)
+    assert result.digests == reference_digests(data)
     assert result.digests["autov3"] == hashlib.sha256(data[len(data) - payload_size :]).hexdigest()
 
 
@@ -178,6 +181,30 @@ def test_metadata_edit_keeps_autov3_and_changes_sha256(tmp_path: Path) -> None:
     assert original.digests["autov2"] != edited.digests["autov2"]
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda header: header.replace(b'"data_offsets"', b'"note": "edited", "data_offsets"'),  # unknown field
+        lambda header: header[:-1] + b', "data": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, "data"' + header[header.index(b":", 2):],
+    ],
+    ids=["unknown-field", "repeated-tensor"],
+)
+def test_header_edits_every_loader_accepts_keep_autov3(tmp_path: Path, edit) -> None:
+    """AutoV3 exists to survive header edits; such a file loads everywhere (the last repeated entry
+    wins), so it must keep the listed AutoV3 rather than lose it to a stricter parser."""
+    payload = random_bytes(64, seed=5)
+    original = safetensors_bytes(payload)
+    header = original[8 : len(original) - len(payload)]
+    edited_header = edit(header)
+    edited = len(edited_header).to_bytes(8, "little") + edited_header + payload
+    (tmp_path / "edited.safetensors").write_bytes(edited)
+
+    result = hash_file(tmp_path / "edited.safetensors")
+
+    assert result.format == "safetensors"
+    assert result.digests["autov3"] == ref_autov3(original) == hashlib.sha256(payload).hexdigest()
+
+
 def test_header_of_16_mib_or_more_is_hashed_with_the_data(tmp_path: Path) -> None:
     payload = random_bytes(1000, seed=3)
     data = safetensors_bytes(payload, header_pad=16 * MIB)
@@ -192,18 +219,22 @@ def test_header_of_16_mib_or_more_is_hashed_with_the_data(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("make", "expected_format"),
+    ("make", "expected_format", "autov3_from"),
     [
-        (lambda: safetensors_bytes(b"0123456789")[:-1], "other"),  # truncated: header promises more
-        (lambda: safetensors_bytes(b"0123456789") + b"!", "other"),  # trailing bytes
-        (lambda: (20).to_bytes(8, "little") + b"{not json at all!!!}", "other"),
-        (lambda: (2**40).to_bytes(8, "little") + b"{}", "other"),  # absurd header length
-        (lambda: (5008).to_bytes(8, "little") + b'{"a": 1' + b"0" * 5000 + b"}", "other"),  # beyond int() digits
-        (lambda: pickle.dumps({"weights": [1.0, 2.0]}, protocol=2), "pickle"),
-        (lambda: b"", "other"),
+        (lambda: safetensors_bytes(b"0123456789")[:-1], "other", "after header"),  # truncated: header promises more
+        (lambda: safetensors_bytes(b"0123456789") + b"!", "other", "after header"),  # trailing bytes
+        (lambda: (20).to_bytes(8, "little") + b"{not json at all!!!}", "other", "after header"),
+        (lambda: (2**40).to_bytes(8, "little") + b"{}", "other", 8),  # absurd header length: not skipped
+        (lambda: (5008).to_bytes(8, "little") + b'{"a": 1' + b"0" * 5000 + b"}", "other", "after header"),  # beyond int() digits
+        (lambda: pickle.dumps({"weights": [1.0, 2.0]}, protocol=2), "pickle", 8),
+        (lambda: (100).to_bytes(8, "little") + b"{}", "other", None),  # the header runs past the end
+        (lambda: b"1234567", "other", None),
+        (lambda: b"", "other", None),
     ],
 )
-def test_non_safetensors_get_no_autov3(tmp_path: Path, make, expected_format: str) -> None:
+def test_autov3_of_any_file_follows_civitais_scanner(tmp_path: Path, make, expected_format: str, autov3_from: object) -> None:
+    """Civitai's scanner (civitai/model-scanner, HashTask.cs) takes AutoV3 of every file, not only
+    valid safetensors: a list built from its hashes lists .ckpt files by theirs too."""
     data = make()
     path = tmp_path / "file.bin"
     path.write_bytes(data)
@@ -211,8 +242,21 @@ def test_non_safetensors_get_no_autov3(tmp_path: Path, make, expected_format: st
     result = hash_file(path, chunk_size=CHUNK)
 
     assert result.format == expected_format
-    assert result.digests["autov3"] is None
     assert result.digests["sha256"] == hashlib.sha256(data).hexdigest()
+    if autov3_from is None:
+        assert result.digests["autov3"] is None
+    else:
+        start = 8 + int.from_bytes(data[:8], "little") if autov3_from == "after header" else autov3_from
+        assert result.digests["autov3"] == hashlib.sha256(data[start:]).hexdigest()
+
+
+def test_a_zip_checkpoints_autov3_is_the_sha256_from_byte_8(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+    data = path.read_bytes()
+    assert int.from_bytes(data[:8], "little") >= 16 * MIB  # "PK\x03\x04" and the version: never a short header
+    assert hash_file(path).digests["autov3"] == hashlib.sha256(data[8:]).hexdigest()
 
 
 def test_zip_archives_are_sniffed_as_pytorch_zip(tmp_path: Path) -> None:
@@ -264,7 +308,7 @@ def test_any_chunking_gives_the_one_shot_digests(stream: tuple[bytes, bool, list
     for begin, end in zip([0, *cuts], [*cuts, len(data)]):
         digest.update(data[begin:end])
 
-    expected = reference_digests(data, safetensors)
+    expected = reference_digests(data)
     assert digest.hexdigests() == {name: expected[name] for name in digest_names(names)}
     assert digest.size == len(data)
     assert (digest.format == "safetensors") == safetensors
@@ -281,4 +325,4 @@ def test_hash_file_reads_a_pipe_as_a_stream(tmp_path: Path) -> None:
 
     writer.join()
     assert result.size == len(data) and result.format == "safetensors"
-    assert result.digests == reference_digests(data, safetensors=True)
+    assert result.digests == reference_digests(data)

@@ -92,3 +92,19 @@ def test_bases_refuse_duplicates_unless_replaced_and_can_be_removed(models: Path
     assert run(capsys, "bases", "list", "--db", db)[1] == ""
     status, _, err = run(capsys, "bases", "remove", "sd15", "--db", db)
     assert status == 2 and "no base named" in err
+
+
+def test_compare_escapes_block_names_taken_from_tensor_names(tmp_path: Path, capsys) -> None:
+    """Block names come from the file's tensor names: raw, an ESC sequence in one drives the terminal."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    module = "lora_unet_down_blocks_\x1b[2J_attentions_0_proj_in"
+    rng = np.random.default_rng(8)
+    lora = {f"{module}.lora_up.weight": rng.standard_normal((8, 2)).astype(np.float32),
+            f"{module}.lora_down.weight": rng.standard_normal((2, 8)).astype(np.float32)}
+    save_file(lora, tmp_path / "a.safetensors")
+    save_file(lora, tmp_path / "b.safetensors")
+    status, out, _ = run(capsys, "compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                         "--db", str(tmp_path / "store.db"))
+    assert status == 0 and "\x1b" not in out and "unet.down_blocks.\\x1b[2J" in out

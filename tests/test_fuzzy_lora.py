@@ -175,10 +175,133 @@ def test_dora_sketches_the_directional_delta_and_records_the_approximation(tmp_p
     assert "dora_magnitude_left_out" not in kohya_fingerprint().source
 
 
-@pytest.mark.parametrize("bad", [np.ones(3), np.ones((4, 4)), np.full(16, np.nan)], ids=["wrong size", "matrix", "nan"])
-def test_bad_dora_magnitudes_are_refused(bad: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    "bad, expected",
+    [(np.ones(3), "DoRA magnitude"), (np.ones((4, 4)), "DoRA magnitude"), (np.full(16, np.nan), "NaN or infinite")],
+    ids=["wrong size", "matrix", "nan"],
+)
+def test_bad_dora_magnitudes_are_refused(bad: np.ndarray, expected: str) -> None:
     rng = np.random.default_rng(1)
     arrays = {f"{MODULE}.lora_up.weight": rng.standard_normal((16, 2)), f"{MODULE}.lora_down.weight": rng.standard_normal((2, 8)),
               f"{MODULE}.dora_scale": bad}
-    with pytest.raises(FingerprintError, match="DoRA magnitude"):
+    with pytest.raises(FingerprintError, match=expected):
         fingerprint_tensors(arrays, KEY)
+
+
+def _two_module_lora(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    other = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    return {f"{MODULE}.lora_up.weight": rng.standard_normal((16, 4, 1, 1)), f"{MODULE}.lora_down.weight": rng.standard_normal((4, 8, 3, 3)),
+            f"{other}.lora_up.weight": rng.standard_normal((8, 2)), f"{other}.lora_down.weight": rng.standard_normal((2, 8))}
+
+
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.full((4, 2), np.nan),
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((2, 4))},
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((4, 2)),
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((2, 4)), "lora_unet_mid_block_resnets_0_conv1.alpha": np.array(np.inf)},
+        {"lora_unet_mid_block_resnets_0_conv1.hada_w1_a": np.full((4, 2), np.inf), "lora_unet_mid_block_resnets_0_conv1.hada_w1_b": np.ones((2, 4)),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w2_a": np.ones((4, 2)), "lora_unet_mid_block_resnets_0_conv1.hada_w2_b": np.ones((2, 4))},
+    ],
+    ids=["nan-factor", "inf-alpha", "inf-loha"],
+)
+def test_a_planted_non_finite_module_cannot_hide_a_lora(decoy: dict[str, np.ndarray]) -> None:
+    """Refusing the whole adapter for one NaN module let a decoy module hide a listed LoRA (verdict none)."""
+    lora = _two_module_lora(np.random.default_rng(2))
+    clean, planted = fingerprint_tensors(lora, KEY), fingerprint_tensors(lora | decoy, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert compare(planted, clean).similarity > 0.999
+    assert planted.source["non_finite_left_out"] == 1 and "non_finite_left_out" not in clean.source
+
+
+_HUGE = 1 << 20  # rank-1 factors of a million rows: a 2-MB file whose product has 2⁴⁰ elements (8 TiB)
+
+
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        {"lora_unet_mid_block_resnets_0_conv1.lokr_w1_a": np.ones((_HUGE, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lokr_w1_b": np.ones((1, _HUGE), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lokr_w2": np.ones((2, 2), np.float16)},
+        {"lora_unet_mid_block_resnets_0_conv1.lokr_w1": np.ones((64, 64), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lokr_w2": np.ones((1024, 1024), np.float16)},  # kron: 2³² elements
+        {"lora_unet_mid_block_resnets_0_conv1.hada_w1_a": np.ones((_HUGE, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w1_b": np.ones((1, _HUGE), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w2_a": np.ones((_HUGE, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.hada_w2_b": np.ones((1, _HUGE), np.float16)},
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((_HUGE, 1, 1, 1), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lora_mid.weight": np.ones((1, 1, 3, 3), np.float16),
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((1, _HUGE, 1, 1), np.float16)},
+        {"lora_unet_mid_block_resnets_0_conv1.lora_up.weight": np.ones((_HUGE + 1, 1), np.float16),  # a 48-MB projection
+         "lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((1, 4), np.float16)},
+    ],
+    ids=["lokr-factors", "lokr-kron", "loha", "cp-locon", "long-lora"],
+)
+def test_a_module_whose_dense_delta_is_huge_is_left_out(decoy: dict[str, np.ndarray]) -> None:
+    """LoHa/LoKr/CP deltas are formed densely, sized by factor shapes the file chooses: these crashed
+    with a numpy MemoryError traceback (or, a little smaller, really allocated tens of GB)."""
+    lora = _two_module_lora(np.random.default_rng(5))
+    clean, planted = fingerprint_tensors(lora, KEY), fingerprint_tensors(lora | decoy, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert compare(planted, clean).similarity > 0.999
+    assert planted.source["oversized_left_out"] == 1
+    with pytest.raises(FingerprintError, match="too large to sketch"):
+        fingerprint_tensors(decoy, KEY)
+
+
+@pytest.mark.parametrize("stray", [np.ones(()), np.ones((0, 2))], ids=["scalar", "empty"])
+def test_a_stray_lokr_factor_beside_a_whole_one_is_ignored(stray: np.ndarray) -> None:
+    """The scale took its rank from lokr_w1_b even when the whole lokr_w1 was used: IndexError or
+    ZeroDivisionError tracebacks (found by the hostile-shapes property test)."""
+    parts = {f"{MODULE}.lokr_w1": np.ones((2, 2)), f"{MODULE}.lokr_w2": np.ones((8, 36))}
+    plain = fingerprint_tensors(parts, KEY)
+    np.testing.assert_array_equal(fingerprint_tensors(parts | {f"{MODULE}.lokr_w1_b": stray}, KEY).sketches[TARGET],
+                                  plain.sketches[TARGET])
+
+
+def test_modules_loaders_would_skip_cannot_hide_a_lora() -> None:
+    """An incomplete or ill-shaped decoy module made the whole adapter a FingerprintError (verdict none);
+    loaders skip what they cannot apply, and so do fingerprints now, counting it."""
+    lora = _two_module_lora(np.random.default_rng(11))
+    decoys = {"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": np.ones((2, 4)),  # no lora_up
+              "lora_unet_mid_block_resnets_0_conv2.lora_up.weight": np.ones((4, 3)),  # factors that do not multiply
+              "lora_unet_mid_block_resnets_0_conv2.lora_down.weight": np.ones((2, 4)),
+              "lora_unet_mid_block_resnets_1_conv1.alpha": np.ones(3)}  # alpha that is no number
+    decoys |= {"lora_unet_mid_block_resnets_1_conv1.lora_up.weight": np.ones((4, 2)),
+               "lora_unet_mid_block_resnets_1_conv1.lora_down.weight": np.ones((2, 4))}
+    clean, planted = fingerprint_tensors(lora, KEY), fingerprint_tensors(lora | decoys, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert compare(planted, clean).similarity > 0.999
+    assert planted.source["malformed_left_out"] == 3
+
+
+def test_junk_tensors_cannot_turn_a_lora_into_a_checkpoint() -> None:
+    """Loaders ignore keys they do not know; 200 one-element junk tensors outnumbered the adapter
+    parts, so the file was fingerprinted as a checkpoint that no listed LoRA could match."""
+    from modelsieve.fingerprint.fuzzy import select_tensors
+    from modelsieve.fingerprint.readers import TensorInfo
+
+    lora = _two_module_lora(np.random.default_rng(9))
+    padded = lora | {f"junk.{i}": np.zeros(1, np.float16) for i in range(200)}
+    clean, fingerprint = fingerprint_tensors(lora, KEY), fingerprint_tensors(padded, KEY)
+    assert fingerprint.kind == "lora" and fingerprint.sketches.keys() == clean.sketches.keys()
+    assert compare(fingerprint, clean).similarity > 0.999
+    infos = [TensorInfo(name, "F16" if name.startswith("junk") else "F64", array.shape) for name, array in padded.items()]
+    assert len(select_tensors(infos)) == len(infos)  # a partial read of an adapter fetches all of it
+
+
+def test_two_layouts_naming_one_weight_sum_their_deltas() -> None:
+    """A kohya and a PEFT module on the same weight are both applied by loaders: ΔW is their sum."""
+    rng = np.random.default_rng(3)
+    up, down = rng.standard_normal((16, 4, 1, 1)), rng.standard_normal((4, 8, 3, 3))
+    b, a = rng.standard_normal((16, 2)), rng.standard_normal((2, 72))
+    peft = "base_model.model.down_blocks.0.resnets.0.conv1"
+    both = fingerprint_tensors({f"{MODULE}.lora_up.weight": up, f"{MODULE}.lora_down.weight": down,
+                                f"{peft}.lora_B.weight": b, f"{peft}.lora_A.weight": a}, KEY)
+    expected = up.reshape(16, 4) @ down.reshape(4, -1) + b @ a
+    np.testing.assert_allclose(both.sketches[TARGET], dense_sketch(expected), rtol=1e-5, atol=1e-5)
+    assert both.source["modules_summed"] == 1
+    with pytest.raises(FingerprintError, match="with shapes"):
+        fingerprint_tensors({f"{MODULE}.lora_up.weight": up, f"{MODULE}.lora_down.weight": down,
+                             f"{peft}.lora_B.weight": b, f"{peft}.lora_A.weight": a[:, :8]}, KEY)

@@ -217,12 +217,15 @@ def test_a_different_lora_on_the_same_modules_does_not_match() -> None:
 # --- bad input ----------------------------------------------------------------------------------
 
 
-def test_lora_factors_that_do_not_multiply_are_refused() -> None:
+def test_lora_factors_that_do_not_multiply_are_left_out_or_refused() -> None:
+    """Loaders skip a module they cannot apply: it is left out and counted; alone, it is refused."""
     tensors = syn.kohya_layout(lora())
     name = next(n for n in tensors if n.endswith("lora_down.weight"))
     tensors[name] = tensors[name][:-1]
+    assert fingerprint_tensors(tensors, KEY).source["malformed_left_out"] == 1
+    module = name.removesuffix(".lora_down.weight")
     with pytest.raises(FingerprintError, match="do not multiply"):
-        fingerprint_tensors(tensors, KEY)
+        fingerprint_tensors({k: v for k, v in tensors.items() if k.startswith(module + ".")}, KEY)
 
 
 def test_models_without_float_tensors_and_mismatched_keys_are_refused() -> None:

@@ -89,6 +89,72 @@ def test_non_finite_weights_are_refused(bad: float) -> None:
         sketch_tensors(KEY, [("w", array)])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_planted_non_finite_tensor_cannot_hide_a_checkpoint(tmp_path, bad: float) -> None:
+    """Refusing the whole model for one NaN tensor let a junk tensor (loaders ignore unknown keys)
+    hide a listed checkpoint: it is left out instead, and the fingerprint's source says so."""
+    from safetensors.numpy import save_file
+
+    from modelsieve.fingerprint.fuzzy import fingerprint_model
+    from modelsieve.fingerprint.readers import open_model
+
+    rng = np.random.default_rng(4)
+    weights = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": rng.standard_normal((16, 16)).astype(np.float16),
+               "model.diffusion_model.out.2.weight": rng.standard_normal((4, 16, 3, 3)).astype(np.float16)}
+    save_file(weights, str(tmp_path / "clean.safetensors"))
+    save_file(weights | {"junk": np.full(8, bad, np.float16)}, str(tmp_path / "planted.safetensors"))
+    with open_model(tmp_path / "clean.safetensors") as clean, open_model(tmp_path / "planted.safetensors") as planted:
+        clean_fp, planted_fp = fingerprint_model(clean, KEY), fingerprint_model(planted, KEY)
+    assert planted_fp.sketches.keys() == clean_fp.sketches.keys()
+    for name, sketch in clean_fp.sketches.items():
+        np.testing.assert_array_equal(planted_fp.sketches[name], sketch)
+    assert planted_fp.source["non_finite_left_out"] == 1 and planted_fp.source["non_finite_examples"] == ["other.junk"]
+
+
+def test_a_decoy_key_naming_the_same_weight_cannot_hide_a_checkpoint() -> None:
+    """`unet.conv_in.weight` is the diffusers name of LDM's `input_blocks.0.0.weight`; loaders ignore
+    the layout they do not expect, and the clash used to refuse the whole model (verdict none)."""
+    from modelsieve.fingerprint.fuzzy import fingerprint_tensors
+
+    rng = np.random.default_rng(10)
+    weights = {"model.diffusion_model.input_blocks.0.0.weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float16),
+               "model.diffusion_model.out.2.weight": rng.standard_normal((4, 8, 3, 3)).astype(np.float16)}
+    clean = fingerprint_tensors(weights, KEY)
+    for decoy in ({"unet.conv_in.weight": np.ones(1, np.float16)}, {"unet/conv_in.weight": np.ones((2, 2), np.float32)}):
+        for planted in (fingerprint_tensors(weights | decoy, KEY), fingerprint_tensors(decoy | weights, KEY)):
+            assert planted.sketches.keys() == clean.sketches.keys() and planted.source["names_claimed_twice"] == 1
+            for name, sketch in clean.sketches.items():
+                np.testing.assert_array_equal(planted.sketches[name], sketch)
+
+
+def test_the_projection_cache_is_bounded_by_bytes() -> None:
+    """Hostile files with many long, distinct shapes must not fill the cache with gigabytes."""
+    from modelsieve.fingerprint import keys
+
+    for length in range(1 << 16, (1 << 16) + 100):  # 100 projections of 3 MB: 300 MB drawn
+        projection(KEY, (length, 3), "rows")
+    assert keys._projection_cache.currsize <= keys.PROJECTION_CACHE_BYTES
+    assert np.array_equal(projection(KEY, (1 << 16, 3), "rows"), projection(KEY, (1 << 16, 3), "rows"))
+
+
+def test_a_side_longer_than_the_bound_is_left_out_not_projected() -> None:
+    """A view side of n rows needs an n × 12 float32 projection (48 bytes a row): one long float8
+    column would cost 48× its file size. Such tensors are left out, or refused without a record."""
+    from modelsieve.fingerprint.fuzzy import fingerprint_tensors
+    from modelsieve.fingerprint.sketch import MAX_VIEW_SIDE, LeftOut
+
+    rng = np.random.default_rng(6)
+    weights = {"model.diffusion_model.out.2.weight": rng.standard_normal((4, 16, 3, 3)).astype(np.float16)}
+    long = np.zeros((MAX_VIEW_SIDE + 1, 1), dtype=ml_dtypes.float8_e4m3fn)
+    clean, planted = fingerprint_tensors(weights, KEY), fingerprint_tensors(weights | {"junk": long}, KEY)
+    assert planted.sketches.keys() == clean.sketches.keys()
+    assert planted.source["oversized_left_out"] == 1 and planted.source["oversized_examples"] == ["other.junk"]
+    left_out = LeftOut()
+    assert sketch_tensors(KEY, [("w", long)], left_out=left_out) == {} and left_out.all() == {"w"}
+    with pytest.raises(FingerprintError, match="'w' is too large to sketch"):
+        sketch_tensors(KEY, [("w", long)])
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from(["model.diffusion_model.out.2.weight", "first_stage_model.quant_conv.weight",
                                         "text_model.final_layer_norm.bias", "weird", "model_ema.x", "alphas_cumprod",

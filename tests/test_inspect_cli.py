@@ -36,6 +36,17 @@ def test_inspect_prints_a_summary_without_metadata_values(tmp_path: Path) -> Non
     assert "secret title" not in result.stdout
 
 
+def test_metadata_keys_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """Keys are the file's choice: raw, ESC sequences could clear the screen or forge a line."""
+    keys = {"\x1b[2J\x1b[Hclean": "v", "a\nfake.safetensors: none": "v", "\u202eevil": "v", "ключ 鍵": "v"}
+    save_file({"w": np.ones(2, np.float32)}, tmp_path / "m.safetensors", metadata=keys)
+    result = _run("inspect", tmp_path / "m.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout and len(result.stdout.splitlines()) == 5
+    assert "\\x1b[2J\\x1b[Hclean" in result.stdout and "a\\nfake.safetensors: none" in result.stdout
+    assert "\\u202eevil" in result.stdout and "ключ 鍵" in result.stdout  # printable text is kept as it is
+
+
 def test_inspect_json_lines(tmp_path: Path) -> None:
     _safetensors(tmp_path / "a.safetensors")
     write_zip(tmp_path / "b.ckpt", *state_dict({"x": np.arange(6, dtype=np.int64).reshape(2, 3)}))

@@ -167,6 +167,13 @@ def test_diffusers_components_may_not_escape_or_smuggle(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="leads outside"):
         open_model(tmp_path / "pipe")
     index.write_text(json.dumps(document))
+    weights = tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    weights.symlink_to(tmp_path / "outside" / "model.safetensors")  # a component's weights linked out, like a shard
+    with pytest.raises(ModelFileError, match="weights 'unet/diffusion_pytorch_model.safetensors' leads outside"):
+        open_model(tmp_path / "pipe")
+    weights.unlink()
+    save_file(_weights("conv_in.weight"), weights)
     evil = Call(Global("os", "system"), ("true",))
     write_zip(tmp_path / "pipe" / "vae" / "diffusion_pytorch_model.bin", evil, {})
     with pytest.raises(UnsafePickleError, match="refusing pickle global os.system"):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+from pathlib import Path
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelsieve.hashlists.errors import InvalidEntryError
-from modelsieve.hashlists.parsers import FORMATS, MAX_LINE, Defaults, detect_format, parse_entries
+from modelsieve.hashlists.parsers import FORMATS, MAX_LINE, Defaults, detect_format, open_text, parse_entries
 
 SHA_A, SHA_B = "a" * 64, "B" * 64
 
@@ -83,3 +87,38 @@ def test_any_json_objects_yield_entries_or_numbered_errors(records: list) -> Non
     text = "".join(json.dumps(r) + "\n" for r in records)
     parsed = parse(text, "jsonl")
     assert [n for n, _ in parsed] == list(range(1, len(records) + 1))
+
+
+SAVED_AS = {  # how editors and shells save text: encoding, the bytes that start the file
+    "utf-8": ("utf-8", b""),
+    "utf-8 with BOM": ("utf-8", codecs.BOM_UTF8),
+    "utf-16-le with BOM (PowerShell >)": ("utf-16-le", codecs.BOM_UTF16_LE),
+    "utf-16-be with BOM": ("utf-16-be", codecs.BOM_UTF16_BE),
+}
+
+
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=200), saved_as=st.sampled_from(sorted(SAVED_AS)))
+@settings(max_examples=150, deadline=None)
+def test_open_text_reads_back_the_text_however_it_was_saved(tmp_path_factory: pytest.TempPathFactory, text: str, saved_as: str) -> None:
+    encoding, mark = SAVED_AS[saved_as]
+    path = tmp_path_factory.mktemp("text") / "list.txt"
+    path.write_bytes(mark + text.encode(encoding))
+    with open_text(path, newline="") as stream:
+        assert stream.read() == (text.removeprefix("\ufeff") if not mark and encoding == "utf-8" else text)
+
+
+@given(data=st.binary(max_size=200))
+@settings(max_examples=150, deadline=None)
+def test_open_text_never_fails_on_arbitrary_bytes(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    path = tmp_path_factory.mktemp("bytes") / "list.txt"
+    path.write_bytes(data)
+    with open_text(path) as stream:
+        assert isinstance(stream.read(), str)
+
+
+def test_a_utf16_list_parses_as_its_utf8_twin(tmp_path: Path) -> None:
+    text = f"sha256,category\r\n{SHA_A},2b\r\n"
+    path = tmp_path / "list.csv"
+    path.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    with open_text(path, newline="") as stream:
+        assert list(parse_entries(stream, "csv", Defaults())) == parse(text, "csv")

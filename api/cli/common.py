@@ -132,6 +132,13 @@ def expand_models(patterns: Iterable[str]) -> Iterator[Path]:
             _note_no_models(path, MODEL_SUFFIXES)
 
 
+def printable(text: str) -> str:
+    """`text` for a terminal: control, format (bidi) and separator characters escaped as in repr, the
+    rest kept. For names a model file chooses, which could otherwise clear the screen, move the
+    cursor or forge output lines."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_json_line(record: dict[str, Any]) -> None:
     """One compact JSON object on stdout, flushed so pipelines see it at once."""
     sys.stdout.write(json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n")

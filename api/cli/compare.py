@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from modelsieve.api.cli.background import cohorts_for
-from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line
+from modelsieve.api.cli.common import add_db_option, add_json_flag, command_parser, print_json_line, printable
 from modelsieve.api.cli.fuzzy_inputs import add_base_options, add_key_option, bases_for, fingerprint_key, load_fingerprint
 from modelsieve.fingerprint.calibration import CalibratedScore, Policy, assess
 from modelsieve.fingerprint.fuzzy import DEFAULT_THRESHOLD, Comparison
@@ -62,7 +62,7 @@ def describe(a: str, b: str, result: Comparison, calibration: CalibratedScore, d
     for name, group in result.components.items():
         lines.append(f"  {name:<14} similarity {group.similarity:6.3f}  share {group.share:6.1%}  ({group.tensors} tensors)")
     top = sorted(result.blocks.items(), key=lambda item: -abs(item[1].share))[:5]
-    lines += [f"  block {name:<26} similarity {g.similarity:6.3f}  share {g.share:6.1%}" for name, g in top]
+    lines += [f"  block {printable(name):<26} similarity {g.similarity:6.3f}  share {g.share:6.1%}" for name, g in top]  # parts of tensor names
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import sys
 from collections import Counter
 from pathlib import Path
@@ -161,7 +162,7 @@ def _check_url_file(path: Path) -> None:
             head = handle.read(_SNIFF_BYTES)
     except OSError as exc:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"\0" in head:
+    if b"\0" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise ModelsieveError(f"{path}: not a text file of URLs (it holds NUL bytes: a model file?)")
 
 

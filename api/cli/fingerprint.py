@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from modelsieve.api.cli.fuzzy_inputs import (
 )
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import Fingerprint
+from modelsieve.hashlists.atomic import atomic_write
 
 EXAMPLES = """\
 examples:
@@ -73,17 +73,12 @@ def _destination(output: str | None, path: Path, several: bool) -> Path | None:
 
 
 def _save(fp: Fingerprint, destination: Path) -> None:
-    """Temp file + rename: `destination` is whole or untouched, and no temp file stays behind."""
-    temporary = destination.with_name(destination.name + ".tmp")
+    """`destination` whole or untouched, and no temp file left behind (hashlists.atomic)."""
     try:
-        temporary.write_bytes(fp.to_bytes())
-        temporary.replace(destination)
-    except BaseException as exc:  # also Ctrl-C
-        with contextlib.suppress(OSError):  # e.g. it could not be created in the first place
-            temporary.unlink()
-        if isinstance(exc, OSError):
-            raise ModelsieveError(f"cannot save the fingerprint to {destination}: {exc.strerror}") from None
-        raise
+        with atomic_write(destination) as handle:
+            handle.write(fp.to_bytes())
+    except OSError as exc:
+        raise ModelsieveError(f"cannot save the fingerprint to {destination}: {exc.strerror}") from None
 
 
 def run(args: argparse.Namespace) -> int:

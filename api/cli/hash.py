@@ -25,7 +25,7 @@ digests (names as in --json and everywhere in modelsieve):
   autov3   SHA-256 of a safetensors file's tensor data, after its header (kohya/A1111
            addnet hash, Civitai's AutoV3; Civitai shows its first 12 hex): survives metadata
            edits. From byte 8 instead when the header is 16 MiB or more (Civitai's rule).
-           null for files that are not valid safetensors
+           Like Civitai's scanner, for any file: a .ckpt's is the SHA-256 from byte 8
 default: {",".join(DEFAULT_DIGESTS)} (md5 and sha1 only on request)
 """
 

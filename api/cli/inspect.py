@@ -12,6 +12,7 @@ from modelsieve.api.cli.common import (
     command_parser,
     expand_models,
     print_json_line,
+    printable,
     progress,
     report_failure,
 )
@@ -68,7 +69,7 @@ def _print_text(record: dict[str, Any]) -> None:
     print(f"  tensors:    {record['tensors']}")
     print(f"  parameters: {record['parameters']:,}")
     print(f"  dtypes:     {', '.join(f'{k} ×{v}' for k, v in record['dtypes'].items()) or '-'}")
-    print(f"  metadata:   {', '.join(record['metadata_keys']) or '-'}")
+    print(f"  metadata:   {', '.join(map(printable, record['metadata_keys'])) or '-'}")  # keys the file chose
     for problem in record["problems"]:
         print(f"  problem:    {problem}")
 

@@ -24,7 +24,7 @@ from modelsieve.hashlists import bundles, curation
 from modelsieve.hashlists.files import examine_file
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, EVIDENCE_TYPES, Entry, NewEntry
-from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, parse_entries
+from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, open_text, parse_entries
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import Store, open_store
 from modelsieve.hashlists.urls import host_of, registrable_domain
@@ -261,7 +261,7 @@ def _valid_only(parsed: Iterable[ParsedLine], path: str, rejected: list[int]) ->
 
 def import_file(store: Store, list_name: str, path: str, *, format: str, defaults: Defaults, show_progress: bool) -> dict[str, Any]:
     """Import one hash-list file into a list in one transaction; the summary record."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as stream:
+    with open_text(path, newline="") as stream:
         if format == "auto":
             first = next((line for line in iter(lambda: stream.readline(4096), "") if line.strip()), "")
             format = detect_format(first)

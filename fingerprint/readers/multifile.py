@@ -119,6 +119,9 @@ def open_sharded(index_path: Path, prefix: str = "") -> CompositeReader:
     """One model from a sharded index; its tensors keep their names (plus `prefix`)."""
     index = read_shard_index(index_path)
     problems: list[str] = []
+    claimed_by: dict[str, set[str]] = {}  # one pass: asking the whole map per shard was shards × tensors
+    for name, owner in index.weight_map.items():
+        claimed_by.setdefault(owner, set()).add(name)
     with ExitStack() as stack:
         parts = []
         for shard in index.shards:
@@ -127,7 +130,7 @@ def open_sharded(index_path: Path, prefix: str = "") -> CompositeReader:
                 raise ModelFileError(f"{index_path}: shard {quoted(shard)} does not exist")
             reader = stack.enter_context(open_model_file(shard_path))
             names = {info.name for info in reader.tensors()}
-            claimed = {name for name, owner in index.weight_map.items() if owner == shard}
+            claimed = claimed_by[shard]
             if missing := sorted(claimed - names):
                 raise ModelFileError(f"{index_path}: shard {quoted(shard)} lacks {len(missing)} tensors it is mapped to, e.g. {quoted(missing[0])}")
             for name in sorted(names - claimed):
@@ -217,6 +220,7 @@ def open_diffusers(folder: Path) -> CompositeReader:
                 if "no model weights" not in str(exc):
                     raise
                 continue  # tokenizers, schedulers and feature extractors carry no weights
+            _inside(folder, f"{component}/{weights.name}", f"{index_path}: weights")  # a symlink out, as for shards
             problems += [f"{component}/: {note}" for note in notes]
             reader = stack.enter_context(_open_weights(weights, f"{component}/"))
             parts.append(("", reader))

@@ -3,9 +3,11 @@
 `parse_header` works on header bytes alone, so callers that only hold the first bytes of a
 remote file (the crawler's Range requests) validate exactly as strictly as the local reader.
 The rules are those of the official library (tests/test_readers_safetensors.py cross-checks them
-against `safetensors.safe_open`), plus two deliberate refusals the official library lets pass:
-repeated JSON keys (a scanner and a loader could each see a different tensor) and unknown fields in
-a tensor entry.
+against `safetensors.safe_open`), including what it lets pass: a tensor name repeated in the header
+(the last entry wins, as in every JSON reader loaders use), a repeated `__metadata__` key (the same)
+and unknown fields in a tensor entry (ignored). These are read exactly as loaders read them and
+named in the header's `problems`: refusing them would let one edit to the header of a listed file
+hide it from AutoV3 and from fingerprints while every loader still loads it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import numpy as np
 from modelsieve.fingerprint.dtypes import DTYPES, dtype_named
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 from modelsieve.fingerprint.readers.base import ModelReader, TensorInfo
-from modelsieve.fingerprint.readers.strict_json import load_json_object
+from modelsieve.fingerprint.readers.strict_json import RepeatedKeys, load_json_object
 
 MAX_HEADER_BYTES = 100_000_000  # the official library's bound
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+_LISTED_PROBLEMS = 10
 _U64_MAX = 2**64 - 1
 
 
@@ -45,6 +48,7 @@ class SafetensorsHeader:
     header_length: int
     metadata: dict[str, str]
     spans: tuple[TensorSpan, ...]
+    problems: tuple[str, ...] = ()  # oddities loaders let pass, read as they read them
 
     @property
     def data_start(self) -> int:
@@ -80,12 +84,16 @@ def _is_uint(value: object) -> bool:
     return type(value) is int and 0 <= value <= _U64_MAX
 
 
-def _parse_tensor(name: str, raw: object) -> TensorSpan:
+def _parse_tensor(name: str, raw: object, problems: list[str]) -> TensorSpan:
     """One tensor entry, validated in a single pass (this runs for every tensor of every header)."""
     if type(raw) is not dict:
+        if isinstance(raw, RepeatedKeys):
+            raise ModelFileError(f"tensor {quoted(name)}: repeats the field {quoted(raw.repeated[0])}")
         raise ModelFileError(f"tensor {quoted(name)}: entry is not a JSON object")
     if raw.keys() != _TENSOR_FIELDS:
-        raise ModelFileError(f"tensor {quoted(name)}: fields must be exactly dtype, shape, data_offsets, got {quoted(sorted(raw))}")
+        if not _TENSOR_FIELDS <= raw.keys():
+            raise ModelFileError(f"tensor {quoted(name)}: needs the fields dtype, shape, data_offsets, got {quoted(sorted(raw))}")
+        problems.append(f"tensor {quoted(name)}: ignored unknown fields {quoted(sorted(raw.keys() - _TENSOR_FIELDS))}")
     dtype_name, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
     dtype = DTYPES.get(dtype_name) if type(dtype_name) is str else None
     if dtype is None:
@@ -123,10 +131,18 @@ def _check_no_overflow(name: str, shape: list[int]) -> None:
             raise ModelFileError(f"tensor {quoted(name)}: shape {quoted(shape)} overflows")
 
 
-def _parse_metadata(raw: object) -> dict[str, str]:
+def _parse_metadata(raw: object, problems: list[str]) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise ModelFileError("safetensors __metadata__ must be a map of strings to strings")
+    if isinstance(raw, RepeatedKeys):
+        problems.append(f"__metadata__ repeats the keys {quoted(list(raw.repeated))}; read the last of each, as loaders do")
     return dict(raw)
+
+
+def _summary(problems: list[str]) -> tuple[str, ...]:
+    if len(problems) <= _LISTED_PROBLEMS:
+        return tuple(problems)
+    return (*problems[:_LISTED_PROBLEMS], f"and {len(problems) - _LISTED_PROBLEMS} more header oddities")
 
 
 def parse_header(header: bytes, file_size: int | None = None) -> SafetensorsHeader:
@@ -134,17 +150,24 @@ def parse_header(header: bytes, file_size: int | None = None) -> SafetensorsHead
 
     With `file_size`, also require the file to end exactly where the last tensor ends.
     """
-    document = load_json_object(header, "safetensors header")
+    document = load_json_object(header, "safetensors header", keep_last=True)
+    problems: list[str] = []
+    if isinstance(document, RepeatedKeys):
+        if "__metadata__" in document.repeated:
+            raise ModelFileError("safetensors header repeats the key '__metadata__'")  # as the official library
+        problems.append(
+            f"header names the tensors {quoted(list(document.repeated))} more than once; read the last entry of each, as loaders do"
+        )
     raw_metadata = document.pop("__metadata__", None)
-    metadata = {} if raw_metadata is None else _parse_metadata(raw_metadata)
-    spans = sorted((_parse_tensor(name, raw) for name, raw in document.items()), key=lambda s: (s.begin, s.end))
+    metadata = {} if raw_metadata is None else _parse_metadata(raw_metadata, problems)
+    spans = sorted((_parse_tensor(name, raw, problems) for name, raw in document.items()), key=lambda s: (s.begin, s.end))
     position = 0
     for span in spans:
         if span.begin != position:
             problem = "overlaps the previous tensor" if span.begin < position else f"leaves a gap at byte {position}"
             raise ModelFileError(f"tensor {quoted(span.info.name)}: data_offsets [{span.begin}, {span.end}] {problem}")
         position = span.end
-    parsed = SafetensorsHeader(len(header), metadata, tuple(spans))
+    parsed = SafetensorsHeader(len(header), metadata, tuple(spans), _summary(problems))
     if file_size is not None and parsed.file_size != file_size:
         if parsed.file_size > file_size:
             raise ModelFileError(
@@ -174,6 +197,9 @@ class SafetensorsReader(ModelReader):
 
     def tensors(self) -> Sequence[TensorInfo]:
         return [span.info for span in self.header.spans]
+
+    def problems(self) -> list[str]:
+        return list(self.header.problems)
 
     def span(self, name: str) -> TensorSpan:
         """The tensor's byte range; KeyError when the file has no such tensor."""

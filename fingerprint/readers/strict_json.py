@@ -17,6 +17,31 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+class RepeatedKeys(dict[str, object]):
+    """A JSON object that named some keys more than once (`repeated`); it holds the last value of each,
+    as Python's json, serde's maps and JavaScript all read them."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _object_keeping_last(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    for key, value in pairs:
+        if not _is_unicode(key) or (isinstance(value, str) and not _is_unicode(value)):
+            raise ModelFileError("has a string with a lone surrogate escape")
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    seen: set[str] = set()
+    repeats: dict[str, None] = {}
+    for key, _ in pairs:
+        if key in seen:
+            repeats[key] = None
+        seen.add(key)
+    repeated = RepeatedKeys(result)
+    repeated.repeated = tuple(repeats)
+    return repeated
+
+
 def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result = dict(pairs)
     if len(result) != len(pairs):  # the one pass in C found a repeat: name it
@@ -26,6 +51,11 @@ def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object
                 raise ModelFileError(f"repeats the key {quoted(key)}")
             seen.add(key)
     return result
+
+
+def _keep_last_fast(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    return result if len(result) == len(pairs) else _object_keeping_last(pairs)
 
 
 def _object_without_repeats_or_surrogates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -39,16 +69,21 @@ def _object_without_repeats_or_surrogates(pairs: list[tuple[str, object]]) -> di
     return result
 
 
-def load_json_object(data: bytes, what: str) -> dict[str, object]:
+def load_json_object(data: bytes, what: str, *, keep_last: bool = False) -> dict[str, object]:
     """`data` as one JSON object: valid UTF-8, no repeated keys, no lone surrogates, nesting bounded.
 
+    With `keep_last`, a repeated key is no error: the object keeps its last value, as loaders read
+    it, and comes back as a `RepeatedKeys` naming the repeats, for the caller to judge.
     Errors read "<what> is not valid JSON: ...", "<what> repeats the key 'a'", and so on.
     """
     try:
         text = data.decode("utf-8")
         # Valid UTF-8 holds no surrogates: a lone one can only come from a \u escape, so text
         # without one skips the per-string check (the common case, and much faster).
-        hook = _object_without_repeats_or_surrogates if "\\u" in text else _object_without_repeats
+        if keep_last:
+            hook = _object_keeping_last if "\\u" in text else _keep_last_fast
+        else:
+            hook = _object_without_repeats_or_surrogates if "\\u" in text else _object_without_repeats
         document = json.loads(text, object_pairs_hook=hook)
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
