@@ -136,15 +136,15 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(config.index_refresh_seconds)
             try:
                 await off_loop(app, index.matcher.refresh)
-            except Exception as exc:  # logged once per outage, not every refresh interval
-                if index.refresh_error is None:
+            except Exception:  # logged once per outage, not every refresh interval
+                if not index.refresh_failing:
                     log.exception("cannot refresh the match index (matching goes on with the one loaded; readiness fails "
                                   "after %g s)", config.index_stale_seconds)
-                index.refresh_error = str(exc) or type(exc).__name__
+                index.refresh_failing = True
             else:
-                if index.refresh_error is not None:
+                if index.refresh_failing:
                     log.warning("the match index follows the store again")
-                index.refreshed_at, index.refresh_error = time.monotonic(), None
+                index.refreshed_at, index.refresh_failing = time.monotonic(), False
 
     loading = asyncio.create_task(load())
     try:

@@ -45,19 +45,20 @@ CALLER = web.RequestKey("caller", ApiKey)
 @dataclass
 class MatchIndex:
     """The matcher once its index is loaded (None until then), how loading went, and when the
-    index last followed the store (monotonic seconds) or why it could not since."""
+    index last followed the store (monotonic seconds) and whether its refreshes fail since."""
 
     matcher: Matcher | None = None
     status: str = "loading"
     refreshed_at: float = 0.0
-    refresh_error: str | None = None
+    refresh_failing: bool = False
 
     def readiness(self, now: float, stale_after: float) -> str:
         """"ok", or why lookups should not be sent here: loading, failed, or an index that has not
         followed the store for over `stale_after` seconds (new entries would answer "none")."""
-        if self.status != "ok" or self.refresh_error is None or now - self.refreshed_at <= stale_after:
+        if self.status != "ok" or not self.refresh_failing or now - self.refreshed_at <= stale_after:
             return self.status
-        return f"stale: not refreshed for {now - self.refreshed_at:.0f} s: {self.refresh_error}"
+        # the reason (which may name the database's address) goes to the log only: readiness needs no key
+        return f"stale: not refreshed for {now - self.refreshed_at:.0f} s (the store cannot be read; see the server log)"
 
 
 MATCH_INDEX = web.AppKey("match_index", MatchIndex)
