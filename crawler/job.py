@@ -38,6 +38,10 @@ class JobError(ModelsieveError):
     """A crawl job cannot be created or resumed as asked."""
 
 
+class OutputLockedError(JobError):
+    """Another crawl is writing the output right now; it may be resumed once that one ends."""
+
+
 @dataclass(frozen=True)
 class JobProgress:
     """How far a job is."""
@@ -75,7 +79,7 @@ def lock_output(path: Path, *, create: bool, output: Path | None = None) -> Bina
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise JobError(f"another crawl is writing {output or path} right now: let it finish, or choose another --out") from None
+        raise OutputLockedError(f"another crawl is writing {output or path} right now: let it finish, or choose another --out") from None
     return handle
 
 

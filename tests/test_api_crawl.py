@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as safetensors_bytes
 
+from modelsieve.api.http.crawljobs import CrawlJobs
+from modelsieve.crawler.crawl import CrawlConfig
+from modelsieve.crawler.job import lock_output
+from modelsieve.crawler.lookup import StoreLookup
+from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
+from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from tests.api_support import Api, bearer, make_keys, ready, start_api
@@ -80,6 +87,15 @@ async def test_a_crawl_job_runs_in_the_background_and_pages_its_recommendations(
     assert 'modelsieve_matches_total{kind="sha256"}' in metrics
 
 
+async def test_a_job_whose_output_is_not_in_this_servers_folder_is_a_503_that_says_so(api: Api, host: str, tmp_path: Path) -> None:
+    """Replicas that run jobs each with a folder of their own: the status route crashed (500)."""
+    submitted = await submit(api, {"urls": [f"{host}/files/exact"]})
+    await collect(api, submitted["id"])
+    shutil.rmtree(tmp_path / "jobs" / submitted["id"])  # as on a replica that never had the folder
+    error = await api.get_json(f"/v1/crawl/{submitted['id']}", "crawl", status=503)
+    assert "not in this server's crawl-jobs folder" in error["error"] and "--crawl-jobs-dir" in error["error"]
+
+
 async def test_host_mode_recommends_takedown(api: Api, host: str) -> None:
     submitted = await submit(api, {"urls": [f"{host}/files/exact"], "mode": "host"})
     _, [recommendation] = await collect(api, submitted["id"])
@@ -129,3 +145,38 @@ async def test_without_the_loopback_allowance_the_crawler_refuses_loopback_hosts
     submitted = await submit(api, {"urls": [f"{host}/files/exact"]})
     _, [recommendation] = await collect(api, submitted["id"])
     assert recommendation["action"] == "error" and "loopback" in recommendation["reason"]
+
+
+async def test_a_job_whose_output_another_process_still_writes_waits_for_it_and_is_not_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica claims a job whose lease lapsed while its first runner still writes the output (the
+    output's lock says so): it neither crashed its task nor ended the job; once the lock is free, a
+    later claim resumes the job to its end. A job whose input is gone ends as failed, with the reason."""
+    with SQLiteStore(tmp_path / "store.db") as store:
+        jobs = CrawlJobs(store, tmp_path / "jobs")
+        lookup = StoreLookup(Matcher.for_store(store, PUBLIC_KEY))
+        targets = [{"url": f"http://127.0.0.1:9/m{i}.safetensors"} for i in range(3)]  # loopback: refused, no traffic
+        submitted = jobs.submit("k1", targets, "search")
+        record = jobs.claim()
+        assert record is not None and record.id == submitted.id
+        out = jobs.folder(record.id) / "recommendations.jsonl"
+        held = lock_output(out, create=False)  # the first runner, still writing
+        await jobs.run(record, CrawlConfig(), lookup, lambda recommendation: None)
+        assert "another crawl is writing" in caplog.text
+        assert jobs.get(record.id).finished_at is None and out.read_bytes() == b""  # not ended, not written twice
+        held.close()
+        store.end_crawl_lease(record.id, jobs.owner, finished_at=None)  # this lease lapses
+        again = jobs.claim()
+        assert again is not None and again.id == record.id
+        await jobs.run(again, CrawlConfig(), lookup, lambda recommendation: None)
+        finished = jobs.get(record.id)
+        assert finished.finished_at is not None and finished.error is None
+        assert jobs.progress(finished) == (3, 3)
+
+        gone = jobs.submit("k1", targets, "search")
+        (jobs.folder(gone.id) / "input.jsonl").unlink()
+        claimed = jobs.claim()
+        assert claimed is not None and claimed.id == gone.id
+        await jobs.run(claimed, CrawlConfig(), lookup, lambda recommendation: None)
+        assert jobs.get(gone.id).finished_at is not None and "input.jsonl" in jobs.get(gone.id).error

@@ -23,6 +23,8 @@ from modelsieve.api.http.ratelimit import RateLimiter
 from modelsieve.api.http.routes import ROUTES
 from modelsieve.api.http.state import STORE
 from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
+from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.store import open_store
 from tests.api_support import Api, bearer, start_api
 
@@ -286,3 +288,27 @@ async def test_readiness_fails_once_the_index_cannot_follow_the_store_and_the_lo
     await asyncio.sleep(0.5)  # several more failed refreshes
     failures = [r for r in caplog.records if "refresh the match index" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]
+
+
+async def test_an_index_that_cannot_load_fails_readiness_without_the_error_text(
+    aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readiness needs no key, so the load error (which can name the database's host and user, or a
+    file) stays in the server log; readiness says only that the load failed."""
+    db = tmp_path / "store.db"
+    with SQLiteStore(db) as store:
+        store.create_list("main", publisher="test")
+    with sqlite3.connect(db) as connection:  # a base whose stored fingerprint is damaged
+        connection.execute(
+            "INSERT INTO fuzzy_bases (name, key_id, key_check, scheme, tensors, source, added, fingerprint) VALUES (?, ?, ?, 1, 1, 'secret-source', '', ?)",
+            ("sd15", PUBLIC_KEY.key_id, PUBLIC_KEY.check, b"junk"),
+        )
+    api = await start_api(aiohttp_client, db, crawl_jobs_per_process=0)
+    for _ in range(400):
+        response = await api.client.get("/v1/readyz")
+        body = await response.json()
+        if body["checks"]["index"] != "loading":
+            break
+        await asyncio.sleep(0.05)
+    assert response.status == 503 and body["checks"]["index"] == "failed: FingerprintError (see the server log)", body
+    assert "cannot load the match index" in caplog.text and "bad magic" in caplog.text

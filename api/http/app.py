@@ -130,7 +130,8 @@ async def _match_index(app: web.Application) -> AsyncIterator[None]:
             index.status, index.refreshed_at = "ok", time.monotonic()
         except Exception as exc:
             log.exception("cannot load the match index")
-            index.status = f"failed: {exc}"
+            # the reason (which may name the database's address) goes to the log only: readiness needs no key
+            index.status = f"failed: {type(exc).__name__} (see the server log)"
             return
         while True:
             await asyncio.sleep(config.index_refresh_seconds)

@@ -26,7 +26,7 @@ from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.offload import LoopThread
 from modelsieve.crawler.crawl import CrawlConfig, Crawler, Lookup
 from modelsieve.crawler.inputs import read_targets
-from modelsieve.crawler.job import CrawlJob, JobError
+from modelsieve.crawler.job import CrawlJob, JobError, OutputLockedError
 from modelsieve.crawler.model import Recommendation
 from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.hashlists.model import LeasedCrawlJob
@@ -138,7 +138,16 @@ class CrawlJobs:
     async def run(self, record: LeasedCrawlJob, config: CrawlConfig, lookup: Lookup, on_result: Callable[[Recommendation], None]) -> None:
         """Run (or resume) a leased job to its end, renewing the lease meanwhile."""
         folder = self.folder(record.id)
-        job = CrawlJob.open(self.store, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True)
+        try:
+            job = CrawlJob.open(self.store, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True)
+        except OutputLockedError as exc:
+            # another process still runs it (its lease lapsed, e.g. while the store was busy): leave
+            # this lease to lapse too, and whoever claims the job after that one ends resumes it
+            log.warning("crawl job %s not started here: %s", record.id, exc)
+            return
+        except (JobError, OSError) as exc:  # its input or output is gone or unreadable: it can never run
+            self.finish(record.id, f"{type(exc).__name__}: {exc}")
+            return
         renewer = asyncio.create_task(self._keep_lease(record.id))
         try:
             async with Crawler(lookup, config) as crawler:

@@ -56,6 +56,9 @@ async def crawl_status(call: Call) -> web.Response:
         recommendations, next_cursor = jobs.page(record, cursor, call.query.get("limit", 100))
     except ValueError as exc:
         raise api_error(400, f"query.cursor: {exc}") from None
+    except FileNotFoundError:  # replicas that run jobs each with a folder of their own
+        raise api_error(503, f"crawl job {record.id}'s output is not in this server's crawl-jobs folder: "
+                             "replicas need one shared --crawl-jobs-dir") from None
     total, done = jobs.progress(record)
     for recommendation in recommendations:
         audit_matches(call, recommendation["evidence"]["matches"], job=record.id, action=recommendation["action"])
