@@ -61,8 +61,15 @@ async def export_bundle(call: Call) -> web.StreamResponse:
         with refused_by_state():
             manifest = await asyncio.to_thread(export_list, call.app[STORE], call.path["list"], key, out, since=since)
         audit(call, "export", list=call.path["list"], since=since, to_seq=manifest.to_seq, counts=manifest.counts)
-        response = web.FileResponse(out, headers={"Content-Type": BUNDLE_MEDIA_TYPE, "X-Bundle-To-Seq": str(manifest.to_seq)})
+        # streamed here, not a FileResponse: aiohttp prepares a returned FileResponse a second time,
+        # and by then the spooled file is gone (an unhandled error and a dropped keep-alive connection)
+        response = web.StreamResponse(headers={"Content-Type": BUNDLE_MEDIA_TYPE, "X-Bundle-To-Seq": str(manifest.to_seq)})
+        response.content_length = out.stat().st_size
         await response.prepare(call.request)
+        with open(out, "rb") as bundle:
+            while chunk := await asyncio.to_thread(bundle.read, 1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
         return response
     finally:
         spool.cleanup()
