@@ -1,4 +1,4 @@
-"""Lookups and matches over real HTTP: by digest, by client-side fingerprint, by streamed upload."""
+"""Lookups and matches over real HTTP: by digest, by URL, by client-side fingerprint, by streamed upload."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ async def api(aiohttp_client: Any, tmp_path: Path, listed_file: bytes) -> Api:
     with SQLiteStore(db_path) as store:
         store.create_list("main", publisher="platform-a")
         store.add_entry("main", NewEntry(category="2c", kind="lora", digests=file_digests(listed_file), source="hotline-x", note=SENSITIVE_NOTE))
+        store.add_entry("main", NewEntry(category="nudify-service", url="https://nudify.example.com/app", source="hotline-x"))
+        store.add_entry("main", NewEntry(category="nudify-service", domain="undress.co.uk", source="hotline-x"))
         for seed in range(LISTED_SEED, LISTED_SEED + 4):
             store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=lora_fingerprint(seed).to_bytes(), evidence="fuzzy"))
     return await ready(await start_api(aiohttp_client, db_path, fingerprint_body_limit=64 * 1024, upload_limit=256 * 1024))
@@ -85,6 +87,41 @@ async def test_lookup_refuses_unknown_names_and_malformed_values(api: Api, query
 async def test_lookup_needs_the_lookup_scope(api: Api) -> None:
     assert (await api.client.get("/v1/lookup?md5=" + "a" * 32, headers=api.as_("crawl"))).status == 403
     assert (await api.client.get("/v1/lookup?md5=" + "a" * 32)).status == 401
+
+
+async def test_lookup_by_url_matches_url_and_domain_entries_without_fetching(api: Api) -> None:
+    """A delisting job asks about a URL before it crawls anything: listed URL (or a parent path) and
+    listed registrable domains match; the URL is only normalised, never fetched (none of these
+    hosts exist, and the suite reaches loopback only)."""
+
+    async def lookup_url(url: str) -> dict[str, Any]:
+        return await api.get_json("/v1/lookup/url", "lookup", params={"url": url})
+
+    under_path = await lookup_url("HTTPS://Nudify.Example.com/app/upload?x=1")
+    assert under_path["url"] == "HTTPS://Nudify.Example.com/app/upload?x=1" and under_path["verdict"] == "exact"
+    assert [(m["kind"], m["category"], m["source"]) for m in under_path["matches"]] == [("url", "nudify-service", "hotline-x")]
+    subdomain = await lookup_url("https://www.undress.co.uk/")
+    assert [(m["kind"], m["category"]) for m in subdomain["matches"]] == [("domain", "nudify-service")]
+    for unlisted in ("https://nudify.example.com/other", "https://example.com/app", "https://undress.co.uk.example.org/"):
+        assert (await lookup_url(unlisted))["verdict"] == "none", unlisted
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ("url=ftp://nudify.example.com/app", 400, "only http and https"),
+        ("url=not%20a%20url", 400, "query.url"),
+        ("", 400, 'query: "url" is a required property'),
+        ("url=https://a.org/&url=https://b.org/", 400, "given more than once"),
+        ("url=https://a.org/&sha256=" + "a" * 64, 400, "unknown parameter 'sha256'"),
+        ("url=https://a.org/" + "x" * 5000, 400, "query.url"),
+    ],
+)
+async def test_lookup_by_url_refuses_what_is_not_an_http_url(api: Api, query: str, status: int, message: str) -> None:
+    response = await api.client.get(f"/v1/lookup/url?{query}", headers=api.as_("lookup"))
+    body = await response.json()
+    assert response.status == status and message in body["error"], body
+    assert (await api.client.get("/v1/lookup/url?url=https://a.org/", headers=api.as_("crawl"))).status == 403
 
 
 async def test_a_client_side_fingerprint_matches_near_and_an_unrelated_one_does_not(api: Api) -> None:

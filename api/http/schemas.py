@@ -30,6 +30,13 @@ LOOKUP_QUERY: Schema = {
     "minProperties": 1,
 }
 
+URL_LOOKUP_QUERY: Schema = {
+    "type": "object",
+    "required": ["url"],
+    "properties": {"url": {"type": "string", "minLength": 1, "maxLength": 4096, "description": "an http(s) URL; never fetched"}},
+    "additionalProperties": False,
+}
+
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 
@@ -71,6 +78,8 @@ def match_result(**computed: Schema) -> Schema:
 DIGESTS: Schema = {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[0-9a-fA-F]+$"}}
 
 LOOKUP_RESULT = match_result(digests=DIGESTS)
+
+URL_LOOKUP_RESULT = match_result(url={"type": "string", "description": "the URL as given"})
 
 FINGERPRINT: Schema = {
     "type": "object",

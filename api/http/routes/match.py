@@ -1,4 +1,4 @@
-"""Exact lookups and matches: by digest, by a client-side fingerprint, by an uploaded file.
+"""Exact lookups and matches: by digest, by URL, by a client-side fingerprint, by an uploaded file.
 
 Every answer is `{"verdict": "exact" | "near" | "none", "matches": [...]}` plus what was
 computed; match objects are the CLI's `--json` ones (`Match.to_json`). "none" means that no
@@ -15,11 +15,20 @@ from modelsieve.api.http.audit import audit_matches
 from modelsieve.api.http.errors import api_error
 from modelsieve.api.http.offload import off_loop
 from modelsieve.api.http.routing import Call, Response, Route
-from modelsieve.api.http.schemas import FILE_MATCH_RESULT, FINGERPRINT_BODY, FINGERPRINT_MATCH_RESULT, LOOKUP_QUERY, LOOKUP_RESULT
+from modelsieve.api.http.schemas import (
+    FILE_MATCH_RESULT,
+    FINGERPRINT_BODY,
+    FINGERPRINT_MATCH_RESULT,
+    LOOKUP_QUERY,
+    LOOKUP_RESULT,
+    URL_LOOKUP_QUERY,
+    URL_LOOKUP_RESULT,
+)
 from modelsieve.api.http.state import CONFIG, UPLOAD_SLOTS, loaded_matcher
 from modelsieve.api.http.upload import capture_upload, match_upload
 from modelsieve.fingerprint.digests import printed_digest
 from modelsieve.fingerprint.fuzzy import Fingerprint
+from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import Match, MatchResult
 
@@ -36,6 +45,17 @@ async def lookup(call: Call) -> web.Response:
     digests = {name: printed_digest(name, value) for name, value in call.query.items()}
     matches = loaded_matcher(call.app).match_digests(digests)
     return answer(call, MatchResult("lookup", tuple(matches)), digests=digests)
+
+
+async def lookup_url(call: Call) -> web.Response:
+    """URL entries covering the URL (itself or a parent path) and domain entries of its registrable
+    domain: what a delisting job asks before it crawls anything. The URL is never fetched."""
+    url = call.query["url"]
+    try:
+        matches = loaded_matcher(call.app).match_url(url)
+    except InvalidEntryError as exc:
+        raise api_error(400, f"query.url: {exc}") from None
+    return answer(call, MatchResult(url, tuple(matches)), url=url)
 
 
 def _parse_and_match(matcher: Matcher, fingerprint_json: dict[str, Any]) -> tuple[Fingerprint, list[Match]]:
@@ -84,6 +104,16 @@ ROUTES = (
         "match",
         {200: Response("the matches (verdict `none`: no list matched)", LOOKUP_RESULT)},
         query=LOOKUP_QUERY,
+    ),
+    Route(
+        "GET",
+        "/v1/lookup/url",
+        lookup_url,
+        "look a URL up in the URL and domain lists (nudify services); the URL is never fetched",
+        "lookup",
+        "match",
+        {200: Response("the matches (kind `url` or `domain`; verdict `none`: no list matched)", URL_LOOKUP_RESULT)},
+        query=URL_LOOKUP_QUERY,
     ),
     Route(
         "POST",
