@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from modelsieve.fingerprint.errors import ModelFileError, quoted
 
@@ -24,49 +25,47 @@ class RepeatedKeys(dict[str, object]):
     repeated: tuple[str, ...] = ()
 
 
-def _object_keeping_last(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    for key, value in pairs:
-        if not _is_unicode(key) or (isinstance(value, str) and not _is_unicode(value)):
-            raise ModelFileError("has a string with a lone surrogate escape")
-    result = dict(pairs)
-    if len(result) == len(pairs):
-        return result
+Pairs = list[tuple[str, object]]
+
+
+def _repeated_keys(pairs: Pairs) -> tuple[str, ...]:
+    """The keys named more than once, in the order of their first repeat."""
     seen: set[str] = set()
     repeats: dict[str, None] = {}
     for key, _ in pairs:
         if key in seen:
             repeats[key] = None
         seen.add(key)
+    return tuple(repeats)
+
+
+def _refusing_repeats(pairs: Pairs) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):  # the one pass in C found a repeat: name it
+        raise ModelFileError(f"repeats the key {quoted(_repeated_keys(pairs)[0])}")
+    return result
+
+
+def _keeping_last(pairs: Pairs) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
     repeated = RepeatedKeys(result)
-    repeated.repeated = tuple(repeats)
+    repeated.repeated = _repeated_keys(pairs)
     return repeated
 
 
-def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):  # the one pass in C found a repeat: name it
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ModelFileError(f"repeats the key {quoted(key)}")
-            seen.add(key)
-    return result
+def _refusing_surrogates(object_from: Callable[[Pairs], dict[str, object]]) -> Callable[[Pairs], dict[str, object]]:
+    """`object_from`, after refusing keys and string values with a lone surrogate."""
 
+    def hook(pairs: Pairs) -> dict[str, object]:
+        result = object_from(pairs)
+        for key, value in pairs:
+            if not _is_unicode(key) or (isinstance(value, str) and not _is_unicode(value)):
+                raise ModelFileError("has a string with a lone surrogate escape")
+        return result
 
-def _keep_last_fast(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result = dict(pairs)
-    return result if len(result) == len(pairs) else _object_keeping_last(pairs)
-
-
-def _object_without_repeats_or_surrogates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ModelFileError(f"repeats the key {quoted(key)}")
-        if not _is_unicode(key) or (isinstance(value, str) and not _is_unicode(value)):
-            raise ModelFileError("has a string with a lone surrogate escape")
-        result[key] = value
-    return result
+    return hook
 
 
 def load_json_object(data: bytes, what: str, *, keep_last: bool = False) -> dict[str, object]:
@@ -80,10 +79,9 @@ def load_json_object(data: bytes, what: str, *, keep_last: bool = False) -> dict
         text = data.decode("utf-8")
         # Valid UTF-8 holds no surrogates: a lone one can only come from a \u escape, so text
         # without one skips the per-string check (the common case, and much faster).
-        if keep_last:
-            hook = _object_keeping_last if "\\u" in text else _keep_last_fast
-        else:
-            hook = _object_without_repeats_or_surrogates if "\\u" in text else _object_without_repeats
+        hook: Callable[[Pairs], dict[str, object]] = _keeping_last if keep_last else _refusing_repeats
+        if "\\u" in text:
+            hook = _refusing_surrogates(hook)
         document = json.loads(text, object_pairs_hook=hook)
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
