@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from modelsieve.fingerprint.errors import ModelsieveError
+from modelsieve.hashlists.urls import looks_like_ip_literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NameResolver = Callable[[str, int], Awaitable[list[str]]]
@@ -117,10 +118,10 @@ def check_url(url: URL, policy: AddressPolicy) -> None:
         reason = refusal_reason(literal, policy)
         if reason:
             raise BlockedAddressError(f"{url}: address {literal} is {reason}")
-    elif ":" in host or host.replace(".", "").isdigit():
+    elif looks_like_ip_literal(host):
         # aiohttp takes such a host for an IP literal and skips the resolver (some releases then
-        # hand it to the socket, which reads 2130706433, 127.1 or 0177.0.0.1 as 127.0.0.1), and no
-        # registrable name looks like this: refuse it rather than let it pass unvetted.
+        # hand it to the socket, which reads 2130706433, 127.1 or 0177.0.0.1 as 127.0.0.1): refuse
+        # it rather than let it pass unvetted.
         raise BlockedAddressError(f"{url}: {host!r} is not a canonical IP address, and not a name either")
 
 

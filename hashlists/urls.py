@@ -116,9 +116,16 @@ def normalised_registrable_domain(normalised_url: str) -> str:
     return _registrable_host(host)
 
 
+def looks_like_ip_literal(host: str) -> bool:
+    """Whether a URL host is taken for an IP address rather than a name (as aiohttp takes it: any
+    host with a colon, or of digits and dots only, such as 2130706433 or 127.1); no registrable
+    name looks like this."""
+    return ":" in host or host.replace(".", "").isdigit()
+
+
 @functools.lru_cache(maxsize=1 << 16)  # pure given the bundled list; a crawl asks again for every URL of a host
 def _registrable_host(host: str) -> str:
-    if ":" in host or host.replace(".", "").isdigit():
+    if looks_like_ip_literal(host):
         return host
     parts = _extractor()(host)
     if not parts.suffix or not parts.domain:
