@@ -149,7 +149,7 @@ class StateDict(dict[Any, Any]):
 def _craftable(key: object) -> bool:
     """True for a key whose hash a file can choose freely (see MAX_CRAFTABLE_KEYS)."""
     if type(key) is int:
-        return abs(key) >= _HASH_MODULUS - 2
+        return abs(key) >= _HASH_MODULUS - 2  # hash(-1) == hash(-2): keep clear of the edge
     return type(key) not in (str, bytes, bool, float, type(None))
 
 
@@ -413,7 +413,7 @@ class _Simulation:
         elif name in _BUILT:
             stack.append(_Item(_SHALLOW, True))
         elif name in _INTEGERS:
-            stack.append(_Item(0, abs(arg) >= _HASH_MODULUS - 2))  # hash(-1) == hash(-2): keep clear of the edge
+            stack.append(_Item(0, _craftable(arg)))
         else:
             stack.append(_SCALAR)
 
