@@ -39,14 +39,16 @@ class Defaults:
     evidence: str = "osint-report"
 
 
+UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # how a UTF-16 text file begins
+
+
 def open_text(path: str | os.PathLike[str], *, newline: str | None = None) -> TextIO:
     """A text file as people save one: UTF-8 with or without a byte order mark, or UTF-16 with its
     mark (what Windows PowerShell's `>` and Notepad's "Unicode" write); undecodable bytes become
     U+FFFD. The mark itself is never part of the text."""
     with open(path, "rb") as handle:
         head = handle.read(2)
-    utf16 = head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-    return open(path, encoding="utf-16" if utf16 else "utf-8-sig", errors="replace", newline=newline)
+    return open(path, encoding="utf-16" if head in UTF16_MARKS else "utf-8-sig", errors="replace", newline=newline)
 
 
 def detect_format(first_line: str) -> str:

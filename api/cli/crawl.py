@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import codecs
 import sys
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ from modelsieve.crawler.safetensors_remote import RemoteReadConfig
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import load_key
 from modelsieve.hashlists.matcher import Matcher
+from modelsieve.hashlists.parsers import UTF16_MARKS
 from modelsieve.hashlists.store import open_store
 
 _SNIFF_BYTES = 64 * 1024  # how much of the URL file is checked for binary content before the job starts
@@ -162,7 +162,7 @@ def _check_url_file(path: Path) -> None:
             head = handle.read(_SNIFF_BYTES)
     except OSError as exc:
         raise ModelsieveError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"\0" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if b"\0" in head and not head.startswith(UTF16_MARKS):  # UTF-16 text holds NULs: open_text reads it
         raise ModelsieveError(f"{path}: not a text file of URLs (it holds NUL bytes: a model file?)")
 
 
