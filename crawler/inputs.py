@@ -101,8 +101,9 @@ def parse_line(text: str, line: int) -> CrawlTarget | BadLine | None:
 
 def bounded_lines(path: Path) -> Iterator[str]:
     """The lines of a URL file (`hashlists.parsers.open_text`: UTF-8, or UTF-16 with its byte order
-    mark; undecodable bytes replaced; any newline convention), each cut after MAX_LINE_LENGTH + 1 characters: a longer line costs no
-    more memory than that and is still one line, which `parse_line` reports as too long."""
+    mark; undecodable bytes replaced; any newline convention), each cut after MAX_LINE_LENGTH + 1
+    characters: a longer line costs no more memory than that and is still one line, which
+    `parse_line` reports as too long."""
     with open_text(path) as handle:
         while line := handle.readline(MAX_LINE_LENGTH + 1):
             if len(line) > MAX_LINE_LENGTH and not line.endswith("\n"):
