@@ -24,6 +24,7 @@ from modelsieve.api.http.routes import ROUTES
 from modelsieve.api.http.state import STORE
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
+from modelsieve.hashlists.model import StoredApiKey
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.store import open_store
 from tests.api_support import Api, bearer, start_api
@@ -186,6 +187,52 @@ def test_verified_keys_are_cached_for_their_time_only(tmp_path: Path) -> None:
     now[0] = 5.0
     assert cached.verify(token) is None
     assert cached.verify("msk_00000000_" + "A" * 43) is None
+
+
+class CountingKeyStore(KeyStore):
+    """The real key store, counting how often a key verifier reads it."""
+
+    reads = 0
+
+    def record(self, key_id: str) -> StoredApiKey | None:
+        self.reads += 1
+        return super().record(key_id)
+
+    def records(self) -> list[StoredApiKey]:
+        self.reads += 1
+        return super().records()
+
+
+def test_invented_tokens_cost_the_store_a_bounded_number_of_reads(tmp_path: Path) -> None:
+    store = CountingKeyStore(open_store(tmp_path / "keys.db"))
+    token, key = store.create(["lookup"])
+    now = [0.0]
+    cached = CachedKeys(store, seconds=5, unknown_reads_per_second=10, clock=lambda: now[0])
+    assert cached.verify(token) == key and store.reads == 1  # the copy of every key
+    invented = [f"msk_{i:08x}_" + "A" * 43 for i in range(1000)]
+    assert all(cached.verify(t) is None for t in invented)
+    assert store.reads == 1 + 10, "one second's allowance of lookups of unknown ids, then none"
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert cached.verify(forged) is None and cached.verify(token) == key, "a live key never waits for the flood"
+    assert store.reads == 11, "a known id is checked against the copy"
+    now[0] = 0.5
+    assert all(cached.verify(t) is None for t in invented[:100])
+    assert store.reads == 11 + 5, "the allowance refills at its rate"
+
+
+def test_a_key_made_while_the_server_runs_works_at_once_or_after_the_next_copy(tmp_path: Path) -> None:
+    store = KeyStore(open_store(tmp_path / "keys.db"))
+    now = [0.0]
+    cached = CachedKeys(store, seconds=5, unknown_reads_per_second=10, clock=lambda: now[0])
+    assert cached.verify("msk_00000000_" + "A" * 43) is None  # the copy is read: no keys yet
+    token, key = store.create(["lookup"])
+    assert cached.verify(token) == key, "an unknown id is looked up while the allowance lasts"
+    assert all(cached.verify(f"msk_{i:08x}_" + "A" * 43) is None for i in range(1, 100))  # allowance spent
+    late_token, late_key = store.create(["crawl"])
+    assert cached.verify(late_token) is None, "no lookups left this second"
+    now[0] = 5.0
+    assert cached.verify(late_token) == late_key, "the next copy of every key has it"
+    assert cached.verify(token) == key
 
 
 def test_bearer_token_parsing() -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from modelsieve.api.http.ratelimit import TokenBucket
 from modelsieve.fingerprint.errors import ModelsieveError
 from modelsieve.hashlists.model import StoredApiKey
 from modelsieve.hashlists.store import Store
@@ -74,10 +75,15 @@ class KeyStore:
         if not found:
             return None
         key_id, secret = found.groups()
-        stored = self.store.api_key(key_id)
-        if stored is None or not hmac.compare_digest(stored.secret_sha256, _digest(secret)) or stored.revoked_at is not None:
-            return None
-        return _public(stored)
+        return _live_key(self.record(key_id), secret)
+
+    def record(self, key_id: str) -> StoredApiKey | None:
+        """The stored record of one key (its secret's digest included), or None."""
+        return self.store.api_key(key_id)
+
+    def records(self) -> list[StoredApiKey]:
+        """Every key's stored record, revoked ones too (secrets' digests included)."""
+        return self.store.api_keys()
 
     def revoke(self, key_id: str) -> None:
         """Revoke a live key; ModelsieveError when there is none with that id."""
@@ -86,7 +92,14 @@ class KeyStore:
 
     def all(self) -> list[ApiKey]:
         """Every key, revoked ones too (never their secrets)."""
-        return [_public(stored) for stored in self.store.api_keys()]
+        return [_public(stored) for stored in self.records()]
+
+
+def _live_key(stored: StoredApiKey | None, secret: str) -> ApiKey | None:
+    """`stored`'s public record when it exists, `secret` is its secret and it is not revoked."""
+    if stored is None or not hmac.compare_digest(stored.secret_sha256, _digest(secret)) or stored.revoked_at is not None:
+        return None
+    return _public(stored)
 
 
 def _public(stored: StoredApiKey) -> ApiKey:
@@ -94,28 +107,40 @@ def _public(stored: StoredApiKey) -> ApiKey:
 
 
 class CachedKeys:
-    """Verified keys remembered for `seconds`, so a request does not query the store each time.
+    """Tokens checked against a copy of every key record, re-read from the store every `seconds`.
 
-    Revoking a key therefore takes effect within `seconds` on every server process. Only keys
-    that verified are remembered (at most `limit`), so random tokens cannot fill the cache.
+    Revoking a key therefore takes effect within `seconds` on every server process. A key id the
+    copy lacks (a key made since, or an invented one) is looked up in the store at most
+    `unknown_reads_per_second` times a second, so requests with made-up tokens, however many, cost
+    the store almost nothing, while live keys never wait for those lookups. `seconds` 0 checks
+    every token in the store.
     """
 
-    def __init__(self, store: KeyStore, seconds: float, limit: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self.store, self.seconds, self.limit, self.clock = store, seconds, limit, clock
-        self._known: dict[str, tuple[ApiKey, float]] = {}
+    def __init__(self, store: KeyStore, seconds: float, unknown_reads_per_second: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.seconds, self.clock = store, seconds, clock
+        self._unknown_reads = TokenBucket(unknown_reads_per_second, unknown_reads_per_second,
+                                          unknown_reads_per_second, clock())
+        self._records: dict[str, StoredApiKey] = {}
+        self._read_at: float | None = None
 
     def verify(self, token: str) -> ApiKey | None:
-        """The key a bearer token belongs to, or None; a verified key is remembered for `seconds`."""
+        """The live key a bearer token belongs to, or None for a malformed, unknown, wrong or revoked one."""
+        if self.seconds <= 0:
+            return self.store.verify(token)
+        found = KEY_PATTERN.match(token)
+        if not found:
+            return None
+        key_id, secret = found.groups()
         now = self.clock()
-        known = self._known.get(token)
-        if known is not None and known[1] > now:
-            return known[0]
-        key = self.store.verify(token)
-        if key is not None and self.seconds > 0:
-            if len(self._known) >= self.limit:
-                self._known.clear()
-            self._known[token] = (key, now + self.seconds)
-        return key
+        if self._read_at is None or now - self._read_at >= self.seconds:
+            self._records = {stored.key_id: stored for stored in self.store.records()}
+            self._read_at = now
+        if key_id not in self._records and not self._unknown_reads.take(now):
+            stored = self.store.record(key_id)
+            if stored is not None:
+                self._records[key_id] = stored
+        return _live_key(self._records.get(key_id), secret)
 
 
 def bearer_token(authorization: str | None) -> str | None:
