@@ -27,7 +27,7 @@ from modelsieve.fingerprint.fuzzy import PUBLIC_KEY
 from modelsieve.hashlists.model import StoredApiKey
 from modelsieve.hashlists.sqlite_store import SQLiteStore
 from modelsieve.hashlists.store import open_store
-from tests.api_support import Api, bearer, start_api
+from tests.api_support import Api, bearer, ready, start_api
 
 
 @pytest.fixture
@@ -108,6 +108,16 @@ async def test_unknown_routes_and_methods_answer_json_errors(api: Api) -> None:
     response = await api.client.delete("/v1/healthz")
     assert response.status == 405 and "GET" in response.headers["Allow"]
     assert (await response.json())["status"] == 405
+
+
+async def test_health_checks_answer_head_and_keyed_routes_do_not(api: Api) -> None:
+    await ready(api)
+    for path in ("/v1/healthz", "/v1/readyz"):
+        response = await api.client.head(path)
+        assert response.status == 200 and await response.read() == b""
+        assert response.headers["Content-Type"].startswith("application/json")
+    response = await api.client.head("/v1/lookup?sha256=" + "0" * 64, headers=api.as_("lookup"))
+    assert response.status == 405 and "HEAD" not in response.headers["Allow"]
 
 
 async def test_a_parameter_on_an_operation_without_any_is_400(api: Api) -> None:

@@ -86,7 +86,10 @@ def add_routes(app: web.Application, routes: Sequence[Route]) -> None:
     """Register routes, each wrapped in the frame that authenticates, limits and validates."""
     for route in routes:
         route.validators  # compile (and check) every schema at start-up, not on first use
-        app.router.add_route(route.method, route.path, _framed(route), name=route.operation_id or None)
+        handler = _framed(route)
+        app.router.add_route(route.method, route.path, handler, name=route.operation_id or None)
+        if route.method == "GET" and route.scope is None:  # load balancers' health checks may use HEAD
+            app.router.add_route("HEAD", route.path, handler, name=route.operation_id or None)
 
 
 def _framed(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
