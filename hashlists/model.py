@@ -72,6 +72,11 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_time(timestamp: float) -> str:
+    """A Unix time as `utc_now` writes times, e.g. 2026-11-23T14:10:01Z."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def normalise_timestamp(value: str) -> str:
     """An ISO 8601 date or date-time, returned in UTC as `YYYY-MM-DDTHH:MM:SSZ` (a date means 00:00).
 
@@ -484,9 +489,10 @@ class LeasedCrawlJob:
     finished_at: float | None = None
     error: str | None = None
     lease_until: float | None = None
+    cancelled_at: float | None = None
 
     def status(self, now: float) -> str:
-        """done or failed once finished; running while a lease is live at `now`; else queued."""
+        """cancelled, failed or done once finished; running while a lease is live at `now`; else queued."""
         if self.finished_at is not None:
-            return "failed" if self.error else "done"
+            return "cancelled" if self.cancelled_at is not None else "failed" if self.error else "done"
         return "running" if self.lease_until is not None and self.lease_until > now else "queued"

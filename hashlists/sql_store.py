@@ -197,6 +197,11 @@ def migrations(dialect: Dialect) -> tuple[tuple[str, ...], ...]:
             "CREATE INDEX entries_list ON entries(list_name, seq)",
             "DROP INDEX events_list",
         ),
+        # version 5: API crawl jobs can be cancelled and listed per key, newest first
+        (
+            "ALTER TABLE api_crawl_jobs ADD COLUMN cancelled_at DOUBLE PRECISION",
+            "CREATE INDEX api_crawl_jobs_key ON api_crawl_jobs(key_id, created_at)",
+        ),
     )
 
 
@@ -276,7 +281,7 @@ _BASE_COLUMNS = "name, key_id, key_check, scheme, tensors, source, added"
 _BACKGROUND_COLUMNS = "id, base, kind, key_id, tensors, source, added"
 _API_KEY_COLUMNS = "key_id, secret_sha256, name, scopes, rate_per_second, created_at, revoked_at"
 _CRAWL_JOB_COLUMNS = "id, out_path, input_sha256, out_offset, finished_at"
-_LEASED_JOB_COLUMNS = "id, key_id, mode, created_at, crawl_job_id, finished_at, error, lease_until"
+_LEASED_JOB_COLUMNS = "id, key_id, mode, created_at, crawl_job_id, finished_at, error, lease_until, cancelled_at"
 
 
 def _entry(row: Row) -> Entry:
@@ -845,6 +850,32 @@ class SQLStore(Store):
         rows = self._query(f"SELECT {_LEASED_JOB_COLUMNS} FROM api_crawl_jobs WHERE id = ?", (job_id,))
         return LeasedCrawlJob(**dict(rows[0])) if rows else None
 
+    def leased_crawl_jobs(self, key_id: str | None, *, before: tuple[float, str] | None, limit: int) -> list[LeasedCrawlJob]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if key_id is not None:
+            clauses.append("key_id = ?")
+            params.append(key_id)
+        if before is not None:
+            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend((before[0], before[0], before[1]))
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        rows = self._query(
+            f"SELECT {_LEASED_JOB_COLUMNS} FROM api_crawl_jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
+        )
+        return [LeasedCrawlJob(**dict(row)) for row in rows]
+
+    def unfinished_crawl_jobs(self, key_id: str) -> int:
+        rows = self._query("SELECT count(*) AS n FROM api_crawl_jobs WHERE key_id = ? AND finished_at IS NULL", (key_id,))
+        return int(rows[0]["n"])
+
+    def cancel_crawl_job(self, job_id: str, at: float) -> bool:
+        with self.transaction():
+            return bool(self._execute(
+                "UPDATE api_crawl_jobs SET finished_at = ?, cancelled_at = ?, lease_until = NULL WHERE id = ? AND finished_at IS NULL",
+                (at, at, job_id),
+            )[1])
+
     def claim_crawl_job(self, owner: str, now: float, lease_until: float) -> LeasedCrawlJob | None:
         with self.transaction():
             rows = self._query(
@@ -860,7 +891,8 @@ class SQLStore(Store):
     def renew_crawl_lease(self, job_id: str, owner: str, lease_until: float) -> bool:
         with self.transaction():
             return bool(self._execute(
-                "UPDATE api_crawl_jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?", (lease_until, job_id, owner)
+                "UPDATE api_crawl_jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND finished_at IS NULL",
+                (lease_until, job_id, owner),
             )[1])
 
     def end_crawl_lease(self, job_id: str, owner: str, *, finished_at: float | None, error: str | None = None) -> None:
@@ -869,7 +901,8 @@ class SQLStore(Store):
                 self._execute("UPDATE api_crawl_jobs SET lease_until = NULL WHERE id = ? AND lease_owner = ?", (job_id, owner))
             else:
                 self._execute(
-                    "UPDATE api_crawl_jobs SET finished_at = ?, error = ?, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                    "UPDATE api_crawl_jobs SET finished_at = ?, error = ?, lease_until = NULL "
+                    "WHERE id = ? AND lease_owner = ? AND finished_at IS NULL",  # a cancelled job stays cancelled
                     (finished_at, error, job_id, owner),
                 )
 

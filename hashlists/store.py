@@ -302,12 +302,26 @@ class Store(abc.ABC):
         """The API crawl job with this id, if any."""
 
     @abc.abstractmethod
+    def leased_crawl_jobs(self, key_id: str | None, *, before: tuple[float, str] | None, limit: int) -> list[LeasedCrawlJob]:
+        """Up to `limit` API crawl jobs of `key_id` (every key's with None), newest first, created
+        before `before` (a job's `(created_at, id)`: where the previous page ended)."""
+
+    @abc.abstractmethod
+    def unfinished_crawl_jobs(self, key_id: str) -> int:
+        """How many of `key_id`'s API crawl jobs are queued or running."""
+
+    @abc.abstractmethod
+    def cancel_crawl_job(self, job_id: str, at: float) -> bool:
+        """Finish an unfinished job as cancelled at `at` (its lease holder stops when it next renews);
+        False when it has already finished."""
+
+    @abc.abstractmethod
     def claim_crawl_job(self, owner: str, now: float, lease_until: float) -> LeasedCrawlJob | None:
         """Atomically lease the oldest unfinished job whose lease lapsed before `now` to `owner`."""
 
     @abc.abstractmethod
     def renew_crawl_lease(self, job_id: str, owner: str, lease_until: float) -> bool:
-        """Extend `owner`'s lease; False when it was lost (another process took the job)."""
+        """Extend `owner`'s lease; False when it was lost (another process took the job, or it was cancelled)."""
 
     @abc.abstractmethod
     def end_crawl_lease(self, job_id: str, owner: str, *, finished_at: float | None, error: str | None = None) -> None:

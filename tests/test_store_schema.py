@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def make_version_1(locations: StoreLocations) -> str:
     store = open_store(location)
     dialect = store.dialect  # type: ignore[attr-defined]
     store.close()
-    run_sql(location, [f"DROP TABLE {t}" for t in ("entries", "lists", "events", "opinions", "trusted_keys", "sync_positions", "schema_version")])
+    # every table any migration creates, children before the tables they reference
+    created = re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", "\n".join(s for step in migrations(dialect) for s in step))
+    run_sql(location, [f"DROP TABLE IF EXISTS {t}" for t in reversed(dict.fromkeys(created))] + ["DROP TABLE schema_version"])
     run_sql(location, [*migrations(dialect)[0], "CREATE TABLE schema_version (version INTEGER NOT NULL)", "INSERT INTO schema_version VALUES (1)"])
     return location
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from typing import Any
 
 from modelsieve.api.cli.common import add_db_option, add_json_flag, command_group, command_parser, positive_number, print_json_line
 from modelsieve.api.http.auth import SCOPE_HELP, SCOPES, ApiKey, KeyStore
+from modelsieve.hashlists.model import utc_time
 from modelsieve.hashlists.store import open_store
 
 EXAMPLES = """\
@@ -60,13 +60,9 @@ def _record(key: ApiKey) -> dict[str, Any]:
         "name": key.name,
         "scopes": list(key.scopes),
         "rate_per_second": key.rate_per_second,
-        "created_at": _when(key.created_at),
-        "revoked_at": _when(key.revoked_at) if key.revoked_at else None,
+        "created_at": utc_time(key.created_at),
+        "revoked_at": utc_time(key.revoked_at) if key.revoked_at else None,
     }
-
-
-def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -61,6 +61,13 @@ def register(subparsers: Any) -> None:
         help="crawl jobs each process runs at once (default %(default)s; 0: only accept jobs, other servers run them)",
     )
     parser.add_argument(
+        "--crawl-jobs-per-key",
+        type=positive_int,
+        default=ApiConfig.crawl_jobs_per_key,
+        metavar="N",
+        help="crawl jobs one API key may have queued or running at once; more are refused with 429 (default %(default)s)",
+    )
+    parser.add_argument(
         "--crawl-jobs-dir",
         metavar="DIR",
         default=None,
@@ -111,6 +118,7 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
         rate_burst=args.burst,
         crawl_allow_loopback=args.crawl_allow_loopback,
         crawl_jobs_per_process=args.crawl_jobs,
+        crawl_jobs_per_key=args.crawl_jobs_per_key,
         crawl_jobs_dir=args.crawl_jobs_dir,
         audit_log=args.audit_log,
     )

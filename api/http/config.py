@@ -37,3 +37,4 @@ class ApiConfig:
     crawl_allow_loopback: bool = False  # tests and the demo only: crawl 127.0.0.0/8 and ::1
     crawl_jobs_dir: str | os.PathLike[str] | None = None  # None: beside a SQLite store; shared by replicas on PostgreSQL
     crawl_jobs_per_process: int = 2  # 0: this process only stores jobs, other processes run them
+    crawl_jobs_per_key: int = 16  # jobs a key may have queued or running at once (more: 429)

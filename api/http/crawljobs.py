@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modelsieve.api.http.config import ApiConfig
 from modelsieve.api.http.errors import log
 from modelsieve.api.http.metrics import Metrics
 from modelsieve.api.http.offload import LoopThread
@@ -42,12 +43,17 @@ class JobStoppedError(JobError):
     """A submission stopped before its commit because its request was already answered."""
 
 
+class TooManyJobsError(JobError):
+    """A key already has as many queued or running jobs as it may."""
+
+
 class CrawlJobs:
     """The jobs in the store and their folders under `root` (one folder a job: input and output)."""
 
-    def __init__(self, store: Store, root: Path) -> None:
+    def __init__(self, store: Store, root: Path, *, renew_seconds: float = RENEW_SECONDS) -> None:
         self.store = store
         self.root = root
+        self.renew_seconds = renew_seconds
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def folder(self, job_id: str) -> Path:
@@ -57,10 +63,12 @@ class CrawlJobs:
         return CrawlJob(self.store, record.crawl_job_id, (self.folder(record.id) / "recommendations.jsonl").resolve())
 
     def submit(
-        self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str, *, stopped: Callable[[], bool] = lambda: False
+        self, key_id: str, targets: Sequence[Mapping[str, Any]], mode: str, *,
+        max_unfinished: int = ApiConfig.crawl_jobs_per_key, stopped: Callable[[], bool] = lambda: False,
     ) -> LeasedCrawlJob:
         """Store a new job (it and its targets in one transaction); a server process picks it up.
 
+        TooManyJobsError when `key_id` already has `max_unfinished` jobs queued or running.
         `stopped` is asked last before the commit: once it says True (the request timed out and
         was answered 503 while this waited for the store), nothing is stored and JobStoppedError
         is raised, so the client's retry does not crawl every URL twice."""
@@ -72,6 +80,11 @@ class CrawlJobs:
             input_path.write_text("".join(json.dumps(dict(t), separators=(",", ":")) + "\n" for t in targets), encoding="utf-8")
             lines = input_path.read_text(encoding="utf-8").splitlines()
             with self.store.transaction():
+                unfinished = self.store.unfinished_crawl_jobs(key_id)
+                if unfinished >= max_unfinished:
+                    raise TooManyJobsError(
+                        f"this key has {unfinished} crawl jobs queued or running, its limit: wait for one to end or cancel one"
+                    )
                 crawl_job = CrawlJob.open(self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
                 crawl_job.close()  # a server process runs it later (`run` opens it again)
                 record = LeasedCrawlJob(job_id, key_id, mode, time.time(), crawl_job.job_id)
@@ -86,6 +99,17 @@ class CrawlJobs:
     def get(self, job_id: str) -> LeasedCrawlJob | None:
         """The job with this id, or None."""
         return self.store.leased_crawl_job(job_id)
+
+    def recent(self, key_id: str | None, *, before: tuple[float, str] | None, limit: int) -> list[LeasedCrawlJob]:
+        """Up to `limit` jobs of `key_id` (every key's with None), newest first, older than `before`."""
+        return self.store.leased_crawl_jobs(key_id, before=before, limit=limit)
+
+    def cancel(self, job_id: str) -> bool:
+        """Finish a queued or running job as cancelled; False when it had already finished.
+
+        A process running it stops when it next renews its lease (within `renew_seconds`); the
+        recommendations written until then stay readable."""
+        return self.store.cancel_crawl_job(job_id, time.time())
 
     def claim(self) -> LeasedCrawlJob | None:
         """Take the lease of one unfinished job nobody holds (atomically, across processes)."""
@@ -148,26 +172,47 @@ class CrawlJobs:
         except (JobError, OSError) as exc:  # its input or output is gone or unreadable: it can never run
             self.finish(record.id, f"{type(exc).__name__}: {exc}")
             return
+        crawl = asyncio.create_task(self._crawl(job, config, lookup, on_result))
         renewer = asyncio.create_task(self._keep_lease(record.id))
         try:
-            async with Crawler(lookup, config) as crawler:
-                await job.run(crawler, on_result)
-        except asyncio.CancelledError:
+            await asyncio.wait((crawl, renewer), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # this process shuts down: another one resumes the job
+            await _stopped(crawl, renewer)
             self.release(record.id)
             raise
-        except Exception as exc:  # the job ends as failed, with the one-line reason; the server goes on
-            self.finish(record.id, f"{type(exc).__name__}: {exc}")
-        else:
-            self.finish(record.id)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        if not crawl.done():  # cancelled, or another process holds the job now: the store says how it ends
+            await _stopped(crawl)
+            if (problem := renewer.exception()) is not None:
+                log.warning("crawl job %s stopped here: its lease could not be renewed: %s", record.id, problem)
+            else:
+                log.info("crawl job %s stopped here: it was cancelled or its lease was lost", record.id)
+            return
+        await _stopped(renewer)
+        failure = crawl.exception()
+        # a failure ends the job as failed, with its one-line reason; the server goes on
+        self.finish(record.id, None if failure is None else f"{type(failure).__name__}: {failure}")
+
+    @staticmethod
+    async def _crawl(job: CrawlJob, config: CrawlConfig, lookup: Lookup, on_result: Callable[[Recommendation], None]) -> None:
+        async with Crawler(lookup, config) as crawler:
+            await job.run(crawler, on_result)
 
     async def _keep_lease(self, job_id: str) -> None:
+        """Renew the lease every `renew_seconds`; return once it is lost (taken over, or the job cancelled)."""
         while True:
-            await asyncio.sleep(RENEW_SECONDS)
-            self.renew(job_id)
+            await asyncio.sleep(self.renew_seconds)
+            try:
+                if not self.renew(job_id):
+                    return
+            except StoreUnavailableError as exc:  # keep crawling: the lease may still be renewed in time
+                log.warning("crawl job %s: lease not renewed this time: %s", job_id, exc)
+
+
+async def _stopped(*tasks: asyncio.Task[None]) -> None:
+    """Cancel `tasks` and wait until they have ended (their own clean-up included)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _complete_lines(block: bytes) -> Iterator[bytes]:

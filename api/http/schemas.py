@@ -230,7 +230,8 @@ CRAWL_BODY: Schema = {
     "additionalProperties": False,
 }
 
-CRAWL_PATH: Schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}}
+JOB_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
+CRAWL_PATH: Schema = {"type": "object", "required": ["id"], "properties": {"id": JOB_ID}}
 CRAWL_QUERY: Schema = {
     "type": "object",
     "properties": {
@@ -240,7 +241,35 @@ CRAWL_QUERY: Schema = {
     "additionalProperties": False,
 }
 
-JOB_STATUS: Schema = {"type": "string", "enum": ["queued", "running", "done", "failed"]}
+JOB_STATUS: Schema = {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]}
+CRAWL_LIST_QUERY: Schema = {
+    "type": "object",
+    "properties": {
+        "cursor": {**JOB_ID, "description": "`next_cursor` of the previous page: the jobs submitted before that one"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    },
+    "additionalProperties": False,
+}
+JOB_SUMMARY: Schema = {
+    "type": "object",
+    "required": ["id", "key_id", "status", "mode", "created_at", "finished_at", "total", "done", "error"],
+    "properties": {
+        "id": JOB_ID,
+        "key_id": {"type": "string"},
+        "status": JOB_STATUS,
+        "mode": {"type": "string"},
+        "created_at": {"type": "string"},
+        "finished_at": NULLABLE_STRING,
+        "total": {"type": "integer"},
+        "done": {"type": "integer"},
+        "error": NULLABLE_STRING,
+    },
+}
+CRAWL_JOB_LIST: Schema = {
+    "type": "object",
+    "required": ["jobs", "next_cursor"],
+    "properties": {"jobs": {"type": "array", "items": JOB_SUMMARY}, "next_cursor": {"anyOf": [JOB_ID, {"type": "null"}]}},
+}
 CRAWL_SUBMITTED: Schema = {
     "type": "object",
     "required": ["id", "status", "mode", "total"],
