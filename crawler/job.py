@@ -107,10 +107,14 @@ class CrawlJob:
         targets: Callable[[], Iterable[CrawlTarget | BadLine]],
         *,
         resume: bool,
+        mode: str | None = None,
         on_bad_line: Callable[[BadLine], None] = lambda bad: None,
         on_duplicate: Callable[[CrawlTarget], None] = lambda target: None,
     ) -> CrawlJob:
-        """The job writing to `out_path`: resumed (with `resume`) or created from `targets()`."""
+        """The job writing to `out_path`: resumed (with `resume`) or created from `targets()`.
+
+        `mode` (the policy's search or host) is recorded when the job is created; resuming it in
+        another mode is refused, so one output never mixes delist and takedown recommendations."""
         out_path = out_path.resolve()
         input_sha256 = file_sha256(input_path)
         existing = store.find_crawl_job(str(out_path))
@@ -121,6 +125,8 @@ class CrawlJob:
                 raise JobError(f"a crawl into {out_path} is already in the store: add --resume to finish it, or choose another --out")
             if existing.input_sha256 != input_sha256:
                 raise JobError(f"{input_path} is not the input the crawl into {out_path} started with")
+            if existing.mode is not None and mode is not None and existing.mode != mode:
+                raise JobError(f"the crawl into {out_path} started with --mode {existing.mode}: resume it with --mode {existing.mode}")
             job = cls(store, existing.id, out_path, lock_output(out_path, create=False))
             try:
                 job._reconcile()
@@ -138,7 +144,7 @@ class CrawlJob:
         try:
             if os.fstat(lock.fileno()).st_size:  # another crawl began writing it since the check above
                 raise JobError(f"{out_path} exists and no crawl into it is in the store: remove it or choose another --out")
-            job_id = cls._create(store, out_path, input_sha256, targets, on_bad_line, on_duplicate)
+            job_id = cls._create(store, out_path, input_sha256, mode, targets, on_bad_line, on_duplicate)
         except BaseException:
             lock.close()
             raise
@@ -149,13 +155,14 @@ class CrawlJob:
         store: Store,
         out_path: Path,
         input_sha256: str,
+        mode: str | None,
         targets: Callable[[], Iterable[CrawlTarget | BadLine]],
         on_bad_line: Callable[[BadLine], None],
         on_duplicate: Callable[[CrawlTarget], None],
     ) -> int:
         """Store the job and every target in one transaction; its id."""
         with store.transaction():
-            job_id = store.create_crawl_job(str(out_path), input_sha256)
+            job_id = store.create_crawl_job(str(out_path), input_sha256, mode)
             batch: list[CrawlTarget] = []
 
             def add(batch: list[CrawlTarget]) -> None:

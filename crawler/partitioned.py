@@ -88,6 +88,7 @@ class JobManifest:
 
     input_sha256: str
     partitions: int
+    mode: str | None  # the policy's mode; None in manifests written before it was recorded
     completed: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, out_dir: Path) -> None:
@@ -96,6 +97,7 @@ class JobManifest:
             "format": FORMAT,
             "input_sha256": self.input_sha256,
             "partitions": self.partitions,
+            "mode": self.mode,
             "completed": {str(k): v for k, v in sorted(self.completed.items())},
         }
         with atomic_write(out_dir / MANIFEST) as handle:
@@ -112,7 +114,10 @@ class JobManifest:
             if record.get("format") != FORMAT:
                 raise ValueError("not a crawl job manifest")
             completed = {int(k): v for k, v in record["completed"].items()}
-            return cls(str(record["input_sha256"]), int(record["partitions"]), completed)
+            mode = record.get("mode")
+            if mode is not None and not isinstance(mode, str):
+                raise ValueError("mode is not text")
+            return cls(str(record["input_sha256"]), int(record["partitions"]), mode, completed)
         except (ValueError, KeyError, TypeError) as exc:
             raise JobError(f"{path}: unreadable job manifest ({exc})") from None
 
@@ -209,7 +214,10 @@ def run_partitioned_crawl(
             raise JobError(f"{out_dir} holds a crawl job already: add --resume to finish it, or choose another --out")
         if manifest is not None and (manifest.input_sha256, manifest.partitions) != (input_sha256, partitions):
             raise JobError(f"{input_path} (with {partitions} partitions) is not what the crawl in {out_dir} started with")
-        manifest = manifest or JobManifest(input_sha256, partitions)
+        mode = config.policy.mode
+        if manifest is not None and manifest.mode is not None and manifest.mode != mode:
+            raise JobError(f"the crawl in {out_dir} started with --mode {manifest.mode}: resume it with --mode {manifest.mode}")
+        manifest = manifest or JobManifest(input_sha256, partitions, mode)
         used = spill(targets, partitions, out_dir, on_bad_line)
         done = {p for p in manifest.completed if part_path(out_dir, p).exists()}
         lists = snapshot_on_cluster(client, store_location, fingerprint_key)

@@ -466,6 +466,7 @@ class CrawlJobState:
     input_sha256: str
     out_offset: int  # the output's length when URLs were last marked done
     finished_at: str | None
+    mode: str | None = None  # the crawl's mode (search, host); None for jobs stored before it was recorded
 
 
 @dataclass(frozen=True)

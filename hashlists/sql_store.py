@@ -197,9 +197,11 @@ def migrations(dialect: Dialect) -> tuple[tuple[str, ...], ...]:
             "CREATE INDEX entries_list ON entries(list_name, seq)",
             "DROP INDEX events_list",
         ),
-        # version 5: API crawl jobs can be cancelled and listed per key, newest first
+        # version 5: API crawl jobs can be cancelled and listed per key, newest first; a crawl
+        # job records its mode, so a resume cannot finish it in another one
         (
             "ALTER TABLE api_crawl_jobs ADD COLUMN cancelled_at DOUBLE PRECISION",
+            "ALTER TABLE crawl_jobs ADD COLUMN mode TEXT",
             "CREATE INDEX api_crawl_jobs_key ON api_crawl_jobs(key_id, created_at)",
         ),
     )
@@ -280,7 +282,7 @@ MAX_BACKGROUND_SOURCE = 1000
 _BASE_COLUMNS = "name, key_id, key_check, scheme, tensors, source, added"
 _BACKGROUND_COLUMNS = "id, base, kind, key_id, tensors, source, added"
 _API_KEY_COLUMNS = "key_id, secret_sha256, name, scopes, rate_per_second, created_at, revoked_at"
-_CRAWL_JOB_COLUMNS = "id, out_path, input_sha256, out_offset, finished_at"
+_CRAWL_JOB_COLUMNS = "id, out_path, input_sha256, out_offset, finished_at, mode"
 _LEASED_JOB_COLUMNS = "id, key_id, mode, created_at, crawl_job_id, finished_at, error, lease_until, cancelled_at"
 
 
@@ -783,12 +785,12 @@ class SQLStore(Store):
             )[1])
 
     # -- resumable crawl jobs ----------------------------------------------------------------------
-    def create_crawl_job(self, out_path: str, input_sha256: str) -> int:
+    def create_crawl_job(self, out_path: str, input_sha256: str, mode: str | None = None) -> int:
         with self.transaction():  # the writer's transaction hands out ids one at a time
             job_id = int(self._query("SELECT coalesce(max(id), 0) + 1 AS id FROM crawl_jobs")[0]["id"])
             self._execute(
-                "INSERT INTO crawl_jobs (id, out_path, input_sha256, created_at) VALUES (?, ?, ?, ?)",
-                (job_id, out_path, input_sha256, utc_now()),
+                "INSERT INTO crawl_jobs (id, out_path, input_sha256, created_at, mode) VALUES (?, ?, ?, ?, ?)",
+                (job_id, out_path, input_sha256, utc_now(), mode),
             )
         return job_id
 

@@ -261,8 +261,8 @@ class Store(abc.ABC):
 
     # -- resumable crawl jobs (`crawler.job`: targets and how far the output is) ---------------
     @abc.abstractmethod
-    def create_crawl_job(self, out_path: str, input_sha256: str) -> int:
-        """A new crawl job writing to `out_path`; its id. Call in the transaction adding its targets."""
+    def create_crawl_job(self, out_path: str, input_sha256: str, mode: str | None = None) -> int:
+        """A new crawl job writing to `out_path` in `mode`; its id. Call in the transaction adding its targets."""
 
     @abc.abstractmethod
     def add_crawl_targets(self, job_id: int, targets: Sequence[CrawlTargetRow]) -> set[int]:

@@ -21,9 +21,9 @@ from modelsieve.api.cli import main
 from modelsieve.crawler.cluster import dask_client
 from modelsieve.crawler.crawl import CrawlConfig
 from modelsieve.crawler.inputs import read_targets
-from modelsieve.crawler.job import JobError, lock_output
+from modelsieve.crawler.job import JobError, file_sha256, lock_output
 from modelsieve.crawler.netguard import AddressPolicy
-from modelsieve.crawler.partitioned import MANIFEST, MERGED, part_path, partition_of, read_partition_input, run_partitioned_crawl, spill
+from modelsieve.crawler.partitioned import MANIFEST, JobManifest, MERGED, part_path, partition_of, read_partition_input, run_partitioned_crawl, spill
 from modelsieve.crawler.politeness import PolitenessConfig
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.store import open_store
@@ -115,6 +115,20 @@ def test_a_second_client_on_the_same_output_folder_is_refused(tmp_path: Path) ->
     out.mkdir()
     with lock_output(out / ".lock", create=True, output=out), pytest.raises(JobError, match="another crawl is writing"):
         run_partitioned_crawl(None, tmp_path / "urls.txt", [], out, CONFIG, store_location=str(tmp_path / "db"))
+
+
+def test_a_partitioned_crawl_resumes_only_in_the_mode_it_started_with(tmp_path: Path) -> None:
+    (tmp_path / "urls.txt").write_text("https://a.example/m.safetensors\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    JobManifest(file_sha256(tmp_path / "urls.txt"), 4, "host").save(out)
+    assert JobManifest.load(out) == JobManifest(file_sha256(tmp_path / "urls.txt"), 4, "host")
+    with pytest.raises(JobError, match="started with --mode host: resume it with --mode host"):
+        run_partitioned_crawl(None, tmp_path / "urls.txt", [], out, CONFIG, store_location=str(tmp_path / "db"), partitions=4, resume=True)
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["mode"]  # written before the mode was recorded: any mode may resume it
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    assert JobManifest.load(out) == JobManifest(file_sha256(tmp_path / "urls.txt"), 4, None)
 
 
 def test_a_worker_killed_mid_job_costs_a_retry_never_a_url(client: object, job: tuple[Path, str, list[str]], tmp_path: Path, hosts: tuple[dict[str, int], web.Application]) -> None:

@@ -104,6 +104,21 @@ def test_an_existing_crawl_needs_resume_and_resuming_a_finished_one_adds_nothing
     assert "is not the input" in capsys.readouterr().err
 
 
+def test_a_crawl_resumes_only_in_the_mode_it_started_with(tmp_path, db, host, capsys) -> None:
+    """Resuming a `--mode host` crawl without the flag would have appended delist recommendations
+    to an output of takedowns."""
+    port, _ = host
+    links = tmp_path / "links.txt"
+    links.write_text("".join(f"http://127.0.0.1:{port}/files/x?n={i}\n" for i in range(3)))
+    out = tmp_path / "recs.jsonl"
+    args = [str(links), "--out", str(out), "--db", str(db), "--allow-loopback"]
+    assert crawl(*args, "--mode", "host") == 0
+    assert crawl(*args, "--resume") == 2
+    assert "started with --mode host: resume it with --mode host" in capsys.readouterr().err
+    assert crawl(*args, "--resume", "--mode", "host") == 0
+    assert {json.loads(line)["action"] for line in out.read_text().splitlines()} == {"takedown"}
+
+
 def test_resume_cuts_a_torn_line_and_keeps_lines_written_after_the_last_commit(tmp_path, db, host) -> None:
     port, app = host
     links = tmp_path / "links.txt"

@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             args.urls,
             lambda: read_targets(_input_lines(args.urls)),
             resume=args.resume,
+            mode=args.mode,
             on_bad_line=bad_line,
             on_duplicate=duplicate,
         )

@@ -85,7 +85,9 @@ class CrawlJobs:
                     raise TooManyJobsError(
                         f"this key has {unfinished} crawl jobs queued or running, its limit: wait for one to end or cancel one"
                     )
-                crawl_job = CrawlJob.open(self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False)
+                crawl_job = CrawlJob.open(
+                    self.store, folder / "recommendations.jsonl", input_path, lambda: read_targets(lines), resume=False, mode=mode
+                )
                 crawl_job.close()  # a server process runs it later (`run` opens it again)
                 record = LeasedCrawlJob(job_id, key_id, mode, time.time(), crawl_job.job_id)
                 self.store.add_leased_crawl_job(record)
@@ -163,7 +165,9 @@ class CrawlJobs:
         """Run (or resume) a leased job to its end, renewing the lease meanwhile."""
         folder = self.folder(record.id)
         try:
-            job = CrawlJob.open(self.store, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True)
+            job = CrawlJob.open(
+                self.store, folder / "recommendations.jsonl", folder / "input.jsonl", self._targets(record), resume=True, mode=record.mode
+            )
         except OutputLockedError as exc:
             # another process still runs it (its lease lapsed, e.g. while the store was busy): leave
             # this lease to lapse too, and whoever claims the job after that one ends resumes it
