@@ -76,3 +76,36 @@ async def test_on_a_server_that_cancels_handlers_a_client_leaving_is_counted_as_
             break
         await asyncio.sleep(0.05)
     assert 'status="499"' in counted and 'status="500"' not in counted, counted
+
+
+def drip(base: str, path: str, token: str, seconds: float) -> tuple[str, float]:
+    """POST `path` declaring a 1 MB body and send it a byte every 50 ms; the server's status line
+    and how long it took to answer (or "" when it did not within `seconds`)."""
+    host, port = base.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000000\r\n\r\n".encode())
+        sock.settimeout(0.05)
+        while time.monotonic() - started < seconds:
+            try:
+                answer = sock.recv(200)
+            except TimeoutError:
+                sock.sendall(b"x")
+                continue
+            return answer.decode(errors="replace").split("\r\n")[0], time.monotonic() - started
+    return "", time.monotonic() - started
+
+
+def test_an_upload_dripping_bytes_is_cut_off_and_frees_its_slot(tmp_path: Path) -> None:
+    """With one upload slot, a client sending a byte every 50 ms held it (and refused every other
+    upload with 503) until the 600 s upload timeout."""
+    db_path = tmp_path / "store.db"
+    keys = make_keys(db_path)
+    config = ApiConfig(db_path=db_path, audit_log=tmp_path / "audit.jsonl", crawl_jobs_per_process=0,
+                       concurrent_uploads=1, upload_min_rate=1000, upload_grace_seconds=0.5)
+    with serving(config) as base:
+        status, took = drip(base, "/v1/match/file", keys["lookup"], seconds=20)
+        assert status == "HTTP/1.1 408 Request Timeout" and took < 10, (status, took)
+        request = urllib.request.Request(f"{base}/v1/match/file", data=b"abc" * 1000, headers=bearer(keys["lookup"]), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200

@@ -27,6 +27,8 @@ class ApiConfig:
     upload_limit: int = 8 * 1024 * MIB
     upload_memory_limit: int = 256 * MIB
     concurrent_uploads: int = 2
+    upload_min_rate: float = 64 * 1024  # bytes a second an upload must average after its grace time (else 408)
+    upload_grace_seconds: float = 10.0
     request_timeout: float = 30.0
     upload_timeout: float = 600.0
     key_cache_seconds: float = 5.0  # a revoked key stops working within this time

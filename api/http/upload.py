@@ -10,6 +10,7 @@ after the response. Pickle-based files are never parsed: they get digests only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -29,23 +30,40 @@ HASH_BLOCK = 4 * 1024 * 1024  # bytes handed to a hashing thread at once: few ha
 UPLOAD_SUBJECT = URL("upload:file")
 
 
-async def capture_upload(app: web.Application, chunks: AsyncIterator[bytes], size_limit: int, memory_limit: int) -> RemoteContent:
+async def capture_upload(
+    app: web.Application, chunks: AsyncIterator[bytes], size_limit: int, memory_limit: int, *, min_rate: float, grace: float
+) -> RemoteContent:
     """Digests, header and selected tensors of an upload stream; 413 once it passes `size_limit`.
 
     Hashing runs on the CPU pool (hashlib and blake3 release the GIL), one block at a time and
     in order, so the event loop keeps serving other requests while a large upload streams.
+    After its first `grace` seconds an upload must keep up an average of `min_rate` bytes a
+    second (time spent hashing here not counted), else 408: a client dripping bytes would
+    otherwise hold one of the few upload slots until the upload timeout.
     """
     limits = RemoteReadConfig(max_selected_bytes=memory_limit, max_download_bytes=size_limit, digest_names=DIGEST_NAMES)
     capture = StreamCapture(select_tensors, limits)
+    loop = asyncio.get_running_loop()
+    clock_start = loop.time()  # moved forward by the time spent hashing
     block = bytearray()
     received = 0
-    async for chunk in chunks:
+    stream = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout_at(clock_start + grace + received / min_rate):  # when these bytes stop being enough
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise api_error(408, f"upload slower than {min_rate:g} bytes a second: send it faster or retry on a better link") from None
         received += len(chunk)
         if received > size_limit:
             raise api_error(413, f"upload exceeds the limit of {size_limit} bytes")
         block += chunk
         if len(block) >= HASH_BLOCK:
+            hashing = loop.time()
             await off_loop(app, capture.feed, bytes(block))
+            clock_start += loop.time() - hashing
             block.clear()
     if block:
         await off_loop(app, capture.feed, bytes(block))

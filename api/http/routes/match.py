@@ -81,7 +81,10 @@ async def match_file(call: Call) -> web.Response:
     if slots.locked():
         raise api_error(503, "too many uploads in progress; retry shortly", headers={"Retry-After": "5"})
     async with slots:
-        content = await capture_upload(call.app, call.request.content.iter_chunked(256 * 1024), config.upload_limit, config.upload_memory_limit)
+        content = await capture_upload(
+            call.app, call.request.content.iter_chunked(256 * 1024), config.upload_limit, config.upload_memory_limit,
+            min_rate=config.upload_min_rate, grace=config.upload_grace_seconds,
+        )
         evidence, result = await off_loop(call.app, match_upload, content, matcher)
     return answer(
         call,
@@ -133,7 +136,8 @@ ROUTES = (
         "match an uploaded model file, hashed and fingerprinted while it streams (never stored)",
         "lookup",
         "match",
-        {200: Response("digests, what could be fingerprinted, and the matches", FILE_MATCH_RESULT)},
+        {200: Response("digests, what could be fingerprinted, and the matches", FILE_MATCH_RESULT),
+         408: Response("the upload fell behind the minimum rate (64 KiB/s after its first 10 s by default)")},
         stream_body="application/octet-stream",
         timeout=lambda config: config.upload_timeout,
         description="Send the raw file as the body. Safetensors files are fingerprinted from the tensors a "
