@@ -208,6 +208,8 @@ class RobotsRules:
     """robots.txt per origin, fetched once (concurrent askers wait for the one fetch) and cached.
 
     RFC 9309: 2xx → the rules; 4xx → everything allowed; 5xx or unreachable → nothing allowed.
+    429 (too many requests) counts as 5xx, as Google's crawlers count it: a site asking us to
+    slow down has not said that it has no rules.
     The cache keeps at most `max_origins` origins and `max_cached_bytes` of parsed robots.txt text,
     dropping the oldest first (an origin asked again after that is fetched again).
     """
@@ -281,12 +283,12 @@ class RobotsRules:
         elif 200 <= status < 300:
             parser = parse_robots(text)
             summary, size = None, min(len(text), ROBOTS_MAX_BYTES)
-        elif 400 <= status < 500:
+        elif 400 <= status < 500 and status != 429:
             parser.allow_all = True  # type: ignore[attr-defined]
             summary = f"no robots.txt (status {status}): everything allowed"
         else:
             parser.disallow_all = True  # type: ignore[attr-defined]
-            summary = f"robots.txt answered status {status}: nothing allowed (RFC 9309)"
+            summary = f"robots.txt answered status {status}: nothing allowed (RFC 9309{'; 429 as Google reads it' if status == 429 else ''})"
         return _RobotsFile(str(robots_url), status, fetched_at, parser, summary, size)
 
     async def close(self) -> None:

@@ -111,7 +111,7 @@ async def test_robots_rules_are_checked_again_after_a_redirect(aiohttp_server) -
     assert server.app[LOG].hits["/files/private"] == 0
 
 
-@pytest.mark.parametrize(("status", "allowed"), [(404, True), (410, True), (500, False), (503, False)])
+@pytest.mark.parametrize(("status", "allowed"), [(404, True), (410, True), (429, False), (500, False), (503, False)])
 async def test_robots_status_codes_follow_rfc_9309(aiohttp_server, status: int, allowed: bool) -> None:
     server = await aiohttp_server(file_host({"m": b"abc"}, robots=(status, "User-agent: *\nAllow: /\n")))
     config = FetchConfig(backoff_base=0.01, max_retries=1)
