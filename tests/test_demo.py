@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,7 @@ def test_demo_prints_a_table_and_how_to_start_the_api_and_can_run_again(tmp_path
         assert "$ modelsieve crawl" in result.stderr  # it shows the commands it runs
         assert "listed-checkpoint.safetensors" in result.stdout and "delist" in result.stdout
         assert "modelsieve serve --db" in result.stdout
+        # a checkpoint judged from part of its bytes says how much, and why an exact copy matched fuzzily
+        reupload = next(line for line in result.stdout.splitlines() if line.strip().startswith("reupload.safetensors"))
+        assert "fuzzy match" in reupload and re.search(r"read \d+\.\d % of the file", reupload), reupload
+        assert "no whole-file digest exists for them" in result.stdout

@@ -117,7 +117,16 @@ def _evidence(recommendation: dict[str, Any]) -> str:
     parts = [f"{best.get('kind')} match", f"entry {str(best.get('entry_id'))[:8]}", f"score {best.get('score'):.3f}"]
     if best.get("coefficient") is not None and best.get("kind") == "fuzzy":
         parts.append(f"coef {best['coefficient']:.2f}")
-    return ", ".join(parts)
+    return ", ".join(parts) + _share_read(recommendation)
+
+
+def _share_read(recommendation: dict[str, Any]) -> str:
+    """"; read 5.7 % of the file" when the crawler judged a file from part of its bytes."""
+    evidence = recommendation.get("evidence", {})
+    size, read = (evidence.get("file") or {}).get("size"), evidence.get("bytes_read")
+    if not size or read is None or read >= size:
+        return ""
+    return f"; read {100 * read / size:.1f} % of the file"
 
 
 def _print_table(models: list[ZooModel], recommendations: dict[str, dict[str, Any]]) -> None:
@@ -171,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     print("\n3. recommendations (\"none\" means no list matched, never \"clean\"):\n")
     _print_table(crawled, by_file)
     print(
+        "\nCheckpoints are judged from the few per cent of their bytes a partial fingerprint needs (HTTP Range\n"
+        "reads), so no whole-file digest exists for them and even a byte-identical copy matches by its\n"
+        "fingerprint; files read whole, such as small LoRAs, are hashed as well.\n"
         f"\nFull evidence: {folder / 'recommendations.jsonl'}\n"
         "Start the HTTP API against the same store:\n"
         f"  modelsieve keys api create --scope lookup --db {db}\n"
