@@ -70,6 +70,10 @@ class FetchConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0  # longest silence while reading a body
     total_timeout: float = 600.0  # one request, body included (full downloads are capped by size too)
+    # after its first seconds a body must average this much, so a host dripping bytes (never silent
+    # for read_timeout) holds a request slot for seconds, not for total_timeout
+    min_bytes_per_second: float = 8 * 1024
+    rate_grace_seconds: float = 30.0
     max_redirects: int = 5
     max_retries: int = 3
     backoff_base: float = 0.5  # seconds; attempt n waits uniform(0, base·2ⁿ), at most backoff_max
@@ -175,12 +179,13 @@ def range_header(first: int, last: int) -> str:
 class Response:
     """The final response of a request; read its body through `read` or `chunks` (both counted)."""
 
-    def __init__(self, raw: aiohttp.ClientResponse, url: URL) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, url: URL, *, min_rate: float, grace: float) -> None:
         self._raw = raw
         self.url = url
         self.status = raw.status
         self.headers = raw.headers
         self.bytes_read = 0
+        self._min_rate, self._grace = min_rate, grace
 
     @property
     def content_length(self) -> int | None:
@@ -194,20 +199,36 @@ class Response:
             raise FetchError(f"{self.url}: the host sent the body {encoding}-encoded although only identity was accepted; not read")
 
     async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
-        """The body in chunks; FetchError when it ends before its Content-Length or the read stalls."""
+        """The body in chunks; FetchError when it ends before its Content-Length, the read stalls, or
+        the body falls behind `min_bytes_per_second` after the grace time. The caller's time between
+        chunks counts too (bytes arriving meanwhile wait in the buffer, so it cannot be told apart);
+        callers hash or capture each chunk at once, thousands of times faster than the floor."""
         self._refuse_encoded()
-        try:
-            async for chunk in self._raw.content.iter_chunked(size):
-                self.bytes_read += len(chunk)
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._body_failure(exc) from None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stream = aiter(self._raw.content.iter_chunked(size))
+        while True:
+            pace = asyncio.timeout_at(started + self._grace + self.bytes_read / self._min_rate)  # when these bytes stop being enough
+            try:
+                async with pace:
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if pace.expired():
+                    raise FetchError(
+                        f"{self.url}: the host sent {self.bytes_read} bytes in {loop.time() - started:.0f} s, slower "
+                        f"than {self._min_rate:g} bytes a second: not read further"
+                    ) from None
+                raise self._body_failure(exc) from None
+            self.bytes_read += len(chunk)
+            yield chunk
         declared = self.content_length
         if declared is not None and self.bytes_read != declared:
             raise FetchError(f"{self.url}: truncated response: {self.bytes_read} of {declared} bytes")
 
     def _body_failure(self, exc: BaseException) -> FetchError:
-        if isinstance(exc, aiohttp.ClientPayloadError | asyncio.IncompleteReadError):
+        if isinstance(exc, aiohttp.ClientPayloadError):
             return FetchError(f"{self.url}: truncated response: the body ended after {self.bytes_read} bytes")
         return FetchError(f"{self.url}: reading the body failed after {self.bytes_read} bytes: {_describe(exc)}")
 
@@ -217,16 +238,6 @@ class Response:
         declared = self.content_length
         if declared is not None and declared > limit:
             raise FetchError(f"{self.url}: response of {declared} bytes exceeds the cap of {limit}")
-        if declared is not None:  # the common case (ranges, API answers): one read of exactly that length
-            try:
-                body = await self._raw.content.readexactly(declared)
-            except asyncio.IncompleteReadError as exc:
-                self.bytes_read += len(exc.partial)
-                raise self._body_failure(exc) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self._body_failure(exc) from None
-            self.bytes_read += len(body)
-            return body
         parts: list[bytes] = []
         async for chunk in self.chunks():
             parts.append(chunk)
@@ -318,7 +329,7 @@ class Fetcher:
                     current = _redirect_target(current, raw.headers["Location"])
                     method = "GET" if raw.status == 303 and method != "HEAD" else method
                     continue
-                response = Response(raw, current)
+                response = Response(raw, current, min_rate=self.config.min_bytes_per_second, grace=self.config.rate_grace_seconds)
                 try:
                     yield response
                 finally:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,6 +136,50 @@ async def test_a_stalled_body_times_out(aiohttp_server) -> None:
     async with fetcher(config) as client:
         with pytest.raises(FetchError, match="timed out"):
             await client.get_small(server.make_url("/slow?seconds=5"), transcript=Transcript())
+
+
+async def drip_handler(request: web.Request) -> web.StreamResponse:
+    """A 10,000-byte body sent one byte every 20 ms: never silent long enough for the read timeout."""
+    response = web.StreamResponse(headers={"Content-Length": "10000"})
+    await response.prepare(request)
+    for _ in range(10_000):
+        await response.write(b"x")
+        await asyncio.sleep(0.02)
+    return response
+
+
+@pytest.mark.parametrize("reader", ["read", "chunks"])
+async def test_a_host_dripping_bytes_is_cut_off_after_the_grace_time(aiohttp_server, reader: str) -> None:
+    """Before, a host sending a byte just inside every read timeout held the request (and its
+    slot) for the whole 600 s request timeout."""
+    app = web.Application()
+    app.router.add_get("/drip", drip_handler)
+    server = await aiohttp_server(app)
+    config = FetchConfig(honour_robots=False, max_retries=0, read_timeout=5, min_bytes_per_second=1000, rate_grace_seconds=0.3)
+    started = asyncio.get_running_loop().time()
+    async with fetcher(config) as client:
+        async with client.open(server.make_url("/drip"), transcript=Transcript()) as response:
+            with pytest.raises(FetchError, match=r"slower than 1000 bytes a second: not read further"):
+                if reader == "read":
+                    await response.read(100_000)
+                else:
+                    async for _chunk in response.chunks():
+                        pass
+    assert asyncio.get_running_loop().time() - started < 4
+
+
+async def test_a_body_at_a_steady_pace_is_read_whole(aiohttp_server) -> None:
+    app = web.Application()
+    app.router.add_get("/drip", drip_handler)
+    server = await aiohttp_server(app)
+    config = FetchConfig(honour_robots=False, max_retries=0, min_bytes_per_second=10, rate_grace_seconds=0.1)
+    async with fetcher(config) as client, client.open(server.make_url("/drip"), transcript=Transcript()) as response:
+        received = 0
+        async for chunk in response.chunks():
+            received += len(chunk)
+            if received >= 100:  # 100 bytes at 50 a second, above the 10 a second floor
+                break
+    assert received >= 100
 
 
 async def test_a_refused_connection_fails_after_bounded_retries() -> None:
