@@ -42,11 +42,13 @@ class Store(abc.ABC):
     crawl job state; see the module docstring.
 
     `schema_version` is the store's schema version once opened; `upgraded_from` the version it had
-    before (equal when nothing was migrated, 0 for a store created by the opening).
+    before (equal when nothing was migrated, 0 for a store created by the opening). `read_only`:
+    every change is refused (a SQLite file this process cannot write).
     """
 
     schema_version: int = 0
     upgraded_from: int = 0
+    read_only: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelsieve.api.cli import main
+from modelsieve.api.http import ApiConfig, create_app
 from modelsieve.hashlists.errors import StoreUnavailableError
 from modelsieve.hashlists.model import NewEntry
 from modelsieve.hashlists.sqlite_store import SQLiteStore
+from tests.api_support import Api, make_keys, ready
 
 CONTENT = b"a synthetic file the list names by its sha256\n"
 
@@ -69,3 +73,19 @@ def test_a_store_opened_read_only_reads_and_refuses_every_write(tmp_path: Path) 
         assert len(list(store.entries())) == 1 and [info.name for info in store.lists()] == ["reports"]
     with pytest.raises(StoreUnavailableError, match="no store at"):
         SQLiteStore(tmp_path / "missing.db", read_only=True)
+
+
+async def test_a_server_on_a_read_only_store_answers_lookups_and_runs_no_crawl_jobs(
+    aiohttp_client: Any, read_only_mount: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its job runner tried to claim a job every 2 s and logged the refusal each time."""
+    keys = make_keys(tmp_path / "rw" / read_only_mount.name)  # the writable side of the mount
+    config = ApiConfig(db_path=read_only_mount, audit_log=tmp_path / "audit.jsonl", crawl_jobs_dir=tmp_path / "jobs")
+    api = await ready(Api(await aiohttp_client(create_app(config)), read_only_mount, keys))
+    answer = await api.get_json(f"/v1/lookup?sha256={hashlib.sha256(CONTENT).hexdigest()}", "lookup")
+    assert answer["verdict"] == "exact"
+    await asyncio.sleep(0.3)
+    assert [r.getMessage() for r in caplog.records if "crawl jobs" in r.getMessage()] == [
+        "crawl jobs: not run by this server: its store is read-only here"
+    ]
+    await api.client.close()

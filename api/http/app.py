@@ -191,6 +191,9 @@ async def _crawl_jobs(app: web.Application) -> AsyncIterator[None]:
     async def run() -> None:
         if config.crawl_jobs_per_process == 0:
             return  # this process only accepts jobs; others run them
+        if app[STORE].read_only:  # a store it cannot write: no job can be claimed, say so once
+            log.warning("crawl jobs: not run by this server: its store is read-only here")
+            return
         while index.matcher is None:
             await asyncio.sleep(0.1)
         await runner.run_forever(StoreLookup(index.matcher))
