@@ -186,10 +186,13 @@ def _connect_unwritable(target: Path) -> sqlite3.Connection:
     nobody has the file open for writing, so it is opened `immutable` (no locking at all).
     """
     base = target.resolve().as_uri()
+    connection: sqlite3.Connection | None = None
     try:
         connection = sqlite3.connect(f"{base}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
         connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except sqlite3.Error as exc:
+        if connection is not None:
+            connection.close()
         wal = target.with_name(target.name + "-wal")
         if wal.exists() and wal.stat().st_size:
             raise StoreUnavailableError(
