@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import re
 
+import ada_url
 import tldextract
 from yarl import URL
 
@@ -27,13 +28,17 @@ def _extractor() -> tldextract.TLDExtract:
 
 
 def _parse(value: str) -> URL:
+    """`value` parsed as browsers and search engines parse it (the WHATWG URL standard, by `ada_url`),
+    so every spelling that reaches the same resource gets one form: backslashes, tabs and newlines,
+    characters IDNA ignores (a soft hyphen), shorthand IPv4 (`127.1`, `0x7f.1`, `2130706433`) and
+    percent-encoded host bytes included. Returned as a yarl URL for the components."""
     text = value.strip()
-    if not text or len(text) > MAX_URL_LENGTH or min(text) < "!":  # a space or control character (min: one pass in C)
+    if not text or len(text) > MAX_URL_LENGTH:
         raise InvalidEntryError(f"not a URL: {value[:80]!r}")
     if "://" not in text:
         text = "http://" + text
     try:
-        url = URL(text)
+        url = URL(ada_url.URL(text).href)
         host = url.raw_host
     except (ValueError, UnicodeError):
         raise InvalidEntryError(f"not a URL: {value[:80]!r}") from None
@@ -46,8 +51,9 @@ def _parse(value: str) -> URL:
 
 @functools.lru_cache(maxsize=1 << 16)  # pure; a crawl asks again for every URL of a host (a failed IP parse is costly)
 def normalise_host(host: str) -> str:
-    """A host lower-cased, IDNA (punycode) encoded, without a trailing dot; IP addresses canonical."""
-    candidate = host.strip().lower().rstrip(".")
+    """A parsed URL's host (IDNA-encoded by the parser) lower-cased, without the root's trailing dot,
+    checked to be a host name; IP addresses canonical."""
+    candidate = host.strip().lower().removesuffix(".")  # the root label only: `a..` is no host
     try:
         return str(ipaddress.ip_address(candidate.strip("[]")))
     except ValueError:

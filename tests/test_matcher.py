@@ -106,6 +106,7 @@ def test_urls_match_themselves_and_pages_below_domains_match_subdomains(store: S
     assert matcher.match_url("https://other.example.com/app") == []
     assert [(m.entry_id, m.kind) for m in matcher.match_url("https://cdn.img.nudify.co.uk/a.png")] == [(domain_entry.id, "domain")]
     assert matcher.match_url("https://nudify.co.uk.evil.example/") == []
+    assert [m.kind for m in matcher.match_url("https://nud\u00adify.co.uk/")] == ["domain"]  # as a browser reads it
     with pytest.raises(InvalidEntryError):
         matcher.match_url("ftp://undress.example.com/app")
 

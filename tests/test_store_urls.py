@@ -19,13 +19,27 @@ from modelsieve.hashlists.urls import normalise_url, normalised_registrable_doma
         ("example.com/path", "http://example.com/path"),
         ("http://[::1]:8080/x", "http://[::1]:8080/x"),
         ("http://a.example./%7euser", "http://a.example/~user"),
+        # spellings a browser (the WHATWG URL standard) takes to the same resource get one form
+        ("http://127.1/x", "http://127.0.0.1/x"),
+        ("http://0x7f.0.0.1/", "http://127.0.0.1/"),
+        ("http://3405803781/app", "http://203.0.113.5/app"),
+        ("http://0313.0.113.5/", "http://203.0.113.5/"),
+        ("http://nud\u00adify.example/", "http://nudify.example/"),  # a soft hyphen IDNA ignores
+        ("http://nudify.example\\app\\x", "http://nudify.example/app/x"),
+        ("http://nudi\tfy.example/a\nb", "http://nudify.example/ab"),
+        ("http://nudify%2Eexample/", "http://nudify.example/"),
+        ("http://ß☃.de/", "http://xn--zca031q.de/"),  # UTS #46 non-transitional, as browsers encode it
+        ("http://nudify.example/a b", "http://nudify.example/a%20b"),
     ],
 )
 def test_normalised_forms(given_url: str, normalised: str) -> None:
     assert normalise_url(given_url) == normalised
 
 
-@pytest.mark.parametrize("bad", ["", "ftp://x.example/", "http://", "http://exa mple.com/", "http://a..b/", "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "ftp://x.example/", "http://", "http://exa mple.com/", "http://a..b/", "javascript:alert(1)", "http://1.2.3.08/", "http://example.123/", "0.."],
+)
 def test_what_is_not_a_listable_url_is_refused(bad: str) -> None:
     with pytest.raises(InvalidEntryError):
         normalise_url(bad)
@@ -66,6 +80,21 @@ def test_any_text_normalises_or_is_refused_cleanly(text: str) -> None:
     keys = url_prefix_keys(normalised)
     assert keys[0] == url_key(normalised) and keys[-1].endswith("/")
     assert registrable_domain(normalised)
+
+
+_URL_PIECES = st.sampled_from([*"aZ09.-_%/\\:@?#[]\t\n ~ß☃\u00ad\u200b。ｎ", "%2e", "%2E", "%41", "0x", "..", "//", "xn--", "http://"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_URL_PIECES, max_size=30).map("".join))
+def test_tricky_spellings_normalise_idempotently_or_are_refused(text: str) -> None:
+    """Dots, numbers, backslashes, percent-escapes and IDNA-ignored characters in every order."""
+    try:
+        normalised = normalise_url(text)
+    except InvalidEntryError:
+        return
+    assert normalise_url(normalised) == normalised
+    assert normalised_registrable_domain(normalised) == registrable_domain(text)
 
 
 @settings(max_examples=100, deadline=None)
