@@ -86,15 +86,17 @@ def url_key(normalised_url: str) -> str:
 
 
 def url_prefix_keys(normalised_url: str) -> list[str]:
-    """The keys a listed URL may have to cover this URL: itself, then each shorter path prefix.
+    """The keys a listed URL may have to cover this URL: itself, its path with a trailing slash,
+    then each shorter path prefix.
 
-    `https://a.example/x/y?q=1` → `a.example/x/y?q=1`, `a.example/x/y`, `a.example/x/`,
-    `a.example/x`, `a.example/`: a listed service URL covers every page below it.
+    `https://a.example/x/y?q=1` → `a.example/x/y?q=1`, `a.example/x/y`, `a.example/x/y/`,
+    `a.example/x/`, `a.example/x`, `a.example/`: a listed service URL covers every page below it,
+    and a listed `…/app/` covers `…/app` (which servers answer with the same page or a redirect to it).
     """
     key = url_key(normalised_url)
     host_end = key.index("/")
     host, path = key[:host_end], key[host_end:].split("?", 1)[0]
-    keys = [key, host + path]
+    keys = [key, host + path] + ([] if path.endswith("/") else [host + path + "/"])
     segments = path.split("/")
     for end in range(len(segments) - 1, 0, -1):
         prefix = "/".join(segments[:end])

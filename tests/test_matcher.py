@@ -111,6 +111,17 @@ def test_urls_match_themselves_and_pages_below_domains_match_subdomains(store: S
         matcher.match_url("ftp://undress.example.com/app")
 
 
+def test_a_url_listed_with_a_trailing_slash_covers_the_same_path_without_it(store: SQLiteStore) -> None:
+    """`/app` and `/app/` are one page (or a redirect to it) on every server a delisting job meets."""
+    entry = store.add_entry("main", NewEntry(category="nudify-service", url="https://undress.example.com/app/"))
+    assert entry is not None
+    matcher = Matcher(store)
+    for url in ("https://undress.example.com/app", "https://undress.example.com/app?ref=1", "https://undress.example.com/app/x"):
+        assert [m.entry_id for m in matcher.match_url(url)] == [entry.id], url
+    assert matcher.match_url("https://undress.example.com/ap") == []
+    assert matcher.match_url("https://undress.example.com/apps") == []
+
+
 def test_match_result_json_has_the_contract_shape(store: SQLiteStore) -> None:
     store.add_entry("main", NewEntry(category="nudify-service", url="https://n.example.org/"))
     result = Matcher(store).match_url_result("https://n.example.org/page")

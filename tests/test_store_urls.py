@@ -63,6 +63,7 @@ def test_prefix_keys_cover_parent_paths_at_segment_boundaries() -> None:
     assert url_prefix_keys("https://a.example/x/y?q=1") == [
         "a.example/x/y?q=1",
         "a.example/x/y",
+        "a.example/x/y/",
         "a.example/x/",
         "a.example/x",
         "a.example/",
