@@ -1,6 +1,6 @@
 """The crawl core: check URLs concurrently and turn what is found into recommendations with evidence.
 
-For each URL, cheapest first: the URL and its registrable domain against listed services; what
+For each URL, cheapest first: the URL, its host and parent domains against listed services; what
 the host publishes (a hub's LFS sha256, a model-version API's hashes) against listed digests;
 then the file itself, read as little as possible (`safetensors_remote`), whole-file digests and a
 partial fingerprint against the lists. Any failure becomes an "error" recommendation for that URL

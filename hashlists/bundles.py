@@ -59,6 +59,7 @@ from modelsieve.hashlists.model import (
 from modelsieve.hashlists.signing import key_id, parse_public_key, sign, verify
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.trust import accepted_key
+from modelsieve.hashlists.urls import registrable_domain
 
 FORMAT = "modelsieve-bundle"
 VERSION = 1
@@ -71,6 +72,11 @@ _BACKGROUND_BATCH = 64  # cohort fingerprints held in memory at once while impor
 BUNDLE_TYPES = ("entries", "opinions", "background")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 SCHEMES = {"entries": {"entry": 1}, "opinions": {"opinion": 1}, "background": {"background": 1}}  # record formats, by bundle type
+# Entry scheme 2: a domain may name a host below its registrable domain (`sites.google.com`, that
+# host and those below it). Scheme-1 importers widened such a domain to the registrable one (all
+# of google.com), so a bundle holding one says 2 and they refuse it; every other bundle says 1.
+HOST_DOMAINS_SCHEME = {"entry": 2}
+READABLE_SCHEMES = {**{kind: (schemes,) for kind, schemes in SCHEMES.items()}, "entries": (SCHEMES["entries"], HOST_DOMAINS_SCHEME)}
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
@@ -147,9 +153,10 @@ class Manifest:
             raise BundleError("bundle manifest: sequence numbers and sizes must be integers from 0 to 2**63 - 1")
         if manifest.to_seq < manifest.from_seq:
             raise BundleError("bundle manifest: to_seq before from_seq")
-        if manifest.schemes != SCHEMES[manifest.type]:  # records of another format would be misread
+        if manifest.schemes not in READABLE_SCHEMES[manifest.type]:  # records of another format would be misread
+            readable = " or ".join(map(str, READABLE_SCHEMES[manifest.type]))
             raise BundleError(
-                f"bundle records of scheme {str(manifest.schemes)[:80]}: this modelsieve reads {SCHEMES[manifest.type]} in {manifest.type} bundles"
+                f"bundle records of scheme {str(manifest.schemes)[:80]}: this modelsieve reads {readable} in {manifest.type} bundles"
             )
         return manifest
 
@@ -265,6 +272,14 @@ def export_list(
         raise InvalidEntryError(f"list {list_name} was imported from {info.publisher}; only they publish it")
     to_seq = _checked_range(since, store.last_seq())
     entries = store.entries(list_name, changed_since=since, until=to_seq)
+    schemes = dict(SCHEMES["entries"])  # the manifest is made after the last record: raised on the way if needed
+
+    def records() -> Iterator[dict[str, Any]]:
+        for entry in entries:
+            if entry.domain and entry.domain != registrable_domain(entry.domain):
+                schemes.update(HOST_DOMAINS_SCHEME)
+            yield _entry_record(entry, include_notes)
+
     header = {
         "type": "entries",
         "publisher": info.publisher,
@@ -272,9 +287,9 @@ def export_list(
         "from_seq": since,
         "to_seq": to_seq,
         "notes_included": include_notes,
-        "schemes": SCHEMES["entries"],
+        "schemes": schemes,
     }
-    return _write_bundle(out, key, header, (_entry_record(e, include_notes) for e in entries))
+    return _write_bundle(out, key, header, records())
 
 
 def export_opinions(store: Store, publisher: str, key: Ed25519PrivateKey, out: Path, *, as_name: str, since: int = 0) -> Manifest:

@@ -36,7 +36,7 @@ from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
 from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
 from modelsieve.hashlists.store import Store
-from modelsieve.hashlists.urls import normalise_url, normalised_registrable_domain, url_key, url_prefix_keys
+from modelsieve.hashlists.urls import domain_keys, normalise_url, url_key, url_prefix_keys
 
 # Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
 DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
@@ -233,20 +233,20 @@ class Matcher:
         return sorted(matches, key=lambda m: (-(m.bits or 0), m.entry_id))
 
     def match_url(self, url: str) -> list[Match]:
-        """URL entries covering the URL (itself or a parent path) and domain entries of its
-        registrable domain. Raises InvalidEntryError for something that is not an http(s) URL."""
+        """URL entries covering the URL (itself or a parent path) and domain entries of its host or
+        a parent domain. Raises InvalidEntryError for something that is not an http(s) URL."""
         normalised = normalise_url(url)
-        domain = normalised_registrable_domain(normalised)
+        domains = set(domain_keys(normalised))
         prefix_keys = set(url_prefix_keys(normalised))
         self._maybe_refresh()
         indexes = self._indexes
         url_seqs = {seq for key in prefix_keys for seq in indexes.url_keys.get(key, ())}
-        domain_seqs = set(indexes.domains.get(domain, ()))
+        domain_seqs = {seq for domain in domains for seq in indexes.domains.get(domain, ())}
         matches = []
         for entry in self._confirmed(url_seqs | domain_seqs):
             if entry.url and url_key(entry.url) in prefix_keys:
                 matches.append(self._match(entry, "url"))
-            elif entry.domain == domain:
+            elif entry.domain in domains:
                 matches.append(self._match(entry, "domain"))
         return sorted(matches, key=lambda m: (m.kind != "url", m.entry_id))
 

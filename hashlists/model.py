@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 from modelsieve.fingerprint.calibration import CalibratedScore
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.fuzzy_index import parse_fingerprint
-from modelsieve.hashlists.urls import normalise_url, registrable_domain
+from modelsieve.hashlists.urls import listed_domain, normalise_url
 
 # The contract's digest names and the lengths (hex characters) a value of each may have.
 # AutoV3 is stored in full (64) but Civitai publishes only its first 12 hex, so both are accepted.
@@ -195,7 +195,7 @@ class NewEntry:
         check_choice("status", self.status, STATUSES)
         digests = normalise_digests(self.digests)
         url = normalise_url(self.url) if self.url else None
-        domain = registrable_domain(self.domain) if self.domain else None
+        domain = listed_domain(self.domain) if self.domain else None
         if self.fingerprint is not None:
             parse_fingerprint(self.fingerprint)
         if not (digests or self.fingerprint or url or domain):

@@ -104,24 +104,44 @@ def url_prefix_keys(normalised_url: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def host_of(value: str) -> str:
-    """The normalised host of a host name or URL."""
-    return normalise_host(_parse(value).raw_host or "")
-
-
 def registrable_domain(value: str) -> str:
     """The registrable domain (public suffix + one label) of a host or URL; an IP address as itself.
 
     A host under no known public suffix (an intranet name) is returned whole.
     """
-    return _registrable_host(host_of(value))
+    return _registrable_host(normalise_host(_parse(value).raw_host or ""))
 
 
-def normalised_registrable_domain(normalised_url: str) -> str:
-    """`registrable_domain` of a URL already normalised by `normalise_url`, without parsing it again."""
+def listed_domain(value: str) -> str:
+    """The domain a domain entry for `value` lists (that host and every host below it): the host of
+    a host name or a site's root URL, normalised; `www.` before a registrable domain is dropped.
+
+    A page is refused (InvalidEntryError): `t.me/somebot` names one bot, and a domain entry for it
+    would list all of t.me; the message says to give it as a URL entry.
+    """
+    url = _parse(value)
+    host = normalise_host(url.raw_host or "")
+    if url.raw_path not in ("", "/") or url.raw_query_string:
+        raise InvalidEntryError(
+            f"a domain entry lists a host and every host below it, not a page: {value[:80]!r} would list all of "
+            f"{host}; give the page as a URL entry to list it and the pages below it"
+        )
+    domain = _registrable_host(host)
+    return domain if host == f"www.{domain}" else host
+
+
+def domain_keys(normalised_url: str) -> list[str]:
+    """The domain entries that may cover a URL already normalised by `normalise_url`: its host, then
+    each parent domain down to the registrable one (`a.b.example.com` → `a.b.example.com`,
+    `b.example.com`, `example.com`); never a public suffix, so no entry lists a whole suffix's hosts."""
     host_port = url_key(normalised_url).split("/", 1)[0]
     host = host_port[1 : host_port.index("]")] if host_port.startswith("[") else host_port.split(":", 1)[0]
-    return _registrable_host(host)
+    domain = _registrable_host(host)
+    keys = [host]
+    while len(host) > len(domain) and "." in host:
+        host = host.split(".", 1)[1]
+        keys.append(host)
+    return keys
 
 
 def looks_like_ip_literal(host: str) -> bool:

@@ -91,6 +91,26 @@ def test_round_trip_gives_the_same_matches_and_keeps_the_source(pub: Platform, s
     assert (match.origin, match.trust) == ("hotline", "full")
 
 
+def manifest_of(bundle: Path) -> dict:
+    return json.loads(bundle.read_bytes().split(b"\n", 1)[0])
+
+
+def test_a_host_below_a_registrable_domain_travels_as_itself_under_entry_scheme_2(pub: Platform, sub: Platform) -> None:
+    """Importers of entry scheme 1 widened a domain to its registrable domain (`sites.google.com` to
+    all of google.com): a bundle holding such a domain says scheme 2, which they refuse; others say 1."""
+    pub.store.add_entry("reports", NewEntry(category="nudify-service", domain="www.undress.co.uk"))
+    first = pub.export()
+    assert manifest_of(first)["schemes"] == {"entry": 1}
+    pub.store.add_entry("reports", NewEntry(category="nudify-service", domain="nudify.sites.example.org"))
+    second = pub.export(since=manifest_of(first)["to_seq"])
+    assert manifest_of(second)["schemes"] == {"entry": 2}
+    import_bundle(sub.store, first)
+    import_bundle(sub.store, second)
+    matcher = Matcher(sub.store)
+    assert [m.kind for m in matcher.match_url("https://cdn.nudify.sites.example.org/x")] == ["domain"]
+    assert matcher.match_url("https://other.sites.example.org/") == [] == matcher.match_url("https://example.org/")
+
+
 def test_notes_travel_only_when_asked(pub: Platform, sub: Platform) -> None:
     entry_id = add(pub, 1, note="victim name")
     import_bundle(sub.store, pub.export(include_notes=True))

@@ -287,9 +287,10 @@ def test_a_local_list_cannot_take_the_name_an_import_files_a_partners_list_under
 def test_records_of_a_scheme_this_version_does_not_read_are_refused(importer: SQLiteStore, publisher: Publisher) -> None:
     """The manifest names its records' scheme versions so that an older importer can refuse what it
     cannot read; the import ignored them and applied {"entry": 2} records as version 1."""
-    for schemes in ({"entry": 2}, {}, {"entry": 1, "fingerprint": 9}, "entry"):
+    for schemes in ({"entry": 3}, {}, {"entry": 1, "fingerprint": 9}, "entry"):
         refused_without_change(importer, publisher.bundle([entry_record(1)], schemes=schemes), "this modelsieve reads")
     assert import_bundle(importer, publisher.bundle([entry_record(1)], schemes={"entry": 1})).entries == 1
+    assert import_bundle(importer, publisher.bundle([entry_record(12)], schemes={"entry": 2}, from_seq=10, to_seq=20)).entries == 1
 
 
 def test_own_entries_cannot_go_into_a_partners_imported_list(importer: SQLiteStore, publisher: Publisher) -> None:

@@ -231,16 +231,21 @@ def test_list_add_with_one_invalid_value_adds_nothing(tmp_path: Path, capsys: py
     assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["added:", "added:"]
 
 
-def test_a_domain_below_its_registrable_domain_says_what_it_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--domain nudify.example.org` (the README's own example) silently listed every host of example.org."""
+def test_a_domain_entry_lists_what_it_names_and_a_page_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--domain nudify.example.org` (the README's own example) listed every host of example.org, and
+    `--domain t.me/somebot` (how nudify bots are named) all of t.me; `list import` did so without a word."""
     db = str(tmp_path / "store.db")
     assert run(capsys, "list", "create", "reports", "--db", db)[0] == 0
-    status, out, err = run(capsys, "list", "add", "reports", "--domain", "nudify.example.org", "--domain", "www.undress.co.uk", "--db", db)
-    assert status == 0 and [line.split()[-1] for line in out.splitlines()] == ["example.org", "undress.co.uk"]
+    status, out, err = run(capsys, "list", "add", "reports", "--domain", "www.undress.co.uk", "--domain", "https://t.me/somebot", "--db", db)
+    assert (status, out) == (2, "")
     assert err == (
-        "modelsieve: note: --domain nudify.example.org lists the whole registrable domain example.org (every host under it); "
-        "to list nudify.example.org alone, use --url https://nudify.example.org/\n"
+        "modelsieve: error: a domain entry lists a host and every host below it, not a page: 'https://t.me/somebot' "
+        "would list all of t.me; give the page as a URL entry to list it and the pages below it\n"
     )
+    status, out, err = run(capsys, "list", "add", "reports", "--domain", "nudify.example.org", "--domain", "www.undress.co.uk", "--db", db)
+    assert status == 0 and err == "" and [line.split()[-1] for line in out.splitlines()] == ["nudify.example.org", "undress.co.uk"]
+    status, out, _ = run(capsys, "match", "--url", "https://www.example.org/", "--url", "https://cdn.nudify.example.org/x", "--db", db, "--json")
+    assert [json.loads(line)["verdict"] for line in out.splitlines()] == ["none", "exact"]
 
 
 def test_a_base_registered_again_under_another_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,12 +71,13 @@ def test_import_plain_csv_jsonl_reports_bad_lines_and_is_idempotent(db: str, tmp
     csv_file = tmp_path / "list.csv"
     csv_file.write_text(f"sha256,blake3,category\n{'2' * 64},{'3' * 64},2b\n")
     jsonl = tmp_path / "list.jsonl"
-    jsonl.write_text(json.dumps({"domain": "nudify.example.org"}) + "\n")
+    jsonl.write_text(json.dumps({"domain": "www.Undress.co.uk."}) + "\n" + json.dumps({"domain": "t.me/somebot"}) + "\n")
     status, out, err = run(capsys, "list", "import", "--list", "reports", str(plain), str(csv_file), str(jsonl), "--source", "hotline", "--db", db, "--json")
     summaries = json_lines(out)
     assert status == 1, "a rejected line makes the exit status 1"
-    assert [(s["format"], s["added"], s["rejected"]) for s in summaries] == [("plain", 2, 1), ("csv", 1, 0), ("jsonl", 1, 0)]
+    assert [(s["format"], s["added"], s["rejected"]) for s in summaries] == [("plain", 2, 1), ("csv", 1, 0), ("jsonl", 1, 1)]
     assert "line 4" in err and "nonsense" in err
+    assert "line 2" in err and "not a page" in err
     status, out, _ = run(capsys, "list", "import", "--list", "reports", str(csv_file), "--db", db, "--json")
     assert status == 0 and json_lines(out)[0]["added"] == 0 and json_lines(out)[0]["already_listed"] == 1
     with SQLiteStore(db) as store:

@@ -96,7 +96,7 @@ def test_imported_entries_carry_their_publisher_and_trust(store: SQLiteStore) ->
 
 def test_urls_match_themselves_and_pages_below_domains_match_subdomains(store: SQLiteStore) -> None:
     url_entry = store.add_entry("main", NewEntry(category="nudify-service", url="https://Undress.example.com/app"))
-    domain_entry = store.add_entry("main", NewEntry(category="nudify-service", domain="https://www.nudify.co.uk/x"))
+    domain_entry = store.add_entry("main", NewEntry(category="nudify-service", domain="https://www.nudify.co.uk/"))
     assert url_entry is not None and domain_entry is not None
     assert domain_entry.domain == "nudify.co.uk"
     matcher = Matcher(store)

@@ -8,7 +8,17 @@ from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from modelsieve.hashlists.errors import InvalidEntryError
-from modelsieve.hashlists.urls import normalise_url, normalised_registrable_domain, registrable_domain, url_key, url_prefix_keys
+from modelsieve.hashlists.urls import (
+    domain_keys,
+    listed_domain,
+    normalise_url,
+    registrable_domain,
+    url_key,
+    url_prefix_keys,
+)
+
+
+_URL_PIECES = st.sampled_from([*"aZ09.-_%/\\:@?#[]\t\n ~ß☃\u00ad\u200b。ｎ", "%2e", "%2E", "%41", "0x", "..", "//", "xn--", "http://"])
 
 
 @pytest.mark.parametrize(
@@ -59,6 +69,44 @@ def test_registrable_domains_come_from_the_bundled_public_suffix_list(host: str,
     assert registrable_domain(host) == domain
 
 
+@pytest.mark.parametrize(
+    "value, domain",
+    [("Undress.co.uk", "undress.co.uk"), ("www.undress.co.uk.", "undress.co.uk"), ("https://www.undress.co.uk/", "undress.co.uk"),
+     ("sites.google.com", "sites.google.com"), ("www.sites.google.com", "www.sites.google.com"), ("my-app.vercel.app", "my-app.vercel.app"),
+     ("203.0.113.5", "203.0.113.5"), ("http://undress.co.uk:8080/#top", "undress.co.uk")],
+)
+def test_a_domain_entry_lists_the_host_it_names_never_a_wider_one(value: str, domain: str) -> None:
+    """`sites.google.com` lists Google Sites, not google.com; only `www.` before a registrable domain goes."""
+    assert listed_domain(value) == domain
+
+
+@pytest.mark.parametrize("page", ["t.me/somebot", "https://undress.co.uk/app", "undress.co.uk/?ref=1"])
+def test_a_page_given_as_a_domain_entry_is_refused(page: str) -> None:
+    """`t.me/somebot` as a domain entry would list all of t.me."""
+    with pytest.raises(InvalidEntryError, match="not a page"):
+        listed_domain(page)
+
+
+@pytest.mark.parametrize(
+    "url, keys",
+    [("https://a.b.example.co.uk:8443/x", ["a.b.example.co.uk", "b.example.co.uk", "example.co.uk"]),
+     ("http://my-app.vercel.app/", ["my-app.vercel.app"]), ("http://[::1]/", ["::1"]), ("http://intranet/", ["intranet"])],
+)
+def test_domain_keys_run_from_the_host_down_to_its_registrable_domain(url: str, keys: list[str]) -> None:
+    assert domain_keys(normalise_url(url)) == keys
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(urls(), st.lists(_URL_PIECES, max_size=30).map("".join)))
+def test_a_listed_domain_covers_its_own_root_url(value: str) -> None:
+    try:
+        domain = listed_domain(value)
+    except InvalidEntryError:
+        return
+    assert listed_domain(domain) == domain
+    assert domain in domain_keys(normalise_url(value))
+
+
 def test_prefix_keys_cover_parent_paths_at_segment_boundaries() -> None:
     assert url_prefix_keys("https://a.example/x/y?q=1") == [
         "a.example/x/y?q=1",
@@ -83,9 +131,6 @@ def test_any_text_normalises_or_is_refused_cleanly(text: str) -> None:
     assert registrable_domain(normalised)
 
 
-_URL_PIECES = st.sampled_from([*"aZ09.-_%/\\:@?#[]\t\n ~ß☃\u00ad\u200b。ｎ", "%2e", "%2E", "%41", "0x", "..", "//", "xn--", "http://"])
-
-
 @settings(max_examples=500, deadline=None)
 @given(st.lists(_URL_PIECES, max_size=30).map("".join))
 def test_tricky_spellings_normalise_idempotently_or_are_refused(text: str) -> None:
@@ -95,7 +140,7 @@ def test_tricky_spellings_normalise_idempotently_or_are_refused(text: str) -> No
     except InvalidEntryError:
         return
     assert normalise_url(normalised) == normalised
-    assert normalised_registrable_domain(normalised) == registrable_domain(text)
+    assert domain_keys(normalised)[-1] == registrable_domain(text)
 
 
 @settings(max_examples=100, deadline=None)
@@ -114,4 +159,4 @@ def test_the_domain_of_a_normalised_url_needs_no_second_parse(url: str) -> None:
         normalised = normalise_url(url)
     except InvalidEntryError:
         return
-    assert normalised_registrable_domain(normalised) == registrable_domain(url)
+    assert domain_keys(normalised)[-1] == registrable_domain(url)

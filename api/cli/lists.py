@@ -27,7 +27,6 @@ from modelsieve.hashlists.model import CATEGORIES, DIGEST_LENGTHS, ENTRY_KINDS, 
 from modelsieve.hashlists.parsers import FORMATS, Defaults, ParsedLine, detect_format, open_text, parse_entries
 from modelsieve.hashlists.signing import load_private_key
 from modelsieve.hashlists.store import Store, open_store
-from modelsieve.hashlists.urls import host_of, registrable_domain
 
 EXAMPLES = """\
 examples:
@@ -127,7 +126,7 @@ def _register_add(actions: Any) -> None:
     for name in DIGEST_LENGTHS:
         digests.add_argument(f"--{name}", metavar="HEX", help=f"{name} of the file")
     parser.add_argument("--url", action="append", default=[], help="a nudify service's URL (repeatable)")
-    parser.add_argument("--domain", action="append", default=[], help="a nudify service's domain (repeatable)")
+    parser.add_argument("--domain", action="append", default=[], help="a nudify service's domain, e.g. nudify.example: it and every host below it are listed (repeatable)")
     _entry_fields(parser)
     _common(parser)
     parser.set_defaults(handler=run_add)
@@ -194,20 +193,7 @@ def run_add(args: argparse.Namespace) -> int:
                 _print_existing(store, args.list, entry, json_output=args.json)
             else:
                 _print_entry_line(stored, added=True, json_output=args.json)
-    for value in args.domain:
-        _note_widened_domain(value)
     return 0
-
-
-def _note_widened_domain(value: str) -> None:
-    """A domain entry lists a whole registrable domain: say so on stderr when the user named a host below it."""
-    host, domain = host_of(value), registrable_domain(value)
-    if host not in (domain, f"www.{domain}"):
-        print(
-            f"modelsieve: note: --domain {value} lists the whole registrable domain {domain} (every host under it); "
-            f"to list {host} alone, use --url https://{host}/",
-            file=sys.stderr,
-        )
 
 
 def _print_existing(store: Store, list_name: str, entry: NewEntry, *, json_output: bool) -> None:

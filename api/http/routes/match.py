@@ -48,8 +48,8 @@ async def lookup(call: Call) -> web.Response:
 
 
 async def lookup_url(call: Call) -> web.Response:
-    """URL entries covering the URL (itself or a parent path) and domain entries of its registrable
-    domain: what a delisting job asks before it crawls anything. The URL is never fetched."""
+    """URL entries covering the URL (itself or a parent path) and domain entries of its host or a
+    parent domain: what a delisting job asks before it crawls anything. The URL is never fetched."""
     url = call.query["url"]
     try:
         matches = loaded_matcher(call.app).match_url(url)
