@@ -17,7 +17,7 @@ from typing import Literal
 
 from modelsieve.crawler.model import Action
 from modelsieve.fingerprint.fuzzy import DEFAULT_THRESHOLD
-from modelsieve.hashlists.model import Match
+from modelsieve.hashlists.model import EXACT_DIGEST_BITS, Match
 
 Mode = Literal["search", "host"]
 ACTIONABLE_CATEGORIES = frozenset({"2c", "nudify-service"})
@@ -32,7 +32,7 @@ class PolicyConfig:
     mode: Mode = "search"
     strong_score: float = 0.9  # near-copy score at or above which a fuzzy match acts like an exact one
     review_score: float = DEFAULT_THRESHOLD  # below: only listed in the evidence (default: every match the matcher reports)
-    min_digest_bits: int = 64  # digest agreement weaker than this (crc32, autov1: 32 bits) goes to review
+    min_digest_bits: int = EXACT_DIGEST_BITS  # digest agreement weaker than this (crc32, autov1: 32 bits) goes to review
 
     def __post_init__(self) -> None:
         if self.mode not in ("search", "host"):

@@ -38,6 +38,10 @@ CATEGORIES = ("1", "2a", "2b", "2c", "nudify-service")
 EVIDENCE_TYPES = ("exact-file", "fuzzy", "osint-report")
 STATUSES = ("active", "retracted", "disputed")
 OPINIONS = ("dispute", "confirm")
+# Digest agreement with fewer bits does not identify a file on its own (CRC32, AutoV1, AutoV2, a
+# 12-hex AutoV3): at a search engine's scale such digests collide by chance, and AutoV1 (64 KB at
+# offset 1 MiB) is equal across fine-tunes of one base that leave those bytes alone.
+EXACT_DIGEST_BITS = 64
 
 _HEX = re.compile(r"[0-9a-f]+")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -364,6 +368,12 @@ class Match:
     calibration: CalibratedScore | None = None  # fuzzy only: normalised score and false-match estimate
     decision: str | None = None  # fuzzy only: "review" or "action" under the matcher's policy
 
+    @property
+    def identifies(self) -> bool:
+        """Whether this match alone identifies the subject: a listed URL or domain, or digests
+        agreeing on at least EXACT_DIGEST_BITS bits."""
+        return self.kind in ("url", "domain") or (self.kind != "fuzzy" and (self.bits or 0) >= EXACT_DIGEST_BITS)
+
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
             "entry_id": self.entry_id,
@@ -402,8 +412,10 @@ class MatchResult:
 
     @property
     def verdict(self) -> str:
-        """exact when any match is by digest or URL, near when all are fuzzy, none when nothing matched."""
-        if any(m.kind != "fuzzy" for m in self.matches):
+        """exact when a match identifies the subject (a URL, a domain, digests of ≥ 64 bits); near
+        when all matches are fuzzy or weak digest agreements (for a person to review); none when
+        nothing matched."""
+        if any(m.identifies for m in self.matches):
             return "exact"
         return "near" if self.matches else "none"
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+from pathlib import Path
+
 import pytest
 
+from modelsieve.fingerprint import synthetic as syn
+from modelsieve.fingerprint.digests import hash_file
 from modelsieve.hashlists.curation import confirm, dispute, retract
 from modelsieve.hashlists.errors import InvalidEntryError
 from modelsieve.hashlists.matcher import Matcher
@@ -49,6 +53,27 @@ def test_a_short_digest_agreeing_while_a_strong_one_differs_is_no_match(store: S
     assert (weak.kind, weak.bits) == ("crc32", 32)
     [strong] = matcher.match_digests({"sha256": value_for("sha256", "a"), "crc32": "0d4a1185"})
     assert (strong.kind, strong.bits, strong.digests) == ("sha256", 256, ("sha256", "crc32"))
+
+
+def test_autov1_alone_is_equal_across_sibling_fine_tunes_so_it_is_near_not_exact(store: SQLiteStore, tmp_path: Path) -> None:
+    """AutoV1 hashes 64 KB at offset 1 MiB: two independent fine-tunes of one base that leave the
+    text encoder alone share it. A list of AutoV1 values (what old images' metadata name) called
+    the other fine-tune an "exact" match of a 2c entry; too few bits alone say "near", for review."""
+    family = syn.Family(3, syn.Architecture(scale=20, text_layers=2, vocab=300))
+    listed, sibling = tmp_path / "listed.safetensors", tmp_path / "sibling.safetensors"
+    syn.write_safetensors(listed, family.checkpoint(family.fine_tune(1, text_encoder=False)))
+    syn.write_safetensors(sibling, family.checkpoint(family.fine_tune(2, text_encoder=False)))
+    autov1 = hash_file(listed).digests["autov1"]
+    assert hash_file(sibling).digests["autov1"] == autov1 and hash_file(sibling).digests["sha256"] != hash_file(listed).digests["sha256"]
+    store.add_entry("main", NewEntry(category="2c", digests={"autov1": autov1}))
+    matcher = Matcher(store, refresh_interval=0)
+    result = matcher.match_path(sibling)
+    assert result.verdict == "near" and [(m.kind, m.bits, m.identifies) for m in result.matches] == [("autov1", 32, False)]
+    sibling_digests = hash_file(sibling).digests
+    store.add_entry("main", NewEntry(category="2c", digests={"autov2": sibling_digests["autov2"]}))
+    assert matcher.match_path(sibling).verdict == "near", "AutoV2's 40 bits collide by chance at a search engine's scale"
+    store.add_entry("main", NewEntry(category="2c", digests={"blake3": sibling_digests["blake3"]}))
+    assert matcher.match_path(sibling).verdict == "exact"
 
 
 def test_retracted_never_matches_disputed_matches_flagged_expired_never(store: SQLiteStore) -> None:

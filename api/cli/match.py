@@ -30,8 +30,9 @@ examples:
   modelsieve match catalogue.txt --workers 8 --json     # a backlog: catalogue.txt lists file paths
   modelsieve match catalogue.txt --scheduler tcp://10.0.0.5:8786 --db postgresql://ms@db/ms
 
-verdicts: exact (a listed digest or URL/domain), near (a fuzzy fingerprint match), none (no list
-matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
+verdicts: exact (a listed URL/domain, or digests agreeing on 64 bits or more), near (a fuzzy
+fingerprint match, or a short digest alone: CRC32, AutoV1, AutoV2, a 12-hex AutoV3; for a person
+to review), none (no list matched: lists are partial, so "none" never means "clean"). Every match names its list entry,
 source, kind (digest name, fuzzy, url or domain), score and, for disputed entries, status.
 Fuzzy matches against a base with a background cohort (`modelsieve bases add-background`) also give
 the cohort-normalised score, the estimated false-match rate and a decision (review | action);
@@ -67,7 +68,7 @@ def describe(result: MatchResult) -> str:
     """A match result for people: the verdict, then one line of evidence per match."""
     lines = [f"{result.subject}: {result.verdict}"]
     for m in result.matches:
-        evidence = f"{m.kind} equal"
+        evidence = f"{m.kind} equal" if m.identifies else f"{m.kind} equal: {m.bits} bits, too few to identify a file alone"
         if m.kind == "fuzzy":
             evidence = f"score {m.score:.3f}, coefficient {m.coefficient:.2f}"
             if m.calibration is not None:
