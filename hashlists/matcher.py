@@ -34,12 +34,10 @@ from modelsieve.fingerprint.fuzzy import (
 from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
-from modelsieve.hashlists.model import Entry, Match, MatchResult, normalise_digests, utc_now
+from modelsieve.hashlists.model import DIGEST_BITS, Entry, Match, MatchResult, normalise_digests, utc_now
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.urls import domain_keys, normalise_url, url_key, url_prefix_keys
 
-# Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
-DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
 UNTRUSTED = "none"  # trust level whose publishers' entries never match
 FINGERPRINT_CACHE_BYTES = 32 * 2**20  # parsed listed fingerprints kept, counted by their sketches' bytes
 

@@ -42,6 +42,13 @@ OPINIONS = ("dispute", "confirm")
 # 12-hex AutoV3): at a search engine's scale such digests collide by chance, and AutoV1 (64 KB at
 # offset 1 MiB) is equal across fine-tunes of one base that leave those bytes alone.
 EXACT_DIGEST_BITS = 64
+# Bits of evidence an equal digest gives; AutoV3 counts its compared length (12 or 64 hex).
+DIGEST_BITS = {"sha256": 256, "blake3": 256, "sha1": 160, "md5": 128, "autov2": 40, "autov1": 32, "crc32": 32}
+
+
+def identifying_digests(digests: Mapping[str, str]) -> dict[str, str]:
+    """The digests of a normalised set that identify a file alone (EXACT_DIGEST_BITS or more)."""
+    return {name: value for name, value in digests.items() if DIGEST_BITS.get(name, 4 * len(value)) >= EXACT_DIGEST_BITS}
 
 _HEX = re.compile(r"[0-9a-f]+")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"

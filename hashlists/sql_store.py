@@ -45,6 +45,7 @@ from modelsieve.hashlists.model import (
     check_publisher_name,
     check_text,
     entry_identity,
+    identifying_digests,
     new_entry_ids,
     utc_now,
 )
@@ -278,6 +279,7 @@ _INSERT_NEW_ENTRY = (
 )
 _INSERT_EVENT = "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _BATCH = 10_000
+_WITHHELD_CHUNK = 2_000  # digests looked up at once (SQLite allows 32,766 parameters)
 MAX_BACKGROUND_SOURCE = 1000
 _BASE_COLUMNS = "name, key_id, key_check, scheme, tensors, source, added"
 _BACKGROUND_COLUMNS = "id, base, kind, key_id, tensors, source, added"
@@ -448,14 +450,49 @@ class SQLStore(Store):
                     f"list {list_name} is {info.publisher}'s, imported: only their bundles add to it; add entries to a list of your own"
                 )
             publisher = info.publisher
+
+            def insert(batch: list[NewEntry]) -> int:
+                kept = batch if replace else self._not_withheld(list_name, batch)
+                return self._insert_batch(list_name, kept, actor or publisher, origin, publisher, replace)
+
             batch: list[NewEntry] = []
             for entry in entries:
                 batch.append(entry.validated())
                 if len(batch) >= _BATCH:
-                    count += self._insert_batch(list_name, batch, actor or publisher, origin, publisher, replace)
+                    count += insert(batch)
                     batch = []
-            count += self._insert_batch(list_name, batch, actor or publisher, origin, publisher, replace)
+            count += insert(batch)
         return count
+
+    def _not_withheld(self, list_name: str, batch: list[NewEntry]) -> list[NewEntry]:
+        """The batch without entries for a file the list holds a retracted or disputed entry for
+        (an identifying digest in common), so a false positive stays retracted and a dispute in
+        force when a list arrives again with other digests."""
+        identifying = [identifying_digests(entry.digests).items() for entry in batch]
+        wanted = {pair for pairs in identifying for pair in pairs}
+        if not wanted:
+            return batch
+        withheld: set[tuple[str, str]] = set()
+        pairs = sorted(wanted)
+        for start in range(0, len(pairs), _WITHHELD_CHUNK):
+            by_name: dict[str, list[str]] = {}
+            for name, value in pairs[start : start + _WITHHELD_CHUNK]:
+                by_name.setdefault(name, []).append(value)
+            where = " OR ".join(f"{name} IN ({', '.join('?' * len(values))})" for name, values in by_name.items())
+            rows = self._query(  # by the digest indexes only: a list_name condition can make the planner scan the list
+                f"SELECT list_name, status, {', '.join(by_name)} FROM entries WHERE {where}",
+                [value for values in by_name.values() for value in values],
+            )
+            withheld |= {
+                (name, row[name])
+                for row in rows
+                if row["list_name"] == list_name and row["status"] != "active"
+                for name in by_name
+                if (name, row[name]) in wanted
+            }
+        if not withheld:
+            return batch
+        return [entry for entry, pairs in zip(batch, identifying) if withheld.isdisjoint(pairs)]
 
     def _insert_batch(
         self, list_name: str, batch: list[NewEntry], actor: str, origin: str | None, publisher: str, replace: bool

@@ -108,8 +108,10 @@ class Store(abc.ABC):
 
         Entries are validated first: an invalid one raises InvalidEntryError and adds nothing.
         An entry listing what the list already lists (same `entry_identity`) is skipped, so the
-        same import twice adds nothing; with `replace` (bundle imports) an entry whose id exists
-        is overwritten instead. `origin` is the publisher of imported entries.
+        same import twice adds nothing; so is one sharing an identifying digest with a retracted or
+        disputed entry of the list (a false positive listed again with other digests stays out).
+        With `replace` (bundle imports) an entry whose id exists is overwritten instead, and
+        entries apply as published. `origin` is the publisher of imported entries.
         """
 
     def add_entry(self, list_name: str, entry: NewEntry, *, actor: str = "") -> Entry | None:

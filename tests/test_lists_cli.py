@@ -38,6 +38,10 @@ def test_add_hash_only_entries_urls_and_domains(db: str, capsys: pytest.CaptureF
     assert "note" not in entry and "victim" not in out
     status, out, _ = run(capsys, "list", "add", "reports", "--sha256", SHA, "--crc32", "0D4A1185", "--db", db)
     assert status == 0 and out.startswith("already listed: " + entry["entry_id"])
+    assert run(capsys, "list", "retract", entry["entry_id"], "--reason", "false positive", "--db", db)[0] == 0
+    status, out, _ = run(capsys, "list", "add", "reports", "--sha256", SHA, "--db", db)
+    assert status == 0 and out.startswith("already listed, retracted: " + entry["entry_id"])
+    assert out.rstrip().endswith("(a retracted entry never matches again)"), "re-adding a false positive does not revive it"
     status, out, _ = run(capsys, "list", "add", "reports", "--url", "https://Nudify.example.com/app", "--domain", "www.undress.co.uk", "--db", db, "--json")
     records = json_lines(out)
     assert [(r["url"], r["domain"], r["category"]) for r in records] == [

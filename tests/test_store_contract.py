@@ -81,6 +81,29 @@ def test_the_same_thing_is_listed_once_per_list(store: Store) -> None:
     assert store.add_entries("other", [entry]) == 1
 
 
+def test_a_retracted_or_disputed_file_listed_again_with_other_digests_stays_out(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partner's hash list, re-imported a month later with a new blake3 column, added its retracted
+    false positive again as a new active entry (the entry's identity is its exact set of digests)."""
+    monkeypatch.setattr(sql_store, "_WITHHELD_CHUNK", 7)  # several lookups per batch
+    false_positive = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("fp"), "md5": "a" * 32}))
+    disputed = store.add_entry("main", NewEntry(category="2c", digests={"sha1": "b" * 40}))
+    assert false_positive is not None and disputed is not None
+    store.set_status(false_positive.id, "retracted", reason="false positive")
+    store.set_status(disputed.id, "disputed", reason="suspected false positive")
+    again = [
+        NewEntry(category="2c", digests={"sha256": sha("fp"), "blake3": "c" * 64}),
+        NewEntry(category="2c", digests={"md5": "A" * 32, "crc32": "0D4A1185"}),
+        NewEntry(category="2c", digests={"sha1": "b" * 40, "autov2": "0123456789"}),
+    ]
+    others = [NewEntry(category="2c", digests={"sha256": sha(f"other {i}")}) for i in range(20)]
+    assert store.add_entries("main", [*again, *others]) == len(others)
+    assert {e.status for e in store.entries("main") if e.id in (false_positive.id, disputed.id)} == {"retracted", "disputed"}
+    # only identifying digests count: a CRC32 in common says nothing about the file
+    assert store.add_entries("main", [NewEntry(category="2c", digests={"crc32": "0D4A1185"})]) == 1
+    store.create_list("other")  # another list decides for itself
+    assert store.add_entries("other", again) == len(again)
+
+
 def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: Store) -> None:
     first = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("1")}))
     second = store.add_entry("main", NewEntry(category="2b", digests={"sha256": sha("2")}))

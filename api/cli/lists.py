@@ -179,7 +179,9 @@ def _print_entry_line(entry: Entry, *, added: bool, json_output: bool) -> None:
         print_json_line({**entry.to_json(), "result": "added" if added else "already listed"})
         return
     what = entry.url or entry.domain or ", ".join(f"{n} {printed_digest(n, v)}" for n, v in entry.digests.items())
-    print(f"{'added' if added else 'already listed'}: {entry.id} {entry.category} {entry.kind} {what}")
+    result = "added" if added else "already listed" if entry.status == "active" else f"already listed, {entry.status}"
+    final = " (a retracted entry never matches again)" if entry.status == "retracted" else ""
+    print(f"{result}: {entry.id} {entry.category} {entry.kind} {what}{final}")
 
 
 def run_add(args: argparse.Namespace) -> int:

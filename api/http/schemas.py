@@ -63,7 +63,7 @@ MATCH: Schema = {
     },
 }
 
-VERDICT: Schema = {"type": "string", "enum": ["exact", "near", "none"], "description": "`none`: no list matched (never 'clean')"}
+VERDICT: Schema = {"type": "string", "enum": ["exact", "near", "none"], "description": "`exact`: a listed URL or domain, or digests agreeing on 64 bits or more; `near`: fuzzy matches or shorter digests only (for a person to review); `none`: no list matched (never 'clean')"}
 
 
 def match_result(**computed: Schema) -> Schema:
