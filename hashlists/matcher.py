@@ -34,7 +34,7 @@ from modelsieve.fingerprint.fuzzy import (
 from modelsieve.hashlists.files import FileEvidence, examine_file
 from modelsieve.hashlists.digest_index import DigestIndex
 from modelsieve.hashlists.fuzzy_index import FuzzyIndex, parse_fingerprint
-from modelsieve.hashlists.model import DIGEST_BITS, Entry, Match, MatchResult, normalise_digests, utc_now
+from modelsieve.hashlists.model import DIGEST_BITS, EXACT_DIGEST_BITS, Entry, Match, MatchResult, normalise_digests, utc_now
 from modelsieve.hashlists.store import Store
 from modelsieve.hashlists.urls import domain_keys, normalise_url, url_key, url_prefix_keys
 
@@ -53,18 +53,31 @@ def _digests_agree(name: str, listed: str, query: str) -> bool:
     return listed == query
 
 
-def digest_evidence(listed: Mapping[str, str], query: Mapping[str, str]) -> tuple[list[str], int] | None:
-    """The digest names on which a listed entry and a query agree, and the bits that agreement is worth.
+@dataclass(frozen=True)
+class DigestAgreement:
+    """What a listed entry's digests and a query's say together: the names that agree (strongest
+    first), the bits the strongest is worth, and the shared names that differ."""
 
-    None when they share no digest, or when any digest both have disagrees: a CRC32 equal by
-    chance while the SHA-256 differs is a collision, not a match.
+    agreeing: tuple[str, ...]
+    bits: int
+    differing: tuple[str, ...] = ()
+
+
+def digest_evidence(listed: Mapping[str, str], query: Mapping[str, str]) -> DigestAgreement | None:
+    """How a listed entry and a query agree on their shared digests; None when they do not.
+
+    A short digest that agrees while another differs is a collision, not a match (a CRC32 equal
+    by chance while the SHA-256 differs). A digest of EXACT_DIGEST_BITS or more that agrees
+    identifies the file whatever else differs: the list's other value is wrong or computed another
+    way (CRC32 byte order, AutoV1 of a short file), and the match names it in `differing`.
     """
     shared = [name for name in query if name in listed]
-    if not shared or not all(_digests_agree(n, listed[n], query[n]) for n in shared):
-        return None
     bits = {n: DIGEST_BITS.get(n, 4 * min(len(listed[n]), len(query[n]))) for n in shared}
-    names = sorted(shared, key=lambda n: -bits[n])
-    return names, bits[names[0]]
+    agreeing = sorted((n for n in shared if _digests_agree(n, listed[n], query[n])), key=lambda n: -bits[n])
+    differing = tuple(n for n in shared if n not in agreeing)
+    if not agreeing or (differing and bits[agreeing[0]] < EXACT_DIGEST_BITS):
+        return None
+    return DigestAgreement(tuple(agreeing), bits[agreeing[0]], differing)
 
 
 @dataclass(frozen=True)
@@ -226,8 +239,11 @@ class Matcher:
         for entry in self._confirmed(seqs):
             agreement = digest_evidence(entry.digests, query)
             if agreement is not None:
-                names, bits = agreement
-                matches.append(self._match(entry, names[0], bits=bits, digests=tuple(names)))
+                matches.append(
+                    self._match(
+                        entry, agreement.agreeing[0], bits=agreement.bits, digests=agreement.agreeing, differing=agreement.differing
+                    )
+                )
         return sorted(matches, key=lambda m: (-(m.bits or 0), m.entry_id))
 
     def match_url(self, url: str) -> list[Match]:

@@ -371,6 +371,7 @@ class Match:
     evidence: str = ""
     bits: int | None = None
     digests: tuple[str, ...] = ()
+    differing: tuple[str, ...] = ()  # shared digests whose listed value differs (a match on a stronger one)
     similarity: float | None = None
     calibration: CalibratedScore | None = None  # fuzzy only: normalised score and false-match estimate
     decision: str | None = None  # fuzzy only: "review" or "action" under the matcher's policy
@@ -399,6 +400,8 @@ class Match:
         if self.bits is not None:
             record["bits"] = self.bits
             record["digests"] = list(self.digests)
+        if self.differing:
+            record["differing"] = list(self.differing)
         if self.similarity is not None:
             record["similarity"] = round(self.similarity, 6)
         if self.calibration is not None:

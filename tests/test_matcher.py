@@ -55,6 +55,20 @@ def test_a_short_digest_agreeing_while_a_strong_one_differs_is_no_match(store: S
     assert (strong.kind, strong.bits, strong.digests) == ("sha256", 256, ("sha256", "crc32"))
 
 
+def test_a_strong_digest_that_agrees_matches_whatever_weaker_listed_value_differs(store: SQLiteStore) -> None:
+    """A list whose CRC32 column was written in the other byte order (or any wrong short value)
+    made every exact SHA-256 copy "none": one differing digest vetoed the match."""
+    sha256, crc32 = value_for("sha256", "listed"), "0D4A1185"
+    entry = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha256, "crc32": "85114A0D", "autov1": "0" * 8}))
+    assert entry is not None
+    [match] = Matcher(store).match_digests({"sha256": sha256, "crc32": crc32, "autov1": "1" * 8})
+    assert (match.entry_id, match.kind, match.bits, match.digests, match.differing) == (entry.id, "sha256", 256, ("sha256",), ("crc32", "autov1"))
+    assert match.identifies and match.to_json()["differing"] == ["crc32", "autov1"]
+    # a weak agreement against a differing digest stays a collision, strong or weak
+    assert Matcher(store).match_digests({"sha256": value_for("sha256", "other"), "crc32": "85114A0D"}) == []
+    assert Matcher(store).match_digests({"crc32": "85114A0D", "autov1": "1" * 8}) == []
+
+
 def test_autov1_alone_is_equal_across_sibling_fine_tunes_so_it_is_near_not_exact(store: SQLiteStore, tmp_path: Path) -> None:
     """AutoV1 hashes 64 KB at offset 1 MiB: two independent fine-tunes of one base that leave the
     text encoder alone share it. A list of AutoV1 values (what old images' metadata name) called

@@ -69,6 +69,8 @@ def describe(result: MatchResult) -> str:
     lines = [f"{result.subject}: {result.verdict}"]
     for m in result.matches:
         evidence = f"{m.kind} equal" if m.identifies else f"{m.kind} equal: {m.bits} bits, too few to identify a file alone"
+        if m.differing:
+            evidence += f" (the list's {', '.join(m.differing)} differs)"
         if m.kind == "fuzzy":
             evidence = f"score {m.score:.3f}, coefficient {m.coefficient:.2f}"
             if m.calibration is not None:

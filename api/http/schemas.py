@@ -58,7 +58,12 @@ MATCH: Schema = {
         "trust": {"type": "string"},
         "evidence": {"type": "string"},
         "bits": {"type": "integer"},
-        "digests": {"type": "array", "items": {"type": "string"}},
+        "digests": {"type": "array", "items": {"type": "string"}, "description": "the digests that agree, strongest first"},
+        "differing": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "shared digests whose listed value differs (a match on a stronger digest: the list's value is wrong or computed another way)",
+        },
         "similarity": {"type": "number"},
     },
 }
