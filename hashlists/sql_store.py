@@ -620,14 +620,17 @@ class SQLStore(Store):
         where, params = ("WHERE list_name = ?", (list_name,)) if list_name is not None else ("", ())
         counts: dict[str, int] = {}
         for column in ("status", "kind", "category"):
-            for row in self._query(f"SELECT {column} AS value, count(*) AS n FROM entries {where} GROUP BY {column}", params):
+            grouped = f"SELECT {column} AS value, count(*) AS n FROM entries {where} GROUP BY {column} ORDER BY {column}"
+            for row in self._query(grouped, params):  # ordered: the backends group in different orders
                 counts[f"{column}:{row['value']}"] = row["n"]
         totals = {"entries": "*", "fingerprints": "fingerprint", "urls": "url", "domains": "domain"}
         totals.update((f"digest:{name}", name) for name in DIGEST_COLUMNS)
         aliases = {key: f"c{i}" for i, key in enumerate(totals)}
         selects = ", ".join(f"count({column}) AS {aliases[key]}" for key, column in totals.items())
-        row = self._query(f"SELECT {selects} FROM entries {where}", params)[0]
+        expired = "count(CASE WHEN status != 'retracted' AND expires <= ? THEN 1 END) AS expired"
+        row = self._query(f"SELECT {selects}, {expired} FROM entries {where}", (utc_now(), *params))[0]
         counts.update((key, row[alias]) for key, alias in aliases.items())
+        counts["expired"] = row["expired"]
         return counts
 
     # -- events ----------------------------------------------------------------------------

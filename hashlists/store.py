@@ -158,7 +158,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def counts(self, list_name: str | None = None) -> dict[str, int]:
-        """Entry counts by status, kind, category and digest name (keys like `status:active`)."""
+        """Entry counts by status, kind, category and digest name (keys like `status:active`), and
+        `expired`: entries not retracted whose expiry has passed (they no longer match)."""
 
     # -- events ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -98,8 +98,13 @@ def test_retract_dispute_confirm_and_stats(db: str, capsys: pytest.CaptureFixtur
     status, out, _ = run(capsys, "list", "stats", "reports", "--db", db, "--json")
     [stats] = json_lines(out)
     assert status == 0 and stats["status:retracted"] == 1 and stats["digest:md5"] == 1 and stats["last_seq"] == 5
+    assert stats["expired"] == 0, "a retracted entry is not counted as expired"
+    status, _, err = run(capsys, "list", "add", "reports", "--md5", "b" * 32, "--expires", "2001-01-01", "--db", db)
+    assert status == 0 and err.startswith("modelsieve: note: e") and err.endswith("expired at 2001-01-01T00:00:00Z: it will never match\n")
+    status, out, _ = run(capsys, "list", "stats", "reports", "--db", db)
+    assert out.splitlines()[-1].split() == ["expired", "(no", "longer", "match)", "1"]
     _, out, _ = run(capsys, "list", "show", "--db", db)
-    assert out == "reports: 1 entries, publisher acme\n"
+    assert out == "reports: 2 entries, publisher acme\n"
 
 
 def test_errors_are_one_line_with_status_2(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -104,6 +104,17 @@ def test_a_retracted_or_disputed_file_listed_again_with_other_digests_stays_out(
     assert store.add_entries("other", again) == len(again)
 
 
+def test_counts_come_in_one_order_on_every_backend_and_count_expired_entries(store: Store) -> None:
+    store.add_entries("main", [NewEntry(category="2c", digests={"md5": f"{i:032x}"}, kind=kind) for i, kind in enumerate("lora other checkpoint lora".split())])
+    store.add_entry("main", NewEntry(category="2b", digests={"sha1": "a" * 40}, expires="2001-01-01"))
+    retracted = store.add_entry("main", NewEntry(category="2b", digests={"sha1": "b" * 40}, expires="2001-01-01"))
+    assert retracted is not None
+    store.set_status(retracted.id, "retracted")
+    counts = store.counts("main")
+    assert [key for key in counts if key.startswith("kind:")] == ["kind:checkpoint", "kind:lora", "kind:other"]
+    assert (counts["kind:other"], counts["entries"], counts["expired"]) == (3, 6, 1)
+
+
 def test_every_change_is_an_event_and_entries_carry_their_last_seq(store: Store) -> None:
     first = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("1")}))
     second = store.add_entry("main", NewEntry(category="2b", digests={"sha256": sha("2")}))

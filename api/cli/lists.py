@@ -195,6 +195,8 @@ def run_add(args: argparse.Namespace) -> int:
                 _print_existing(store, args.list, entry, json_output=args.json)
             else:
                 _print_entry_line(stored, added=True, json_output=args.json)
+                if stored.expired():
+                    print(f"modelsieve: note: {stored.id} expired at {stored.expires}: it will never match", file=sys.stderr)
     return 0
 
 
@@ -477,4 +479,6 @@ def run_stats(args: argparse.Namespace) -> int:
     for key, value in counts.items():
         if ":" in key and value:
             print(f"  {key:24} {value}")
+    if counts["expired"]:
+        print(f"  {'expired (no longer match)':24} {counts['expired']}")
     return 0
