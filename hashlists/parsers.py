@@ -24,6 +24,7 @@ from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry
 MAX_LINE = 1 << 20  # one entry never needs a megabyte; longer lines are hostile
 OVERLONG = f"longer than {MAX_LINE} characters"
 _FIELDS = ("category", "kind", "source", "evidence", "first_seen", "expires", "note", "url", "domain")
+_CASE_FREE_FIELDS = frozenset({"category", "kind", "evidence"})
 _PLAIN_LINE = re.compile(r"([0-9A-Fa-f]{64})(?:\s+\*?(.*))?")
 
 ParsedLine = tuple[int, NewEntry | InvalidEntryError]
@@ -114,6 +115,8 @@ def _entry_from_record(record: Mapping[str, Any], defaults: Defaults) -> NewEntr
     for name, value in [*digests.items(), *fields.items()]:
         if not isinstance(value, str):
             raise InvalidEntryError(f"{name} must be a string, got {type(value).__name__}")
+    for name in _CASE_FREE_FIELDS.intersection(fields):  # third-party lists write "LoRA", "2C", "OSINT-report"
+        fields[name] = fields[name].strip().lower()
     entry = NewEntry(
         category=fields.pop("category", defaults.category),
         kind=fields.pop("kind", defaults.kind),

@@ -36,6 +36,16 @@ def test_csv_with_any_column_order_case_and_extra_columns() -> None:
     assert second.digests == {"sha256": SHA_B.lower()} and second.category == "2c"
 
 
+def test_category_kind_and_evidence_values_are_read_whatever_their_case() -> None:
+    """A partner's CSV saying "LoRA" or "2C" had every line rejected."""
+    text = f"sha256,kind,category,evidence\n{SHA_A},LoRA,2C, OSINT-Report \n{SHA_B},Checkpoint,2b,exact-file\n"
+    [(_, first), (_, second)] = parse(text, "csv")
+    assert (first.kind, first.category, first.evidence) == ("lora", "2c", "osint-report")
+    assert (second.kind, second.category) == ("checkpoint", "2b")
+    [(_, error)] = parse(json.dumps({"sha256": SHA_A, "kind": "LyCORIS"}) + "\n", "jsonl")
+    assert isinstance(error, InvalidEntryError) and "lycoris" in str(error)
+
+
 def test_csv_without_an_identity_column_is_refused_at_its_header() -> None:
     [(number, error)] = parse("title,size\nx,1\n", "csv")
     assert number == 1 and isinstance(error, InvalidEntryError)
