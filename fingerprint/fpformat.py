@@ -118,15 +118,15 @@ class Fingerprint:
         expected = sum(counts) * width + 4 * len(names) * (2 if precision == "f16" else 1)
         if len(payload) != expected:
             raise FingerprintError(f"fingerprint payload is {len(payload)} bytes, its header needs {expected}")
-        noise = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
-        payload = payload[4 * len(names) :]
-        if precision == "f16":
-            scales = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
-            values = np.frombuffer(payload[4 * len(names) :], dtype="<f2").astype(np.float64)
-            with np.errstate(invalid="ignore"):  # inf · 0 from hostile bytes: NaN, refused just below
+        with np.errstate(invalid="ignore"):  # hostile bytes: signalling NaNs cast, inf · 0; refused just below
+            noise = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
+            payload = payload[4 * len(names) :]
+            if precision == "f16":
+                scales = np.frombuffer(payload[: 4 * len(names)], dtype="<f4").astype(np.float64)
+                values = np.frombuffer(payload[4 * len(names) :], dtype="<f2").astype(np.float64)
                 values = values * np.repeat(scales, counts)
-        else:
-            values = np.frombuffer(payload, dtype="<f4").astype(np.float64)
+            else:
+                values = np.frombuffer(payload, dtype="<f4").astype(np.float64)
         if not (np.isfinite(values).all() and np.isfinite(noise).all() and (noise >= 0).all()):
             raise FingerprintError("fingerprint holds NaN or infinite values")
         sketches, offset = {}, 0

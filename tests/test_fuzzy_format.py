@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -73,6 +75,19 @@ def test_a_non_finite_scale_or_value_of_a_delta_fingerprint_is_refused_quietly(s
     blob[scales + 4 * count : scales + 4 * count + 2] = np.float16(value).tobytes()
     with pytest.raises(FingerprintError, match="NaN or infinite"):
         Fingerprint.from_bytes(bytes(blob))
+
+
+def test_a_signalling_nan_is_refused_without_a_floating_point_warning() -> None:
+    """Casting a float32 signalling NaN raised numpy's "invalid value" warning (an error under
+    -W error) before the finiteness check could refuse the fingerprint; found by the property test below."""
+    _, tuned = fingerprints()
+    blob = bytearray(tuned.restricted(sorted(tuned.sketches)[:20]).to_bytes())
+    header_length = struct.unpack("<I", blob[5:9])[0]
+    blob[9 + header_length : 13 + header_length] = struct.pack("<I", 0x7F800001)  # the first noise value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FingerprintError, match="NaN or infinite"):
+            Fingerprint.from_bytes(bytes(blob))
 
 
 @settings(max_examples=150, deadline=None)
