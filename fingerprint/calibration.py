@@ -74,13 +74,18 @@ class Policy:
 
     Calibrated matches qualify by their estimated false-match rate (≤ review_rate, ≤ action_rate).
     Uncalibrated ones (no cohort for their base) fall back to a raw-similarity threshold for review
-    and reach action only if `uncalibrated_action` is set.
+    and reach action only if `uncalibrated_action` is set. The raw threshold holds for comparisons
+    over many tensors; over fewer than `uncalibrated_min_tensors` chance similarity spreads wider
+    (benign one-module LoRAs reach 0.6 against a listed LoRA on the same module), so review then
+    needs `uncalibrated_few_tensors_review`.
     """
 
     review_rate: float = DEFAULT_REVIEW_RATE
     action_rate: float = DEFAULT_ACTION_RATE
     uncalibrated_review: float = 0.35
     uncalibrated_action: float | None = None
+    uncalibrated_min_tensors: int = 8
+    uncalibrated_few_tensors_review: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0 < self.action_rate <= self.review_rate < 1:
@@ -99,6 +104,7 @@ class CalibratedScore:
     normalised: float | None = None  # the residual z-scored against the cohort (fingerprint/calibration.py step 2)
     false_match_rate: float | None = None  # estimated P(a benign pair scores at least this)
     cohort_size: int = 0
+    tensors: int = 0  # tensors compared
 
     @property
     def false_match_text(self) -> str:
@@ -114,16 +120,19 @@ class CalibratedScore:
             if self.false_match_rate <= policy.action_rate:
                 return "action"
             return "review" if self.false_match_rate <= policy.review_rate else None
-        if policy.uncalibrated_action is not None and self.similarity >= policy.uncalibrated_action:
+        review = policy.uncalibrated_review
+        if self.tensors < policy.uncalibrated_min_tensors:
+            review = max(review, policy.uncalibrated_few_tensors_review)
+        if policy.uncalibrated_action is not None and self.similarity >= max(policy.uncalibrated_action, review):
             return "action"
-        return "review" if self.similarity >= policy.uncalibrated_review else None
+        return "review" if self.similarity >= review else None
 
     def to_json(self) -> dict[str, Any]:
         rounded = lambda v: None if v is None else round(v, 4)  # noqa: E731
         rate = None if self.false_match_rate is None else float(f"{self.false_match_rate:.3g}")
         return {"similarity": rounded(self.similarity), "calibrated": self.calibrated, "residual": rounded(self.residual),
                 "normalised": rounded(self.normalised), "false_match_rate": rate, "false_match": self.false_match_text,
-                "cohort_size": self.cohort_size}
+                "cohort_size": self.cohort_size, "tensors": self.tensors}
 
 
 Layout = tuple[tuple[str, int], ...]  # (tensor name, sketch size) in comparison order
@@ -500,7 +509,7 @@ class Cohort:
         """Calibrate one comparison over the tensors `names` (those `fuzzy.compare` used)."""
         usable = self.covering(names)
         if usable < MIN_COHORT or not names:
-            return CalibratedScore(similarity, calibrated=False, cohort_size=usable)
+            return CalibratedScore(similarity, calibrated=False, cohort_size=usable, tensors=len(names))
         query.check_compatible(self.members[0])
         layout = _layout(listed, names)
         space, null = self._table(layout)
@@ -514,7 +523,7 @@ class Cohort:
         for side in (q, l) if self.sides == "both" else (q,):
             z.append(_z(residual, space.cohort_residuals(side, weights2)))
         normalised = float(np.mean(z))
-        return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(space.members))
+        return CalibratedScore(similarity, True, residual, normalised, null.false_match_rate(normalised), len(space.members), len(names))
 
 
 def cohort_for(query: Fingerprint, listed: Fingerprint, cohorts: Mapping[str, Cohort]) -> Cohort | None:
@@ -545,7 +554,7 @@ def calibrate(
 def _calibrated(query: Fingerprint, listed: Fingerprint, cohort: Cohort | None, names: Sequence[str], similarity: float) -> CalibratedScore:
     """The comparison over `names` with raw `similarity`, calibrated against `cohort` when there is one."""
     if cohort is None:
-        return CalibratedScore(similarity, calibrated=False)
+        return CalibratedScore(similarity, calibrated=False, tensors=len(names))
     return cohort.score(query, listed, names, similarity)
 
 

@@ -31,6 +31,10 @@ from modelsieve.fingerprint.scoring import tensor_weights
 
 INDEX_DIM = 512
 INDEX_ROLES = ("attn2.to_k", "attn2.to_v", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+# A fingerprint without INDEX_ROLES tensors (an adapter on self-attention or feed-forward layers
+# only) is indexed on all of its tensors, per component under its name + ALL_TENSORS: such
+# fingerprints find each other and never meet role-indexed codes, which describe other tensors.
+ALL_TENSORS = "+all"
 CANDIDATE_MAX_HAMMING = 226  # of 512 bits; see the README for the recall / candidate-fraction trade-off
 LSH_BAND_BITS = 16
 
@@ -55,19 +59,32 @@ def background_directions(vectors: Sequence[np.ndarray], count: int = 1) -> np.n
 
 
 def index_vectors(fp: Fingerprint, background: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """One unit float32 vector of INDEX_DIM per component that has INDEX_ROLES tensors with a nonzero delta.
+    """One unit float32 vector of INDEX_DIM per component with a nonzero delta on its INDEX_ROLES
+    tensors; for a fingerprint with no such delta at all, per component over all of its tensors
+    (keyed name + ALL_TENSORS).
 
     `background` maps a component to directions (m × INDEX_DIM) projected out before normalising.
     """
     weights = tensor_weights(fp)
-    vectors: dict[str, np.ndarray] = {}
-    for name, sketch in fp.sketches.items():
-        if role_of(name) not in INDEX_ROLES:
-            continue
-        flat = sketch.ravel() * weights[name]
-        buckets, signs = _hashing(fp.key_id + fp.key_check, name, flat.size)
-        vector = vectors.setdefault(component_of(name), np.zeros(INDEX_DIM))
-        np.add.at(vector, buckets, signs * flat)
+
+    def projected(names: list[str]) -> np.ndarray:
+        vector = np.zeros(INDEX_DIM)
+        for name in names:
+            flat = fp.sketches[name].ravel() * weights[name]
+            buckets, signs = _hashing(fp.key_id + fp.key_check, name, flat.size)
+            np.add.at(vector, buckets, signs * flat)
+        return vector
+
+    by_component: dict[str, list[str]] = {}
+    for name in fp.sketches:
+        by_component.setdefault(component_of(name), []).append(name)
+    vectors = {}
+    for component, names in by_component.items():
+        vector = projected([name for name in names if role_of(name) in INDEX_ROLES])
+        if vector.any():
+            vectors[component] = vector
+    if not vectors:  # no role tensor with a delta (none, or zero modules planted to claim the role index)
+        vectors = {component + ALL_TENSORS: projected(names) for component, names in by_component.items()}
     result = {}
     for component, vector in vectors.items():
         if background is not None and component in background:

@@ -569,11 +569,15 @@ class SQLStore(Store):
         return (_entry(row) for row in self._pages("SELECT * FROM entries", clauses, params, after=changed_since))
 
     def index_rows(self, *, changed_since: int = 0, until: int | None = None) -> Iterator[IndexRow]:
-        columns = ", ".join(("seq", "status", "url", "domain", "fp_codes", *DIGEST_COLUMNS))
+        # A fingerprint stored without codes (before adapters without index-role tensors got them)
+        # has them computed here; its blob is read only then.
+        uncoded = "CASE WHEN fp_codes = '{}' THEN fingerprint END AS uncoded"
+        columns = ", ".join(("seq", "status", "url", "domain", "fp_codes", uncoded, *DIGEST_COLUMNS))
         clauses, params = _filters(until=until)
         for row in self._pages(f"SELECT {columns} FROM entries", clauses, params, after=changed_since):
             digests = {name: row[name] for name in DIGEST_COLUMNS if row[name]}
-            yield IndexRow(row["seq"], row["status"], digests, row["url"], row["domain"], decode_codes(row["fp_codes"]))
+            codes = decode_codes(stored_codes(bytes(row["uncoded"])) if row["uncoded"] else row["fp_codes"])
+            yield IndexRow(row["seq"], row["status"], digests, row["url"], row["domain"], codes)
 
     def _entries_where_in(self, column: str, values: list[Any], select: str = "SELECT * FROM entries") -> list[Entry]:
         found: list[Entry] = []

@@ -59,11 +59,22 @@ def test_correlated_siblings_stay_below_action_although_their_raw_cosine_is_high
 
 def test_without_a_cohort_scores_are_flagged_uncalibrated() -> None:
     score = calibrate(tuned(10), listed())
-    assert score == CalibratedScore(compare(tuned(10), listed()).similarity, calibrated=False)
+    comparison = compare(tuned(10), listed())
+    assert score == CalibratedScore(comparison.similarity, calibrated=False, tensors=comparison.tensors_compared)
     assert score.false_match_text == "uncalibrated" and score.to_json()["normalised"] is None
     copy = calibrate(fp(NEAR_COPIES["fp16"](family())), listed(), {"other-base": cohorts()["sd15"]})
     assert not copy.calibrated and copy.decision() == "review"  # never "action" uncalibrated by default
     assert copy.decision(Policy(uncalibrated_action=0.9)) == "action"
+
+
+def test_an_uncalibrated_comparison_over_few_tensors_needs_a_strong_similarity() -> None:
+    """Benign one-module LoRAs reached similarity 0.6 against a listed LoRA on the same module
+    (11 % of 300 over 0.35): over few tensors chance similarity spreads wider than the raw
+    threshold assumes."""
+    few, many = CalibratedScore(0.6, calibrated=False, tensors=1), CalibratedScore(0.6, calibrated=False, tensors=8)
+    assert (few.decision(), many.decision()) == (None, "review")
+    assert CalibratedScore(0.95, calibrated=False, tensors=1).decision() == "review"
+    assert few.decision(Policy(uncalibrated_min_tensors=1)) == "review"
 
 
 def test_a_cohort_too_small_for_the_compared_tensors_is_uncalibrated() -> None:

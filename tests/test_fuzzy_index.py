@@ -59,3 +59,18 @@ def test_removing_the_benign_background_makes_correlated_siblings_non_candidates
     assert plain[0] <= CANDIDATE_MAX_HAMMING and cleaned[0] <= CANDIDATE_MAX_HAMMING
     assert (plain[1:] <= CANDIDATE_MAX_HAMMING).sum() > (cleaned[1:] <= CANDIDATE_MAX_HAMMING).sum()
     assert (cleaned[1:] <= CANDIDATE_MAX_HAMMING).sum() <= 1
+
+
+def test_an_adapter_without_index_role_modules_is_indexed_on_all_its_tensors() -> None:
+    """Only a fingerprint with no delta on the index roles falls back, so checkpoints and ordinary
+    LoRAs keep their codes; zero modules planted on the roles do not take the fallback away."""
+    family = syn.Family(5, syn.Architecture(scale=20, text_layers=2, vocab=300))
+    lora = family.lora(1)
+    self_attention = syn.LoraFactors({m: f for m, f in lora.modules.items() if ".attn1." in m})
+    fingerprint = fingerprint_tensors(syn.kohya_layout(self_attention), KEY)
+    assert set(index_vectors(fingerprint)) == {"unet+all"}
+    role = next(m for m in lora.modules if m.endswith("attn2.to_k"))
+    up, down, alpha = lora.modules[role]
+    planted = syn.LoraFactors({**self_attention.modules, role: (np.zeros_like(up), down, alpha)})
+    assert sign_codes(fingerprint_tensors(syn.kohya_layout(planted), KEY)) == sign_codes(fingerprint)
+    assert set(index_vectors(fingerprint_tensors(syn.kohya_layout(lora), KEY))) == {"unet", "text_encoder"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from modelsieve.api.cli import main
-from modelsieve.fingerprint.fuzzy import FingerprintKey, fingerprint_tensors
+from modelsieve.fingerprint import synthetic as syn
+from modelsieve.fingerprint.fuzzy import FingerprintKey, fingerprint_model, fingerprint_tensors
+from modelsieve.fingerprint.readers import open_model
 from modelsieve.hashlists.bundles import export_list, import_bundle
 from modelsieve.hashlists.curation import retract
 from modelsieve.hashlists.matcher import Matcher
@@ -70,6 +73,54 @@ def test_fingerprints_travel_in_bundles(store: SQLiteStore, tmp_path: Path) -> N
         import_bundle(other, tmp_path / "b.jsonl")
         [match] = Matcher(other).match_fingerprint(lora_fingerprint(LISTED_SEED, dtype=np.float16))
         assert (match.entry_id, match.origin) == (ids[LISTED_SEED], "platform-a")
+
+
+SMALL_FAMILY = syn.Family(5, syn.Architecture(scale=20, text_layers=2, vocab=300))
+
+
+def write_loras(folder: Path, loras: dict[str, tuple[syn.LoraFactors, str]]) -> None:
+    for name, (lora, dtype) in loras.items():
+        syn.write_safetensors(folder / f"{name}.safetensors", syn.kohya_layout(lora, dtype))
+
+
+def list_file(store: SQLiteStore, path: Path) -> None:
+    with open_model(path) as reader:
+        store.add_entry("main", NewEntry(category="2c", kind="lora", fingerprint=fingerprint_model(reader).to_bytes(), evidence="fuzzy"))
+
+
+def modules(lora: syn.LoraFactors, keep: Callable[[str], bool]) -> syn.LoraFactors:
+    return syn.LoraFactors({module: factors for module, factors in lora.modules.items() if keep(module)})
+
+
+def test_a_benign_lora_on_the_one_module_of_a_small_listed_lora_is_no_match(store: SQLiteStore, tmp_path: Path) -> None:
+    """A listed one-module LoRA and an independent LoRA on the same module scored 0.634 without a
+    cohort (over one tensor chance similarity spreads far wider than the 0.35 threshold assumes),
+    and the benign one was reported "near"; a re-saved copy of the listed one still matches."""
+    module = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
+    listed = modules(SMALL_FAMILY.lora(1), lambda m: m == module)
+    write_loras(tmp_path, {"listed": (listed, "fp32"), "copy": (listed, "fp16"), "benign": (modules(SMALL_FAMILY.lora(8), lambda m: m == module), "fp32")})
+    list_file(store, tmp_path / "listed.safetensors")
+    matcher = Matcher(store)
+    assert matcher.match_path(tmp_path / "benign.safetensors").verdict == "none"
+    [match] = matcher.match_path(tmp_path / "copy.safetensors").matches
+    assert match.kind == "fuzzy" and match.score > 0.99 and match.calibration is not None and match.calibration.tensors == 1
+
+
+def test_a_lora_without_index_role_modules_is_found_by_its_near_copies(store: SQLiteStore, tmp_path: Path) -> None:
+    """The candidate index reads cross-attention key/value and text-encoder attention modules; a
+    LoRA on the other modules only (96 here) had no code at all, so its rank-8 fp16 copy (score
+    0.986) was "none": such adapters could not be fuzzy-matched."""
+    other_modules = lambda m: ".attn2.to_k" not in m and ".attn2.to_v" not in m and "self_attn" not in m  # noqa: E731
+    listed = modules(SMALL_FAMILY.lora(1), other_modules)
+    write_loras(tmp_path, {"listed": (listed, "fp32"), "copy": (syn.resize_lora(listed, 8), "fp16"), "benign": (modules(SMALL_FAMILY.lora(2), other_modules), "fp32")})
+    list_file(store, tmp_path / "listed.safetensors")
+    matcher = Matcher(store)
+    [match] = matcher.match_path(tmp_path / "copy.safetensors").matches
+    assert match.kind == "fuzzy" and match.score > 0.95
+    assert matcher.match_path(tmp_path / "benign.safetensors").verdict == "none"
+    # a row stored before such fingerprints got codes (fp_codes '{}') gets them when the index loads
+    store._execute("UPDATE entries SET fp_codes = '{}'")  # as an older version stored it
+    assert [m.score > 0.95 for m in Matcher(store).match_path(tmp_path / "copy.safetensors").matches] == [True]
 
 
 def test_files_are_listed_and_matched_exactly_and_near_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
