@@ -279,7 +279,7 @@ _INSERT_NEW_ENTRY = (
 )
 _INSERT_EVENT = "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _BATCH = 10_000
-_WITHHELD_CHUNK = 2_000  # digests looked up at once (SQLite allows 32,766 parameters)
+_LISTED_CHUNK = 2_000  # digests looked up at once (SQLite allows 32,766 parameters)
 MAX_BACKGROUND_SOURCE = 1000
 _BASE_COLUMNS = "name, key_id, key_check, scheme, tensors, source, added"
 _BACKGROUND_COLUMNS = "id, base, kind, key_id, tensors, source, added"
@@ -308,6 +308,26 @@ def _entry(row: Row) -> Entry:
         note=row["note"],
         seq=row["seq"],
     )
+
+
+def _as_new_entry(entry: Entry) -> NewEntry:
+    return NewEntry(
+        id=entry.id, category=entry.category, kind=entry.kind, digests=dict(entry.digests), fingerprint=entry.fingerprint,
+        url=entry.url, domain=entry.domain, source=entry.source, evidence=entry.evidence, first_seen=entry.first_seen,
+        added=entry.added, expires=entry.expires, note=entry.note, status=entry.status,
+    )
+
+
+def _enriched(listed: NewEntry, new: NewEntry) -> NewEntry | None:
+    """`listed` with the digests and fingerprint only `new` has (and its kind, where listed said
+    "other": a hash-only entry whose file turned up); None when `new` adds nothing. Listed values win."""
+    merged = dataclasses.replace(
+        listed,
+        digests={**new.digests, **listed.digests},
+        fingerprint=listed.fingerprint or new.fingerprint,
+        kind=new.kind if listed.kind == "other" else listed.kind,
+    )
+    return None if merged == listed else merged
 
 
 def _base_info(row: Row) -> BaseInfo:
@@ -452,8 +472,11 @@ class SQLStore(Store):
             publisher = info.publisher
 
             def insert(batch: list[NewEntry]) -> int:
-                kept = batch if replace else self._not_withheld(list_name, batch)
-                return self._insert_batch(list_name, kept, actor or publisher, origin, publisher, replace)
+                if replace:
+                    return self._insert_batch(list_name, batch, actor or publisher, origin, publisher, True)
+                fresh, enriched = self._against_listed(list_name, batch)
+                self._insert_batch(list_name, enriched, actor or publisher, origin, publisher, True)
+                return self._insert_batch(list_name, fresh, actor or publisher, origin, publisher, False)
 
             batch: list[NewEntry] = []
             for entry in entries:
@@ -464,35 +487,44 @@ class SQLStore(Store):
             count += insert(batch)
         return count
 
-    def _not_withheld(self, list_name: str, batch: list[NewEntry]) -> list[NewEntry]:
-        """The batch without entries for a file the list holds a retracted or disputed entry for
-        (an identifying digest in common), so a false positive stays retracted and a dispute in
-        force when a list arrives again with other digests."""
+    def _against_listed(self, list_name: str, batch: list[NewEntry]) -> tuple[list[NewEntry], list[NewEntry]]:
+        """The batch sorted against the entries the list holds for the same files (an identifying
+        digest in common): (entries to insert, listed entries enriched with the batch's other
+        digests and fingerprint). One entry per file: an entry for a file the list holds retracted
+        or disputed is dropped (a false positive stays retracted, a dispute in force, when a list
+        arrives again with other digests), and so is one adding nothing."""
         identifying = [identifying_digests(entry.digests).items() for entry in batch]
         wanted = {pair for pairs in identifying for pair in pairs}
-        if not wanted:
-            return batch
-        withheld: set[tuple[str, str]] = set()
+        holding: dict[tuple[str, str], list[Row]] = {}  # identifying digest → this list's rows holding it
         pairs = sorted(wanted)
-        for start in range(0, len(pairs), _WITHHELD_CHUNK):
+        for start in range(0, len(pairs), _LISTED_CHUNK):
             by_name: dict[str, list[str]] = {}
-            for name, value in pairs[start : start + _WITHHELD_CHUNK]:
+            for name, value in pairs[start : start + _LISTED_CHUNK]:
                 by_name.setdefault(name, []).append(value)
             where = " OR ".join(f"{name} IN ({', '.join('?' * len(values))})" for name, values in by_name.items())
             rows = self._query(  # by the digest indexes only: a list_name condition can make the planner scan the list
-                f"SELECT list_name, status, {', '.join(by_name)} FROM entries WHERE {where}",
+                f"SELECT id, list_name, status, identity, seq, {', '.join(by_name)} FROM entries WHERE {where}",
                 [value for values in by_name.values() for value in values],
             )
-            withheld |= {
-                (name, row[name])
-                for row in rows
-                if row["list_name"] == list_name and row["status"] != "active"
-                for name in by_name
-                if (name, row[name]) in wanted
-            }
-        if not withheld:
-            return batch
-        return [entry for entry, pairs in zip(batch, identifying) if withheld.isdisjoint(pairs)]
+            for row in rows:
+                if row["list_name"] == list_name:
+                    for name in by_name:
+                        if (name, row[name]) in wanted:
+                            holding.setdefault((name, row[name]), []).append(row)
+        if not holding:
+            return batch, []
+        fresh: list[NewEntry] = []
+        enriched: dict[str, NewEntry] = {}
+        for entry, entry_pairs in zip(batch, identifying):
+            holders = {row["id"]: row for pair in entry_pairs for row in holding.get(pair, ())}
+            if not holders:
+                fresh.append(entry)
+            elif all(row["status"] == "active" for row in holders.values()):
+                oldest = min(holders.values(), key=lambda row: row["seq"])["id"]
+                merged = _enriched(enriched.get(oldest) or _as_new_entry(self.get_entry(oldest)), entry)
+                if merged is not None and entry_identity(merged) not in {row["identity"] for row in holders.values()}:
+                    enriched[oldest] = merged
+        return fresh, list(enriched.values())
 
     def _insert_batch(
         self, list_name: str, batch: list[NewEntry], actor: str, origin: str | None, publisher: str, replace: bool

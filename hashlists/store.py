@@ -108,8 +108,9 @@ class Store(abc.ABC):
 
         Entries are validated first: an invalid one raises InvalidEntryError and adds nothing.
         An entry listing what the list already lists (same `entry_identity`) is skipped, so the
-        same import twice adds nothing; so is one sharing an identifying digest with a retracted or
-        disputed entry of the list (a false positive listed again with other digests stays out).
+        same import twice adds nothing. One sharing an identifying digest with an entry of the list
+        (the same file) adds its other digests and fingerprint to that entry instead, or nothing
+        when that entry is retracted or disputed (a false positive listed again stays out).
         With `replace` (bundle imports) an entry whose id exists is overwritten instead, and
         entries apply as published. `origin` is the publisher of imported entries.
         """

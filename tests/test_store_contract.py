@@ -9,6 +9,7 @@ import pytest
 
 from modelsieve.fingerprint.digests import DIGEST_NAMES
 from modelsieve.hashlists.errors import InvalidEntryError, NotFoundError
+from modelsieve.hashlists.matcher import Matcher
 from modelsieve.hashlists.model import DIGEST_LENGTHS, NewEntry, Opinion, TrustedKey, utc_now
 from modelsieve.hashlists import sql_store
 from modelsieve.hashlists.store import Store, open_store
@@ -84,7 +85,7 @@ def test_the_same_thing_is_listed_once_per_list(store: Store) -> None:
 def test_a_retracted_or_disputed_file_listed_again_with_other_digests_stays_out(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A partner's hash list, re-imported a month later with a new blake3 column, added its retracted
     false positive again as a new active entry (the entry's identity is its exact set of digests)."""
-    monkeypatch.setattr(sql_store, "_WITHHELD_CHUNK", 7)  # several lookups per batch
+    monkeypatch.setattr(sql_store, "_LISTED_CHUNK", 7)  # several lookups per batch
     false_positive = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("fp"), "md5": "a" * 32}))
     disputed = store.add_entry("main", NewEntry(category="2c", digests={"sha1": "b" * 40}))
     assert false_positive is not None and disputed is not None
@@ -102,6 +103,26 @@ def test_a_retracted_or_disputed_file_listed_again_with_other_digests_stays_out(
     assert store.add_entries("main", [NewEntry(category="2c", digests={"crc32": "0D4A1185"})]) == 1
     store.create_list("other")  # another list decides for itself
     assert store.add_entries("other", again) == len(again)
+
+
+def test_a_file_listed_again_with_more_digests_enriches_its_entry(store: Store) -> None:
+    """A file listed hash-only and then added whole (digests and fingerprint) became two entries:
+    both matched, and retracting the one a match named left the other matching."""
+    first = store.add_entry("main", NewEntry(category="2c", digests={"sha256": sha("file")}, note="as reported"))
+    assert first is not None
+    whole = NewEntry(category="2b", kind="lora", digests={"sha256": sha("file"), "blake3": "b" * 64, "crc32": "0d4a1185"}, fingerprint=FINGERPRINT)
+    assert store.add_entries("main", [whole]) == 0
+    [entry] = store.entries("main")
+    assert (entry.id, entry.category, entry.kind, entry.note) == (first.id, "2c", "lora", "as reported"), "the listed entry keeps its judgement"
+    assert entry.digests == {"sha256": sha("file"), "blake3": "b" * 64, "crc32": "0d4a1185"} and entry.fingerprint == FINGERPRINT
+    assert entry.seq > first.seq and [e.action for e in store.events()][-1] == "add"
+    assert [m.entry_id for m in Matcher(store).match_digests({"blake3": "b" * 64})] == [first.id]
+    seq = store.last_seq()
+    assert store.add_entries("main", [whole, NewEntry(category="2c", digests={"blake3": "B" * 64})]) == 0
+    assert store.last_seq() == seq, "nothing new: nothing written"
+    store.set_status(first.id, "retracted")
+    assert store.add_entries("main", [NewEntry(category="2c", digests={"sha256": sha("file"), "sha1": "c" * 40})]) == 0
+    assert store.get_entry(first.id).digests.get("sha1") is None and store.counts("main")["entries"] == 1
 
 
 def test_counts_come_in_one_order_on_every_backend_and_count_expired_entries(store: Store) -> None:
