@@ -511,14 +511,19 @@ class SQLStore(Store):
                     for name in by_name:
                         if (name, row[name]) in wanted:
                             holding.setdefault((name, row[name]), []).append(row)
-        if not holding:
-            return batch, []
         fresh: list[NewEntry] = []
+        claimed: dict[tuple[str, str], int] = {}  # identifying digest → its entry in `fresh` (one file twice in a batch)
         enriched: dict[str, NewEntry] = {}
         for entry, entry_pairs in zip(batch, identifying):
             holders = {row["id"]: row for pair in entry_pairs for row in holding.get(pair, ())}
             if not holders:
-                fresh.append(entry)
+                earlier = next((claimed[pair] for pair in entry_pairs if pair in claimed), None)
+                if earlier is None:
+                    claimed.update((pair, len(fresh)) for pair in entry_pairs)
+                    fresh.append(entry)
+                elif (merged := _enriched(fresh[earlier], entry)) is not None:
+                    fresh[earlier] = merged
+                    claimed.update((pair, earlier) for pair in entry_pairs)
             elif all(row["status"] == "active" for row in holders.values()):
                 oldest = min(holders.values(), key=lambda row: row["seq"])["id"]
                 merged = _enriched(enriched.get(oldest) or _as_new_entry(self.get_entry(oldest)), entry)

@@ -120,9 +120,12 @@ def test_a_file_listed_again_with_more_digests_enriches_its_entry(store: Store) 
     seq = store.last_seq()
     assert store.add_entries("main", [whole, NewEntry(category="2c", digests={"blake3": "B" * 64})]) == 0
     assert store.last_seq() == seq, "nothing new: nothing written"
+    twice = [NewEntry(category="2c", digests={"md5": "d" * 32}), NewEntry(category="2c", digests={"md5": "d" * 32, "sha1": "e" * 40})]
+    assert store.add_entries("main", twice) == 1, "one file twice in one import is one entry"
+    assert [e.digests for e in store.entries("main") if "md5" in e.digests] == [{"md5": "d" * 32, "sha1": "e" * 40}]
     store.set_status(first.id, "retracted")
     assert store.add_entries("main", [NewEntry(category="2c", digests={"sha256": sha("file"), "sha1": "c" * 40})]) == 0
-    assert store.get_entry(first.id).digests.get("sha1") is None and store.counts("main")["entries"] == 1
+    assert store.get_entry(first.id).digests.get("sha1") is None and store.counts("main")["entries"] == 2
 
 
 def test_counts_come_in_one_order_on_every_backend_and_count_expired_entries(store: Store) -> None:
