@@ -494,23 +494,7 @@ class SQLStore(Store):
         or disputed is dropped (a false positive stays retracted, a dispute in force, when a list
         arrives again with other digests), and so is one adding nothing."""
         identifying = [identifying_digests(entry.digests).items() for entry in batch]
-        wanted = {pair for pairs in identifying for pair in pairs}
-        holding: dict[tuple[str, str], list[Row]] = {}  # identifying digest → this list's rows holding it
-        pairs = sorted(wanted)
-        for start in range(0, len(pairs), _LISTED_CHUNK):
-            by_name: dict[str, list[str]] = {}
-            for name, value in pairs[start : start + _LISTED_CHUNK]:
-                by_name.setdefault(name, []).append(value)
-            where = " OR ".join(f"{name} IN ({', '.join('?' * len(values))})" for name, values in by_name.items())
-            rows = self._query(  # by the digest indexes only: a list_name condition can make the planner scan the list
-                f"SELECT id, list_name, status, identity, seq, {', '.join(by_name)} FROM entries WHERE {where}",
-                [value for values in by_name.values() for value in values],
-            )
-            for row in rows:
-                if row["list_name"] == list_name:
-                    for name in by_name:
-                        if (name, row[name]) in wanted:
-                            holding.setdefault((name, row[name]), []).append(row)
+        holding = self._holding(list_name, {pair for pairs in identifying for pair in pairs})
         fresh: list[NewEntry] = []
         claimed: dict[tuple[str, str], int] = {}  # identifying digest → its entry in `fresh` (one file twice in a batch)
         enriched: dict[str, NewEntry] = {}
@@ -530,6 +514,27 @@ class SQLStore(Store):
                 if merged is not None and entry_identity(merged) not in {row["identity"] for row in holders.values()}:
                     enriched[oldest] = merged
         return fresh, list(enriched.values())
+
+    def _holding(self, list_name: str, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[Row]]:
+        """The list's rows (id, status, identity, seq) holding each of the `wanted` (digest name,
+        value) pairs, looked up through the digest indexes in chunks."""
+        holding: dict[tuple[str, str], list[Row]] = {}
+        pairs = sorted(wanted)
+        for start in range(0, len(pairs), _LISTED_CHUNK):
+            by_name: dict[str, list[str]] = {}
+            for name, value in pairs[start : start + _LISTED_CHUNK]:
+                by_name.setdefault(name, []).append(value)
+            where = " OR ".join(f"{name} IN ({', '.join('?' * len(values))})" for name, values in by_name.items())
+            rows = self._query(  # by the digest indexes only: a list_name condition can make the planner scan the list
+                f"SELECT id, list_name, status, identity, seq, {', '.join(by_name)} FROM entries WHERE {where}",
+                [value for values in by_name.values() for value in values],
+            )
+            for row in rows:
+                if row["list_name"] == list_name:
+                    for name in by_name:
+                        if (name, row[name]) in wanted:
+                            holding.setdefault((name, row[name]), []).append(row)
+        return holding
 
     def _insert_batch(
         self, list_name: str, batch: list[NewEntry], actor: str, origin: str | None, publisher: str, replace: bool
