@@ -494,7 +494,10 @@ class SQLStore(Store):
         or disputed is dropped (a false positive stays retracted, a dispute in force, when a list
         arrives again with other digests), and so is one adding nothing."""
         identifying = [identifying_digests(entry.digests).items() for entry in batch]
-        holding = self._holding(list_name, {pair for pairs in identifying for pair in pairs})
+        wanted = {pair for pairs in identifying for pair in pairs}
+        holding = self._holding(list_name, wanted)
+        if not holding and len(wanted) == sum(map(len, identifying)):  # all new, no file twice: the usual import
+            return batch, []
         fresh: list[NewEntry] = []
         claimed: dict[tuple[str, str], int] = {}  # identifying digest → its entry in `fresh` (one file twice in a batch)
         enriched: dict[str, NewEntry] = {}
