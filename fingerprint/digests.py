@@ -257,6 +257,8 @@ def hash_file(
     try:
         with open(path, "rb", buffering=0) as handle:
             status = os.fstat(handle.fileno())
+            if not (stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode)):  # /dev/zero never ends
+                raise ModelFileError(f"{path}: a device, not a file: only files and pipes are hashed")
             if stat.S_ISREG(status.st_mode) and hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)  # generous read-ahead
             if status.st_size > 2 * chunk_size and workers > 1 and len(digest._lanes) > 1:

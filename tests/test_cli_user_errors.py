@@ -292,6 +292,16 @@ def test_a_fifo_given_as_a_model_is_refused_without_waiting_for_a_writer(tmp_pat
     assert result.returncode == 1 and result.stderr == f"modelsieve: {fifo}: not a regular file (a pipe or a device?): models are read from files\n"
 
 
+@pytest.mark.parametrize("command", ["hash", "match"])
+def test_an_endless_device_given_as_a_model_is_refused_at_once(tmp_path: Path, command: str) -> None:
+    """`modelsieve hash /dev/zero` (and `match`, which hashes first) read forever."""
+    store = ["--db", str(tmp_path / "store.db")] if command == "match" else []
+    if store:
+        assert main(["list", "create", "reports", *store]) == 0
+    result = subprocess.run([*MODELSIEVE, command, "/dev/zero", *store], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == "modelsieve: /dev/zero: a device, not a file: only files and pipes are hashed\n"
+
+
 def test_background_members_that_are_no_change_to_the_base_are_refused_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The base itself (zero change) was accepted as a cohort member and made the estimates more
     confident (review → action on the demo zoo); a member of another base refused the whole batch."""
