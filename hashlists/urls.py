@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from typing import TYPE_CHECKING
 
 import ada_url
-import tldextract
 from yarl import URL
 
 from modelsieve.hashlists.errors import InvalidEntryError
+
+if TYPE_CHECKING:
+    import tldextract
 
 MAX_URL_LENGTH = 4096
 _HOST_LABELS = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
@@ -24,6 +27,9 @@ _HOST_LABELS = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)
 @functools.cache
 def _extractor() -> tldextract.TLDExtract:
     # No suffix-list URLs and no cache directory: the bundled snapshot only, no network, no files.
+    # Imported on first use: tldextract brings requests (~0.1 s), which most commands never need.
+    import tldextract
+
     return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
 
 

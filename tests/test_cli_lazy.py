@@ -45,6 +45,15 @@ def test_choosing_a_command_imports_only_its_modules() -> None:
     assert "aiohttp" not in keys, "keys api needs the key table, not the server"
 
 
+def test_the_public_suffix_list_is_loaded_only_for_domain_work() -> None:
+    """tldextract brings requests (~0.1 s of start-up) into every store command that imported the
+    hashlists model; it is needed only where a registrable domain is computed."""
+    listing = imported_after("from modelsieve.api.cli import build_parser; build_parser(['list'])")
+    assert "modelsieve.hashlists.urls" in listing and not {"tldextract", "requests"} & listing
+    domain = imported_after("from modelsieve.hashlists.urls import registrable_domain; registrable_domain('a.example.co.uk')")
+    assert "tldextract" in domain
+
+
 def test_top_level_help_imports_no_command_and_lists_them_all(capsys: pytest.CaptureFixture[str]) -> None:
     modules = imported_after("from modelsieve.api.cli import build_parser; build_parser(()).format_help()")
     assert not {f"modelsieve.api.cli.{name}" for name in COMMAND_MODULES} & modules
