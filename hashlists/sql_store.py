@@ -319,13 +319,16 @@ def _as_new_entry(entry: Entry) -> NewEntry:
 
 
 def _enriched(listed: NewEntry, new: NewEntry) -> NewEntry | None:
-    """`listed` with the digests and fingerprint only `new` has (and its kind, where listed said
-    "other": a hash-only entry whose file turned up); None when `new` adds nothing. Listed values win."""
+    """`listed` with the digests and fingerprint only `new` has, its kind where listed said "other"
+    (a hash-only entry whose file turned up), and the later expiry (none is latest: a file listed
+    again is listed for as long as the newer listing says); None when `new` adds nothing. Listed
+    values win otherwise."""
     merged = dataclasses.replace(
         listed,
         digests={**new.digests, **listed.digests},
         fingerprint=listed.fingerprint or new.fingerprint,
         kind=new.kind if listed.kind == "other" else listed.kind,
+        expires=None if listed.expires is None or new.expires is None else max(listed.expires, new.expires),
     )
     return None if merged == listed else merged
 
@@ -514,7 +517,8 @@ class SQLStore(Store):
             elif all(row["status"] == "active" for row in holders.values()):
                 oldest = min(holders.values(), key=lambda row: row["seq"])["id"]
                 merged = _enriched(enriched.get(oldest) or _as_new_entry(self.get_entry(oldest)), entry)
-                if merged is not None and entry_identity(merged) not in {row["identity"] for row in holders.values()}:
+                others = {row["identity"] for row in holders.values() if row["id"] != oldest}
+                if merged is not None and entry_identity(merged) not in others:  # the list's identities stay unique
                     enriched[oldest] = merged
         return fresh, list(enriched.values())
 

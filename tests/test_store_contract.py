@@ -128,6 +128,21 @@ def test_a_file_listed_again_with_more_digests_enriches_its_entry(store: Store) 
     assert store.get_entry(first.id).digests.get("sha1") is None and store.counts("main")["entries"] == 2
 
 
+def test_an_expired_file_listed_again_matches_for_as_long_as_the_new_listing_says(store: Store) -> None:
+    """A list re-imported with fresh expiry dates left every expired entry expired: the same
+    digests were "already listed", so the file never matched again."""
+    digests = {"sha256": sha("yearly")}
+    entry = store.add_entry("main", NewEntry(category="2c", digests=digests, expires="2001-01-01"))
+    assert entry is not None and entry.expired()
+    assert store.add_entries("main", [NewEntry(category="2c", digests=digests, expires="2099-01-01")]) == 0
+    assert store.get_entry(entry.id).expires == "2099-01-01T00:00:00Z"
+    assert [m.entry_id for m in Matcher(store).match_digests(digests)] == [entry.id]
+    store.add_entries("main", [NewEntry(category="2c", digests=digests, expires="2050-01-01")])
+    assert store.get_entry(entry.id).expires == "2099-01-01T00:00:00Z", "an earlier expiry does not shorten the listing"
+    store.add_entries("main", [NewEntry(category="2c", digests=digests)])
+    assert store.get_entry(entry.id).expires is None and store.counts("main")["entries"] == 1
+
+
 def test_counts_come_in_one_order_on_every_backend_and_count_expired_entries(store: Store) -> None:
     store.add_entries("main", [NewEntry(category="2c", digests={"md5": f"{i:032x}"}, kind=kind) for i, kind in enumerate("lora other checkpoint lora".split())])
     store.add_entry("main", NewEntry(category="2b", digests={"sha1": "a" * 40}, expires="2001-01-01"))
