@@ -280,6 +280,7 @@ _INSERT_NEW_ENTRY = (
 _INSERT_EVENT = "INSERT INTO events (seq, at, action, list_name, entry_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _BATCH = 10_000
 _LISTED_CHUNK = 2_000  # digests looked up at once (SQLite allows 32,766 parameters)
+_IDENTITY = "identity"  # the key `_against_listed` finds entries without an identifying digest by
 MAX_BACKGROUND_SOURCE = 1000
 _BASE_COLUMNS = "name, key_id, key_check, scheme, tensors, source, added"
 _BACKGROUND_COLUMNS = "id, base, kind, key_id, tensors, source, added"
@@ -492,11 +493,14 @@ class SQLStore(Store):
 
     def _against_listed(self, list_name: str, batch: list[NewEntry]) -> tuple[list[NewEntry], list[NewEntry]]:
         """The batch sorted against the entries the list holds for the same files (an identifying
-        digest in common): (entries to insert, listed entries enriched with the batch's other
-        digests and fingerprint). One entry per file: an entry for a file the list holds retracted
-        or disputed is dropped (a false positive stays retracted, a dispute in force, when a list
-        arrives again with other digests), and so is one adding nothing."""
-        identifying = [identifying_digests(entry.digests).items() for entry in batch]
+        digest in common; for entries without one, URLs and domains, the same identity): (entries
+        to insert, listed entries enriched with the batch's other digests, fingerprint and later
+        expiry). One entry per file: an entry for a file the list holds retracted or disputed is
+        dropped (a false positive stays retracted, a dispute in force, when a list arrives again
+        with other digests), and so is one adding nothing."""
+        identifying = [
+            list(identifying_digests(entry.digests).items()) or [(_IDENTITY, entry_identity(entry))] for entry in batch
+        ]
         wanted = {pair for pairs in identifying for pair in pairs}
         holding = self._holding(list_name, wanted)
         if not holding and len(wanted) == sum(map(len, identifying)):  # all new, no file twice: the usual import
@@ -524,9 +528,19 @@ class SQLStore(Store):
 
     def _holding(self, list_name: str, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[Row]]:
         """The list's rows (id, status, identity, seq) holding each of the `wanted` (digest name,
-        value) pairs, looked up through the digest indexes in chunks."""
+        value) pairs, looked up through the digest indexes in chunks; (_IDENTITY, identity) pairs
+        through the list's unique identity index."""
         holding: dict[tuple[str, str], list[Row]] = {}
-        pairs = sorted(wanted)
+        identities = sorted(value for name, value in wanted if name == _IDENTITY)
+        for start in range(0, len(identities), _LISTED_CHUNK):
+            chunk = identities[start : start + _LISTED_CHUNK]
+            rows = self._query(
+                f"SELECT id, status, identity, seq FROM entries WHERE list_name = ? AND identity IN ({', '.join('?' * len(chunk))})",
+                [list_name, *chunk],
+            )
+            for row in rows:
+                holding.setdefault((_IDENTITY, row["identity"]), []).append(row)
+        pairs = sorted(pair for pair in wanted if pair[0] != _IDENTITY)
         for start in range(0, len(pairs), _LISTED_CHUNK):
             by_name: dict[str, list[str]] = {}
             for name, value in pairs[start : start + _LISTED_CHUNK]:

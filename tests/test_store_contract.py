@@ -141,6 +141,11 @@ def test_an_expired_file_listed_again_matches_for_as_long_as_the_new_listing_say
     assert store.get_entry(entry.id).expires == "2099-01-01T00:00:00Z", "an earlier expiry does not shorten the listing"
     store.add_entries("main", [NewEntry(category="2c", digests=digests)])
     assert store.get_entry(entry.id).expires is None and store.counts("main")["entries"] == 1
+    service = store.add_entry("main", NewEntry(category="nudify-service", url="https://nudify.example/app", expires="2001-01-01"))
+    assert service is not None
+    store.add_entries("main", [NewEntry(category="nudify-service", url="https://Nudify.example/app", expires="2099-01-01")])
+    assert store.get_entry(service.id).expires == "2099-01-01T00:00:00Z", "URL and domain entries too"
+    assert [m.entry_id for m in Matcher(store).match_url("https://nudify.example/app/upload")] == [service.id]
 
 
 def test_counts_come_in_one_order_on_every_backend_and_count_expired_entries(store: Store) -> None:
